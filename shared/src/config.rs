@@ -1,0 +1,282 @@
+//! The coordinator's configuration file, `coordinator.toml`.
+//!
+//! Parsing is strict: an unknown field, a bad value or a missing required
+//! field is an error that names the file, the line and the field. Every
+//! optional field has a named default with the reason for its value.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    num::NonZeroU16,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::domain::{AppName, BranchName, EnvName};
+
+/// A configuration file that could not be used; the message names the file,
+/// the line and the field, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line, column and field.
+        message: String,
+    },
+    /// Values that are each valid but do not fit together.
+    #[error("invalid config file {path}, line {line}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The line of the offending entry.
+        line: usize,
+        /// What to fix.
+        message: String,
+    },
+}
+
+/// Address the coordinator listens on when the file names none: loopback, so
+/// a fresh install is not reachable from the network before TLS is set up.
+pub fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7700))
+}
+
+/// Where state lives when the file names no directory: beside the config.
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("gantry-data")
+}
+
+/// Agents send a heartbeat this often. A few seconds keeps a lost agent
+/// detectable well within [`default_agent_lease_secs`] at negligible cost.
+pub fn default_heartbeat_secs() -> u64 {
+    5
+}
+
+/// An agent silent for this long is marked lost and its jobs fail: four
+/// missed heartbeats, so one slow beat never fails a deploy.
+pub fn default_agent_lease_secs() -> u64 {
+    20
+}
+
+/// Branch deployed when a request names none.
+pub fn default_branch() -> BranchName {
+    BranchName::new("main").expect("main is a valid branch name")
+}
+
+/// Health-check path: Spring Boot Actuator's, which most Java services expose.
+pub fn default_health_path() -> String {
+    "/actuator/health".into()
+}
+
+/// A JVM service with a warm-up usually answers within a minute.
+pub fn default_health_timeout_secs() -> u64 {
+    60
+}
+
+/// A Maven build of a large service can take a while; half an hour stops a
+/// hung build without cutting a slow honest one.
+pub fn default_build_timeout_secs() -> u64 {
+    1800
+}
+
+/// The whole `coordinator.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address of the gRPC server (agents and operators). Default 127.0.0.1:7700.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of the sled database. Relative paths are taken from the
+    /// config file's directory. Default `gantry-data`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How often agents send heartbeats, in seconds. Default 5.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
+    /// Silence after which an agent is lost, in seconds. Default 20.
+    #[serde(default = "default_agent_lease_secs")]
+    pub agent_lease_secs: u64,
+    /// The environments, in promotion order (e.g. dev, test, pre, prod).
+    pub environments: Vec<EnvironmentConfig>,
+    /// The apps that can be deployed.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+}
+
+/// One environment: its own servers, domain and middleware.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentConfig {
+    /// Its name, e.g. `test`.
+    pub name: Spanned<EnvName>,
+    /// Variables every container deployed here receives, e.g. the address of
+    /// this environment's service registry and database.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+}
+
+impl EnvironmentConfig {
+    /// The environment's name.
+    pub fn name(&self) -> &EnvName {
+        self.name.get_ref()
+    }
+}
+
+/// One deployable app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Its name; also the repository of its images.
+    pub name: Spanned<AppName>,
+    /// Git remote URL (file://, https://, ssh:// or a local path).
+    pub remote: String,
+    /// Deployed when a request names no branch. Default `main`.
+    #[serde(default = "default_branch")]
+    pub default_branch: BranchName,
+    /// Shell command that builds the artifact, e.g. `mvn -B package`.
+    pub build_command: String,
+    /// Path or glob of the built jar, relative to the workspace, e.g. `target/*.jar`.
+    pub artifact: String,
+    /// Base image for a generated Dockerfile, e.g. `eclipse-temurin:17-jre`.
+    /// Exactly one of `base_image` and `dockerfile` must be set.
+    #[serde(default)]
+    pub base_image: Option<String>,
+    /// The repo's own Dockerfile, relative to the workspace; the artifact is
+    /// copied next to it as `app.jar`.
+    #[serde(default)]
+    pub dockerfile: Option<String>,
+    /// Port the app listens on inside its container.
+    pub container_port: NonZeroU16,
+    /// HTTP path that answers 200 when healthy. Default `/actuator/health`.
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    /// Seconds the new container may take to become healthy. Default 60.
+    #[serde(default = "default_health_timeout_secs")]
+    pub health_timeout_secs: u64,
+    /// Seconds the build command may run. Default 1800.
+    #[serde(default = "default_build_timeout_secs")]
+    pub build_timeout_secs: u64,
+}
+
+impl AppConfig {
+    /// The app's name.
+    pub fn name(&self) -> &AppName {
+        self.name.get_ref()
+    }
+}
+
+impl CoordinatorConfig {
+    /// Reads and validates `path`; relative paths inside are taken from the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(path, &text)?;
+        if config.data_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.data_dir = base.join(&config.data_dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates `text`; `path` is used in messages only.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        config.validate(path, text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let invalid = |span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: text[..span.start.min(text.len())].matches('\n').count() + 1,
+            message,
+        };
+        if self.environments.is_empty() {
+            return Err(invalid(0..0, "declare at least one [[environments]]".into()));
+        }
+        let mut seen = HashSet::new();
+        for env in &self.environments {
+            if !seen.insert(env.name()) {
+                let msg = format!("environment {:?} is declared twice", env.name().as_str());
+                return Err(invalid(env.name.span(), msg));
+            }
+            if let Some(bad) = env.variables.keys().find(|k| !is_env_var_name(k)) {
+                let msg = format!(
+                    "environments.variables: {bad:?} is not a valid variable name \
+                     (use letters, digits and '_', not starting with a digit)"
+                );
+                return Err(invalid(env.name.span(), msg));
+            }
+        }
+        let mut seen = HashSet::new();
+        for app in &self.apps {
+            let at = app.name.span();
+            let name = app.name().as_str();
+            if !seen.insert(app.name()) {
+                return Err(invalid(at, format!("app {name:?} is declared twice")));
+            }
+            match (&app.base_image, &app.dockerfile) {
+                (Some(_), Some(_)) | (None, None) => {
+                    let msg = format!("app {name:?}: set exactly one of base_image and dockerfile");
+                    return Err(invalid(at, msg));
+                }
+                _ => {}
+            }
+            let checks = [
+                (app.remote.trim().is_empty(), "remote must not be empty"),
+                (app.build_command.trim().is_empty(), "build_command must not be empty"),
+                (app.artifact.trim().is_empty(), "artifact must not be empty"),
+                (!app.health_path.starts_with('/'), "health_path must start with '/'"),
+                (app.health_timeout_secs == 0, "health_timeout_secs must be at least 1"),
+                (app.build_timeout_secs == 0, "build_timeout_secs must be at least 1"),
+                (
+                    app.artifact.starts_with('/') || app.artifact.split('/').any(|p| p == ".."),
+                    "artifact must be a path inside the workspace",
+                ),
+            ];
+            if let Some((_, msg)) = checks.iter().find(|(bad, _)| *bad) {
+                return Err(invalid(at, format!("app {name:?}: {msg}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The app named `name`, if configured.
+    pub fn app(&self, name: &AppName) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name() == name)
+    }
+
+    /// The environment named `name`, if configured.
+    pub fn environment(&self, name: &EnvName) -> Option<&EnvironmentConfig> {
+        self.environments.iter().find(|e| e.name() == name)
+    }
+}
+
+/// Whether `name` can be a container's environment variable name.
+fn is_env_var_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,77 @@
+use super::*;
+
+const GOOD: &str = r#"
+listen = "127.0.0.1:7701"
+
+[[environments]]
+name = "dev"
+variables = { REGISTRY = "nacos-dev:8848" }
+
+[[environments]]
+name = "prod"
+
+[[apps]]
+name = "shop"
+remote = "file:///srv/git/shop.git"
+build_command = "mvn -B package"
+artifact = "target/*.jar"
+base_image = "eclipse-temurin:17-jre"
+container_port = 8080
+"#;
+
+fn parse(text: &str) -> Result<CoordinatorConfig, ConfigError> {
+    CoordinatorConfig::parse(Path::new("coordinator.toml"), text)
+}
+
+#[test]
+fn a_good_file_parses_with_defaults() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.listen.port(), 7701);
+    assert_eq!(c.environments.len(), 2);
+    assert_eq!(c.environments[0].variables["REGISTRY"], "nacos-dev:8848");
+    let app = &c.apps[0];
+    assert_eq!(app.default_branch.as_str(), "main");
+    assert_eq!(app.health_path, "/actuator/health");
+    assert_eq!(app.health_timeout_secs, 60);
+    assert_eq!(c.agent_lease_secs, 20);
+}
+
+#[test]
+fn an_unknown_field_names_file_line_and_field() {
+    let text = GOOD.replace("container_port = 8080", "container_port = 8080\ncontainr = 1");
+    let msg = parse(&text).unwrap_err().to_string();
+    assert!(msg.contains("coordinator.toml"), "{msg}");
+    assert!(msg.contains("line 18"), "{msg}");
+    assert!(msg.contains("containr"), "{msg}");
+}
+
+#[test]
+fn a_bad_value_names_line_and_what_to_fix() {
+    let text = GOOD.replace("name = \"shop\"", "name = \"Shop!\"");
+    let msg = parse(&text).unwrap_err().to_string();
+    assert!(msg.contains("line 12"), "{msg}");
+    assert!(msg.contains("invalid app name"), "{msg}");
+
+    let text = GOOD.replace("container_port = 8080", "container_port = 0");
+    let msg = parse(&text).unwrap_err().to_string();
+    assert!(msg.contains("container_port"), "{msg}");
+}
+
+#[test]
+fn cross_field_mistakes_name_the_entry_line() {
+    let text = GOOD.replace("base_image = \"eclipse-temurin:17-jre\"", "");
+    let msg = parse(&text).unwrap_err().to_string();
+    assert!(msg.contains("line 12"), "{msg}");
+    assert!(msg.contains("exactly one of base_image and dockerfile"), "{msg}");
+
+    let text = format!("{GOOD}\n[[environments]]\nname = \"dev\"\n");
+    let msg = parse(&text).unwrap_err().to_string();
+    assert!(msg.contains("declared twice"), "{msg}");
+}
+
+#[test]
+fn variables_must_be_valid_names() {
+    let text = GOOD.replace("REGISTRY =", "\"BAD-NAME\" =");
+    let msg = parse(&text).unwrap_err().to_string();
+    assert!(msg.contains("BAD-NAME"), "{msg}");
+}

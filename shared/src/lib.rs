@@ -1,0 +1,30 @@
+//! Gantry's shared crate: the wire contract generated from `proto/`, the
+//! domain types that validate on construction, and the coordinator's
+//! configuration.
+
+pub mod config;
+pub mod domain;
+pub mod limits;
+
+/// Code generated from `proto/gantry/v1/*.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("gantry.v1");
+
+    /// The encoded descriptor set of every Gantry proto, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/gantry_descriptor.bin"));
+}
+
+pub use domain::{AgentName, AppName, BranchName, EnvName, JobId, NameError};
+
+/// The version every Gantry binary reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Milliseconds since the Unix epoch, the timestamp unit on the wire.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
