@@ -1,1 +1,88 @@
+//! The Gantry coordinator: a gRPC server that agents dial and hold a stream
+//! to, that schedules deploy jobs onto them, stores every log line, and
+//! serves operators.
+//!
+//! [`serve`] takes an already-bound listener and a shutdown token, so tests
+//! and the demo run it in-process on port 0.
 
+pub mod agent_service;
+pub mod core;
+pub mod error;
+pub mod fleet;
+pub mod follow;
+pub mod git;
+pub mod hub;
+pub mod job;
+pub mod operator_service;
+pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use gantry_shared::{config::CoordinatorConfig, limits::MAX_GRPC_MESSAGE_BYTES, proto};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use crate::core::Core;
+
+/// How often lost agents are looked for: the lease is checked to the second,
+/// so a lost agent's job fails within a second of its lease running out.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs the coordinator on `listener` until `shutdown` is cancelled.
+pub async fn serve(config: CoordinatorConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = store::Store::open(&config.data_dir)
+        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
+    let core = Core::new(Arc::new(config), store)?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::operator_service_server::OperatorServiceServer<operator_service::OperatorService>>()
+        .await;
+    health_reporter
+        .set_serving::<proto::agent_service_server::AgentServiceServer<agent_service::AgentService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+
+    let agents = proto::agent_service_server::AgentServiceServer::new(agent_service::AgentService::new(core.clone(), shutdown.clone()))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let operators = proto::operator_service_server::OperatorServiceServer::new(operator_service::OperatorService::new(core.clone(), shutdown.clone()))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+
+    let sweeper = {
+        let core = core.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => core.sweep(),
+                }
+            }
+        }
+    };
+
+    info!(addr = %listener.local_addr()?, "coordinator serving");
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(agents)
+        .add_service(operators)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+    let ((), served) = tokio::join!(sweeper, server);
+    served.context("the gRPC server failed")?;
+    core.store.flush().await?;
+    info!("coordinator stopped");
+    Ok(())
+}

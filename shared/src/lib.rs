@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod job;
 pub mod limits;
 
 /// Code generated from `proto/gantry/v1/*.proto`.
@@ -17,6 +18,7 @@ pub mod proto {
 }
 
 pub use domain::{AgentName, AppName, BranchName, EnvName, JobId, NameError};
+pub use job::{JobState, Stage};
 
 /// The version every Gantry binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,401 @@
+//! The coordinator's domain logic, free of gRPC types: deploying, placing
+//! jobs onto agents, applying what agents report, cancelling, and noticing
+//! lost agents. Both gRPC services are thin layers over [`Core`].
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use gantry_shared::{
+    config::CoordinatorConfig, now_ms, proto, AgentName, AppName, BranchName, EnvName, JobId,
+    JobState, Stage,
+};
+use tracing::{info, warn};
+
+use crate::{
+    error::Error,
+    fleet::{Decision, Fleet, Outbox, Placement, Session},
+    git,
+    hub::LogHub,
+    job::{AgentRecord, JobRecord},
+    store::Store,
+};
+
+/// The coordinator's state and behaviour, shared by its services and loops.
+pub struct Core {
+    /// The configuration it started with.
+    pub config: Arc<CoordinatorConfig>,
+    /// Durable state.
+    pub store: Store,
+    /// Live log fan-out.
+    pub hub: LogHub,
+    fleet: Mutex<Fleet>,
+}
+
+impl Core {
+    /// Builds the core over `store`, reading back queued and active jobs.
+    pub fn new(config: Arc<CoordinatorConfig>, store: Store) -> Result<Arc<Self>, Error> {
+        let mut fleet = Fleet::default();
+        let now = Instant::now();
+        for job in store.jobs() {
+            let job = job?;
+            match job.state {
+                JobState::Queued => {
+                    fleet.queued.insert(job.id);
+                }
+                state if state.is_active() => {
+                    let agent = job.agent.clone().expect("active jobs have an agent");
+                    fleet.lost_since.insert(agent.clone(), now);
+                    fleet.active.insert(job.id, Placement { app: job.app, env: job.env, agent });
+                }
+                _ => {}
+            }
+        }
+        info!(queued = fleet.queued.len(), active = fleet.active.len(), "state read back");
+        store.put_config_snapshot("apps", format!("{:?}", config.apps).into_bytes())?;
+        store.put_config_snapshot("environments", format!("{:?}", config.environments).into_bytes())?;
+        Ok(Arc::new(Self {
+            config,
+            store,
+            hub: LogHub::default(),
+            fleet: Mutex::new(fleet),
+        }))
+    }
+
+    fn fleet(&self) -> MutexGuard<'_, Fleet> {
+        self.fleet.lock().expect("fleet lock poisoned")
+    }
+
+    /// Checks a deploy request, resolves its branch and queues it. Nothing is
+    /// created when any check fails.
+    pub async fn deploy(&self, app: AppName, env: EnvName, branch: Option<BranchName>) -> Result<JobRecord, Error> {
+        let app_config = self.config.app(&app).ok_or_else(|| Error::UnknownApp {
+            known: names(self.config.apps.iter().map(|a| a.name().as_str())),
+            app: app.clone(),
+        })?;
+        if self.config.environment(&env).is_none() {
+            return Err(Error::UnknownEnv {
+                known: names(self.config.environments.iter().map(|e| e.name().as_str())),
+                env,
+            });
+        }
+        let branch = branch.unwrap_or_else(|| app_config.default_branch.clone());
+        let commit = git::resolve_branch(&app, &app_config.remote, &branch).await?;
+
+        let now = now_ms();
+        let job = JobRecord {
+            id: self.store.next_job_id()?,
+            app,
+            env,
+            branch,
+            commit,
+            state: JobState::Queued,
+            stage: None,
+            reason: "waiting to be placed".into(),
+            agent: None,
+            created_ms: now,
+            updated_ms: now,
+            url: String::new(),
+            image: String::new(),
+            container: String::new(),
+            cancel_requested: false,
+        };
+        self.store.put_job(&job)?;
+        info!(job = %job.id, app = %job.app, env = %job.env, branch = %job.branch, commit = %job.commit, "deploy queued");
+        {
+            let mut fleet = self.fleet();
+            fleet.queued.insert(job.id);
+            self.place_queued(&mut fleet);
+        }
+        self.store.flush().await?;
+        self.job(job.id)
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Result<JobRecord, Error> {
+        self.store.job(id)?.ok_or(Error::UnknownJob(id))
+    }
+
+    /// Cancels a job: at once if it waits, through its agent if it runs.
+    pub async fn cancel(&self, id: JobId) -> Result<JobRecord, Error> {
+        {
+            let mut fleet = self.fleet();
+            let mut job = self.job(id)?;
+            if job.state.is_terminal() {
+                return Err(Error::FailedPrecondition(format!(
+                    "job {id} already ended ({}); nothing to cancel",
+                    job.state.as_str()
+                )));
+            }
+            let session = job.agent.as_ref().and_then(|a| fleet.sessions.get(a));
+            match (job.state, session) {
+                (state, Some(session)) if state.is_active() => {
+                    let msg = proto::coordinator_message::Body::Cancel(proto::CancelJob { job_id: id.get() });
+                    let _ = session.outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }));
+                    job.cancel_requested = true;
+                    job.reason = format!("cancel requested; agent {} is stopping it", session.record.name);
+                    self.store.put_job(&job)?;
+                }
+                _ => {
+                    job.transition(JobState::Cancelled, "cancelled by operator before it started");
+                    self.store.put_job(&job)?;
+                    fleet.queued.remove(&id);
+                    fleet.release(id);
+                    self.hub.end(id);
+                    self.place_queued(&mut fleet);
+                }
+            }
+            info!(job = %id, "cancel requested");
+        }
+        self.store.flush().await?;
+        self.job(id)
+    }
+
+    /// Registers an agent's stream; reconciles the jobs it says it holds with
+    /// the jobs the coordinator gave it.
+    pub fn attach_agent(&self, record: AgentRecord, running: BTreeSet<JobId>, outbox: Outbox) -> Result<u64, Error> {
+        if self.config.environment(&record.env).is_none() {
+            return Err(Error::UnknownEnv {
+                known: names(self.config.environments.iter().map(|e| e.name().as_str())),
+                env: record.env,
+            });
+        }
+        if record.capacity == 0 {
+            return Err(Error::InvalidArgument("capacity must be at least 1".into()));
+        }
+        self.store.put_agent(&record)?;
+        let mut fleet = self.fleet();
+        fleet.next_session += 1;
+        let id = fleet.next_session;
+        let name = record.name.clone();
+
+        // Jobs we gave this agent that it no longer holds were lost with its
+        // previous process: fail them, never replay them.
+        let mut kept = BTreeSet::new();
+        for job_id in fleet.jobs_of(&name) {
+            if running.contains(&job_id) {
+                kept.insert(job_id);
+            } else {
+                self.finish_locked(&mut fleet, job_id, JobState::Failed, format!("agent {name} restarted and no longer runs this job"), None);
+            }
+        }
+        // Jobs it holds that we do not consider its own: tell it to stop.
+        for stray in running.difference(&kept) {
+            let msg = proto::coordinator_message::Body::Cancel(proto::CancelJob { job_id: stray.get() });
+            let _ = outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }));
+        }
+        for job_id in &kept {
+            if let Ok(mut job) = self.job(*job_id) {
+                job.reason = format!("running on agent {name}");
+                let _ = self.store.put_job(&job);
+            }
+        }
+        fleet.lost_since.remove(&name);
+        info!(agent = %name, env = %record.env, session = id, held = kept.len(), "agent attached");
+        fleet.sessions.insert(
+            name,
+            Session { id, record, jobs: kept, outbox, last_seen: Instant::now() },
+        );
+        self.place_queued(&mut fleet);
+        Ok(id)
+    }
+
+    /// Notes that the agent is alive.
+    pub fn touch(&self, agent: &AgentName, session: u64) {
+        if let Some(s) = self.fleet().sessions.get_mut(agent).filter(|s| s.id == session) {
+            s.last_seen = Instant::now();
+        }
+    }
+
+    /// The agent's stream closed; its jobs get a lease to come back.
+    pub fn detach_agent(&self, agent: &AgentName, session: u64) {
+        let mut fleet = self.fleet();
+        if fleet.sessions.get(agent).is_none_or(|s| s.id != session) {
+            return;
+        }
+        let mut gone = fleet.sessions.remove(agent).expect("checked above");
+        gone.record.last_seen_ms = now_ms();
+        let _ = self.store.put_agent(&gone.record);
+        let lease = self.config.agent_lease_secs;
+        for job_id in fleet.jobs_of(agent) {
+            if let Ok(mut job) = self.job(job_id) {
+                job.reason = format!("agent {agent} disconnected; waiting up to {lease}s for it to return");
+                let _ = self.store.put_job(&job);
+            }
+        }
+        fleet.lost_since.insert(agent.clone(), Instant::now());
+        warn!(agent = %agent, session, "agent detached");
+    }
+
+    /// Applies one event an agent sent about a job it holds.
+    pub fn apply_event(&self, agent: &AgentName, event: proto::JobEvent) -> Result<(), Error> {
+        let id = JobId::new(event.job_id)?;
+        let Some(body) = event.body else {
+            return Err(Error::InvalidArgument("job event without a body".into()));
+        };
+        let mut fleet = self.fleet();
+        if fleet.active.get(&id).is_none_or(|p| &p.agent != agent) {
+            return Err(Error::FailedPrecondition(format!("job {id} is not held by agent {agent}")));
+        }
+        match body {
+            proto::job_event::Body::Log(line) => {
+                let line = proto::LogLine { text: gantry_shared::limits::cap_log_line(line.text), ..line };
+                drop(fleet);
+                if self.store.append_log(id, &line)? {
+                    self.hub.publish(id, line);
+                }
+            }
+            proto::job_event::Body::Stage(stage) => {
+                let stage = Stage::from_proto(stage)
+                    .ok_or_else(|| Error::InvalidArgument(format!("unknown stage {stage}")))?;
+                let mut job = self.job(id)?;
+                let reason = format!("{} on agent {agent}", stage.as_str());
+                if job.transition(JobState::Running, reason) {
+                    job.stage = Some(stage);
+                    self.store.put_job(&job)?;
+                }
+            }
+            proto::job_event::Body::Finished(done) => {
+                let state = JobState::from_proto(done.state)
+                    .filter(|s| s.is_terminal())
+                    .ok_or_else(|| Error::InvalidArgument(format!("a job cannot finish in state {}", done.state)))?;
+                self.finish_locked(&mut fleet, id, state, done.summary.clone(), Some(done));
+                self.place_queued(&mut fleet);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends an active job and frees its (app, env) and agent slot.
+    fn finish_locked(&self, fleet: &mut Fleet, id: JobId, state: JobState, reason: String, done: Option<proto::JobFinished>) {
+        fleet.release(id);
+        let Ok(mut job) = self.job(id) else { return };
+        if !job.transition(state, reason) {
+            return;
+        }
+        if let Some(done) = done {
+            job.url = done.url;
+            job.image = done.image;
+            job.container = done.container;
+        }
+        if let Err(e) = self.store.put_job(&job) {
+            warn!(job = %id, error = %e, "cannot store job end");
+        }
+        info!(job = %id, app = %job.app, env = %job.env, state = job.state.as_str(), reason = %job.reason, "job ended");
+        self.hub.end(id);
+    }
+
+    /// Fails the jobs of agents gone longer than their lease, and drops
+    /// streams that went silent. Called once a second.
+    pub fn sweep(&self) {
+        let lease = Duration::from_secs(self.config.agent_lease_secs);
+        let fleet = self.fleet();
+        let silent: Vec<(AgentName, u64)> = fleet
+            .sessions
+            .values()
+            .filter(|s| s.last_seen.elapsed() > lease)
+            .map(|s| (s.record.name.clone(), s.id))
+            .collect();
+        drop(fleet);
+        for (agent, session) in silent {
+            warn!(agent = %agent, "no heartbeat within the lease; dropping its stream");
+            self.detach_agent(&agent, session);
+        }
+        let mut fleet = self.fleet();
+        let expired: Vec<AgentName> = fleet
+            .lost_since
+            .iter()
+            .filter(|(_, since)| since.elapsed() > lease)
+            .map(|(agent, _)| agent.clone())
+            .collect();
+        for agent in expired {
+            for job in fleet.jobs_of(&agent) {
+                let reason = format!("agent lost: {agent} was unreachable for more than {}s", lease.as_secs());
+                self.finish_locked(&mut fleet, job, JobState::Failed, reason, None);
+            }
+            fleet.lost_since.remove(&agent);
+        }
+        self.place_queued(&mut fleet);
+    }
+
+    /// Places every queued job that can run now, and records why the others wait.
+    fn place_queued(&self, fleet: &mut Fleet) {
+        let queued: Vec<JobId> = fleet.queued.iter().copied().collect();
+        for id in queued {
+            let Ok(mut job) = self.job(id) else {
+                fleet.queued.remove(&id);
+                continue;
+            };
+            match fleet.decide(&job) {
+                Decision::Wait(reason) => {
+                    if job.reason != reason {
+                        job.reason = reason;
+                        let _ = self.store.put_job(&job);
+                    }
+                }
+                Decision::Assign(agent) => {
+                    let Some(spec) = self.job_spec(&job) else { continue };
+                    let session = fleet.sessions.get_mut(&agent).expect("decide picks a connected agent");
+                    let msg = proto::coordinator_message::Body::Assign(spec);
+                    if session.outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(msg) })).is_err() {
+                        continue;
+                    }
+                    session.jobs.insert(id);
+                    job.transition(JobState::Assigned, format!("assigned to agent {agent}"));
+                    job.agent = Some(agent.clone());
+                    if let Err(e) = self.store.put_job(&job) {
+                        warn!(job = %id, error = %e, "cannot store assignment");
+                    }
+                    fleet.queued.remove(&id);
+                    fleet.active.insert(id, Placement { app: job.app.clone(), env: job.env.clone(), agent: agent.clone() });
+                    info!(job = %id, app = %job.app, env = %job.env, agent = %agent, "job assigned");
+                }
+            }
+        }
+    }
+
+    /// What the agent needs to run `job`, from the configuration alone.
+    fn job_spec(&self, job: &JobRecord) -> Option<proto::JobSpec> {
+        let app = self.config.app(&job.app)?;
+        let env = self.config.environment(&job.env)?;
+        Some(proto::JobSpec {
+            job_id: job.id.get(),
+            app: Some(proto::AppSpec {
+                name: app.name().to_string(),
+                remote: app.remote.clone(),
+                build_command: app.build_command.clone(),
+                artifact: app.artifact.clone(),
+                base_image: app.base_image.clone().unwrap_or_default(),
+                dockerfile: app.dockerfile.clone().unwrap_or_default(),
+                container_port: app.container_port.get().into(),
+                health_path: app.health_path.clone(),
+                health_timeout_secs: app.health_timeout_secs,
+                build_timeout_secs: app.build_timeout_secs,
+            }),
+            env: job.env.to_string(),
+            env_vars: env.variables.clone().into_iter().collect(),
+            branch: job.branch.to_string(),
+            commit: job.commit.clone(),
+        })
+    }
+
+    /// Connected agents' names and the jobs they hold.
+    pub fn connected(&self) -> Vec<(AgentName, Vec<JobId>)> {
+        self.fleet()
+            .sessions
+            .values()
+            .map(|s| (s.record.name.clone(), s.jobs.iter().copied().collect()))
+            .collect()
+    }
+}
+
+fn names<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let list: Vec<&str> = items.collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
+}

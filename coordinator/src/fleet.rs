@@ -1,0 +1,127 @@
+//! The connected agents and the jobs they hold: the in-memory side of
+//! scheduling. Placement is decided here, in one function, from this state
+//! alone; `core` persists what it decides.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Instant,
+};
+
+use gantry_shared::{proto, AgentName, AppName, EnvName, JobId};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::job::{AgentRecord, JobRecord};
+
+/// Messages queued to one agent's stream. Assignments and cancels are rare
+/// and small; 64 is far beyond what a healthy agent leaves unread, and a full
+/// queue marks the agent as unable to take more work rather than growing.
+pub const AGENT_OUTBOX: usize = 64;
+
+/// Sender half of an agent's stream.
+pub type Outbox = mpsc::Sender<Result<proto::CoordinatorMessage, Status>>;
+
+/// An agent with an open stream.
+pub struct Session {
+    /// Distinguishes this stream from an earlier one of the same agent.
+    pub id: u64,
+    /// What the agent said of itself.
+    pub record: AgentRecord,
+    /// Jobs it holds now.
+    pub jobs: BTreeSet<JobId>,
+    /// Where to push messages.
+    pub outbox: Outbox,
+    /// When it last said anything.
+    pub last_seen: Instant,
+}
+
+/// An active (assigned or running) job's placement.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The app it deploys.
+    pub app: AppName,
+    /// The environment it deploys to.
+    pub env: EnvName,
+    /// The agent holding it.
+    pub agent: AgentName,
+}
+
+/// What the placement pass decided for one queued job.
+pub enum Decision {
+    /// Give it to this agent.
+    Assign(AgentName),
+    /// Leave it queued, for this reason.
+    Wait(String),
+}
+
+/// Connected agents, queued jobs and active jobs.
+#[derive(Default)]
+pub struct Fleet {
+    /// Agents with an open stream.
+    pub sessions: HashMap<AgentName, Session>,
+    /// Source of session ids.
+    pub next_session: u64,
+    /// Jobs waiting for an agent, oldest first.
+    pub queued: BTreeSet<JobId>,
+    /// Jobs on an agent.
+    pub active: HashMap<JobId, Placement>,
+    /// Agents holding active jobs whose stream is closed, and since when.
+    pub lost_since: HashMap<AgentName, Instant>,
+}
+
+impl Fleet {
+    /// Where `job` should go now.
+    pub fn decide(&self, job: &JobRecord) -> Decision {
+        if let Some((other, _)) = self
+            .active
+            .iter()
+            .find(|(id, p)| **id != job.id && p.app == job.app && p.env == job.env)
+        {
+            return Decision::Wait(format!(
+                "waiting for job {other}, which is deploying {} to {}",
+                job.app, job.env
+            ));
+        }
+        let in_env: Vec<&Session> = self
+            .sessions
+            .values()
+            .filter(|s| s.record.env == job.env)
+            .collect();
+        if in_env.is_empty() {
+            return Decision::Wait(format!("no agent connected for env {}", job.env));
+        }
+        match in_env
+            .iter()
+            .filter(|s| (s.jobs.len() as u32) < s.record.capacity && s.outbox.capacity() > 0)
+            .min_by_key(|s| (s.jobs.len(), s.record.name.clone()))
+        {
+            Some(session) => Decision::Assign(session.record.name.clone()),
+            None => Decision::Wait(format!(
+                "all {} agent(s) of env {} are busy",
+                in_env.len(),
+                job.env
+            )),
+        }
+    }
+
+    /// Active jobs held by `agent`.
+    pub fn jobs_of(&self, agent: &AgentName) -> Vec<JobId> {
+        self.active
+            .iter()
+            .filter(|(_, p)| &p.agent == agent)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Forgets an active job wherever it was.
+    pub fn release(&mut self, job: JobId) -> Option<Placement> {
+        let placement = self.active.remove(&job)?;
+        if let Some(session) = self.sessions.get_mut(&placement.agent) {
+            session.jobs.remove(&job);
+        }
+        if self.jobs_of(&placement.agent).is_empty() {
+            self.lost_since.remove(&placement.agent);
+        }
+        Some(placement)
+    }
+}

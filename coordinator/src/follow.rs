@@ -1,0 +1,96 @@
+//! `StreamJobLogs`: the stored lines of a job from a sequence number, then
+//! its live lines until it ends. The follower subscribes before reading the
+//! store, so no line falls between the two; when it lags behind the live
+//! channel it goes back to the store, so it never misses one either.
+
+use std::sync::Arc;
+
+use futures::Stream;
+use gantry_shared::{proto, JobId};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::{core::Core, hub::LiveEvent};
+
+/// Lines read from the store per batch: large enough to stream a finished
+/// job's log quickly, small enough to keep memory flat for huge logs.
+const STORE_BATCH: usize = 1024;
+
+/// Lines buffered towards one client; a slow client fills this and then
+/// only its own task waits.
+const CLIENT_BUFFER: usize = 256;
+
+/// The log of `job` from `from` on; with `follow`, until the job ends.
+pub fn job_logs(
+    core: Arc<Core>,
+    job: JobId,
+    from: u64,
+    follow: bool,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<proto::LogLine, Status>> {
+    let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+    // The task ends when the job ends, the client goes away (send fails) or
+    // the coordinator shuts down; the stream it feeds is its owner.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down; follow again from the last line you saw"))).await;
+            }
+            _ = pump(&core, job, from, follow, &tx) => {}
+        }
+        core.hub.release(job);
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn pump(core: &Core, job: JobId, from: u64, follow: bool, tx: &mpsc::Sender<Result<proto::LogLine, Status>>) {
+    let mut live = core.hub.subscribe(job);
+    let mut next = from;
+    loop {
+        // Catch up from the store.
+        loop {
+            let lines = match core.store.logs(job, next, STORE_BATCH) {
+                Ok(lines) => lines,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                    return;
+                }
+            };
+            let full = lines.len() == STORE_BATCH;
+            for line in lines {
+                next = line.seq + 1;
+                if tx.send(Ok(line)).await.is_err() {
+                    return;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        let ended = core.job(job).map(|j| j.state.is_terminal()).unwrap_or(true);
+        if ended || !follow {
+            // A job's lines are all stored before it ends, so one last read
+            // (done above) has them all.
+            return;
+        }
+        // Follow live lines until a gap, a lag or the end sends us back.
+        loop {
+            match live.recv().await {
+                Ok(LiveEvent::Line(line)) if line.seq == next => {
+                    next += 1;
+                    if tx.send(Ok((*line).clone())).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(LiveEvent::Line(line)) if line.seq < next => {}
+                Ok(LiveEvent::Line(_)) | Ok(LiveEvent::Ended) | Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => {
+                    live = core.hub.subscribe(job);
+                    break;
+                }
+            }
+        }
+    }
+}

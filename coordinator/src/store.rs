@@ -1,0 +1,225 @@
+//! Durable state in sled: jobs, every log line of every job, agents seen, and
+//! a snapshot of the configured apps and environments. This is the only module
+//! that knows the storage engine, so it could be changed without touching
+//! the rest.
+
+use std::path::Path;
+
+use gantry_shared::{proto, AgentName, JobId};
+use prost::Message;
+
+use crate::job::{AgentRecord, JobRecord};
+
+/// Storage failures. They map to `Internal`: the caller did nothing wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (disk full, corruption, ...).
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record could not be decoded (written by another version?).
+    #[error("stored record {key} cannot be decoded: {message}")]
+    Decode {
+        /// Which record.
+        key: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    /// Job id (big-endian) -> JSON [`JobRecord`].
+    jobs: sled::Tree,
+    /// Job id ++ seq (both big-endian) -> encoded [`proto::LogLine`], so a
+    /// range scan returns one job's lines in order.
+    logs: sled::Tree,
+    /// Agent name -> JSON [`AgentRecord`].
+    agents: sled::Tree,
+    /// "apps" / "environments" -> the configured values, for the record;
+    /// "next_job_id" -> the job id counter.
+    config: sled::Tree,
+}
+
+fn log_key(job: JobId, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&job.get().to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(dir)?;
+        Ok(Self {
+            jobs: db.open_tree("jobs")?,
+            logs: db.open_tree("logs")?,
+            agents: db.open_tree("agents")?,
+            config: db.open_tree("config")?,
+            db,
+        })
+    }
+
+    /// A new job id, never handed out before (persisted across restarts).
+    pub fn next_job_id(&self) -> Result<JobId, StoreError> {
+        // sled's own generate_id jumps by a million after a restart; operators
+        // read these numbers, so keep a plain counter instead.
+        let next = self.config.update_and_fetch("next_job_id", |old| {
+            let n = old.map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        let bytes = next.expect("update_and_fetch always stores a value");
+        let id = u64::from_be_bytes(bytes.as_ref().try_into().expect("counter is 8 bytes"));
+        Ok(JobId::new(id).expect("the counter starts at 1"))
+    }
+
+    /// Writes a job record (insert or replace).
+    pub fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(job).expect("job records serialize");
+        self.jobs.insert(job.id.get().to_be_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        match self.jobs.get(id.get().to_be_bytes())? {
+            Some(bytes) => Ok(Some(decode_json(&format!("job {id}"), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every job, oldest first.
+    pub fn jobs(&self) -> impl DoubleEndedIterator<Item = Result<JobRecord, StoreError>> {
+        self.jobs.iter().map(|entry| {
+            let (key, bytes) = entry?;
+            decode_json(&format!("job key {key:?}"), &bytes)
+        })
+    }
+
+    /// Stores a log line unless (job, seq) is already stored; returns whether
+    /// it was new. Each line is therefore stored exactly once, whatever the
+    /// agent resends after a reconnect.
+    pub fn append_log(&self, job: JobId, line: &proto::LogLine) -> Result<bool, StoreError> {
+        let key = log_key(job, line.seq);
+        let swapped = self
+            .logs
+            .compare_and_swap(key, None::<&[u8]>, Some(line.encode_to_vec()))?;
+        Ok(swapped.is_ok())
+    }
+
+    /// Up to `limit` stored lines of `job` with seq >= `from`, in order.
+    pub fn logs(&self, job: JobId, from: u64, limit: usize) -> Result<Vec<proto::LogLine>, StoreError> {
+        let range = log_key(job, from)..=log_key(job, u64::MAX);
+        self.logs
+            .range(range)
+            .take(limit)
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                proto::LogLine::decode(bytes.as_ref()).map_err(|e| StoreError::Decode {
+                    key: format!("log of job {job}"),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The highest stored seq of `job` (0 when it has no lines).
+    pub fn last_seq(&self, job: JobId) -> Result<u64, StoreError> {
+        let range = log_key(job, 0)..=log_key(job, u64::MAX);
+        Ok(match self.logs.range(range).next_back() {
+            Some(entry) => {
+                let (key, _) = entry?;
+                u64::from_be_bytes(key[8..16].try_into().expect("log keys are 16 bytes"))
+            }
+            None => 0,
+        })
+    }
+
+    /// Writes an agent record.
+    pub fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(agent).expect("agent records serialize");
+        self.agents.insert(agent.name.as_str(), bytes)?;
+        Ok(())
+    }
+
+    /// One agent.
+    pub fn agent(&self, name: &AgentName) -> Result<Option<AgentRecord>, StoreError> {
+        match self.agents.get(name.as_str())? {
+            Some(bytes) => Ok(Some(decode_json(&format!("agent {name}"), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every agent ever seen, by name.
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.agents
+            .iter()
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                decode_json(&String::from_utf8_lossy(&key), &bytes)
+            })
+            .collect()
+    }
+
+    /// Records the configured apps and environments (as JSON, for the record).
+    pub fn put_config_snapshot(&self, key: &str, json: Vec<u8>) -> Result<(), StoreError> {
+        self.config.insert(key, json)?;
+        Ok(())
+    }
+
+    /// Flushes everything to disk; call after state changes that must survive
+    /// a crash (it blocks, so it runs on the blocking pool).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(seq: u64, text: &str) -> proto::LogLine {
+        proto::LogLine {
+            seq,
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn log_lines_are_stored_once_and_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let job = JobId::new(7).unwrap();
+        let other = JobId::new(8).unwrap();
+        for seq in [3, 1, 2] {
+            assert!(store.append_log(job, &line(seq, &format!("line {seq}"))).unwrap());
+        }
+        assert!(!store.append_log(job, &line(2, "again")).unwrap());
+        store.append_log(other, &line(1, "other job")).unwrap();
+
+        let texts: Vec<_> = store.logs(job, 0, 100).unwrap().into_iter().map(|l| l.text).collect();
+        assert_eq!(texts, ["line 1", "line 2", "line 3"]);
+        assert_eq!(store.logs(job, 3, 100).unwrap().len(), 1);
+        assert_eq!(store.last_seq(job).unwrap(), 3);
+        assert_eq!(store.last_seq(JobId::new(9).unwrap()).unwrap(), 0);
+    }
+
+    #[test]
+    fn job_ids_keep_increasing_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap().next_job_id().unwrap();
+        let second = Store::open(dir.path()).unwrap().next_job_id().unwrap();
+        assert_eq!((first.get(), second.get()), (1, 2));
+    }
+}
