@@ -1,0 +1,291 @@
+//! Everything the agent asks of the Docker engine, through bollard: building
+//! a release's image from a tar context, running its container, reading its
+//! logs, and removing what a job created. Every object carries the labels
+//! `gantry.app`, `gantry.env`, `gantry.job`, `gantry.commit` and
+//! `gantry.agent`, so cleanup finds it by label.
+
+use std::{collections::HashMap, path::Path};
+
+use bollard::{
+    models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum},
+    query_parameters::{
+        BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
+        ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+        RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+    },
+    Docker,
+};
+use futures::StreamExt;
+
+use crate::report::{Reporter, Tail};
+
+/// Label keys on every object Gantry creates.
+pub mod label {
+    /// The app.
+    pub const APP: &str = "gantry.app";
+    /// The environment.
+    pub const ENV: &str = "gantry.env";
+    /// The job that created it.
+    pub const JOB: &str = "gantry.job";
+    /// The commit it was built from.
+    pub const COMMIT: &str = "gantry.commit";
+    /// The branch requested.
+    pub const BRANCH: &str = "gantry.branch";
+    /// The agent that created it.
+    pub const AGENT: &str = "gantry.agent";
+}
+
+/// Seconds a replaced container gets to finish in-flight requests on stop.
+const STOP_GRACE_SECS: i32 = 10;
+
+/// Docker failures, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// The engine refused or failed.
+    #[error("{doing}: {source}")]
+    Engine {
+        /// What was being done.
+        doing: String,
+        /// What Docker said.
+        source: bollard::errors::Error,
+    },
+    /// The image build reported an error.
+    #[error("image build failed: {0}")]
+    Build(String),
+    /// The build context could not be packed.
+    #[error("cannot pack the build context: {0}")]
+    Context(std::io::Error),
+    /// The container did not publish its port.
+    #[error("container {0} has no published host port for the app's port")]
+    NoPort(String),
+}
+
+fn engine(doing: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    let doing = doing.into();
+    move |source| DockerError::Engine { doing, source }
+}
+
+/// Connects to the local engine, negotiating the API version (engines here
+/// may be older than bollard's default).
+pub async fn connect() -> Result<Docker, DockerError> {
+    let docker = Docker::connect_with_local_defaults().map_err(engine("connecting to the Docker engine"))?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(engine("negotiating the Docker API version"))
+}
+
+/// How the image is made.
+pub enum ImageSource<'a> {
+    /// A generated Dockerfile: `FROM base`, the jar copied in, run with `java -jar`.
+    Base {
+        /// The base image.
+        image: &'a str,
+        /// The built jar.
+        artifact: &'a Path,
+        /// The app's port, for EXPOSE.
+        port: u16,
+    },
+    /// The repo's own Dockerfile, built with the whole workspace as context.
+    Dockerfile {
+        /// The workspace.
+        workspace: &'a Path,
+        /// The Dockerfile's path in it.
+        path: &'a str,
+    },
+}
+
+/// The generated Dockerfile for [`ImageSource::Base`].
+pub fn generated_dockerfile(base: &str, port: u16) -> String {
+    format!(
+        "FROM {base}\nWORKDIR /app\nCOPY app.jar /app/app.jar\nEXPOSE {port}\n\
+         ENTRYPOINT [\"java\", \"-jar\", \"/app/app.jar\"]\n"
+    )
+}
+
+fn context_tar(source: &ImageSource<'_>) -> std::io::Result<(Vec<u8>, String)> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let dockerfile = match source {
+        ImageSource::Base { image, artifact, port } => {
+            let text = generated_dockerfile(image, *port);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(0o644);
+            tar.append_data(&mut header, "Dockerfile", text.as_bytes())?;
+            tar.append_path_with_name(artifact, "app.jar")?;
+            "Dockerfile".to_owned()
+        }
+        ImageSource::Dockerfile { workspace, path } => {
+            tar.append_dir_all(".", workspace)?;
+            (*path).to_owned()
+        }
+    };
+    Ok((tar.into_inner()?, dockerfile))
+}
+
+/// Builds `tag` from `source`, streaming the builder's output to `report`.
+pub async fn build_image(
+    docker: &Docker,
+    source: ImageSource<'_>,
+    tag: &str,
+    labels: &HashMap<String, String>,
+    report: &Reporter,
+) -> Result<(), DockerError> {
+    let (tar, dockerfile) = context_tar(&source).map_err(DockerError::Context)?;
+    let options = BuildImageOptionsBuilder::default()
+        .dockerfile(&dockerfile)
+        .t(tag)
+        .labels(labels)
+        .rm(true)
+        .forcerm(true)
+        .build();
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
+    let mut tail = Tail::default();
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| DockerError::Build(format!("{e}; last lines:\n{}", tail.joined())))?;
+        if let Some(text) = info.stream {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                tail.push(line);
+                report.system(line.to_owned()).await;
+            }
+        }
+        if let Some(detail) = info.error_detail {
+            return Err(DockerError::Build(detail.message.unwrap_or_default()));
+        }
+    }
+    Ok(())
+}
+
+/// What a new container needs.
+pub struct ContainerSpec<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its image.
+    pub image: &'a str,
+    /// Its environment variables.
+    pub env: Vec<String>,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+    /// The app's port inside it.
+    pub port: u16,
+    /// Host address the port is published on.
+    pub publish_ip: &'a str,
+}
+
+/// Creates and starts a container; returns its id and published host port.
+pub async fn run_container(docker: &Docker, spec: ContainerSpec<'_>) -> Result<(String, u16), DockerError> {
+    let port_key = format!("{}/tcp", spec.port);
+    let binding = PortBinding { host_ip: Some(spec.publish_ip.to_owned()), host_port: Some(String::new()) };
+    let body = ContainerCreateBody {
+        image: Some(spec.image.to_owned()),
+        env: Some(spec.env),
+        labels: Some(spec.labels),
+        exposed_ports: Some(vec![port_key.clone()]),
+        host_config: Some(HostConfig {
+            port_bindings: Some(HashMap::from([(port_key.clone(), Some(vec![binding]))])),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::default().name(spec.name).build();
+    let created = docker
+        .create_container(Some(options), body)
+        .await
+        .map_err(engine(format!("creating container {}", spec.name)))?;
+    docker
+        .start_container(&created.id, None)
+        .await
+        .map_err(engine(format!("starting container {}", spec.name)))?;
+    let inspect = docker
+        .inspect_container(&created.id, None)
+        .await
+        .map_err(engine(format!("inspecting container {}", spec.name)))?;
+    let port = inspect
+        .network_settings
+        .and_then(|n| n.ports)
+        .and_then(|mut ports| ports.remove(&port_key).flatten())
+        .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port?.parse::<u16>().ok()))
+        .ok_or_else(|| DockerError::NoPort(spec.name.to_owned()))?;
+    Ok((created.id, port))
+}
+
+/// Whether the container still runs, and its exit code if not.
+pub async fn container_exit(docker: &Docker, id: &str) -> Result<Option<i64>, DockerError> {
+    let inspect = docker.inspect_container(id, None).await.map_err(engine("inspecting the new container"))?;
+    let state = inspect.state.unwrap_or_default();
+    Ok(match state.running {
+        Some(true) => None,
+        _ => Some(state.exit_code.unwrap_or(-1)),
+    })
+}
+
+/// A stream of the container's output lines, from its start, following.
+pub fn follow_logs(docker: &Docker, id: &str) -> impl futures::Stream<Item = (bool, String)> + Send + 'static {
+    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+    docker.logs(id, Some(options)).filter_map(|item| async move {
+        match item.ok()? {
+            bollard::container::LogOutput::StdErr { message } => Some((true, String::from_utf8_lossy(&message).trim_end().to_owned())),
+            other => Some((false, String::from_utf8_lossy(&other.into_bytes()).trim_end().to_owned())),
+        }
+    })
+}
+
+fn filters(pairs: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_owned(),
+        pairs.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    )])
+}
+
+/// Containers (running or not) carrying all the given labels: (id, labels).
+pub async fn containers(docker: &Docker, labels: &[(&str, &str)]) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
+    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters(labels)).build();
+    let list = docker.list_containers(Some(options)).await.map_err(engine("listing containers"))?;
+    Ok(list
+        .into_iter()
+        .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+        .collect())
+}
+
+/// Stops (with a grace period for in-flight requests) and removes a container.
+pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    let stop = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECS).build();
+    let _ = docker.stop_container(id, Some(stop)).await;
+    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Err(e) => Err(engine(format!("removing container {id}"))(e)),
+    }
+}
+
+/// Images carrying all the given labels: (id, labels).
+pub async fn images(docker: &Docker, labels: &[(&str, &str)]) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
+    let options = ListImagesOptionsBuilder::default().filters(&filters(labels)).build();
+    let list = docker.list_images(Some(options)).await.map_err(engine("listing images"))?;
+    Ok(list.into_iter().map(|i| (i.id, i.labels)).collect())
+}
+
+/// Removes an image (and its tags).
+pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    let options = RemoveImageOptionsBuilder::default().force(true).build();
+    match docker.remove_image(id, Some(options), None).await {
+        Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Err(e) => Err(engine(format!("removing image {id}"))(e)),
+    }
+}
+
+/// Removes every container and image of `job` of `app` in `env`.
+pub async fn remove_job_objects(docker: &Docker, app: &str, env: &str, job: &str) -> Result<(), DockerError> {
+    let labels = [(label::APP, app), (label::ENV, env), (label::JOB, job)];
+    for (id, _) in containers(docker, &labels).await? {
+        remove_container(docker, &id).await?;
+    }
+    for (id, _) in images(docker, &labels).await? {
+        remove_image(docker, &id).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The health check of a new container: HTTP GET on its health path until it
+//! answers 200, it exits, or the timeout passes. Its output is streamed into
+//! the job's log meanwhile, so a failed start shows why.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bollard::Docker;
+use futures::StreamExt;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::{
+    docker,
+    report::{Reporter, Stream, Tail},
+};
+
+/// Pause between probes: quick enough that a deploy is not slowed noticeably,
+/// slow enough not to load a JVM that is still starting.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// One probe may take this long before it counts as a failure.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest response head read from a probe.
+const MAX_HEAD: usize = 1024;
+
+/// Where and how to probe.
+pub struct Probe<'a> {
+    /// Host the published port is reached on from the agent.
+    pub host: &'a str,
+    /// The published port.
+    pub port: u16,
+    /// The health path.
+    pub path: &'a str,
+    /// How long to wait for 200.
+    pub timeout: Duration,
+}
+
+/// Waits until the container answers 200; on failure, says why with its last lines.
+pub async fn wait_healthy(docker: &Docker, container: &str, probe: Probe<'_>, report: &Reporter) -> Result<(), String> {
+    let tail = Arc::new(Mutex::new(Tail::default()));
+    let follower = {
+        let mut lines = Box::pin(docker::follow_logs(docker, container));
+        let report = report.clone();
+        let tail = tail.clone();
+        tokio::spawn(async move {
+            while let Some((is_err, line)) = lines.next().await {
+                tail.lock().expect("tail lock").push(&line);
+                report.line(if is_err { Stream::Stderr } else { Stream::Stdout }, line).await;
+            }
+        })
+    };
+    let outcome = probe_until(docker, container, &probe).await;
+    follower.abort();
+    let _ = follower.await;
+    outcome.map_err(|why| {
+        let last = tail.lock().expect("tail lock").joined();
+        if last.is_empty() {
+            why
+        } else {
+            format!("{why}; last lines of the container:\n{last}")
+        }
+    })
+}
+
+async fn probe_until(docker: &Docker, container: &str, probe: &Probe<'_>) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + probe.timeout;
+    let mut last;
+    loop {
+        if let Some(code) = docker::container_exit(docker, container).await.map_err(|e| e.to_string())? {
+            return Err(format!("the new container exited with code {code} before it became healthy"));
+        }
+        match http_status(probe.host, probe.port, probe.path).await {
+            Ok(200) => return Ok(()),
+            Ok(status) => last = format!("last answer was HTTP {status}"),
+            Err(e) => last = format!("last attempt: {e}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the new container did not answer 200 on {} within {}s ({last})",
+                probe.path,
+                probe.timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// The status code of `GET path` on host:port (HTTP/1.0, one request).
+pub async fn http_status(host: &str, port: u16, path: &str) -> std::io::Result<u16> {
+    let exchange = async {
+        let mut conn = TcpStream::connect((host, port)).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await?;
+        let mut head = Vec::with_capacity(MAX_HEAD);
+        (&mut conn).take(MAX_HEAD as u64).read_to_end(&mut head).await?;
+        parse_status(&head).ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 2s"))?
+}
+
+fn parse_status(head: &[u8]) -> Option<u16> {
+    let line = head.split(|b| *b == b'\n').next()?;
+    let text = std::str::from_utf8(line).ok()?;
+    let mut parts = text.split_whitespace();
+    parts.next().filter(|v| v.starts_with("HTTP/"))?;
+    parts.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_status;
+
+    #[test]
+    fn status_lines_are_read() {
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\nx: y\r\n"), Some(200));
+        assert_eq!(parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
+        assert_eq!(parse_status(b""), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! What a running job tells the coordinator: stage changes, log lines with a
+//! per-job sequence number, and its end. Events go into the agent's outbox,
+//! which the connection drains; when the coordinator is away the outbox
+//! fills and the job waits (back-pressure) instead of dropping lines.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use gantry_shared::{limits::cap_log_line, now_ms, proto, JobId, JobState, Stage};
+use tokio::sync::mpsc;
+
+/// Lines kept for a failure summary: enough to show a compiler error or a
+/// stack trace's head, short enough to read in `gantry job`.
+pub const SUMMARY_LINES: usize = 20;
+
+/// Which output a line came from.
+pub use proto::LogStream as Stream;
+
+/// A job's reporter; cheap to clone.
+#[derive(Clone)]
+pub struct Reporter {
+    job: JobId,
+    outbox: mpsc::Sender<proto::AgentMessage>,
+    seq: Arc<AtomicU64>,
+    stage: Arc<Mutex<Option<Stage>>>,
+}
+
+impl Reporter {
+    /// A reporter for `job` sending into `outbox`.
+    pub fn new(job: JobId, outbox: mpsc::Sender<proto::AgentMessage>) -> Self {
+        Self {
+            job,
+            outbox,
+            seq: Arc::new(AtomicU64::new(0)),
+            stage: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The job reported on.
+    pub fn job(&self) -> JobId {
+        self.job
+    }
+
+    async fn send(&self, body: proto::job_event::Body) {
+        let event = proto::JobEvent { job_id: self.job.get(), body: Some(body) };
+        let msg = proto::AgentMessage { body: Some(proto::agent_message::Body::JobEvent(event)) };
+        // Fails only when the agent is shutting down; nothing is left to tell.
+        let _ = self.outbox.send(msg).await;
+    }
+
+    /// Enters a new stage, and says so in the log.
+    pub async fn stage(&self, stage: Stage) {
+        *self.stage.lock().expect("stage lock") = Some(stage);
+        self.send(proto::job_event::Body::Stage(stage.to_proto() as i32)).await;
+        self.line(Stream::System, format!("==> {}", stage.as_str())).await;
+    }
+
+    /// Sends one line of output.
+    pub async fn line(&self, stream: Stream, text: impl Into<String>) {
+        let stage = (*self.stage.lock().expect("stage lock")).map_or(proto::Stage::Unspecified, Stage::to_proto);
+        let line = proto::LogLine {
+            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            timestamp_ms: now_ms(),
+            stage: stage as i32,
+            stream: stream as i32,
+            text: cap_log_line(text.into()),
+        };
+        self.send(proto::job_event::Body::Log(line)).await;
+    }
+
+    /// Sends a line written by Gantry itself.
+    pub async fn system(&self, text: impl Into<String>) {
+        self.line(Stream::System, text).await;
+    }
+
+    /// Ends the job; nothing may follow.
+    pub async fn finish(&self, state: JobState, summary: String, deployed: Option<Deployed>) {
+        let deployed = deployed.unwrap_or_default();
+        self.system(format!("==> {}: {summary}", state.as_str())).await;
+        let done = proto::JobFinished {
+            state: state.to_proto() as i32,
+            summary,
+            url: deployed.url,
+            image: deployed.image,
+            container: deployed.container,
+        };
+        self.send(proto::job_event::Body::Finished(done)).await;
+    }
+}
+
+/// What a successful deploy left running.
+#[derive(Debug, Default, Clone)]
+pub struct Deployed {
+    /// Where it answers.
+    pub url: String,
+    /// Its image.
+    pub image: String,
+    /// Its container.
+    pub container: String,
+}
+
+/// The last lines of some output, for a failure summary.
+#[derive(Debug, Default)]
+pub struct Tail(VecDeque<String>);
+
+impl Tail {
+    /// Remembers `line`, forgetting the oldest beyond [`SUMMARY_LINES`].
+    pub fn push(&mut self, line: &str) {
+        if self.0.len() == SUMMARY_LINES {
+            self.0.pop_front();
+        }
+        self.0.push_back(line.to_owned());
+    }
+
+    /// The lines kept, one per line.
+    pub fn joined(&self) -> String {
+        self.0.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
