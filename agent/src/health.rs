@@ -91,19 +91,42 @@ async fn probe_until(docker: &Docker, container: &str, probe: &Probe<'_>) -> Res
     }
 }
 
-/// The status code of `GET path` on host:port (HTTP/1.0, one request).
+/// Largest response read by [`http_get`]: health answers and test pages are small.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// The status code of `GET path` on host:port.
 pub async fn http_status(host: &str, port: u16, path: &str) -> std::io::Result<u16> {
+    Ok(http_get(host, port, path).await?.0)
+}
+
+/// `GET path` on host:port (HTTP/1.0, one request): the status and the body.
+pub async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let exchange = async {
         let mut conn = TcpStream::connect((host, port)).await?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
         conn.write_all(request.as_bytes()).await?;
-        let mut head = Vec::with_capacity(MAX_HEAD);
-        (&mut conn).take(MAX_HEAD as u64).read_to_end(&mut head).await?;
-        parse_status(&head).ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+        let mut answer = Vec::new();
+        (&mut conn).take(MAX_RESPONSE as u64).read_to_end(&mut answer).await?;
+        let status = parse_status(&answer[..answer.len().min(MAX_HEAD)])
+            .ok_or_else(|| std::io::Error::other("not an HTTP answer"))?;
+        let body = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| String::from_utf8_lossy(&answer[at + 4..]).into_owned())
+            .unwrap_or_default();
+        Ok((status, body))
     };
     tokio::time::timeout(PROBE_TIMEOUT, exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 2s"))?
+}
+
+/// Splits "http://host:port[/...]" into host and port.
+pub fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 fn parse_status(head: &[u8]) -> Option<u16> {
@@ -124,5 +147,12 @@ mod tests {
         assert_eq!(parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(parse_status(b""), None);
+    }
+
+    #[test]
+    fn urls_split_into_host_and_port() {
+        assert_eq!(super::host_port("http://127.0.0.1:8080"), Some(("127.0.0.1".into(), 8080)));
+        assert_eq!(super::host_port("http://app.dev:81/x"), Some(("app.dev".into(), 81)));
+        assert_eq!(super::host_port("ftp://x:1"), None);
     }
 }

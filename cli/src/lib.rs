@@ -1,1 +1,8 @@
+//! The `gantry` operator CLI: commands against a coordinator's operator API,
+//! and `gantry demo`, which runs a whole Gantry in one process.
 
+pub mod commands;
+pub mod demo;
+pub mod jre_image;
+pub mod output;
+pub mod sample;

@@ -1,0 +1,217 @@
+//! The CLI's commands against a coordinator's operator API.
+
+use anyhow::Context;
+use gantry_shared::{proto, JobState};
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::output::{self, Format};
+
+/// A connected operator client.
+pub type Client = proto::operator_service_client::OperatorServiceClient<Channel>;
+
+/// Connects to the coordinator at `url`.
+pub async fn connect(url: &str) -> anyhow::Result<Client> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid coordinator address {url:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}; is it running? (set --coordinator or GANTRY_COORDINATOR)"))?;
+    Ok(Client::new(channel))
+}
+
+/// `gantry apps`
+pub async fn apps(client: &mut Client, format: Format) -> anyhow::Result<()> {
+    let apps = client.list_apps(proto::ListAppsRequest {}).await?.into_inner().apps;
+    if format == Format::Json {
+        let list: Vec<_> = apps
+            .iter()
+            .map(|a| json!({"name": a.name, "remote": a.remote, "default_branch": a.default_branch, "build_command": a.build_command, "artifact": a.artifact, "base_image": a.base_image, "dockerfile": a.dockerfile, "container_port": a.container_port, "health_path": a.health_path}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|a| {
+            let image = if a.dockerfile.is_empty() { a.base_image.clone() } else { format!("Dockerfile {}", a.dockerfile) };
+            vec![a.name.clone(), a.default_branch.clone(), a.remote.clone(), image, a.container_port.to_string()]
+        })
+        .collect();
+    output::table(&["APP", "BRANCH", "REMOTE", "IMAGE", "PORT"], &rows);
+    Ok(())
+}
+
+/// `gantry envs`
+pub async fn envs(client: &mut Client, format: Format) -> anyhow::Result<()> {
+    let envs = client.list_environments(proto::ListEnvironmentsRequest {}).await?.into_inner().environments;
+    if format == Format::Json {
+        let list: Vec<_> = envs
+            .iter()
+            .map(|e| json!({"name": e.name, "variables": e.variable_names, "connected_agents": e.connected_agents}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = envs
+        .iter()
+        .map(|e| vec![e.name.clone(), e.connected_agents.to_string(), e.variable_names.join(",")])
+        .collect();
+    output::table(&["ENV", "AGENTS", "VARIABLES"], &rows);
+    Ok(())
+}
+
+/// `gantry agents`
+pub async fn agents(client: &mut Client, format: Format) -> anyhow::Result<()> {
+    let agents = client.list_agents(proto::ListAgentsRequest {}).await?.into_inner().agents;
+    if format == Format::Json {
+        let list: Vec<_> = agents
+            .iter()
+            .map(|a| json!({"name": a.name, "env": a.env, "connected": a.connected, "labels": a.labels, "capacity": a.capacity, "version": a.version, "last_seen_ms": a.last_seen_ms, "running_jobs": a.running_jobs}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            let jobs: Vec<String> = a.running_jobs.iter().map(ToString::to_string).collect();
+            vec![
+                a.name.clone(),
+                a.env.clone(),
+                if a.connected { "connected".into() } else { "offline".into() },
+                format!("{}/{}", a.running_jobs.len(), a.capacity),
+                jobs.join(","),
+                a.version.clone(),
+                output::time(a.last_seen_ms),
+            ]
+        })
+        .collect();
+    output::table(&["AGENT", "ENV", "STATUS", "LOAD", "JOBS", "VERSION", "LAST SEEN"], &rows);
+    Ok(())
+}
+
+/// `gantry jobs`
+pub async fn jobs(client: &mut Client, app: Option<String>, env: Option<String>, limit: u32, format: Format) -> anyhow::Result<()> {
+    let request = proto::ListJobsRequest { app: app.unwrap_or_default(), env: env.unwrap_or_default(), limit };
+    let jobs = client.list_jobs(request).await?.into_inner().jobs;
+    if format == Format::Json {
+        let list: Vec<_> = jobs.iter().map(output::job_json).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.app.clone(),
+                j.env.clone(),
+                j.branch.clone(),
+                output::short(&j.commit).to_owned(),
+                output::state(j).to_owned(),
+                output::stage(j.stage).to_owned(),
+                j.agent.clone(),
+                output::time(j.created_ms),
+                j.reason.lines().next().unwrap_or_default().to_owned(),
+            ]
+        })
+        .collect();
+    output::table(&["JOB", "APP", "ENV", "BRANCH", "COMMIT", "STATE", "STAGE", "AGENT", "CREATED", "REASON"], &rows);
+    Ok(())
+}
+
+/// `gantry job JOB`
+pub async fn job(client: &mut Client, id: u64, format: Format) -> anyhow::Result<()> {
+    let job = client.get_job(proto::GetJobRequest { id }).await?.into_inner();
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&output::job_json(&job))?);
+        return Ok(());
+    }
+    print_job(&job);
+    Ok(())
+}
+
+/// A job for people, one field per line.
+pub fn print_job(job: &proto::Job) {
+    let fields = [
+        ("job", job.id.to_string()),
+        ("app", job.app.clone()),
+        ("env", job.env.clone()),
+        ("branch", job.branch.clone()),
+        ("commit", job.commit.clone()),
+        ("state", output::state(job).to_owned()),
+        ("stage", output::stage(job.stage).to_owned()),
+        ("agent", job.agent.clone()),
+        ("created", output::time(job.created_ms)),
+        ("updated", output::time(job.updated_ms)),
+        ("image", job.image.clone()),
+        ("container", job.container.clone()),
+        ("url", job.url.clone()),
+        ("log lines", job.last_seq.to_string()),
+        ("reason", job.reason.clone()),
+    ];
+    for (name, value) in fields.iter().filter(|(_, v)| !v.is_empty()) {
+        println!("{name:>10}: {}", value.replace('\n', "\n            "));
+    }
+}
+
+/// `gantry logs JOB [-f]`: prints the log; returns the job's final record when following.
+pub async fn logs(client: &mut Client, id: u64, follow: bool, format: Format) -> anyhow::Result<proto::Job> {
+    let request = proto::StreamJobLogsRequest { job_id: id, from_seq: 1, follow };
+    let mut stream = client.stream_job_logs(request).await?.into_inner();
+    while let Some(line) = stream.next().await {
+        let line = line?;
+        match format {
+            Format::Json => println!("{}", output::line_json(&line)),
+            Format::Table => println!("{}", line.text),
+        }
+    }
+    Ok(client.get_job(proto::GetJobRequest { id }).await?.into_inner())
+}
+
+/// `gantry deploy`: queues the deploy, then (unless detached) follows it.
+/// Returns whether the job succeeded (true when detached).
+pub async fn deploy(client: &mut Client, app: String, env: String, branch: Option<String>, detach: bool, format: Format) -> anyhow::Result<bool> {
+    let request = proto::DeployRequest { app, env, branch: branch.unwrap_or_default() };
+    let job = client.deploy(request).await?.into_inner();
+    match format {
+        Format::Json if detach => println!("{}", output::job_json(&job)),
+        Format::Json => {}
+        Format::Table => {
+            eprintln!("job {} {}: {} {} -> {} ({})", job.id, output::state(&job), job.app, job.branch, job.env, output::short(&job.commit));
+            if JobState::from_proto(job.state) == Some(JobState::Queued) {
+                eprintln!("waiting: {}", job.reason);
+            }
+        }
+    }
+    if detach {
+        if format == Format::Table {
+            println!("{}", job.id);
+        }
+        return Ok(true);
+    }
+    let done = logs(client, job.id, true, format).await?;
+    match format {
+        Format::Json => println!("{}", output::job_json(&done)),
+        Format::Table => {
+            eprintln!("job {} {}: {}", done.id, output::state(&done), done.reason.lines().next().unwrap_or_default());
+            if !done.url.is_empty() {
+                eprintln!("url: {}", done.url);
+            }
+        }
+    }
+    Ok(JobState::from_proto(done.state) == Some(JobState::Succeeded))
+}
+
+/// `gantry cancel JOB`
+pub async fn cancel(client: &mut Client, id: u64, format: Format) -> anyhow::Result<()> {
+    let job = client.cancel_job(proto::CancelJobRequest { id }).await?.into_inner();
+    match format {
+        Format::Json => println!("{}", output::job_json(&job)),
+        Format::Table => println!("job {} {}: {}", job.id, output::state(&job), job.reason),
+    }
+    Ok(())
+}

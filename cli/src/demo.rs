@@ -1,0 +1,159 @@
+//! `gantry demo`: the one command a new user runs to see Gantry work. It
+//! starts a coordinator and a dev agent in this process, creates a sample
+//! Java service as a local git repository, deploys its main branch to dev
+//! while showing the live log, checks the container answers, and prints
+//! its URL. Ctrl-C stops everything and removes what the demo deployed.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{bail, Context};
+use gantry_agent::{docker, health, AgentOptions};
+use gantry_shared::{config::CoordinatorConfig, AgentName, EnvName};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{commands, jre_image, output::Format, sample};
+
+/// The demo's app.
+pub const APP: &str = "hello";
+
+/// How the demo runs.
+pub struct DemoOptions {
+    /// Where its repository, config and data live.
+    pub dir: PathBuf,
+    /// Where its coordinator listens (another free port is used if taken).
+    pub listen: SocketAddr,
+    /// Stop and clean up right after the check instead of waiting for Ctrl-C.
+    pub exit: bool,
+}
+
+/// Writes the demo coordinator's config.
+fn config_text(listen: SocketAddr, remote: &str) -> String {
+    format!(
+        r#"# Written by `gantry demo`.
+listen = "{listen}"
+data_dir = "data"
+
+[[environments]]
+name = "dev"
+variables = {{ DATABASE_URL = "jdbc:postgresql://db.dev.internal:5432/hello", REGISTRY_ADDR = "nacos.dev.internal:8848" }}
+
+[[environments]]
+name = "test"
+
+[[apps]]
+name = "{APP}"
+remote = "{remote}"
+default_branch = "main"
+build_command = "{build}"
+artifact = "{artifact}"
+base_image = "{image}"
+container_port = {port}
+health_path = "{health}"
+health_timeout_secs = 60
+"#,
+        build = sample::BUILD_COMMAND,
+        artifact = sample::ARTIFACT,
+        image = jre_image::JRE_IMAGE,
+        port = sample::PORT,
+        health = sample::HEALTH_PATH,
+    )
+}
+
+/// Runs the demo.
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let dir = std::path::absolute(&options.dir)?;
+    println!("==> checking Docker");
+    let engine = docker::connect().await.context("the demo needs a running Docker engine")?;
+    println!("==> building the base image {} from this machine's JDK (first run only)", jre_image::JRE_IMAGE);
+    jre_image::ensure(&engine).await?;
+
+    let repo = dir.join("repos").join(APP);
+    if repo.exists() {
+        std::fs::remove_dir_all(&repo)?;
+    }
+    std::fs::create_dir_all(&repo)?;
+    let commit = sample::create_repo(&repo, "Hello")?;
+    println!("==> created the sample Java service in {} (main at {})", repo.display(), &commit[..10]);
+
+    let listener = match TcpListener::bind(options.listen).await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?,
+    };
+    let addr = listener.local_addr()?;
+    let config_path = dir.join("coordinator.toml");
+    std::fs::write(&config_path, config_text(addr, &format!("file://{}", repo.display())))?;
+    let config = CoordinatorConfig::load(&config_path)?;
+    let url = format!("http://{addr}");
+
+    let shutdown = CancellationToken::new();
+    let mut services = JoinSet::new();
+    services.spawn(gantry_coordinator::serve(config, listener, shutdown.clone()));
+    let agent = AgentOptions {
+        coordinator: url.clone(),
+        name: AgentName::new("dev-1")?,
+        env: EnvName::new("dev")?,
+        work_dir: dir.join("agent-dev-1"),
+        capacity: 1,
+        labels: Default::default(),
+        publish_ip: "127.0.0.1".into(),
+        health_host: "127.0.0.1".into(),
+        public_host: "127.0.0.1".into(),
+    };
+    services.spawn(gantry_agent::run(agent, shutdown.clone()));
+    println!("==> coordinator at {url}, agent dev-1 for env dev; deploying {APP} main -> dev\n");
+
+    let outcome = tokio::select! {
+        done = deploy_and_check(&url) => done,
+        stopped = services.join_next() => Err(anyhow::anyhow!("a demo service stopped early: {stopped:?}")),
+    };
+    if outcome.is_ok() && !options.exit {
+        println!("\nGantry is running. In another terminal try:");
+        println!("  export GANTRY_COORDINATOR={url}");
+        println!("  gantry jobs; gantry agents; gantry deploy --app {APP} --env dev --branch main");
+        println!("Press Ctrl-C to stop; the demo then removes the containers it deployed.");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            stopped = services.join_next() => eprintln!("a demo service stopped: {stopped:?}"),
+        }
+    }
+    println!("==> stopping the demo");
+    shutdown.cancel();
+    while let Some(done) = services.join_next().await {
+        if let Ok(Err(e)) = done {
+            eprintln!("warning: {e:#}");
+        }
+    }
+    remove_demo_objects(&engine).await?;
+    outcome
+}
+
+async fn deploy_and_check(url: &str) -> anyhow::Result<()> {
+    let mut client = commands::connect(url).await?;
+    if !commands::deploy(&mut client, APP.into(), "dev".into(), Some("main".into()), false, Format::Table).await? {
+        bail!("the demo deploy failed; its log is above");
+    }
+    let jobs = client
+        .list_jobs(gantry_shared::proto::ListJobsRequest { app: APP.into(), env: "dev".into(), limit: 1 })
+        .await?
+        .into_inner()
+        .jobs;
+    let job = jobs.first().context("the deployed job is missing")?;
+    let (host, port) = health::host_port(&job.url).context("the job reported no URL")?;
+    let (status, body) = health::http_get(&host, port, "/").await?;
+    println!("\n==> GET {}/ answered {status}: {}", job.url, body.trim());
+    let (status, _) = health::http_get(&host, port, sample::HEALTH_PATH).await?;
+    println!("==> {APP} is deployed to dev and healthy (GET {}{} -> {status})", job.url, sample::HEALTH_PATH);
+    Ok(())
+}
+
+async fn remove_demo_objects(engine: &bollard::Docker) -> anyhow::Result<()> {
+    let scope = [(docker::label::APP, APP)];
+    for (id, _) in docker::containers(engine, &scope).await? {
+        docker::remove_container(engine, &id).await?;
+    }
+    for (id, _) in docker::images(engine, &scope).await? {
+        docker::remove_image(engine, &id).await?;
+    }
+    Ok(())
+}

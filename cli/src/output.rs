@@ -1,0 +1,100 @@
+//! How the CLI shows things: aligned tables for people, JSON for scripts.
+
+use gantry_shared::{proto, JobState, Stage};
+use serde_json::{json, Value};
+
+/// The output format chosen with `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// One JSON document (or one object per line for logs).
+    Json,
+}
+
+/// Prints rows under `headers`, each column as wide as its widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+/// A job's state as a word.
+pub fn state(job: &proto::Job) -> &'static str {
+    JobState::from_proto(job.state).map_or("unknown", JobState::as_str)
+}
+
+/// A job's stage as a word ("" when none).
+pub fn stage(value: i32) -> &'static str {
+    Stage::from_proto(value).map_or("", Stage::as_str)
+}
+
+/// A timestamp as "YYYY-MM-DD HH:MM:SS" UTC.
+pub fn time(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let secs = ms / 1000;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A job as JSON.
+pub fn job_json(job: &proto::Job) -> Value {
+    json!({
+        "id": job.id, "app": job.app, "env": job.env, "branch": job.branch, "commit": job.commit,
+        "state": state(job), "stage": stage(job.stage), "reason": job.reason, "agent": job.agent,
+        "created_ms": job.created_ms, "updated_ms": job.updated_ms, "url": job.url,
+        "image": job.image, "container": job.container, "last_seq": job.last_seq,
+    })
+}
+
+/// A log line as JSON.
+pub fn line_json(line: &proto::LogLine) -> Value {
+    let stream = match proto::LogStream::try_from(line.stream) {
+        Ok(proto::LogStream::Stdout) => "stdout",
+        Ok(proto::LogStream::Stderr) => "stderr",
+        _ => "system",
+    };
+    json!({"seq": line.seq, "timestamp_ms": line.timestamp_ms, "stage": stage(line.stage), "stream": stream, "text": line.text})
+}
+
+/// Short commit id.
+pub fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(10)]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(super::time(0), "-");
+        assert_eq!(super::time(1_795_000_000_000), "2026-11-18 07:46:40");
+        assert_eq!(super::time(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}
