@@ -183,10 +183,8 @@ pub async fn run_container(docker: &Docker, spec: ContainerSpec<'_>) -> Result<(
         exposed_ports: Some(vec![port_key.clone()]),
         host_config: Some(HostConfig {
             port_bindings: Some(HashMap::from([(port_key.clone(), Some(vec![binding]))])),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                maximum_retry_count: None,
-            }),
+            // No restart policy until it is healthy: a crash must show as a
+            // crash, not as a restart loop. See [`keep_running`].
             ..Default::default()
         }),
         ..Default::default()
@@ -211,6 +209,14 @@ pub async fn run_container(docker: &Docker, spec: ContainerSpec<'_>) -> Result<(
         .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port?.parse::<u16>().ok()))
         .ok_or_else(|| DockerError::NoPort(spec.name.to_owned()))?;
     Ok((created.id, port))
+}
+
+/// Restarts a released container whenever it stops (host reboots, crashes),
+/// unless an operator stops it.
+pub async fn keep_running(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    let policy = RestartPolicy { name: Some(RestartPolicyNameEnum::UNLESS_STOPPED), maximum_retry_count: None };
+    let body = bollard::models::ContainerUpdateBody { restart_policy: Some(policy), ..Default::default() };
+    docker.update_container(id, body).await.map_err(engine("setting the restart policy"))
 }
 
 /// Whether the container still runs, and its exit code if not.

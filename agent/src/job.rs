@@ -212,6 +212,7 @@ async fn stages(rt: &Runtime, job: &Job, report: &Reporter, cancel: &Cancellatio
     };
     cancellable(cancel, async { health::wait_healthy(&rt.docker, &container, probe, report).await.map_err(Stop::Failed) }).await?;
     report.system(format!("healthy: GET {} answered 200", job.spec.health_path)).await;
+    docker::keep_running(&rt.docker, &container).await?;
 
     retire_previous(rt, job, &container, report).await;
     Ok(Deployed {

@@ -1,1 +1,326 @@
+//! Test harness for Gantry's end-to-end tests: a real coordinator and real
+//! agents in this process (on port 0), real git repositories of the sample
+//! Java service, the real Docker engine. Every object a test creates in
+//! Docker carries its app's label and is removed when the test ends, pass or
+//! fail.
 
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+use gantry_agent::{docker, AgentOptions};
+use gantry_cli::{jre_image, sample};
+use gantry_shared::{config::CoordinatorConfig, proto, AgentName, EnvName, JobState};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+pub use gantry_cli::commands::Client;
+
+/// Longest a deploy of the sample app may take in a test (a cold JVM build
+/// and image build on a loaded 2-core machine take well under a minute).
+pub const DEPLOY_DEADLINE: Duration = Duration::from_secs(240);
+
+/// An app a test deploys.
+#[derive(Clone)]
+pub struct TestApp {
+    /// Its name; unique per test, so tests never touch each other's objects.
+    pub name: String,
+    /// Its build command (default: the sample's).
+    pub build_command: String,
+    /// Its health timeout.
+    pub health_timeout_secs: u64,
+    /// Its remote (default: the repository the harness creates).
+    pub remote: Option<String>,
+}
+
+impl TestApp {
+    /// The sample app under `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            build_command: sample::BUILD_COMMAND.to_owned(),
+            health_timeout_secs: 60,
+            remote: None,
+        }
+    }
+}
+
+/// A running coordinator with its agents, repositories and data.
+pub struct Harness {
+    /// Scratch space: repositories, data, agent work dirs.
+    pub dir: tempfile::TempDir,
+    /// The coordinator's URL.
+    pub url: String,
+    apps: Vec<TestApp>,
+    envs: Vec<(String, BTreeMap<String, String>)>,
+    coordinator: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    agents: Vec<(String, CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+}
+
+/// Logs for tests, once per process (RUST_LOG to see them).
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+impl Harness {
+    /// Creates a repository for each app, writes the config and starts the
+    /// coordinator. `envs` are (name, variables).
+    pub async fn start(apps: &[TestApp], envs: &[(&str, &[(&str, &str)])]) -> anyhow::Result<Self> {
+        init_tracing();
+        let engine = docker::connect().await?;
+        jre_image::ensure(&engine).await?;
+        for app in apps {
+            remove_app_objects(&app.name).await?;
+        }
+        let dir = tempfile::tempdir()?;
+        for app in apps.iter().filter(|a| a.remote.is_none()) {
+            let repo = dir.path().join("repos").join(&app.name);
+            std::fs::create_dir_all(&repo)?;
+            sample::create_repo(&repo, "Hello v1")?;
+        }
+        let envs = envs
+            .iter()
+            .map(|(name, vars)| (name.to_string(), vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+            .collect();
+        let mut harness = Self { dir, url: String::new(), apps: apps.to_vec(), envs, coordinator: None, agents: Vec::new() };
+        harness.start_coordinator().await?;
+        Ok(harness)
+    }
+
+    /// The config file text.
+    pub fn config_text(&self, listen: std::net::SocketAddr) -> String {
+        let mut text = format!("listen = \"{listen}\"\ndata_dir = \"data\"\nagent_lease_secs = 20\n");
+        for (name, vars) in &self.envs {
+            text += &format!("\n[[environments]]\nname = \"{name}\"\n[environments.variables]\n");
+            for (k, v) in vars {
+                text += &format!("{k} = \"{v}\"\n");
+            }
+        }
+        for app in &self.apps {
+            let remote = app.remote.clone().unwrap_or_else(|| format!("file://{}", self.repo(&app.name).display()));
+            text += &format!(
+                "\n[[apps]]\nname = \"{}\"\nremote = \"{remote}\"\nbuild_command = '''{}'''\nartifact = \"{}\"\n\
+                 base_image = \"{}\"\ncontainer_port = {}\nhealth_path = \"{}\"\nhealth_timeout_secs = {}\n",
+                app.name,
+                app.build_command,
+                sample::ARTIFACT,
+                jre_image::JRE_IMAGE,
+                sample::PORT,
+                sample::HEALTH_PATH,
+                app.health_timeout_secs,
+            );
+        }
+        text
+    }
+
+    /// (Re)starts the coordinator on a new port, over the same data.
+    pub async fn start_coordinator(&mut self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let path = self.dir.path().join("coordinator.toml");
+        std::fs::write(&path, self.config_text(addr))?;
+        let config = CoordinatorConfig::load(&path)?;
+        let token = CancellationToken::new();
+        let task = tokio::spawn(gantry_coordinator::serve(config, listener, token.clone()));
+        self.url = format!("http://{addr}");
+        self.coordinator = Some((token, task));
+        Ok(())
+    }
+
+    /// Stops the coordinator and waits until it has flushed and exited.
+    pub async fn stop_coordinator(&mut self) -> anyhow::Result<()> {
+        if let Some((token, task)) = self.coordinator.take() {
+            token.cancel();
+            task.await??;
+        }
+        Ok(())
+    }
+
+    /// The path of an app's repository.
+    pub fn repo(&self, app: &str) -> PathBuf {
+        self.dir.path().join("repos").join(app)
+    }
+
+    /// An agent's work dir.
+    pub fn work_dir(&self, agent: &str) -> PathBuf {
+        self.dir.path().join("agents").join(agent)
+    }
+
+    /// Starts an agent for `env` in this process.
+    pub fn start_agent(&mut self, env: &str, name: &str) -> anyhow::Result<()> {
+        let options = AgentOptions {
+            coordinator: self.url.clone(),
+            name: AgentName::new(name)?,
+            env: EnvName::new(env)?,
+            work_dir: self.work_dir(name),
+            capacity: 2,
+            labels: BTreeMap::from([("test".to_owned(), "yes".to_owned())]),
+            publish_ip: "127.0.0.1".into(),
+            health_host: "127.0.0.1".into(),
+            public_host: "127.0.0.1".into(),
+        };
+        let token = CancellationToken::new();
+        let task = tokio::spawn(gantry_agent::run(options, token.clone()));
+        self.agents.push((name.to_owned(), token, task));
+        Ok(())
+    }
+
+    /// A client of the operator API.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        gantry_cli::commands::connect(&self.url).await
+    }
+
+    /// Commits the sample app with `greeting` on `branch` (created from main
+    /// if new) of `app`'s repository; returns the commit id.
+    pub fn commit_version(&self, app: &str, branch: &str, greeting: &str) -> anyhow::Result<String> {
+        self.commit_file(app, branch, "src/Main.java", &sample::main_java(greeting))
+    }
+
+    /// Commits `content` at `path` on `branch` of `app`'s repository.
+    pub fn commit_file(&self, app: &str, branch: &str, path: &str, content: &str) -> anyhow::Result<String> {
+        let repo = git2::Repository::open(self.repo(app))?;
+        checkout_branch(&repo, branch)?;
+        std::fs::write(self.repo(app).join(path), content)?;
+        let commit = sample::commit_all(&repo, &format!("change {path}"))?;
+        checkout_branch(&repo, "main")?;
+        Ok(commit)
+    }
+
+    /// Stops everything this harness started.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        for (_, token, task) in self.agents.drain(..) {
+            token.cancel();
+            task.await??;
+        }
+        self.stop_coordinator().await
+    }
+}
+
+fn checkout_branch(repo: &git2::Repository, branch: &str) -> anyhow::Result<()> {
+    if repo.find_branch(branch, git2::BranchType::Local).is_err() {
+        let head = repo.head()?.peel_to_commit()?;
+        repo.branch(branch, &head, false)?;
+    }
+    let refname = format!("refs/heads/{branch}");
+    let tree = repo.revparse_single(&refname)?;
+    repo.checkout_tree(&tree, Some(git2::build::CheckoutBuilder::new().force()))?;
+    repo.set_head(&refname)?;
+    Ok(())
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for (_, token, task) in &self.agents {
+            token.cancel();
+            task.abort();
+        }
+        if let Some((token, task)) = &self.coordinator {
+            token.cancel();
+            task.abort();
+        }
+        let apps: Vec<String> = self.apps.iter().map(|a| a.name.clone()).collect();
+        // Drop cannot await; clean up on a thread with its own runtime so
+        // this works from inside a test's runtime too.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                for app in apps {
+                    if let Err(e) = remove_app_objects(&app).await {
+                        eprintln!("cleanup of {app} failed: {e:#}");
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Removes every container and image labelled with `app`.
+pub async fn remove_app_objects(app: &str) -> anyhow::Result<()> {
+    let engine = docker::connect().await?;
+    let scope = [(docker::label::APP, app)];
+    for (id, _) in docker::containers(&engine, &scope).await? {
+        docker::remove_container(&engine, &id).await?;
+    }
+    for (id, _) in docker::images(&engine, &scope).await? {
+        docker::remove_image(&engine, &id).await?;
+    }
+    Ok(())
+}
+
+/// Follows `job`'s log until it ends; returns the lines seen and the final job.
+pub async fn follow_to_end(client: &mut Client, job: u64) -> anyhow::Result<(Vec<proto::LogLine>, proto::Job)> {
+    let follow = async {
+        let request = proto::StreamJobLogsRequest { job_id: job, from_seq: 1, follow: true };
+        let mut stream = client.stream_job_logs(request).await?.into_inner();
+        let mut lines = Vec::new();
+        while let Some(line) = stream.next().await {
+            lines.push(line?);
+        }
+        let job = client.get_job(proto::GetJobRequest { id: job }).await?.into_inner();
+        anyhow::Ok((lines, job))
+    };
+    tokio::time::timeout(DEPLOY_DEADLINE, follow)
+        .await
+        .with_context(|| format!("job {job} did not end within {DEPLOY_DEADLINE:?}"))?
+}
+
+/// Deploys and follows to the end.
+pub async fn deploy(client: &mut Client, app: &str, env: &str, branch: &str) -> anyhow::Result<(Vec<proto::LogLine>, proto::Job)> {
+    let request = proto::DeployRequest { app: app.into(), env: env.into(), branch: branch.into() };
+    let job = client.deploy(request).await?.into_inner();
+    follow_to_end(client, job.id).await
+}
+
+/// The job's state.
+pub fn state(job: &proto::Job) -> JobState {
+    JobState::from_proto(job.state).expect("jobs carry a state")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(found) = check().await? {
+            return Ok(found);
+        }
+        if tokio::time::Instant::now() > until {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GET `path` on a job's URL: (status, body).
+pub async fn get(url: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let (host, port) = gantry_agent::health::host_port(url).with_context(|| format!("bad url {url:?}"))?;
+    Ok(gantry_agent::health::http_get(&host, port, path).await?)
+}
+
+/// The texts of `lines`.
+pub fn texts(lines: &[proto::LogLine]) -> Vec<&str> {
+    lines.iter().map(|l| l.text.as_str()).collect()
+}
+
+/// Asserts the lines are numbered 1..=n with no gap or repeat.
+pub fn assert_contiguous(lines: &[proto::LogLine]) {
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line.seq, i as u64 + 1, "log line {i} has seq {}: {:?}", line.seq, line.text);
+    }
+}
+
+/// Whether a path exists.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
