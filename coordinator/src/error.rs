@@ -17,7 +17,7 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
     /// The app is not configured.
-    #[error("unknown app {app:?}; configured apps: {known}")]
+    #[error("unknown app \"{app}\"; configured apps: {known}")]
     UnknownApp {
         /// The app asked for.
         app: AppName,
@@ -25,7 +25,7 @@ pub enum Error {
         known: String,
     },
     /// The environment is not configured.
-    #[error("unknown environment {env:?}; configured environments: {known}")]
+    #[error("unknown environment \"{env}\"; configured environments: {known}")]
     UnknownEnv {
         /// The environment asked for.
         env: EnvName,
@@ -33,7 +33,7 @@ pub enum Error {
         known: String,
     },
     /// The branch is not on the app's remote.
-    #[error("branch {branch:?} does not exist on the remote of app {app:?}; push it first or check its spelling")]
+    #[error("branch \"{branch}\" does not exist on the remote of app \"{app}\"; push it first or check its spelling")]
     UnknownBranch {
         /// The app.
         app: AppName,
@@ -44,7 +44,7 @@ pub enum Error {
     #[error("job {0} does not exist")]
     UnknownJob(JobId),
     /// The app's remote could not be reached or read.
-    #[error("cannot reach the git remote of app {app:?} ({remote}): {message}; check the remote URL and credentials in the coordinator config")]
+    #[error("cannot reach the git remote of app \"{app}\" ({remote}): {message}; check the remote URL and credentials in the coordinator config")]
     RemoteUnavailable {
         /// The app.
         app: AppName,
