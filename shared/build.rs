@@ -5,8 +5,8 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
-    let files = ["common.proto", "agent.proto", "operator.proto"]
-        .map(|f| root.join("gantry/v1").join(f));
+    let files =
+        ["common.proto", "agent.proto", "operator.proto"].map(|f| root.join("gantry/v1").join(f));
     println!("cargo:rerun-if-changed={}", root.display());
 
     let fds = protox::compile(&files, [&root])?;

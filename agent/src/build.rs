@@ -41,7 +41,9 @@ pub enum BuildError {
         tail: String,
     },
     /// It ran past its timeout and was stopped.
-    #[error("build timed out after {0}s and was stopped; raise build_timeout_secs if it needs longer")]
+    #[error(
+        "build timed out after {0}s and was stopped; raise build_timeout_secs if it needs longer"
+    )]
     Timeout(u64),
     /// The job was cancelled.
     #[error("build cancelled")]
@@ -81,8 +83,16 @@ pub async fn run(
     let pgid = child.id().expect("a just-spawned child has a pid") as i32;
     let (tx, mut lines) = mpsc::channel(LINE_BUFFER);
     let readers = [
-        tokio::spawn(read_lines(BufReader::new(child.stdout.take().expect("piped")), Stream::Stdout, tx.clone())),
-        tokio::spawn(read_lines(BufReader::new(child.stderr.take().expect("piped")), Stream::Stderr, tx)),
+        tokio::spawn(read_lines(
+            BufReader::new(child.stdout.take().expect("piped")),
+            Stream::Stdout,
+            tx.clone(),
+        )),
+        tokio::spawn(read_lines(
+            BufReader::new(child.stderr.take().expect("piped")),
+            Stream::Stderr,
+            tx,
+        )),
     ];
 
     let mut tail = Tail::default();
@@ -122,13 +132,20 @@ pub async fn run(
     if let Some(err) = stopped {
         return Err(err);
     }
-    let status = status.expect("loop ends after wait").map_err(BuildError::Spawn)?;
+    let status = status
+        .expect("loop ends after wait")
+        .map_err(BuildError::Spawn)?;
     if status.success() {
         return Ok(());
     }
     use std::os::unix::process::ExitStatusExt;
-    let code = status.code().unwrap_or_else(|| -status.signal().unwrap_or(0));
-    Err(BuildError::Exit { code, tail: tail.joined() })
+    let code = status
+        .code()
+        .unwrap_or_else(|| -status.signal().unwrap_or(0));
+    Err(BuildError::Exit {
+        code,
+        tail: tail.joined(),
+    })
 }
 
 /// SIGTERM to the whole group, then SIGKILL after [`KILL_GRACE`] if any of it lives.
@@ -149,11 +166,18 @@ fn signal_group(pgid: i32, signal: i32) -> bool {
 
 /// Reads `reader` line by line, cutting lines longer than the limit with a
 /// marker instead of buffering without bound.
-async fn read_lines(mut reader: impl AsyncBufRead + Unpin, stream: Stream, tx: mpsc::Sender<(Stream, String)>) {
+async fn read_lines(
+    mut reader: impl AsyncBufRead + Unpin,
+    stream: Stream,
+    tx: mpsc::Sender<(Stream, String)>,
+) {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let read = (&mut reader).take(MAX_LOG_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).await;
+        let read = (&mut reader)
+            .take(MAX_LOG_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await;
         match read {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -163,7 +187,11 @@ async fn read_lines(mut reader: impl AsyncBufRead + Unpin, stream: Stream, tx: m
             let mut rest = Vec::new();
             loop {
                 rest.clear();
-                match (&mut reader).take(64 * 1024).read_until(b'\n', &mut rest).await {
+                match (&mut reader)
+                    .take(64 * 1024)
+                    .read_until(b'\n', &mut rest)
+                    .await
+                {
                     Ok(0) | Err(_) => break,
                     Ok(_) if rest.last() == Some(&b'\n') => break,
                     Ok(_) => {}
@@ -182,7 +210,10 @@ async fn read_lines(mut reader: impl AsyncBufRead + Unpin, stream: Stream, tx: m
 
 /// The one file `pattern` (a path or glob relative to `dir`) matches.
 pub fn find_artifact(dir: &Path, pattern: &str) -> Result<PathBuf, BuildError> {
-    let err = |found: String| BuildError::Artifact { pattern: pattern.to_owned(), found };
+    let err = |found: String| BuildError::Artifact {
+        pattern: pattern.to_owned(),
+        found,
+    };
     let full = dir.join(pattern);
     let matches: Vec<PathBuf> = glob::glob(&full.to_string_lossy())
         .map_err(|e| err(format!("nothing: the pattern is invalid ({e})")))?
@@ -195,7 +226,10 @@ pub fn find_artifact(dir: &Path, pattern: &str) -> Result<PathBuf, BuildError> {
         many => Err(err(format!(
             "{} files: {}",
             many.len(),
-            many.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }

@@ -63,7 +63,9 @@ pub async fn maintain(link: &mut Link, shutdown: &CancellationToken) {
     while !shutdown.is_cancelled() {
         match session(link, shutdown, &mut backoff).await {
             Ok(()) => info!("stream to the coordinator closed"),
-            Err(e) => warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable"),
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -73,7 +75,11 @@ pub async fn maintain(link: &mut Link, shutdown: &CancellationToken) {
     }
 }
 
-async fn session(link: &mut Link, shutdown: &CancellationToken, backoff: &mut Duration) -> anyhow::Result<()> {
+async fn session(
+    link: &mut Link,
+    shutdown: &CancellationToken,
+    backoff: &mut Duration,
+) -> anyhow::Result<()> {
     let channel = Endpoint::from_shared(link.options.coordinator.clone())?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -85,7 +91,13 @@ async fn session(link: &mut Link, shutdown: &CancellationToken, backoff: &mut Du
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let running_jobs = link.running.lock().expect("running lock").keys().map(|j| j.get()).collect();
+    let running_jobs = link
+        .running
+        .lock()
+        .expect("running lock")
+        .keys()
+        .map(|j| j.get())
+        .collect();
     let register = proto::Register {
         name: link.options.name.to_string(),
         env: link.options.env.to_string(),
@@ -94,11 +106,17 @@ async fn session(link: &mut Link, shutdown: &CancellationToken, backoff: &mut Du
         version: gantry_shared::VERSION.to_owned(),
         running_jobs,
     };
-    tx.send(proto::AgentMessage { body: Some(proto::agent_message::Body::Register(register)) }).await?;
+    tx.send(proto::AgentMessage {
+        body: Some(proto::agent_message::Body::Register(register)),
+    })
+    .await?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
 
     let mut heartbeat = DEFAULT_HEARTBEAT;
-    if let Some(proto::CoordinatorMessage { body: Some(proto::coordinator_message::Body::Registered(r)) }) = inbound.message().await? {
+    if let Some(proto::CoordinatorMessage {
+        body: Some(proto::coordinator_message::Body::Registered(r)),
+    }) = inbound.message().await?
+    {
         heartbeat = Duration::from_millis(r.heartbeat_interval_ms.max(100));
     }
     info!(agent = %link.options.name, env = %link.options.env, "registered with the coordinator");
@@ -133,7 +151,9 @@ fn handle(link: &Link, msg: proto::CoordinatorMessage) {
     match msg.body {
         Some(proto::coordinator_message::Body::Assign(spec)) => start_job(link, spec),
         Some(proto::coordinator_message::Body::Cancel(c)) => {
-            let found = JobId::new(c.job_id).ok().and_then(|id| link.running.lock().expect("running lock").get(&id).cloned());
+            let found = JobId::new(c.job_id)
+                .ok()
+                .and_then(|id| link.running.lock().expect("running lock").get(&id).cloned());
             match found {
                 Some(token) => {
                     info!(job = c.job_id, "cancelling job");
@@ -157,7 +177,13 @@ fn start_job(link: &Link, spec: proto::JobSpec) {
         Err(why) => {
             warn!(job = %id, %why, "refusing a malformed job");
             link.tasks.spawn(async move {
-                report.finish(gantry_shared::JobState::Failed, format!("the agent refused the job: {why}"), None).await;
+                report
+                    .finish(
+                        gantry_shared::JobState::Failed,
+                        format!("the agent refused the job: {why}"),
+                        None,
+                    )
+                    .await;
             });
             return;
         }

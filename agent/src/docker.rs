@@ -68,7 +68,8 @@ fn engine(doing: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Do
 /// Connects to the local engine, negotiating the API version (engines here
 /// may be older than bollard's default).
 pub async fn connect() -> Result<Docker, DockerError> {
-    let docker = Docker::connect_with_local_defaults().map_err(engine("connecting to the Docker engine"))?;
+    let docker =
+        Docker::connect_with_local_defaults().map_err(engine("connecting to the Docker engine"))?;
     docker
         .negotiate_version()
         .await
@@ -106,7 +107,11 @@ pub fn generated_dockerfile(base: &str, port: u16) -> String {
 fn context_tar(source: &ImageSource<'_>) -> std::io::Result<(Vec<u8>, String)> {
     let mut tar = tar::Builder::new(Vec::new());
     let dockerfile = match source {
-        ImageSource::Base { image, artifact, port } => {
+        ImageSource::Base {
+            image,
+            artifact,
+            port,
+        } => {
             let text = generated_dockerfile(image, *port);
             let mut header = tar::Header::new_gnu();
             header.set_size(text.len() as u64);
@@ -142,7 +147,8 @@ pub async fn build_image(
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
     let mut tail = Tail::default();
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| DockerError::Build(format!("{e}; last lines:\n{}", tail.joined())))?;
+        let info =
+            item.map_err(|e| DockerError::Build(format!("{e}; last lines:\n{}", tail.joined())))?;
         if let Some(text) = info.stream {
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 tail.push(line);
@@ -173,9 +179,15 @@ pub struct ContainerSpec<'a> {
 }
 
 /// Creates and starts a container; returns its id and published host port.
-pub async fn run_container(docker: &Docker, spec: ContainerSpec<'_>) -> Result<(String, u16), DockerError> {
+pub async fn run_container(
+    docker: &Docker,
+    spec: ContainerSpec<'_>,
+) -> Result<(String, u16), DockerError> {
     let port_key = format!("{}/tcp", spec.port);
-    let binding = PortBinding { host_ip: Some(spec.publish_ip.to_owned()), host_port: Some(String::new()) };
+    let binding = PortBinding {
+        host_ip: Some(spec.publish_ip.to_owned()),
+        host_port: Some(String::new()),
+    };
     let body = ContainerCreateBody {
         image: Some(spec.image.to_owned()),
         env: Some(spec.env),
@@ -189,7 +201,9 @@ pub async fn run_container(docker: &Docker, spec: ContainerSpec<'_>) -> Result<(
         }),
         ..Default::default()
     };
-    let options = CreateContainerOptionsBuilder::default().name(spec.name).build();
+    let options = CreateContainerOptionsBuilder::default()
+        .name(spec.name)
+        .build();
     let created = docker
         .create_container(Some(options), body)
         .await
@@ -206,7 +220,11 @@ pub async fn run_container(docker: &Docker, spec: ContainerSpec<'_>) -> Result<(
         .network_settings
         .and_then(|n| n.ports)
         .and_then(|mut ports| ports.remove(&port_key).flatten())
-        .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port?.parse::<u16>().ok()))
+        .and_then(|bindings| {
+            bindings
+                .into_iter()
+                .find_map(|b| b.host_port?.parse::<u16>().ok())
+        })
         .ok_or_else(|| DockerError::NoPort(spec.name.to_owned()))?;
     Ok((created.id, port))
 }
@@ -214,14 +232,26 @@ pub async fn run_container(docker: &Docker, spec: ContainerSpec<'_>) -> Result<(
 /// Restarts a released container whenever it stops (host reboots, crashes),
 /// unless an operator stops it.
 pub async fn keep_running(docker: &Docker, id: &str) -> Result<(), DockerError> {
-    let policy = RestartPolicy { name: Some(RestartPolicyNameEnum::UNLESS_STOPPED), maximum_retry_count: None };
-    let body = bollard::models::ContainerUpdateBody { restart_policy: Some(policy), ..Default::default() };
-    docker.update_container(id, body).await.map_err(engine("setting the restart policy"))
+    let policy = RestartPolicy {
+        name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+        maximum_retry_count: None,
+    };
+    let body = bollard::models::ContainerUpdateBody {
+        restart_policy: Some(policy),
+        ..Default::default()
+    };
+    docker
+        .update_container(id, body)
+        .await
+        .map_err(engine("setting the restart policy"))
 }
 
 /// Whether the container still runs, and its exit code if not.
 pub async fn container_exit(docker: &Docker, id: &str) -> Result<Option<i64>, DockerError> {
-    let inspect = docker.inspect_container(id, None).await.map_err(engine("inspecting the new container"))?;
+    let inspect = docker
+        .inspect_container(id, None)
+        .await
+        .map_err(engine("inspecting the new container"))?;
     let state = inspect.state.unwrap_or_default();
     Ok(match state.running {
         Some(true) => None,
@@ -230,14 +260,31 @@ pub async fn container_exit(docker: &Docker, id: &str) -> Result<Option<i64>, Do
 }
 
 /// A stream of the container's output lines, from its start, following.
-pub fn follow_logs(docker: &Docker, id: &str) -> impl futures::Stream<Item = (bool, String)> + Send + 'static {
-    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
-    docker.logs(id, Some(options)).filter_map(|item| async move {
-        match item.ok()? {
-            bollard::container::LogOutput::StdErr { message } => Some((true, String::from_utf8_lossy(&message).trim_end().to_owned())),
-            other => Some((false, String::from_utf8_lossy(&other.into_bytes()).trim_end().to_owned())),
-        }
-    })
+pub fn follow_logs(
+    docker: &Docker,
+    id: &str,
+) -> impl futures::Stream<Item = (bool, String)> + Send + 'static {
+    let options = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    docker
+        .logs(id, Some(options))
+        .filter_map(|item| async move {
+            match item.ok()? {
+                bollard::container::LogOutput::StdErr { message } => Some((
+                    true,
+                    String::from_utf8_lossy(&message).trim_end().to_owned(),
+                )),
+                other => Some((
+                    false,
+                    String::from_utf8_lossy(&other.into_bytes())
+                        .trim_end()
+                        .to_owned(),
+                )),
+            }
+        })
 }
 
 fn filters(pairs: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
@@ -248,9 +295,18 @@ fn filters(pairs: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
 }
 
 /// Containers (running or not) carrying all the given labels: (id, labels).
-pub async fn containers(docker: &Docker, labels: &[(&str, &str)]) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
-    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters(labels)).build();
-    let list = docker.list_containers(Some(options)).await.map_err(engine("listing containers"))?;
+pub async fn containers(
+    docker: &Docker,
+    labels: &[(&str, &str)],
+) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters(labels))
+        .build();
+    let list = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(engine("listing containers"))?;
     Ok(list
         .into_iter()
         .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
@@ -259,19 +315,35 @@ pub async fn containers(docker: &Docker, labels: &[(&str, &str)]) -> Result<Vec<
 
 /// Stops (with a grace period for in-flight requests) and removes a container.
 pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
-    let stop = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECS).build();
+    let stop = StopContainerOptionsBuilder::default()
+        .t(STOP_GRACE_SECS)
+        .build();
     let _ = docker.stop_container(id, Some(stop)).await;
-    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
     match docker.remove_container(id, Some(options)).await {
-        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
         Err(e) => Err(engine(format!("removing container {id}"))(e)),
     }
 }
 
 /// Images carrying all the given labels: (id, labels).
-pub async fn images(docker: &Docker, labels: &[(&str, &str)]) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
-    let options = ListImagesOptionsBuilder::default().filters(&filters(labels)).build();
-    let list = docker.list_images(Some(options)).await.map_err(engine("listing images"))?;
+pub async fn images(
+    docker: &Docker,
+    labels: &[(&str, &str)],
+) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
+    let options = ListImagesOptionsBuilder::default()
+        .filters(&filters(labels))
+        .build();
+    let list = docker
+        .list_images(Some(options))
+        .await
+        .map_err(engine("listing images"))?;
     Ok(list.into_iter().map(|i| (i.id, i.labels)).collect())
 }
 
@@ -279,13 +351,21 @@ pub async fn images(docker: &Docker, labels: &[(&str, &str)]) -> Result<Vec<(Str
 pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), DockerError> {
     let options = RemoveImageOptionsBuilder::default().force(true).build();
     match docker.remove_image(id, Some(options), None).await {
-        Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Ok(_)
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
         Err(e) => Err(engine(format!("removing image {id}"))(e)),
     }
 }
 
 /// Removes every container and image of `job` of `app` in `env`.
-pub async fn remove_job_objects(docker: &Docker, app: &str, env: &str, job: &str) -> Result<(), DockerError> {
+pub async fn remove_job_objects(
+    docker: &Docker,
+    app: &str,
+    env: &str,
+    job: &str,
+) -> Result<(), DockerError> {
     let labels = [(label::APP, app), (label::ENV, env), (label::JOB, job)];
     for (id, _) in containers(docker, &labels).await? {
         remove_container(docker, &id).await?;

@@ -34,13 +34,19 @@ trait Context<T> {
 
 impl<T> Context<T> for Result<T, git2::Error> {
     fn doing(self, what: impl FnOnce() -> String) -> Result<T, GitError> {
-        self.map_err(|source| GitError::Git { doing: what(), source })
+        self.map_err(|source| GitError::Git {
+            doing: what(),
+            source,
+        })
     }
 }
 
 impl<T> Context<T> for Result<T, std::io::Error> {
     fn doing(self, what: impl FnOnce() -> String) -> Result<T, GitError> {
-        self.map_err(|source| GitError::Io { doing: what(), source })
+        self.map_err(|source| GitError::Io {
+            doing: what(),
+            source,
+        })
     }
 }
 
@@ -60,15 +66,19 @@ pub fn fetch(mirror: &Path, remote: &str, commit: &str) -> Result<Fetched, GitEr
     let repo = match git2::Repository::open_bare(mirror) {
         Ok(repo) => repo,
         Err(_) => {
-            std::fs::create_dir_all(mirror).doing(|| format!("creating mirror {}", mirror.display()))?;
-            git2::Repository::init_bare(mirror).doing(|| format!("creating mirror {}", mirror.display()))?
+            std::fs::create_dir_all(mirror)
+                .doing(|| format!("creating mirror {}", mirror.display()))?;
+            git2::Repository::init_bare(mirror)
+                .doing(|| format!("creating mirror {}", mirror.display()))?
         }
     };
     let mut origin = repo
         .remote_anonymous(remote)
         .doing(|| format!("using remote {remote}"))?;
     let mut options = git2::FetchOptions::new();
-    options.prune(git2::FetchPrune::On).download_tags(git2::AutotagOption::None);
+    options
+        .prune(git2::FetchPrune::On)
+        .download_tags(git2::AutotagOption::None);
     origin
         .fetch(&["+refs/heads/*:refs/heads/*"], Some(&mut options), None)
         .doing(|| "fetching from the remote".to_owned())?;
@@ -99,18 +109,32 @@ pub struct CheckedOut {
 /// nothing of an earlier build survives, so every deploy builds afresh.
 /// Blocking: run it on the blocking pool.
 pub fn checkout(mirror: &Path, commit: &str, workspace: &Path) -> Result<CheckedOut, GitError> {
-    let repo = git2::Repository::open_bare(mirror).doing(|| format!("opening mirror {}", mirror.display()))?;
+    let repo = git2::Repository::open_bare(mirror)
+        .doing(|| format!("opening mirror {}", mirror.display()))?;
     let oid = git2::Oid::from_str(commit).doing(|| format!("reading commit id {commit}"))?;
-    let found = repo.find_commit(oid).map_err(|_| GitError::MissingCommit(commit.to_owned()))?;
+    let found = repo
+        .find_commit(oid)
+        .map_err(|_| GitError::MissingCommit(commit.to_owned()))?;
     if workspace.exists() {
-        std::fs::remove_dir_all(workspace).doing(|| format!("clearing workspace {}", workspace.display()))?;
+        std::fs::remove_dir_all(workspace)
+            .doing(|| format!("clearing workspace {}", workspace.display()))?;
     }
-    std::fs::create_dir_all(workspace).doing(|| format!("creating workspace {}", workspace.display()))?;
+    std::fs::create_dir_all(workspace)
+        .doing(|| format!("creating workspace {}", workspace.display()))?;
     let mut options = git2::build::CheckoutBuilder::new();
     options.force().target_dir(workspace).update_index(false);
     repo.checkout_tree(found.as_object(), Some(&mut options))
         .doing(|| format!("checking out {commit} into {}", workspace.display()))?;
-    let subject = found.summary().ok().flatten().unwrap_or_default().to_owned();
+    let subject = found
+        .summary()
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .to_owned();
     let author = found.author().name().unwrap_or_default().to_owned();
-    Ok(CheckedOut { dir: workspace.to_owned(), subject, author })
+    Ok(CheckedOut {
+        dir: workspace.to_owned(),
+        subject,
+        author,
+    })
 }

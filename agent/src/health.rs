@@ -42,7 +42,12 @@ pub struct Probe<'a> {
 }
 
 /// Waits until the container answers 200; on failure, says why with its last lines.
-pub async fn wait_healthy(docker: &Docker, container: &str, probe: Probe<'_>, report: &Reporter) -> Result<(), String> {
+pub async fn wait_healthy(
+    docker: &Docker,
+    container: &str,
+    probe: Probe<'_>,
+    report: &Reporter,
+) -> Result<(), String> {
     let tail = Arc::new(Mutex::new(Tail::default()));
     let follower = {
         let mut lines = Box::pin(docker::follow_logs(docker, container));
@@ -51,7 +56,16 @@ pub async fn wait_healthy(docker: &Docker, container: &str, probe: Probe<'_>, re
         tokio::spawn(async move {
             while let Some((is_err, line)) = lines.next().await {
                 tail.lock().expect("tail lock").push(&line);
-                report.line(if is_err { Stream::Stderr } else { Stream::Stdout }, line).await;
+                report
+                    .line(
+                        if is_err {
+                            Stream::Stderr
+                        } else {
+                            Stream::Stdout
+                        },
+                        line,
+                    )
+                    .await;
             }
         })
     };
@@ -72,8 +86,13 @@ async fn probe_until(docker: &Docker, container: &str, probe: &Probe<'_>) -> Res
     let deadline = tokio::time::Instant::now() + probe.timeout;
     let mut last;
     loop {
-        if let Some(code) = docker::container_exit(docker, container).await.map_err(|e| e.to_string())? {
-            return Err(format!("the new container exited with code {code} before it became healthy"));
+        if let Some(code) = docker::container_exit(docker, container)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Err(format!(
+                "the new container exited with code {code} before it became healthy"
+            ));
         }
         match http_status(probe.host, probe.port, probe.path).await {
             Ok(200) => return Ok(()),
@@ -103,10 +122,14 @@ pub async fn http_status(host: &str, port: u16, path: &str) -> std::io::Result<u
 pub async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let exchange = async {
         let mut conn = TcpStream::connect((host, port)).await?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
         conn.write_all(request.as_bytes()).await?;
         let mut answer = Vec::new();
-        (&mut conn).take(MAX_RESPONSE as u64).read_to_end(&mut answer).await?;
+        (&mut conn)
+            .take(MAX_RESPONSE as u64)
+            .read_to_end(&mut answer)
+            .await?;
         let status = parse_status(&answer[..answer.len().min(MAX_HEAD)])
             .ok_or_else(|| std::io::Error::other("not an HTTP answer"))?;
         let body = answer
@@ -144,15 +167,24 @@ mod tests {
     #[test]
     fn status_lines_are_read() {
         assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\nx: y\r\n"), Some(200));
-        assert_eq!(parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(
+            parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"),
+            Some(503)
+        );
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(parse_status(b""), None);
     }
 
     #[test]
     fn urls_split_into_host_and_port() {
-        assert_eq!(super::host_port("http://127.0.0.1:8080"), Some(("127.0.0.1".into(), 8080)));
-        assert_eq!(super::host_port("http://app.dev:81/x"), Some(("app.dev".into(), 81)));
+        assert_eq!(
+            super::host_port("http://127.0.0.1:8080"),
+            Some(("127.0.0.1".into(), 8080))
+        );
+        assert_eq!(
+            super::host_port("http://app.dev:81/x"),
+            Some(("app.dev".into(), 81))
+        );
         assert_eq!(super::host_port("ftp://x:1"), None);
     }
 }

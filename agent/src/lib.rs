@@ -54,7 +54,9 @@ pub struct AgentOptions {
 pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("cannot create work dir {}", options.work_dir.display()))?;
-    let docker = docker::connect().await.context("the agent needs the local Docker engine")?;
+    let docker = docker::connect()
+        .await
+        .context("the agent needs the local Docker engine")?;
     let runtime = Arc::new(job::Runtime {
         docker,
         work_dir: options.work_dir.clone(),

@@ -13,7 +13,11 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about)]
 struct Args {
     /// The coordinator's URL.
-    #[arg(long, env = "GANTRY_COORDINATOR", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        env = "GANTRY_COORDINATOR",
+        default_value = "http://127.0.0.1:7700"
+    )]
     coordinator: String,
     /// The environment this server belongs to.
     #[arg(long, env = "GANTRY_ENV")]
@@ -44,7 +48,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = Args::parse();
     let mut labels = BTreeMap::new();

@@ -47,8 +47,13 @@ impl Reporter {
     }
 
     async fn send(&self, body: proto::job_event::Body) {
-        let event = proto::JobEvent { job_id: self.job.get(), body: Some(body) };
-        let msg = proto::AgentMessage { body: Some(proto::agent_message::Body::JobEvent(event)) };
+        let event = proto::JobEvent {
+            job_id: self.job.get(),
+            body: Some(body),
+        };
+        let msg = proto::AgentMessage {
+            body: Some(proto::agent_message::Body::JobEvent(event)),
+        };
         // Fails only when the agent is shutting down; nothing is left to tell.
         let _ = self.outbox.send(msg).await;
     }
@@ -56,13 +61,16 @@ impl Reporter {
     /// Enters a new stage, and says so in the log.
     pub async fn stage(&self, stage: Stage) {
         *self.stage.lock().expect("stage lock") = Some(stage);
-        self.send(proto::job_event::Body::Stage(stage.to_proto() as i32)).await;
-        self.line(Stream::System, format!("==> {}", stage.as_str())).await;
+        self.send(proto::job_event::Body::Stage(stage.to_proto() as i32))
+            .await;
+        self.line(Stream::System, format!("==> {}", stage.as_str()))
+            .await;
     }
 
     /// Sends one line of output.
     pub async fn line(&self, stream: Stream, text: impl Into<String>) {
-        let stage = (*self.stage.lock().expect("stage lock")).map_or(proto::Stage::Unspecified, Stage::to_proto);
+        let stage = (*self.stage.lock().expect("stage lock"))
+            .map_or(proto::Stage::Unspecified, Stage::to_proto);
         let line = proto::LogLine {
             seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
             timestamp_ms: now_ms(),
@@ -81,7 +89,8 @@ impl Reporter {
     /// Ends the job; nothing may follow.
     pub async fn finish(&self, state: JobState, summary: String, deployed: Option<Deployed>) {
         let deployed = deployed.unwrap_or_default();
-        self.system(format!("==> {}: {summary}", state.as_str())).await;
+        self.system(format!("==> {}: {summary}", state.as_str()))
+            .await;
         let done = proto::JobFinished {
             state: state.to_proto() as i32,
             summary,

@@ -24,7 +24,11 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
 
 /// `gantry apps`
 pub async fn apps(client: &mut Client, format: Format) -> anyhow::Result<()> {
-    let apps = client.list_apps(proto::ListAppsRequest {}).await?.into_inner().apps;
+    let apps = client
+        .list_apps(proto::ListAppsRequest {})
+        .await?
+        .into_inner()
+        .apps;
     if format == Format::Json {
         let list: Vec<_> = apps
             .iter()
@@ -36,8 +40,18 @@ pub async fn apps(client: &mut Client, format: Format) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = apps
         .iter()
         .map(|a| {
-            let image = if a.dockerfile.is_empty() { a.base_image.clone() } else { format!("Dockerfile {}", a.dockerfile) };
-            vec![a.name.clone(), a.default_branch.clone(), a.remote.clone(), image, a.container_port.to_string()]
+            let image = if a.dockerfile.is_empty() {
+                a.base_image.clone()
+            } else {
+                format!("Dockerfile {}", a.dockerfile)
+            };
+            vec![
+                a.name.clone(),
+                a.default_branch.clone(),
+                a.remote.clone(),
+                image,
+                a.container_port.to_string(),
+            ]
         })
         .collect();
     output::table(&["APP", "BRANCH", "REMOTE", "IMAGE", "PORT"], &rows);
@@ -46,7 +60,11 @@ pub async fn apps(client: &mut Client, format: Format) -> anyhow::Result<()> {
 
 /// `gantry envs`
 pub async fn envs(client: &mut Client, format: Format) -> anyhow::Result<()> {
-    let envs = client.list_environments(proto::ListEnvironmentsRequest {}).await?.into_inner().environments;
+    let envs = client
+        .list_environments(proto::ListEnvironmentsRequest {})
+        .await?
+        .into_inner()
+        .environments;
     if format == Format::Json {
         let list: Vec<_> = envs
             .iter()
@@ -57,7 +75,13 @@ pub async fn envs(client: &mut Client, format: Format) -> anyhow::Result<()> {
     }
     let rows: Vec<Vec<String>> = envs
         .iter()
-        .map(|e| vec![e.name.clone(), e.connected_agents.to_string(), e.variable_names.join(",")])
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                e.connected_agents.to_string(),
+                e.variable_names.join(","),
+            ]
+        })
         .collect();
     output::table(&["ENV", "AGENTS", "VARIABLES"], &rows);
     Ok(())
@@ -65,7 +89,11 @@ pub async fn envs(client: &mut Client, format: Format) -> anyhow::Result<()> {
 
 /// `gantry agents`
 pub async fn agents(client: &mut Client, format: Format) -> anyhow::Result<()> {
-    let agents = client.list_agents(proto::ListAgentsRequest {}).await?.into_inner().agents;
+    let agents = client
+        .list_agents(proto::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
     if format == Format::Json {
         let list: Vec<_> = agents
             .iter()
@@ -81,7 +109,11 @@ pub async fn agents(client: &mut Client, format: Format) -> anyhow::Result<()> {
             vec![
                 a.name.clone(),
                 a.env.clone(),
-                if a.connected { "connected".into() } else { "offline".into() },
+                if a.connected {
+                    "connected".into()
+                } else {
+                    "offline".into()
+                },
                 format!("{}/{}", a.running_jobs.len(), a.capacity),
                 jobs.join(","),
                 a.version.clone(),
@@ -89,13 +121,34 @@ pub async fn agents(client: &mut Client, format: Format) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    output::table(&["AGENT", "ENV", "STATUS", "LOAD", "JOBS", "VERSION", "LAST SEEN"], &rows);
+    output::table(
+        &[
+            "AGENT",
+            "ENV",
+            "STATUS",
+            "LOAD",
+            "JOBS",
+            "VERSION",
+            "LAST SEEN",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
 /// `gantry jobs`
-pub async fn jobs(client: &mut Client, app: Option<String>, env: Option<String>, limit: u32, format: Format) -> anyhow::Result<()> {
-    let request = proto::ListJobsRequest { app: app.unwrap_or_default(), env: env.unwrap_or_default(), limit };
+pub async fn jobs(
+    client: &mut Client,
+    app: Option<String>,
+    env: Option<String>,
+    limit: u32,
+    format: Format,
+) -> anyhow::Result<()> {
+    let request = proto::ListJobsRequest {
+        app: app.unwrap_or_default(),
+        env: env.unwrap_or_default(),
+        limit,
+    };
     let jobs = client.list_jobs(request).await?.into_inner().jobs;
     if format == Format::Json {
         let list: Vec<_> = jobs.iter().map(output::job_json).collect();
@@ -119,13 +172,21 @@ pub async fn jobs(client: &mut Client, app: Option<String>, env: Option<String>,
             ]
         })
         .collect();
-    output::table(&["JOB", "APP", "ENV", "BRANCH", "COMMIT", "STATE", "STAGE", "AGENT", "CREATED", "REASON"], &rows);
+    output::table(
+        &[
+            "JOB", "APP", "ENV", "BRANCH", "COMMIT", "STATE", "STAGE", "AGENT", "CREATED", "REASON",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
 /// `gantry job JOB`
 pub async fn job(client: &mut Client, id: u64, format: Format) -> anyhow::Result<()> {
-    let job = client.get_job(proto::GetJobRequest { id }).await?.into_inner();
+    let job = client
+        .get_job(proto::GetJobRequest { id })
+        .await?
+        .into_inner();
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&output::job_json(&job))?);
         return Ok(());
@@ -159,8 +220,17 @@ pub fn print_job(job: &proto::Job) {
 }
 
 /// `gantry logs JOB [-f]`: prints the log; returns the job's final record when following.
-pub async fn logs(client: &mut Client, id: u64, follow: bool, format: Format) -> anyhow::Result<proto::Job> {
-    let request = proto::StreamJobLogsRequest { job_id: id, from_seq: 1, follow };
+pub async fn logs(
+    client: &mut Client,
+    id: u64,
+    follow: bool,
+    format: Format,
+) -> anyhow::Result<proto::Job> {
+    let request = proto::StreamJobLogsRequest {
+        job_id: id,
+        from_seq: 1,
+        follow,
+    };
     let mut stream = client.stream_job_logs(request).await?.into_inner();
     while let Some(line) = stream.next().await {
         let line = line?;
@@ -169,19 +239,41 @@ pub async fn logs(client: &mut Client, id: u64, follow: bool, format: Format) ->
             Format::Table => println!("{}", line.text),
         }
     }
-    Ok(client.get_job(proto::GetJobRequest { id }).await?.into_inner())
+    Ok(client
+        .get_job(proto::GetJobRequest { id })
+        .await?
+        .into_inner())
 }
 
 /// `gantry deploy`: queues the deploy, then (unless detached) follows it.
 /// Returns whether the job succeeded (true when detached).
-pub async fn deploy(client: &mut Client, app: String, env: String, branch: Option<String>, detach: bool, format: Format) -> anyhow::Result<bool> {
-    let request = proto::DeployRequest { app, env, branch: branch.unwrap_or_default() };
+pub async fn deploy(
+    client: &mut Client,
+    app: String,
+    env: String,
+    branch: Option<String>,
+    detach: bool,
+    format: Format,
+) -> anyhow::Result<bool> {
+    let request = proto::DeployRequest {
+        app,
+        env,
+        branch: branch.unwrap_or_default(),
+    };
     let job = client.deploy(request).await?.into_inner();
     match format {
         Format::Json if detach => println!("{}", output::job_json(&job)),
         Format::Json => {}
         Format::Table => {
-            eprintln!("job {} {}: {} {} -> {} ({})", job.id, output::state(&job), job.app, job.branch, job.env, output::short(&job.commit));
+            eprintln!(
+                "job {} {}: {} {} -> {} ({})",
+                job.id,
+                output::state(&job),
+                job.app,
+                job.branch,
+                job.env,
+                output::short(&job.commit)
+            );
             if JobState::from_proto(job.state) == Some(JobState::Queued) {
                 eprintln!("waiting: {}", job.reason);
             }
@@ -197,7 +289,12 @@ pub async fn deploy(client: &mut Client, app: String, env: String, branch: Optio
     match format {
         Format::Json => println!("{}", output::job_json(&done)),
         Format::Table => {
-            eprintln!("job {} {}: {}", done.id, output::state(&done), done.reason.lines().next().unwrap_or_default());
+            eprintln!(
+                "job {} {}: {}",
+                done.id,
+                output::state(&done),
+                done.reason.lines().next().unwrap_or_default()
+            );
             if !done.url.is_empty() {
                 eprintln!("url: {}", done.url);
             }
@@ -208,7 +305,10 @@ pub async fn deploy(client: &mut Client, app: String, env: String, branch: Optio
 
 /// `gantry cancel JOB`
 pub async fn cancel(client: &mut Client, id: u64, format: Format) -> anyhow::Result<()> {
-    let job = client.cancel_job(proto::CancelJobRequest { id }).await?.into_inner();
+    let job = client
+        .cancel_job(proto::CancelJobRequest { id })
+        .await?
+        .into_inner();
     match format {
         Format::Json => println!("{}", output::job_json(&job)),
         Format::Table => println!("job {} {}: {}", job.id, output::state(&job), job.reason),

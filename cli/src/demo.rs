@@ -64,8 +64,13 @@ health_timeout_secs = 60
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let dir = std::path::absolute(&options.dir)?;
     println!("==> checking Docker");
-    let engine = docker::connect().await.context("the demo needs a running Docker engine")?;
-    println!("==> building the base image {} from this machine's JDK (first run only)", jre_image::JRE_IMAGE);
+    let engine = docker::connect()
+        .await
+        .context("the demo needs a running Docker engine")?;
+    println!(
+        "==> building the base image {} from this machine's JDK (first run only)",
+        jre_image::JRE_IMAGE
+    );
     jre_image::ensure(&engine).await?;
 
     let repo = dir.join("repos").join(APP);
@@ -74,7 +79,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&repo)?;
     let commit = sample::create_repo(&repo, "Hello")?;
-    println!("==> created the sample Java service in {} (main at {})", repo.display(), &commit[..10]);
+    println!(
+        "==> created the sample Java service in {} (main at {})",
+        repo.display(),
+        &commit[..10]
+    );
 
     let listener = match TcpListener::bind(options.listen).await {
         Ok(l) => l,
@@ -82,13 +91,20 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     };
     let addr = listener.local_addr()?;
     let config_path = dir.join("coordinator.toml");
-    std::fs::write(&config_path, config_text(addr, &format!("file://{}", repo.display())))?;
+    std::fs::write(
+        &config_path,
+        config_text(addr, &format!("file://{}", repo.display())),
+    )?;
     let config = CoordinatorConfig::load(&config_path)?;
     let url = format!("http://{addr}");
 
     let shutdown = CancellationToken::new();
     let mut services = JoinSet::new();
-    services.spawn(gantry_coordinator::serve(config, listener, shutdown.clone()));
+    services.spawn(gantry_coordinator::serve(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
     let agent = AgentOptions {
         coordinator: url.clone(),
         name: AgentName::new("dev-1")?,
@@ -130,11 +146,24 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
 
 async fn deploy_and_check(url: &str) -> anyhow::Result<()> {
     let mut client = commands::connect(url).await?;
-    if !commands::deploy(&mut client, APP.into(), "dev".into(), Some("main".into()), false, Format::Table).await? {
+    if !commands::deploy(
+        &mut client,
+        APP.into(),
+        "dev".into(),
+        Some("main".into()),
+        false,
+        Format::Table,
+    )
+    .await?
+    {
         bail!("the demo deploy failed; its log is above");
     }
     let jobs = client
-        .list_jobs(gantry_shared::proto::ListJobsRequest { app: APP.into(), env: "dev".into(), limit: 1 })
+        .list_jobs(gantry_shared::proto::ListJobsRequest {
+            app: APP.into(),
+            env: "dev".into(),
+            limit: 1,
+        })
         .await?
         .into_inner()
         .jobs;
@@ -143,7 +172,11 @@ async fn deploy_and_check(url: &str) -> anyhow::Result<()> {
     let (status, body) = health::http_get(&host, port, "/").await?;
     println!("\n==> GET {}/ answered {status}: {}", job.url, body.trim());
     let (status, _) = health::http_get(&host, port, sample::HEALTH_PATH).await?;
-    println!("==> {APP} is deployed to dev and healthy (GET {}{} -> {status})", job.url, sample::HEALTH_PATH);
+    println!(
+        "==> {APP} is deployed to dev and healthy (GET {}{} -> {status})",
+        job.url,
+        sample::HEALTH_PATH
+    );
     Ok(())
 }
 

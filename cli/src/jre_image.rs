@@ -32,8 +32,13 @@ pub async fn ensure(docker: &Docker) -> anyhow::Result<()> {
     })
     .await??;
     let (repo, tag) = JRE_IMAGE.split_once(':').expect("the image name has a tag");
-    let options = CreateImageOptionsBuilder::default().from_src("-").repo(repo).tag(tag).build();
-    let mut progress = docker.create_image(Some(options), Some(bollard::body_full(rootfs.into())), None);
+    let options = CreateImageOptionsBuilder::default()
+        .from_src("-")
+        .repo(repo)
+        .tag(tag)
+        .build();
+    let mut progress =
+        docker.create_image(Some(options), Some(bollard::body_full(rootfs.into())), None);
     while let Some(step) = progress.next().await {
         step.with_context(|| format!("cannot import {JRE_IMAGE} into Docker"))?;
     }
@@ -48,7 +53,14 @@ pub async fn ensure(docker: &Docker) -> anyhow::Result<()> {
 fn assemble(root: &Path) -> anyhow::Result<Vec<u8>> {
     let jre = root.join("opt/jre");
     let status = Command::new("jlink")
-        .args(["--add-modules", MODULES, "--strip-debug", "--no-man-pages", "--no-header-files", "--output"])
+        .args([
+            "--add-modules",
+            MODULES,
+            "--strip-debug",
+            "--no-man-pages",
+            "--no-header-files",
+            "--output",
+        ])
         .arg(&jre)
         .status()
         .context("cannot run jlink: install a JDK 17 (it provides jlink)")?;
@@ -92,7 +104,10 @@ fn collect_so(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 
 /// The absolute paths `ldd` names for `binary`.
 fn linked_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(binary).output().context("cannot run ldd")?;
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("cannot run ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .lines()

@@ -16,7 +16,12 @@ use gantry_shared::JobId;
 #[command(version, about)]
 struct Cli {
     /// The coordinator's URL.
-    #[arg(long, global = true, env = "GANTRY_COORDINATOR", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_COORDINATOR",
+        default_value = "http://127.0.0.1:7700"
+    )]
     coordinator: String,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value = "table")]
@@ -95,7 +100,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -121,11 +128,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
     let mut client = commands::connect(&cli.coordinator).await?;
     match cli.command {
-        Command::Deploy { app, env, branch, detach } => return commands::deploy(&mut client, app, env, branch, detach, format).await,
+        Command::Deploy {
+            app,
+            env,
+            branch,
+            detach,
+        } => return commands::deploy(&mut client, app, env, branch, detach, format).await,
         Command::Logs { job, follow } => {
             commands::logs(&mut client, job.get(), follow, format).await?;
         }
-        Command::Jobs { app, env, limit } => commands::jobs(&mut client, app, env, limit, format).await?,
+        Command::Jobs { app, env, limit } => {
+            commands::jobs(&mut client, app, env, limit, format).await?
+        }
         Command::Job { job } => commands::job(&mut client, job.get(), format).await?,
         Command::Cancel { job } => commands::cancel(&mut client, job.get(), format).await?,
         Command::Agents => commands::agents(&mut client, format).await?,

@@ -21,7 +21,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -48,7 +52,12 @@ pub fn time(ms: i64) -> String {
     let secs = ms / 1000;
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
@@ -94,7 +103,7 @@ mod tests {
     #[test]
     fn times_are_utc_dates() {
         assert_eq!(super::time(0), "-");
-        assert_eq!(super::time(1_795_000_000_000), "2026-11-18 07:46:40");
+        assert_eq!(super::time(1_795_000_000_000), "2026-11-18 11:06:40");
         assert_eq!(super::time(951_782_400_000), "2000-02-29 00:00:00");
     }
 }

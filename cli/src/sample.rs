@@ -61,8 +61,9 @@ public class Main {{
 /// Creates a git repository at `dir` holding the sample app on `main`, with
 /// one commit; returns that commit's id.
 pub fn create_repo(dir: &Path, greeting: &str) -> anyhow::Result<String> {
-    let repo = git2::Repository::init_opts(dir, git2::RepositoryInitOptions::new().initial_head("main"))
-        .with_context(|| format!("cannot create a git repository in {}", dir.display()))?;
+    let repo =
+        git2::Repository::init_opts(dir, git2::RepositoryInitOptions::new().initial_head("main"))
+            .with_context(|| format!("cannot create a git repository in {}", dir.display()))?;
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(dir.join("src/Main.java"), main_java(greeting))?;
     std::fs::write(dir.join(".gitignore"), "out/\ntarget/\n")?;

@@ -38,7 +38,11 @@ fn registration(reg: proto::Register) -> Result<(AgentRecord, BTreeSet<JobId>), 
         version: reg.version,
         last_seen_ms: now_ms(),
     };
-    let running = reg.running_jobs.into_iter().map(JobId::new).collect::<Result<_, _>>()?;
+    let running = reg
+        .running_jobs
+        .into_iter()
+        .map(JobId::new)
+        .collect::<Result<_, _>>()?;
     Ok((record, running))
 }
 
@@ -46,14 +50,19 @@ fn registration(reg: proto::Register) -> Result<(AgentRecord, BTreeSet<JobId>), 
 impl proto::agent_service_server::AgentService for AgentService {
     type AttachStream = OutStream;
 
-    async fn attach(&self, request: Request<Streaming<proto::AgentMessage>>) -> Result<Response<OutStream>, Status> {
+    async fn attach(
+        &self,
+        request: Request<Streaming<proto::AgentMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("the stream closed before Register"))?;
         let Some(proto::agent_message::Body::Register(reg)) = first.body else {
-            return Err(Status::invalid_argument("the first message on the stream must be Register"));
+            return Err(Status::invalid_argument(
+                "the first message on the stream must be Register",
+            ));
         };
         let (record, running) = registration(reg)?;
         let agent = record.name.clone();

@@ -48,14 +48,28 @@ impl Core {
                 state if state.is_active() => {
                     let agent = job.agent.clone().expect("active jobs have an agent");
                     fleet.lost_since.insert(agent.clone(), now);
-                    fleet.active.insert(job.id, Placement { app: job.app, env: job.env, agent });
+                    fleet.active.insert(
+                        job.id,
+                        Placement {
+                            app: job.app,
+                            env: job.env,
+                            agent,
+                        },
+                    );
                 }
                 _ => {}
             }
         }
-        info!(queued = fleet.queued.len(), active = fleet.active.len(), "state read back");
+        info!(
+            queued = fleet.queued.len(),
+            active = fleet.active.len(),
+            "state read back"
+        );
         store.put_config_snapshot("apps", format!("{:?}", config.apps).into_bytes())?;
-        store.put_config_snapshot("environments", format!("{:?}", config.environments).into_bytes())?;
+        store.put_config_snapshot(
+            "environments",
+            format!("{:?}", config.environments).into_bytes(),
+        )?;
         Ok(Arc::new(Self {
             config,
             store,
@@ -70,7 +84,12 @@ impl Core {
 
     /// Checks a deploy request, resolves its branch and queues it. Nothing is
     /// created when any check fails.
-    pub async fn deploy(&self, app: AppName, env: EnvName, branch: Option<BranchName>) -> Result<JobRecord, Error> {
+    pub async fn deploy(
+        &self,
+        app: AppName,
+        env: EnvName,
+        branch: Option<BranchName>,
+    ) -> Result<JobRecord, Error> {
         let app_config = self.config.app(&app).ok_or_else(|| Error::UnknownApp {
             known: names(self.config.apps.iter().map(|a| a.name().as_str())),
             app: app.clone(),
@@ -132,14 +151,24 @@ impl Core {
             let session = job.agent.as_ref().and_then(|a| fleet.sessions.get(a));
             match (job.state, session) {
                 (state, Some(session)) if state.is_active() => {
-                    let msg = proto::coordinator_message::Body::Cancel(proto::CancelJob { job_id: id.get() });
-                    let _ = session.outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }));
+                    let msg = proto::coordinator_message::Body::Cancel(proto::CancelJob {
+                        job_id: id.get(),
+                    });
+                    let _ = session
+                        .outbox
+                        .try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }));
                     job.cancel_requested = true;
-                    job.reason = format!("cancel requested; agent {} is stopping it", session.record.name);
+                    job.reason = format!(
+                        "cancel requested; agent {} is stopping it",
+                        session.record.name
+                    );
                     self.store.put_job(&job)?;
                 }
                 _ => {
-                    job.transition(JobState::Cancelled, "cancelled by operator before it started");
+                    job.transition(
+                        JobState::Cancelled,
+                        "cancelled by operator before it started",
+                    );
                     self.store.put_job(&job)?;
                     fleet.queued.remove(&id);
                     fleet.release(id);
@@ -155,7 +184,12 @@ impl Core {
 
     /// Registers an agent's stream; reconciles the jobs it says it holds with
     /// the jobs the coordinator gave it.
-    pub fn attach_agent(&self, record: AgentRecord, running: BTreeSet<JobId>, outbox: Outbox) -> Result<u64, Error> {
+    pub fn attach_agent(
+        &self,
+        record: AgentRecord,
+        running: BTreeSet<JobId>,
+        outbox: Outbox,
+    ) -> Result<u64, Error> {
         if self.config.environment(&record.env).is_none() {
             return Err(Error::UnknownEnv {
                 known: names(self.config.environments.iter().map(|e| e.name().as_str())),
@@ -178,12 +212,20 @@ impl Core {
             if running.contains(&job_id) {
                 kept.insert(job_id);
             } else {
-                self.finish_locked(&mut fleet, job_id, JobState::Failed, format!("agent {name} restarted and no longer runs this job"), None);
+                self.finish_locked(
+                    &mut fleet,
+                    job_id,
+                    JobState::Failed,
+                    format!("agent {name} restarted and no longer runs this job"),
+                    None,
+                );
             }
         }
         // Jobs it holds that we do not consider its own: tell it to stop.
         for stray in running.difference(&kept) {
-            let msg = proto::coordinator_message::Body::Cancel(proto::CancelJob { job_id: stray.get() });
+            let msg = proto::coordinator_message::Body::Cancel(proto::CancelJob {
+                job_id: stray.get(),
+            });
             let _ = outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }));
         }
         for job_id in &kept {
@@ -196,7 +238,13 @@ impl Core {
         info!(agent = %name, env = %record.env, session = id, held = kept.len(), "agent attached");
         fleet.sessions.insert(
             name,
-            Session { id, record, jobs: kept, outbox, last_seen: Instant::now() },
+            Session {
+                id,
+                record,
+                jobs: kept,
+                outbox,
+                last_seen: Instant::now(),
+            },
         );
         self.place_queued(&mut fleet);
         Ok(id)
@@ -204,7 +252,12 @@ impl Core {
 
     /// Notes that the agent is alive.
     pub fn touch(&self, agent: &AgentName, session: u64) {
-        if let Some(s) = self.fleet().sessions.get_mut(agent).filter(|s| s.id == session) {
+        if let Some(s) = self
+            .fleet()
+            .sessions
+            .get_mut(agent)
+            .filter(|s| s.id == session)
+        {
             s.last_seen = Instant::now();
         }
     }
@@ -221,7 +274,8 @@ impl Core {
         let lease = self.config.agent_lease_secs;
         for job_id in fleet.jobs_of(agent) {
             if let Ok(mut job) = self.job(job_id) {
-                job.reason = format!("agent {agent} disconnected; waiting up to {lease}s for it to return");
+                job.reason =
+                    format!("agent {agent} disconnected; waiting up to {lease}s for it to return");
                 let _ = self.store.put_job(&job);
             }
         }
@@ -237,11 +291,16 @@ impl Core {
         };
         let mut fleet = self.fleet();
         if fleet.active.get(&id).is_none_or(|p| &p.agent != agent) {
-            return Err(Error::FailedPrecondition(format!("job {id} is not held by agent {agent}")));
+            return Err(Error::FailedPrecondition(format!(
+                "job {id} is not held by agent {agent}"
+            )));
         }
         match body {
             proto::job_event::Body::Log(line) => {
-                let line = proto::LogLine { text: gantry_shared::limits::cap_log_line(line.text), ..line };
+                let line = proto::LogLine {
+                    text: gantry_shared::limits::cap_log_line(line.text),
+                    ..line
+                };
                 drop(fleet);
                 if self.store.append_log(id, &line)? {
                     self.hub.publish(id, line);
@@ -260,7 +319,12 @@ impl Core {
             proto::job_event::Body::Finished(done) => {
                 let state = JobState::from_proto(done.state)
                     .filter(|s| s.is_terminal())
-                    .ok_or_else(|| Error::InvalidArgument(format!("a job cannot finish in state {}", done.state)))?;
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "a job cannot finish in state {}",
+                            done.state
+                        ))
+                    })?;
                 self.finish_locked(&mut fleet, id, state, done.summary.clone(), Some(done));
                 self.place_queued(&mut fleet);
             }
@@ -269,7 +333,14 @@ impl Core {
     }
 
     /// Ends an active job and frees its (app, env) and agent slot.
-    fn finish_locked(&self, fleet: &mut Fleet, id: JobId, state: JobState, reason: String, done: Option<proto::JobFinished>) {
+    fn finish_locked(
+        &self,
+        fleet: &mut Fleet,
+        id: JobId,
+        state: JobState,
+        reason: String,
+        done: Option<proto::JobFinished>,
+    ) {
         fleet.release(id);
         let Ok(mut job) = self.job(id) else { return };
         if !job.transition(state, reason) {
@@ -312,7 +383,10 @@ impl Core {
             .collect();
         for agent in expired {
             for job in fleet.jobs_of(&agent) {
-                let reason = format!("agent lost: {agent} was unreachable for more than {}s", lease.as_secs());
+                let reason = format!(
+                    "agent lost: {agent} was unreachable for more than {}s",
+                    lease.as_secs()
+                );
                 self.finish_locked(&mut fleet, job, JobState::Failed, reason, None);
             }
             fleet.lost_since.remove(&agent);
@@ -336,10 +410,19 @@ impl Core {
                     }
                 }
                 Decision::Assign(agent) => {
-                    let Some(spec) = self.job_spec(&job) else { continue };
-                    let session = fleet.sessions.get_mut(&agent).expect("decide picks a connected agent");
+                    let Some(spec) = self.job_spec(&job) else {
+                        continue;
+                    };
+                    let session = fleet
+                        .sessions
+                        .get_mut(&agent)
+                        .expect("decide picks a connected agent");
                     let msg = proto::coordinator_message::Body::Assign(spec);
-                    if session.outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(msg) })).is_err() {
+                    if session
+                        .outbox
+                        .try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }))
+                        .is_err()
+                    {
                         continue;
                     }
                     session.jobs.insert(id);
@@ -349,7 +432,14 @@ impl Core {
                         warn!(job = %id, error = %e, "cannot store assignment");
                     }
                     fleet.queued.remove(&id);
-                    fleet.active.insert(id, Placement { app: job.app.clone(), env: job.env.clone(), agent: agent.clone() });
+                    fleet.active.insert(
+                        id,
+                        Placement {
+                            app: job.app.clone(),
+                            env: job.env.clone(),
+                            agent: agent.clone(),
+                        },
+                    );
                     info!(job = %id, app = %job.app, env = %job.env, agent = %agent, "job assigned");
                 }
             }

@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn credentials_never_show() {
-        assert_eq!(redact_url("https://bot:s3cret@git.example.com/shop.git"), "https://***@git.example.com/shop.git");
+        assert_eq!(
+            redact_url("https://bot:s3cret@git.example.com/shop.git"),
+            "https://***@git.example.com/shop.git"
+        );
         assert_eq!(redact_url("file:///srv/shop.git"), "file:///srv/shop.git");
         assert_eq!(redact_url("git@host:shop.git"), "git@host:shop.git");
     }
@@ -107,7 +110,11 @@ mod tests {
     #[test]
     fn codes_match_what_the_caller_must_do() {
         let app = AppName::new("shop").unwrap();
-        let s: Status = Error::UnknownApp { app, known: "a".into() }.into();
+        let s: Status = Error::UnknownApp {
+            app,
+            known: "a".into(),
+        }
+        .into();
         assert_eq!(s.code(), Code::NotFound);
         let s: Status = Error::InvalidName(BranchName::new("-x").unwrap_err()).into();
         assert_eq!(s.code(), Code::InvalidArgument);

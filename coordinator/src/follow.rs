@@ -45,7 +45,13 @@ pub fn job_logs(
     ReceiverStream::new(rx)
 }
 
-async fn pump(core: &Core, job: JobId, from: u64, follow: bool, tx: &mpsc::Sender<Result<proto::LogLine, Status>>) {
+async fn pump(
+    core: &Core,
+    job: JobId,
+    from: u64,
+    follow: bool,
+    tx: &mpsc::Sender<Result<proto::LogLine, Status>>,
+) {
     let mut live = core.hub.subscribe(job);
     let mut next = from;
     loop {

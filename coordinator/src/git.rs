@@ -12,7 +12,11 @@ use crate::error::{redact_url, Error};
 const LS_REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The commit `branch` points to on `remote`.
-pub async fn resolve_branch(app: &AppName, remote: &str, branch: &BranchName) -> Result<String, Error> {
+pub async fn resolve_branch(
+    app: &AppName,
+    remote: &str,
+    branch: &BranchName,
+) -> Result<String, Error> {
     let unavailable = |message: String| Error::RemoteUnavailable {
         app: app.clone(),
         remote: redact_url(remote),

@@ -60,7 +60,10 @@ impl LogHub {
     /// Forgets `job`'s channel if nobody follows it any more.
     pub fn release(&self, job: JobId) {
         let mut channels = self.channels.lock().expect("hub lock");
-        if channels.get(&job).is_some_and(|tx| tx.receiver_count() == 0) {
+        if channels
+            .get(&job)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
             channels.remove(&job);
         }
     }

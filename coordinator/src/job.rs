@@ -64,9 +64,15 @@ impl JobRecord {
             branch: self.branch.to_string(),
             commit: self.commit.clone(),
             state: self.state.to_proto() as i32,
-            stage: self.stage.map_or(proto::Stage::Unspecified, Stage::to_proto) as i32,
+            stage: self
+                .stage
+                .map_or(proto::Stage::Unspecified, Stage::to_proto) as i32,
             reason: self.reason.clone(),
-            agent: self.agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+            agent: self
+                .agent
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             created_ms: self.created_ms,
             updated_ms: self.updated_ms,
             url: self.url.clone(),

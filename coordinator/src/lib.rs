@@ -31,7 +31,11 @@ pub use crate::core::Core;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
-pub async fn serve(config: CoordinatorConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     use anyhow::Context;
 
     std::fs::create_dir_all(&config.data_dir)
@@ -53,10 +57,14 @@ pub async fn serve(config: CoordinatorConfig, listener: TcpListener, shutdown: C
         .build_v1()
         .context("cannot build the reflection service")?;
 
-    let agents = proto::agent_service_server::AgentServiceServer::new(agent_service::AgentService::new(core.clone(), shutdown.clone()))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    let operators = proto::operator_service_server::OperatorServiceServer::new(operator_service::OperatorService::new(core.clone(), shutdown.clone()))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let agents = proto::agent_service_server::AgentServiceServer::new(
+        agent_service::AgentService::new(core.clone(), shutdown.clone()),
+    )
+    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let operators = proto::operator_service_server::OperatorServiceServer::new(
+        operator_service::OperatorService::new(core.clone(), shutdown.clone()),
+    )
+    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
     let sweeper = {
         let core = core.clone();
@@ -79,7 +87,10 @@ pub async fn serve(config: CoordinatorConfig, listener: TcpListener, shutdown: C
         .add_service(reflection)
         .add_service(agents)
         .add_service(operators)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
     let ((), served) = tokio::join!(sweeper, server);
     served.context("the gRPC server failed")?;
     core.store.flush().await?;

@@ -8,7 +8,11 @@ use gantry_shared::{proto, AppName, BranchName, EnvName, JobId};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{core::Core, error::{redact_url, Error}, follow};
+use crate::{
+    core::Core,
+    error::{redact_url, Error},
+    follow,
+};
 
 /// The `gantry.v1.OperatorService` implementation.
 pub struct OperatorService {
@@ -29,7 +33,10 @@ impl OperatorService {
 }
 
 /// An optional name: empty means "not given".
-fn optional<T>(value: String, parse: impl FnOnce(String) -> Result<T, gantry_shared::NameError>) -> Result<Option<T>, Error> {
+fn optional<T>(
+    value: String,
+    parse: impl FnOnce(String) -> Result<T, gantry_shared::NameError>,
+) -> Result<Option<T>, Error> {
     if value.is_empty() {
         Ok(None)
     } else {
@@ -37,7 +44,11 @@ fn optional<T>(value: String, parse: impl FnOnce(String) -> Result<T, gantry_sha
     }
 }
 
-fn required<T>(what: &str, value: String, parse: impl FnOnce(String) -> Result<T, gantry_shared::NameError>) -> Result<T, Error> {
+fn required<T>(
+    what: &str,
+    value: String,
+    parse: impl FnOnce(String) -> Result<T, gantry_shared::NameError>,
+) -> Result<T, Error> {
     if value.is_empty() {
         return Err(Error::InvalidArgument(format!("{what} is required")));
     }
@@ -48,7 +59,10 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<proto::LogLine, Status>> + Sen
 
 #[tonic::async_trait]
 impl proto::operator_service_server::OperatorService for OperatorService {
-    async fn list_apps(&self, _: Request<proto::ListAppsRequest>) -> Result<Response<proto::ListAppsResponse>, Status> {
+    async fn list_apps(
+        &self,
+        _: Request<proto::ListAppsRequest>,
+    ) -> Result<Response<proto::ListAppsResponse>, Status> {
         let apps = self
             .core
             .config
@@ -69,7 +83,10 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         Ok(Response::new(proto::ListAppsResponse { apps }))
     }
 
-    async fn list_environments(&self, _: Request<proto::ListEnvironmentsRequest>) -> Result<Response<proto::ListEnvironmentsResponse>, Status> {
+    async fn list_environments(
+        &self,
+        _: Request<proto::ListEnvironmentsRequest>,
+    ) -> Result<Response<proto::ListEnvironmentsResponse>, Status> {
         let connected = self.core.connected();
         let agents = self.core.store.agents().map_err(Error::from)?;
         let environments = self
@@ -86,10 +103,15 @@ impl proto::operator_service_server::OperatorService for OperatorService {
                     .count() as u32,
             })
             .collect();
-        Ok(Response::new(proto::ListEnvironmentsResponse { environments }))
+        Ok(Response::new(proto::ListEnvironmentsResponse {
+            environments,
+        }))
     }
 
-    async fn list_agents(&self, _: Request<proto::ListAgentsRequest>) -> Result<Response<proto::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        _: Request<proto::ListAgentsRequest>,
+    ) -> Result<Response<proto::ListAgentsResponse>, Status> {
         let connected = self.core.connected();
         let mut agents: Vec<proto::Agent> = self
             .core
@@ -101,7 +123,9 @@ impl proto::operator_service_server::OperatorService for OperatorService {
                 let live = connected.iter().find(|(n, _)| n == &a.name);
                 proto::Agent {
                     connected: live.is_some(),
-                    running_jobs: live.map(|(_, jobs)| jobs.iter().map(|j| j.get()).collect()).unwrap_or_default(),
+                    running_jobs: live
+                        .map(|(_, jobs)| jobs.iter().map(|j| j.get()).collect())
+                        .unwrap_or_default(),
                     name: a.name.to_string(),
                     env: a.env.to_string(),
                     labels: a.labels.into_iter().collect(),
@@ -115,7 +139,10 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         Ok(Response::new(proto::ListAgentsResponse { agents }))
     }
 
-    async fn deploy(&self, request: Request<proto::DeployRequest>) -> Result<Response<proto::Job>, Status> {
+    async fn deploy(
+        &self,
+        request: Request<proto::DeployRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let env = required("env", req.env, EnvName::new)?;
@@ -124,12 +151,18 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
-    async fn get_job(&self, request: Request<proto::GetJobRequest>) -> Result<Response<proto::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<proto::GetJobRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
         let id = JobId::new(request.into_inner().id).map_err(Error::from)?;
         Ok(Response::new(self.job_proto(id)?))
     }
 
-    async fn list_jobs(&self, request: Request<proto::ListJobsRequest>) -> Result<Response<proto::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
         let req = request.into_inner();
         let app = optional(req.app, AppName::new)?;
         let env = optional(req.env, EnvName::new)?;
@@ -140,7 +173,9 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let mut jobs = Vec::new();
         for job in self.core.store.jobs().rev() {
             let job = job.map_err(Error::from)?;
-            if app.as_ref().is_some_and(|a| a != &job.app) || env.as_ref().is_some_and(|e| e != &job.env) {
+            if app.as_ref().is_some_and(|a| a != &job.app)
+                || env.as_ref().is_some_and(|e| e != &job.env)
+            {
                 continue;
             }
             jobs.push(job.to_proto(self.core.store.last_seq(job.id).map_err(Error::from)?));
@@ -151,7 +186,10 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         Ok(Response::new(proto::ListJobsResponse { jobs }))
     }
 
-    async fn cancel_job(&self, request: Request<proto::CancelJobRequest>) -> Result<Response<proto::Job>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<proto::CancelJobRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
         let id = JobId::new(request.into_inner().id).map_err(Error::from)?;
         let job = self.core.cancel(id).await?;
         Ok(Response::new(self.job_proto(job.id)?))
@@ -159,11 +197,20 @@ impl proto::operator_service_server::OperatorService for OperatorService {
 
     type StreamJobLogsStream = LogStream;
 
-    async fn stream_job_logs(&self, request: Request<proto::StreamJobLogsRequest>) -> Result<Response<LogStream>, Status> {
+    async fn stream_job_logs(
+        &self,
+        request: Request<proto::StreamJobLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
         let req = request.into_inner();
         let id = JobId::new(req.job_id).map_err(Error::from)?;
         self.core.job(id)?;
-        let stream = follow::job_logs(self.core.clone(), id, req.from_seq.max(1), req.follow, self.shutdown.clone());
+        let stream = follow::job_logs(
+            self.core.clone(),
+            id,
+            req.from_seq.max(1),
+            req.follow,
+            self.shutdown.clone(),
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -117,7 +117,12 @@ impl Store {
     }
 
     /// Up to `limit` stored lines of `job` with seq >= `from`, in order.
-    pub fn logs(&self, job: JobId, from: u64, limit: usize) -> Result<Vec<proto::LogLine>, StoreError> {
+    pub fn logs(
+        &self,
+        job: JobId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<proto::LogLine>, StoreError> {
         let range = log_key(job, from)..=log_key(job, u64::MAX);
         self.logs
             .range(range)
@@ -203,12 +208,19 @@ mod tests {
         let job = JobId::new(7).unwrap();
         let other = JobId::new(8).unwrap();
         for seq in [3, 1, 2] {
-            assert!(store.append_log(job, &line(seq, &format!("line {seq}"))).unwrap());
+            assert!(store
+                .append_log(job, &line(seq, &format!("line {seq}")))
+                .unwrap());
         }
         assert!(!store.append_log(job, &line(2, "again")).unwrap());
         store.append_log(other, &line(1, "other job")).unwrap();
 
-        let texts: Vec<_> = store.logs(job, 0, 100).unwrap().into_iter().map(|l| l.text).collect();
+        let texts: Vec<_> = store
+            .logs(job, 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
         assert_eq!(texts, ["line 1", "line 2", "line 3"]);
         assert_eq!(store.logs(job, 3, 100).unwrap().len(), 1);
         assert_eq!(store.last_seq(job).unwrap(), 3);

@@ -211,7 +211,10 @@ impl CoordinatorConfig {
             message,
         };
         if self.environments.is_empty() {
-            return Err(invalid(0..0, "declare at least one [[environments]]".into()));
+            return Err(invalid(
+                0..0,
+                "declare at least one [[environments]]".into(),
+            ));
         }
         let mut seen = HashSet::new();
         for env in &self.environments {
@@ -243,11 +246,23 @@ impl CoordinatorConfig {
             }
             let checks = [
                 (app.remote.trim().is_empty(), "remote must not be empty"),
-                (app.build_command.trim().is_empty(), "build_command must not be empty"),
+                (
+                    app.build_command.trim().is_empty(),
+                    "build_command must not be empty",
+                ),
                 (app.artifact.trim().is_empty(), "artifact must not be empty"),
-                (!app.health_path.starts_with('/'), "health_path must start with '/'"),
-                (app.health_timeout_secs == 0, "health_timeout_secs must be at least 1"),
-                (app.build_timeout_secs == 0, "build_timeout_secs must be at least 1"),
+                (
+                    !app.health_path.starts_with('/'),
+                    "health_path must start with '/'",
+                ),
+                (
+                    app.health_timeout_secs == 0,
+                    "health_timeout_secs must be at least 1",
+                ),
+                (
+                    app.build_timeout_secs == 0,
+                    "build_timeout_secs must be at least 1",
+                ),
                 (
                     app.artifact.starts_with('/') || app.artifact.split('/').any(|p| p == ".."),
                     "artifact must be a path inside the workspace",

@@ -38,16 +38,28 @@ fn check_identifier(kind: &'static str, value: &str, max: usize) -> Result<(), N
         return Err(NameError::new(kind, value, format!("it is empty; {rule}")));
     }
     if value.len() > max {
-        return Err(NameError::new(kind, value, format!("it is longer than {max} characters")));
+        return Err(NameError::new(
+            kind,
+            value,
+            format!("it is longer than {max} characters"),
+        ));
     }
     if !value.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err(NameError::new(kind, value, format!("it must start with a letter; {rule}")));
+        return Err(NameError::new(
+            kind,
+            value,
+            format!("it must start with a letter; {rule}"),
+        ));
     }
     if let Some(bad) = value
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        return Err(NameError::new(kind, value, format!("{bad:?} is not allowed; {rule}")));
+        return Err(NameError::new(
+            kind,
+            value,
+            format!("{bad:?} is not allowed; {rule}"),
+        ));
     }
     if value.ends_with('-') {
         return Err(NameError::new(kind, value, "it must not end with '-'"));
@@ -262,7 +274,9 @@ mod tests {
 
     #[test]
     fn identifiers_refuse_what_docker_or_a_shell_would_misread() {
-        for bad in ["", "Dev", "1dev", "-x", "x-", "a b", "a/b", "a.b", "ä", "x;rm"] {
+        for bad in [
+            "", "Dev", "1dev", "-x", "x-", "a b", "a/b", "a.b", "ä", "x;rm",
+        ] {
             let e = AppName::new(bad).unwrap_err();
             assert_eq!(e.kind, "app name", "{bad}");
         }
@@ -271,13 +285,42 @@ mod tests {
 
     #[test]
     fn branches_follow_git_ref_rules() {
-        for ok in ["main", "feature/login", "release-1.2", "fix_23", "a/b/c", "v1@2"] {
+        for ok in [
+            "main",
+            "feature/login",
+            "release-1.2",
+            "fix_23",
+            "a/b/c",
+            "v1@2",
+        ] {
             BranchName::new(ok).unwrap();
         }
         for bad in [
-            "", "-rf", "--upload-pack=x", "a..b", "a b", "a~1", "a^", "a:b", "a?", "a*", "a[",
-            "a\\b", "/a", "a/", "a//b", "a.", ".a", "a/.b", "a.lock", "a/b.lock", "a@{1}", "@",
-            "HEAD", "a\u{7f}", "a\nb",
+            "",
+            "-rf",
+            "--upload-pack=x",
+            "a..b",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[",
+            "a\\b",
+            "/a",
+            "a/",
+            "a//b",
+            "a.",
+            ".a",
+            "a/.b",
+            "a.lock",
+            "a/b.lock",
+            "a@{1}",
+            "@",
+            "HEAD",
+            "a\u{7f}",
+            "a\nb",
         ] {
             assert!(BranchName::new(bad).is_err(), "{bad:?} should be refused");
         }
@@ -286,7 +329,10 @@ mod tests {
     #[test]
     fn errors_say_what_to_fix() {
         let e = BranchName::new("-x").unwrap_err();
-        assert_eq!(e.to_string(), "invalid branch name \"-x\": it must not start with '-'");
+        assert_eq!(
+            e.to_string(),
+            "invalid branch name \"-x\": it must not start with '-'"
+        );
     }
 
     #[test]

@@ -82,7 +82,10 @@ pub enum JobState {
 impl JobState {
     /// Whether the job has ended; an ended job never changes again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 
     /// Whether a job in this state holds its (app, env) and an agent slot.

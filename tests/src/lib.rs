@@ -64,7 +64,9 @@ pub struct Harness {
 /// Logs for tests, once per process (RUST_LOG to see them).
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -87,16 +89,31 @@ impl Harness {
         }
         let envs = envs
             .iter()
-            .map(|(name, vars)| (name.to_string(), vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+            .map(|(name, vars)| {
+                (
+                    name.to_string(),
+                    vars.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                )
+            })
             .collect();
-        let mut harness = Self { dir, url: String::new(), apps: apps.to_vec(), envs, coordinator: None, agents: Vec::new() };
+        let mut harness = Self {
+            dir,
+            url: String::new(),
+            apps: apps.to_vec(),
+            envs,
+            coordinator: None,
+            agents: Vec::new(),
+        };
         harness.start_coordinator().await?;
         Ok(harness)
     }
 
     /// The config file text.
     pub fn config_text(&self, listen: std::net::SocketAddr) -> String {
-        let mut text = format!("listen = \"{listen}\"\ndata_dir = \"data\"\nagent_lease_secs = 20\n");
+        let mut text =
+            format!("listen = \"{listen}\"\ndata_dir = \"data\"\nagent_lease_secs = 20\n");
         for (name, vars) in &self.envs {
             text += &format!("\n[[environments]]\nname = \"{name}\"\n[environments.variables]\n");
             for (k, v) in vars {
@@ -104,7 +121,10 @@ impl Harness {
             }
         }
         for app in &self.apps {
-            let remote = app.remote.clone().unwrap_or_else(|| format!("file://{}", self.repo(&app.name).display()));
+            let remote = app
+                .remote
+                .clone()
+                .unwrap_or_else(|| format!("file://{}", self.repo(&app.name).display()));
             text += &format!(
                 "\n[[apps]]\nname = \"{}\"\nremote = \"{remote}\"\nbuild_command = '''{}'''\nartifact = \"{}\"\n\
                  base_image = \"{}\"\ncontainer_port = {}\nhealth_path = \"{}\"\nhealth_timeout_secs = {}\n",
@@ -179,12 +199,23 @@ impl Harness {
 
     /// Commits the sample app with `greeting` on `branch` (created from main
     /// if new) of `app`'s repository; returns the commit id.
-    pub fn commit_version(&self, app: &str, branch: &str, greeting: &str) -> anyhow::Result<String> {
+    pub fn commit_version(
+        &self,
+        app: &str,
+        branch: &str,
+        greeting: &str,
+    ) -> anyhow::Result<String> {
         self.commit_file(app, branch, "src/Main.java", &sample::main_java(greeting))
     }
 
     /// Commits `content` at `path` on `branch` of `app`'s repository.
-    pub fn commit_file(&self, app: &str, branch: &str, path: &str, content: &str) -> anyhow::Result<String> {
+    pub fn commit_file(
+        &self,
+        app: &str,
+        branch: &str,
+        path: &str,
+        content: &str,
+    ) -> anyhow::Result<String> {
         let repo = git2::Repository::open(self.repo(app))?;
         checkout_branch(&repo, branch)?;
         std::fs::write(self.repo(app).join(path), content)?;
@@ -229,7 +260,10 @@ impl Drop for Harness {
         // Drop cannot await; clean up on a thread with its own runtime so
         // this works from inside a test's runtime too.
         let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async {
                 for app in apps {
                     if let Err(e) = remove_app_objects(&app).await {
@@ -256,15 +290,25 @@ pub async fn remove_app_objects(app: &str) -> anyhow::Result<()> {
 }
 
 /// Follows `job`'s log until it ends; returns the lines seen and the final job.
-pub async fn follow_to_end(client: &mut Client, job: u64) -> anyhow::Result<(Vec<proto::LogLine>, proto::Job)> {
+pub async fn follow_to_end(
+    client: &mut Client,
+    job: u64,
+) -> anyhow::Result<(Vec<proto::LogLine>, proto::Job)> {
     let follow = async {
-        let request = proto::StreamJobLogsRequest { job_id: job, from_seq: 1, follow: true };
+        let request = proto::StreamJobLogsRequest {
+            job_id: job,
+            from_seq: 1,
+            follow: true,
+        };
         let mut stream = client.stream_job_logs(request).await?.into_inner();
         let mut lines = Vec::new();
         while let Some(line) = stream.next().await {
             lines.push(line?);
         }
-        let job = client.get_job(proto::GetJobRequest { id: job }).await?.into_inner();
+        let job = client
+            .get_job(proto::GetJobRequest { id: job })
+            .await?
+            .into_inner();
         anyhow::Ok((lines, job))
     };
     tokio::time::timeout(DEPLOY_DEADLINE, follow)
@@ -273,8 +317,17 @@ pub async fn follow_to_end(client: &mut Client, job: u64) -> anyhow::Result<(Vec
 }
 
 /// Deploys and follows to the end.
-pub async fn deploy(client: &mut Client, app: &str, env: &str, branch: &str) -> anyhow::Result<(Vec<proto::LogLine>, proto::Job)> {
-    let request = proto::DeployRequest { app: app.into(), env: env.into(), branch: branch.into() };
+pub async fn deploy(
+    client: &mut Client,
+    app: &str,
+    env: &str,
+    branch: &str,
+) -> anyhow::Result<(Vec<proto::LogLine>, proto::Job)> {
+    let request = proto::DeployRequest {
+        app: app.into(),
+        env: env.into(),
+        branch: branch.into(),
+    };
     let job = client.deploy(request).await?.into_inner();
     follow_to_end(client, job.id).await
 }
@@ -285,7 +338,11 @@ pub fn state(job: &proto::Job) -> JobState {
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `deadline`.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
@@ -304,7 +361,8 @@ where
 
 /// GET `path` on a job's URL: (status, body).
 pub async fn get(url: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let (host, port) = gantry_agent::health::host_port(url).with_context(|| format!("bad url {url:?}"))?;
+    let (host, port) =
+        gantry_agent::health::host_port(url).with_context(|| format!("bad url {url:?}"))?;
     Ok(gantry_agent::health::http_get(&host, port, path).await?)
 }
 
@@ -316,7 +374,13 @@ pub fn texts(lines: &[proto::LogLine]) -> Vec<&str> {
 /// Asserts the lines are numbered 1..=n with no gap or repeat.
 pub fn assert_contiguous(lines: &[proto::LogLine]) {
     for (i, line) in lines.iter().enumerate() {
-        assert_eq!(line.seq, i as u64 + 1, "log line {i} has seq {}: {:?}", line.seq, line.text);
+        assert_eq!(
+            line.seq,
+            i as u64 + 1,
+            "log line {i} has seq {}: {:?}",
+            line.seq,
+            line.text
+        );
     }
 }
 

@@ -11,7 +11,11 @@ use tonic::Code;
 async fn bad_input_is_refused_with_the_right_code_and_creates_nothing() -> anyhow::Result<()> {
     let mut unreachable = TestApp::new("e2e-unreachable");
     unreachable.remote = Some("file:///nonexistent/gantry/repo.git".into());
-    let h = Harness::start(&[TestApp::new("e2e-badinput"), unreachable], &[("dev", &[]), ("test", &[])]).await?;
+    let h = Harness::start(
+        &[TestApp::new("e2e-badinput"), unreachable],
+        &[("dev", &[]), ("test", &[])],
+    )
+    .await?;
     let mut client = h.client().await?;
     let cases: [(&str, &str, &str, Code, &str); 9] = [
         ("nope", "dev", "main", Code::NotFound, "unknown app \"nope\"; configured apps: e2e-badinput, e2e-unreachable"),
@@ -25,17 +29,43 @@ async fn bad_input_is_refused_with_the_right_code_and_creates_nothing() -> anyho
         ("e2e-unreachable", "dev", "main", Code::Unavailable, "cannot reach the git remote of app \"e2e-unreachable\" (file:///nonexistent/gantry/repo.git)"),
     ];
     for (app, env, branch, code, message) in cases {
-        let request = proto::DeployRequest { app: app.into(), env: env.into(), branch: branch.into() };
+        let request = proto::DeployRequest {
+            app: app.into(),
+            env: env.into(),
+            branch: branch.into(),
+        };
         let status = client.deploy(request).await.expect_err("must be refused");
-        assert_eq!(status.code(), code, "{app} {env} {branch}: {}", status.message());
-        assert!(status.message().contains(message), "{:?} does not contain {message:?}", status.message());
+        assert_eq!(
+            status.code(),
+            code,
+            "{app} {env} {branch}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().contains(message),
+            "{:?} does not contain {message:?}",
+            status.message()
+        );
     }
-    let jobs = client.list_jobs(proto::ListJobsRequest::default()).await?.into_inner().jobs;
+    let jobs = client
+        .list_jobs(proto::ListJobsRequest::default())
+        .await?
+        .into_inner()
+        .jobs;
     assert!(jobs.is_empty(), "no job was created: {jobs:?}");
 
-    let status = client.get_job(proto::GetJobRequest { id: 99 }).await.expect_err("no such job");
-    assert_eq!((status.code(), status.message()), (Code::NotFound, "job 99 does not exist"));
-    let status = client.get_job(proto::GetJobRequest { id: 0 }).await.expect_err("0 is not an id");
+    let status = client
+        .get_job(proto::GetJobRequest { id: 99 })
+        .await
+        .expect_err("no such job");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::NotFound, "job 99 does not exist")
+    );
+    let status = client
+        .get_job(proto::GetJobRequest { id: 0 })
+        .await
+        .expect_err("0 is not an id");
     assert_eq!(status.code(), Code::InvalidArgument);
     h.shutdown().await
 }
@@ -46,14 +76,22 @@ async fn a_job_waits_with_a_reason_until_an_agent_of_its_env_connects() -> anyho
     let mut h = Harness::start(&[TestApp::new(app)], &[("dev", &[]), ("test", &[])]).await?;
     h.start_agent("dev", "dev-1")?;
     let mut client = h.client().await?;
-    let request = proto::DeployRequest { app: app.into(), env: "test".into(), branch: "main".into() };
+    let request = proto::DeployRequest {
+        app: app.into(),
+        env: "test".into(),
+        branch: "main".into(),
+    };
     let job = client.deploy(request).await?.into_inner();
     assert_eq!(state(&job), JobState::Queued);
     assert_eq!(job.reason, "no agent connected for env test");
     assert_eq!(job.commit.len(), 40);
 
     // A second deploy of the same (app, env) waits for the first.
-    let request = proto::DeployRequest { app: app.into(), env: "test".into(), branch: "main".into() };
+    let request = proto::DeployRequest {
+        app: app.into(),
+        env: "test".into(),
+        branch: "main".into(),
+    };
     let second = client.deploy(request).await?.into_inner();
     assert_eq!(state(&second), JobState::Queued);
 
@@ -64,8 +102,15 @@ async fn a_job_waits_with_a_reason_until_an_agent_of_its_env_connects() -> anyho
     let (_, done2) = follow_to_end(&mut client, second.id).await?;
     assert_eq!(state(&done2), JobState::Succeeded, "{}", done2.reason);
 
-    let agents = client.list_agents(proto::ListAgentsRequest {}).await?.into_inner().agents;
-    let names: Vec<(&str, &str, bool)> = agents.iter().map(|a| (a.name.as_str(), a.env.as_str(), a.connected)).collect();
+    let agents = client
+        .list_agents(proto::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    let names: Vec<(&str, &str, bool)> = agents
+        .iter()
+        .map(|a| (a.name.as_str(), a.env.as_str(), a.connected))
+        .collect();
     assert_eq!(names, [("dev-1", "dev", true), ("test-1", "test", true)]);
     h.shutdown().await
 }
@@ -77,45 +122,83 @@ async fn logs_stream_live_and_cancel_stops_the_build_and_its_children() -> anyho
     let pid_file = marker.path().join("child.pid");
     let mut test_app = TestApp::new(app);
     // Prints a line, starts a long-lived child in the same process group, then waits.
-    test_app.build_command = format!("echo started; sleep 600 & echo $! > {}; wait", pid_file.display());
+    test_app.build_command = format!(
+        "echo started; sleep 600 & echo $! > {}; wait",
+        pid_file.display()
+    );
     let mut h = Harness::start(&[test_app], &[("dev", &[])]).await?;
     h.start_agent("dev", "dev-1")?;
     let mut client = h.client().await?;
-    let request = proto::DeployRequest { app: app.into(), env: "dev".into(), branch: "main".into() };
+    let request = proto::DeployRequest {
+        app: app.into(),
+        env: "dev".into(),
+        branch: "main".into(),
+    };
     let job = client.deploy(request).await?.into_inner();
 
     // The first line arrives while the build is still running.
     let mut stream = client
-        .stream_job_logs(proto::StreamJobLogsRequest { job_id: job.id, from_seq: 1, follow: true })
+        .stream_job_logs(proto::StreamJobLogsRequest {
+            job_id: job.id,
+            from_seq: 1,
+            follow: true,
+        })
         .await?
         .into_inner();
     loop {
-        let line = tokio::time::timeout(DEPLOY_DEADLINE, stream.message()).await??.expect("log open");
+        let line = tokio::time::timeout(DEPLOY_DEADLINE, stream.message())
+            .await??
+            .expect("log open");
         if line.text == "started" {
             assert_eq!(line.stream, proto::LogStream::Stdout as i32);
             assert_eq!(line.stage, proto::Stage::Build as i32);
             break;
         }
     }
-    let running = client.get_job(proto::GetJobRequest { id: job.id }).await?.into_inner();
-    assert_eq!((state(&running), running.stage), (JobState::Running, proto::Stage::Build as i32));
+    let running = client
+        .get_job(proto::GetJobRequest { id: job.id })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (state(&running), running.stage),
+        (JobState::Running, proto::Stage::Build as i32)
+    );
     let child: i32 = eventually("the child's pid", Duration::from_secs(10), || async {
-        Ok(std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse().ok()))
+        Ok(std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok()))
     })
     .await?;
 
     let asked = std::time::Instant::now();
-    let cancelled = client.cancel_job(proto::CancelJobRequest { id: job.id }).await?.into_inner();
-    assert!(cancelled.reason.starts_with("cancel requested"), "{}", cancelled.reason);
+    let cancelled = client
+        .cancel_job(proto::CancelJobRequest { id: job.id })
+        .await?
+        .into_inner();
+    assert!(
+        cancelled.reason.starts_with("cancel requested"),
+        "{}",
+        cancelled.reason
+    );
     while stream.message().await?.is_some() {}
-    let done = client.get_job(proto::GetJobRequest { id: job.id }).await?.into_inner();
+    let done = client
+        .get_job(proto::GetJobRequest { id: job.id })
+        .await?
+        .into_inner();
     assert_eq!(state(&done), JobState::Cancelled, "{}", done.reason);
-    assert!(asked.elapsed() < gantry_agent::build::KILL_GRACE + Duration::from_secs(2), "took {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < gantry_agent::build::KILL_GRACE + Duration::from_secs(2),
+        "took {:?}",
+        asked.elapsed()
+    );
     // SAFETY: signal 0 only checks whether the process exists.
     let alive = unsafe { libc::kill(child, 0) } == 0;
     assert!(!alive, "the build's child {child} was stopped with it");
 
-    let again = client.cancel_job(proto::CancelJobRequest { id: job.id }).await.expect_err("already ended");
+    let again = client
+        .cancel_job(proto::CancelJobRequest { id: job.id })
+        .await
+        .expect_err("already ended");
     assert_eq!(again.code(), Code::FailedPrecondition);
     h.shutdown().await
 }
@@ -128,26 +211,47 @@ async fn a_restarted_coordinator_reads_jobs_and_logs_back() -> anyhow::Result<()
     let mut client = h.client().await?;
     let (lines, job) = deploy(&mut client, app, "dev", "main").await?;
     assert_eq!(state(&job), JobState::Succeeded, "{}", job.reason);
-    let request = proto::DeployRequest { app: app.into(), env: "pre".into(), branch: "main".into() };
+    let request = proto::DeployRequest {
+        app: app.into(),
+        env: "pre".into(),
+        branch: "main".into(),
+    };
     let queued = client.deploy(request).await?.into_inner();
 
     h.stop_coordinator().await?;
     h.start_coordinator().await?;
     let mut client = h.client().await?;
-    let after = client.get_job(proto::GetJobRequest { id: job.id }).await?.into_inner();
+    let after = client
+        .get_job(proto::GetJobRequest { id: job.id })
+        .await?
+        .into_inner();
     assert_eq!(after, job);
-    let request = proto::StreamJobLogsRequest { job_id: job.id, from_seq: 1, follow: false };
+    let request = proto::StreamJobLogsRequest {
+        job_id: job.id,
+        from_seq: 1,
+        follow: false,
+    };
     let mut stream = client.stream_job_logs(request).await?.into_inner();
     let mut stored = Vec::new();
     while let Some(line) = stream.message().await? {
         stored.push(line);
     }
     assert_eq!(stored, lines);
-    let still = client.get_job(proto::GetJobRequest { id: queued.id }).await?.into_inner();
-    assert_eq!((state(&still), still.reason.as_str()), (JobState::Queued, "no agent connected for env pre"));
+    let still = client
+        .get_job(proto::GetJobRequest { id: queued.id })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (state(&still), still.reason.as_str()),
+        (JobState::Queued, "no agent connected for env pre")
+    );
 
     // Reading from the middle returns the rest, in order.
-    let request = proto::StreamJobLogsRequest { job_id: job.id, from_seq: 5, follow: true };
+    let request = proto::StreamJobLogsRequest {
+        job_id: job.id,
+        from_seq: 5,
+        follow: true,
+    };
     let mut stream = client.stream_job_logs(request).await?.into_inner();
     let first = stream.message().await?.expect("lines from 5");
     assert_eq!(first, lines[4]);

@@ -38,7 +38,10 @@ fn a_good_file_parses_with_defaults() {
 
 #[test]
 fn an_unknown_field_names_file_line_and_field() {
-    let text = GOOD.replace("container_port = 8080", "container_port = 8080\ncontainr = 1");
+    let text = GOOD.replace(
+        "container_port = 8080",
+        "container_port = 8080\ncontainr = 1",
+    );
     let msg = parse(&text).unwrap_err().to_string();
     assert!(msg.contains("coordinator.toml"), "{msg}");
     assert!(msg.contains("line 18"), "{msg}");
@@ -62,7 +65,10 @@ fn cross_field_mistakes_name_the_entry_line() {
     let text = GOOD.replace("base_image = \"eclipse-temurin:17-jre\"", "");
     let msg = parse(&text).unwrap_err().to_string();
     assert!(msg.contains("line 12"), "{msg}");
-    assert!(msg.contains("exactly one of base_image and dockerfile"), "{msg}");
+    assert!(
+        msg.contains("exactly one of base_image and dockerfile"),
+        "{msg}"
+    );
 
     let text = format!("{GOOD}\n[[environments]]\nname = \"dev\"\n");
     let msg = parse(&text).unwrap_err().to_string();
