@@ -1,7 +1,8 @@
 //! The agent's link to the coordinator: it dials out (so it works behind
 //! NAT), registers, holds one bidirectional stream, sends heartbeats and the
-//! events of its jobs, and takes the jobs pushed to it. When the stream
-//! breaks it dials again with exponential backoff; jobs keep running.
+//! spooled events of its jobs, and takes the jobs pushed to it. When the
+//! stream breaks it dials again with exponential backoff; jobs keep running
+//! and their events wait in the spool.
 
 use std::{
     collections::HashMap,
@@ -9,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use gantry_shared::{limits::MAX_GRPC_MESSAGE_BYTES, proto, JobId};
+use gantry_shared::{limits::MAX_GRPC_MESSAGE_BYTES, proto, JobId, JobState};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -17,8 +18,9 @@ use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use crate::{
-    job::{self, Job, Runtime},
+    job::{self, Job, JobHandle, Runtime},
     report::Reporter,
+    spool::{Spool, SEND_BATCH},
     AgentOptions,
 };
 
@@ -27,17 +29,17 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Longest wait between dials: a coordinator back from a restart is found
 /// within this long.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Messages queued towards one stream before the sender waits (HTTP/2 flow
 /// control does the rest).
-const STREAM_BUFFER: usize = 256;
+const STREAM_BUFFER: usize = 1024;
 
 /// Heartbeat interval used until the coordinator names its own.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// The jobs this agent runs now, with the tokens that cancel them.
-pub type Running = Arc<Mutex<HashMap<JobId, CancellationToken>>>;
+/// The jobs this agent runs now, with the handles that stop them.
+pub type Running = Arc<Mutex<HashMap<JobId, JobHandle>>>;
 
 /// Shared by every session of the agent's life.
 pub struct Link {
@@ -45,39 +47,41 @@ pub struct Link {
     pub options: AgentOptions,
     /// What jobs need from the host.
     pub runtime: Arc<Runtime>,
-    /// Events of all jobs, waiting to be sent.
-    pub outbox: mpsc::Receiver<proto::AgentMessage>,
-    /// Where jobs put their events.
-    pub outbox_tx: mpsc::Sender<proto::AgentMessage>,
+    /// Events of all jobs, waiting to be sent and acknowledged.
+    pub spool: Spool,
     /// Jobs running now.
     pub running: Running,
     /// Owner of the job tasks.
     pub tasks: TaskTracker,
-    /// A message taken from the outbox whose stream broke before it was sent.
-    pub carry: Option<proto::AgentMessage>,
+    /// Fired when the agent starts to shut down: take no more work.
+    pub draining: CancellationToken,
 }
 
-/// Keeps a session with the coordinator open until `shutdown`.
-pub async fn maintain(link: &mut Link, shutdown: &CancellationToken) {
+/// Keeps a session with the coordinator open until `stop`.
+pub async fn maintain(link: Arc<Link>, stop: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
-    while !shutdown.is_cancelled() {
-        match session(link, shutdown, &mut backoff).await {
+    while !stop.is_cancelled() {
+        match session(&link, &stop, &mut backoff).await {
             Ok(()) => info!("stream to the coordinator closed"),
             Err(e) => {
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable")
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
+fn message(body: proto::agent_message::Body) -> proto::AgentMessage {
+    proto::AgentMessage { body: Some(body) }
+}
+
 async fn session(
-    link: &mut Link,
-    shutdown: &CancellationToken,
+    link: &Link,
+    stop: &CancellationToken,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
     let channel = Endpoint::from_shared(link.options.coordinator.clone())?
@@ -106,10 +110,8 @@ async fn session(
         version: gantry_shared::VERSION.to_owned(),
         running_jobs,
     };
-    tx.send(proto::AgentMessage {
-        body: Some(proto::agent_message::Body::Register(register)),
-    })
-    .await?;
+    tx.send(message(proto::agent_message::Body::Register(register)))
+        .await?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
 
     let mut heartbeat = DEFAULT_HEARTBEAT;
@@ -121,43 +123,60 @@ async fn session(
     }
     info!(agent = %link.options.name, env = %link.options.env, "registered with the coordinator");
     *backoff = MIN_BACKOFF;
+    link.spool.rewind();
 
     let mut beat = tokio::time::interval(heartbeat);
+    let mut drain_sent = false;
     loop {
-        if let Some(msg) = link.carry.take() {
-            if let Err(unsent) = tx.send(msg).await {
-                link.carry = Some(unsent.0);
+        let batch = link.spool.take_unsent(SEND_BATCH)?;
+        let more = batch.len() == SEND_BATCH;
+        for event in batch {
+            if tx
+                .send(message(proto::agent_message::Body::JobEvent(event)))
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            biased;
+            _ = stop.cancelled() => return Ok(()),
             msg = inbound.message() => match msg? {
                 Some(msg) => handle(link, msg),
                 None => return Ok(()),
             },
+            _ = link.draining.cancelled(), if !drain_sent => {
+                drain_sent = true;
+                let _ = tx.send(message(proto::agent_message::Body::Drain(proto::Drain {}))).await;
+            }
             _ = beat.tick() => {
-                let msg = proto::AgentMessage { body: Some(proto::agent_message::Body::Heartbeat(proto::Heartbeat {})) };
-                if tx.send(msg).await.is_err() {
+                if tx.send(message(proto::agent_message::Body::Heartbeat(proto::Heartbeat {}))).await.is_err() {
                     return Ok(());
                 }
             }
-            Some(msg) = link.outbox.recv() => link.carry = Some(msg),
+            _ = std::future::ready(()), if more => {}
+            _ = link.spool.added() => {}
         }
     }
 }
 
 fn handle(link: &Link, msg: proto::CoordinatorMessage) {
     match msg.body {
+        Some(proto::coordinator_message::Body::Ack(ack)) => {
+            if let Ok(job) = JobId::new(ack.job_id) {
+                link.spool.ack(job, ack.seq);
+            }
+        }
         Some(proto::coordinator_message::Body::Assign(spec)) => start_job(link, spec),
         Some(proto::coordinator_message::Body::Cancel(c)) => {
             let found = JobId::new(c.job_id)
                 .ok()
                 .and_then(|id| link.running.lock().expect("running lock").get(&id).cloned());
             match found {
-                Some(token) => {
+                Some(handle) => {
                     info!(job = c.job_id, "cancelling job");
-                    token.cancel();
+                    handle.stop(JobState::Cancelled, "cancelled by operator");
                 }
                 None => warn!(job = c.job_id, "cancel for a job this agent does not run"),
             }
@@ -171,36 +190,40 @@ fn start_job(link: &Link, spec: proto::JobSpec) {
         warn!("assignment without a job id; ignored");
         return;
     };
-    let report = Reporter::new(id, link.outbox_tx.clone());
+    let report = Reporter::new(id, link.spool.clone());
+    let refuse = |why: String| {
+        warn!(job = %id, %why, "refusing a job");
+        let report = report.clone();
+        link.tasks.spawn(async move {
+            report
+                .finish(
+                    JobState::Failed,
+                    format!("the agent refused the job: {why}"),
+                    None,
+                )
+                .await;
+        });
+    };
+    if link.draining.is_cancelled() {
+        return refuse("it is shutting down".into());
+    }
     let job = match Job::from_proto(spec) {
         Ok(job) => job,
-        Err(why) => {
-            warn!(job = %id, %why, "refusing a malformed job");
-            link.tasks.spawn(async move {
-                report
-                    .finish(
-                        gantry_shared::JobState::Failed,
-                        format!("the agent refused the job: {why}"),
-                        None,
-                    )
-                    .await;
-            });
-            return;
-        }
+        Err(why) => return refuse(why),
     };
-    let token = CancellationToken::new();
+    let handle = JobHandle::default();
     {
         let mut running = link.running.lock().expect("running lock");
         if running.contains_key(&id) {
             warn!(job = %id, "job assigned twice; ignored");
             return;
         }
-        running.insert(id, token.clone());
+        running.insert(id, handle.clone());
     }
     let runtime = link.runtime.clone();
     let running = link.running.clone();
     link.tasks.spawn(async move {
-        job::run(runtime, job, report, token).await;
+        job::run(runtime, job, report, handle).await;
         running.lock().expect("running lock").remove(&id);
     });
 }

@@ -33,6 +33,9 @@ pub mod label {
     pub const BRANCH: &str = "gantry.branch";
     /// The agent that created it.
     pub const AGENT: &str = "gantry.agent";
+    /// The installation of that agent (its work dir's identity), so agents
+    /// of the same name on one Docker host never touch each other's objects.
+    pub const AGENT_ID: &str = "gantry.agent-id";
 }
 
 /// Seconds a replaced container gets to finish in-flight requests on stop.
@@ -374,4 +377,34 @@ pub async fn remove_job_objects(
         remove_image(docker, &id).await?;
     }
     Ok(())
+}
+
+/// Removes the containers (and their images) this agent created for jobs
+/// that never released: they lack the restart policy [`keep_running`] sets.
+/// Called when the agent starts, before it takes work. Returns how many.
+pub async fn remove_unreleased(docker: &Docker, agent_id: &str) -> Result<usize, DockerError> {
+    let mut removed = 0;
+    for (id, labels) in containers(docker, &[(label::AGENT_ID, agent_id)]).await? {
+        let inspect = docker
+            .inspect_container(&id, None)
+            .await
+            .map_err(engine("inspecting a container"))?;
+        let policy = inspect
+            .host_config
+            .and_then(|h| h.restart_policy)
+            .and_then(|p| p.name);
+        if policy == Some(RestartPolicyNameEnum::UNLESS_STOPPED) {
+            continue;
+        }
+        match (
+            labels.get(label::APP),
+            labels.get(label::ENV),
+            labels.get(label::JOB),
+        ) {
+            (Some(app), Some(env), Some(job)) => remove_job_objects(docker, app, env, job).await?,
+            _ => remove_container(docker, &id).await?,
+        }
+        removed += 1;
+    }
+    Ok(removed)
 }

@@ -29,6 +29,8 @@ pub struct Runtime {
     pub work_dir: PathBuf,
     /// This agent's name, put on every object it creates.
     pub agent: AgentName,
+    /// This installation's identity (see [`crate::agent_id`]).
+    pub agent_id: String,
     /// Host address containers publish their port on.
     pub publish_ip: String,
     /// Host the agent reaches published ports on, for health checks.
@@ -78,7 +80,7 @@ impl Job {
         })
     }
 
-    fn labels(&self, agent: &AgentName) -> HashMap<String, String> {
+    fn labels(&self, agent: &AgentName, agent_id: &str) -> HashMap<String, String> {
         HashMap::from([
             (label::APP.to_owned(), self.app.to_string()),
             (label::ENV.to_owned(), self.env.to_string()),
@@ -86,6 +88,7 @@ impl Job {
             (label::COMMIT.to_owned(), self.commit.clone()),
             (label::BRANCH.to_owned(), self.branch.to_string()),
             (label::AGENT.to_owned(), agent.to_string()),
+            (label::AGENT_ID.to_owned(), agent_id.to_owned()),
         ])
     }
 
@@ -98,6 +101,34 @@ impl Job {
             ("GANTRY_BRANCH".into(), self.branch.to_string()),
             ("GANTRY_COMMIT".into(), self.commit.clone()),
         ]
+    }
+}
+
+/// A running job's handle: stops it with a reason (operator cancel, deploy
+/// timeout, agent shutdown). The job then stops its build's process group
+/// and removes what it created.
+#[derive(Clone, Default)]
+pub struct JobHandle {
+    token: CancellationToken,
+    why: Arc<std::sync::Mutex<Option<(JobState, String)>>>,
+}
+
+impl JobHandle {
+    /// Stops the job; it ends in `state` saying `reason` (the first stop wins).
+    pub fn stop(&self, state: JobState, reason: impl Into<String>) {
+        self.why
+            .lock()
+            .expect("stop lock")
+            .get_or_insert((state, reason.into()));
+        self.token.cancel();
+    }
+
+    fn outcome(&self) -> (JobState, String) {
+        self.why
+            .lock()
+            .expect("stop lock")
+            .clone()
+            .unwrap_or((JobState::Cancelled, "cancelled".into()))
     }
 }
 
@@ -114,36 +145,49 @@ impl<E: std::fmt::Display> From<E> for Stop {
 }
 
 /// Runs `job` to its end and reports the outcome.
-pub async fn run(rt: Arc<Runtime>, job: Job, report: Reporter, cancel: CancellationToken) {
+pub async fn run(rt: Arc<Runtime>, job: Job, report: Reporter, handle: JobHandle) {
     info!(job = %job.id, app = %job.app, env = %job.env, commit = %job.commit, "job started");
-    let outcome = stages(&rt, &job, &report, &cancel).await;
+    let limit = Duration::from_secs(job.spec.deploy_timeout_secs.max(1));
+    let work = stages(&rt, &job, &report, &handle.token);
+    let timer = tokio::time::sleep(limit);
+    tokio::pin!(work, timer);
+    let mut timed_out = false;
+    // The timer stops the job through its handle, so the stages clean up
+    // exactly as for a cancel.
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut work => break outcome,
+            _ = &mut timer, if !timed_out => {
+                timed_out = true;
+                let why = format!(
+                    "deploy timed out after {}s and was stopped; raise deploy_timeout_secs if it needs longer",
+                    limit.as_secs()
+                );
+                handle.stop(JobState::Failed, why);
+            }
+        }
+    };
     let (state, summary, deployed) = match outcome {
-        Ok(deployed) => (
-            JobState::Succeeded,
-            format!("{} is serving at {}", deployed.image, deployed.url),
-            Some(deployed),
-        ),
+        Ok(deployed) => {
+            let summary = format!("{} is serving at {}", deployed.image, deployed.url);
+            (JobState::Succeeded, summary, Some(deployed))
+        }
         Err(Stop::Failed(why)) => (JobState::Failed, why, None),
-        Err(Stop::Cancelled) => (
-            JobState::Cancelled,
-            "cancelled by operator".to_owned(),
-            None,
-        ),
+        Err(Stop::Cancelled) => {
+            let (state, why) = handle.outcome();
+            (state, why, None)
+        }
     };
     if state != JobState::Succeeded {
-        let removed = docker::remove_job_objects(
-            &rt.docker,
-            job.app.as_str(),
-            job.env.as_str(),
-            &job.id.to_string(),
-        )
-        .await;
-        if let Err(e) = removed {
+        let (app, env, id) = (job.app.as_str(), job.env.as_str(), job.id.to_string());
+        if let Err(e) = docker::remove_job_objects(&rt.docker, app, env, &id).await {
             warn!(job = %job.id, error = %e, "cannot remove what the job created");
-            report
-                .system(format!("warning: cannot remove what this job created: {e}"))
-                .await;
+            let msg = format!("warning: cannot remove what this job created: {e}");
+            report.system(msg).await;
         }
+        // The workspace holds this job's half-built tree; the next deploy
+        // checks out afresh anyway.
+        let _ = std::fs::remove_dir_all(workspace_dir(&rt, &job));
     }
     info!(job = %job.id, app = %job.app, env = %job.env, state = state.as_str(), "job ended");
     report.finish(state, summary, deployed).await;
@@ -176,11 +220,7 @@ async fn stages(
     cancel: &CancellationToken,
 ) -> Result<Deployed, Stop> {
     let mirror = rt.work_dir.join("mirrors").join(format!("{}.git", job.app));
-    let workspace = rt
-        .work_dir
-        .join("workspaces")
-        .join(job.env.as_str())
-        .join(job.app.as_str());
+    let workspace = workspace_dir(rt, job);
 
     report.stage(Stage::Fetch).await;
     let (remote, commit) = (job.spec.remote.clone(), job.commit.clone());
@@ -268,7 +308,7 @@ async fn stages(
             path: &job.spec.dockerfile,
         }
     };
-    let labels = job.labels(&rt.agent);
+    let labels = job.labels(&rt.agent, &rt.agent_id);
     cancellable(cancel, async {
         Ok(docker::build_image(&rt.docker, source, &tag, &labels, report).await?)
     })
@@ -366,6 +406,14 @@ async fn retire_previous(rt: &Runtime, job: &Job, current: &str, report: &Report
             let _ = docker::remove_image(&rt.docker, &id).await;
         }
     }
+}
+
+/// The workspace of the job's (app, env) on this agent.
+fn workspace_dir(rt: &Runtime, job: &Job) -> PathBuf {
+    rt.work_dir
+        .join("workspaces")
+        .join(job.env.as_str())
+        .join(job.app.as_str())
 }
 
 fn short(commit: &str) -> &str {

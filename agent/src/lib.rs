@@ -9,23 +9,25 @@ pub mod connection;
 pub mod docker;
 pub mod git;
 pub mod health;
+pub mod install;
 pub mod job;
 pub mod report;
+pub mod spool;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use gantry_shared::{AgentName, EnvName};
-use tokio::sync::mpsc;
+use gantry_shared::{AgentName, EnvName, JobState};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::info;
+use tracing::{info, warn};
 
-/// Job events buffered while the coordinator is away; a job producing more
-/// waits for the stream to return instead of growing memory.
-const OUTBOX: usize = 8192;
+/// How long, after the running jobs are done, the agent waits for the
+/// coordinator to acknowledge their last events before it exits anyway (they
+/// stay in the spool and are sent by the next run).
+const ACK_WAIT: Duration = Duration::from_secs(10);
 
-/// How long running jobs get to stop when the agent shuts down.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// Default time running jobs get to finish when the agent is stopped.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(60);
 
 /// How an agent is started.
 #[derive(Debug, Clone)]
@@ -36,7 +38,7 @@ pub struct AgentOptions {
     pub name: AgentName,
     /// The environment whose servers it runs on.
     pub env: EnvName,
-    /// Root of its mirrors and workspaces.
+    /// Root of its mirrors, workspaces and spool.
     pub work_dir: PathBuf,
     /// Jobs it runs at once.
     pub capacity: u32,
@@ -48,54 +50,113 @@ pub struct AgentOptions {
     pub health_host: String,
     /// Host put in the URLs operators are given.
     pub public_host: String,
+    /// How long running jobs may take to finish once the agent is stopped;
+    /// past it they are stopped and end cancelled.
+    pub drain_grace: Duration,
 }
 
-/// Runs the agent until `shutdown` is cancelled.
+/// This installation's identity: made once and kept in the work dir, so it
+/// survives restarts and differs between agents sharing a Docker host.
+pub fn agent_id(work_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = work_dir.join("agent-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_owned());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let id = format!("{:x}-{:x}", nanos, std::process::id());
+    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+/// Runs the agent until `shutdown` is cancelled, then drains: it takes no
+/// new work, lets running jobs finish within the grace period (stopping
+/// them after it), waits for their last events to be acknowledged, and
+/// returns.
 pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("cannot create work dir {}", options.work_dir.display()))?;
     let docker = docker::connect()
         .await
         .context("the agent needs the local Docker engine")?;
+    let agent_id = agent_id(&options.work_dir)?;
+    let removed = docker::remove_unreleased(&docker, &agent_id).await?;
+    if removed > 0 {
+        info!(
+            removed,
+            "removed containers of jobs an earlier run of this agent did not finish"
+        );
+    }
+    let spool = spool::Spool::open(&options.work_dir.join("spool"))
+        .with_context(|| format!("cannot open the spool in {}", options.work_dir.display()))?;
     let runtime = Arc::new(job::Runtime {
         docker,
         work_dir: options.work_dir.clone(),
         agent: options.name.clone(),
+        agent_id,
         publish_ip: options.publish_ip.clone(),
         health_host: options.health_host.clone(),
         public_host: options.public_host.clone(),
         build_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
     });
-    let (outbox_tx, outbox) = mpsc::channel(OUTBOX);
-    let mut link = connection::Link {
+    // Jobs an earlier run of this agent died in: say how they ended.
+    for job in spool.unfinished() {
+        let report = report::Reporter::new(job, spool.clone());
+        report
+            .finish(
+                JobState::Failed,
+                "the agent restarted while running this job".into(),
+                None,
+            )
+            .await;
+    }
+    let link = Arc::new(connection::Link {
         options,
         runtime,
-        outbox,
-        outbox_tx,
+        spool,
         running: Default::default(),
         tasks: TaskTracker::new(),
-        carry: None,
-    };
-    info!(agent = %link.options.name, env = %link.options.env, coordinator = %link.options.coordinator, "agent starting");
-    connection::maintain(&mut link, &shutdown).await;
-
-    // Stop what still runs, and let it clean up.
-    for token in link.running.lock().expect("running lock").values() {
-        token.cancel();
+        draining: shutdown.clone(),
+    });
+    let name = link.options.name.clone();
+    info!(agent = %name, env = %link.options.env, coordinator = %link.options.coordinator, "agent starting");
+    let stop = CancellationToken::new();
+    let mut connection = tokio::spawn(connection::maintain(link.clone(), stop.clone()));
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        ended = &mut connection => {
+            ended.context("the connection task failed")?;
+            anyhow::bail!("the connection task stopped by itself");
+        }
     }
+
+    info!(agent = %name, jobs = link.running.lock().expect("running lock").len(), "draining");
     link.tasks.close();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        loop {
-            tokio::select! {
-                _ = link.tasks.wait() => return,
-                _ = link.outbox.recv() => {}
-            }
+    if tokio::time::timeout(link.options.drain_grace, link.tasks.wait())
+        .await
+        .is_err()
+    {
+        let grace = link.options.drain_grace.as_secs();
+        for handle in link.running.lock().expect("running lock").values() {
+            handle.stop(
+                JobState::Cancelled,
+                format!("the agent was stopped and the job did not finish within {grace}s"),
+            );
+        }
+        link.tasks.wait().await;
+    }
+    let acked = tokio::time::timeout(ACK_WAIT, async {
+        while !link.spool.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    if drained.is_err() {
-        tracing::warn!("jobs did not stop within the grace period");
+    if acked.is_err() {
+        warn!(agent = %name, "the coordinator did not acknowledge every event; they stay spooled for the next run");
     }
-    info!("agent stopped");
+    stop.cancel();
+    connection.await.context("the connection task failed")?;
+    info!(agent = %name, "agent stopped");
     Ok(())
 }

@@ -1,17 +1,69 @@
-//! `gantry-agent --coordinator URL --env dev --name dev-1 --work-dir DIR`
+//! `gantry-agent`: run in the foreground (from flags or a config file), or
+//! install / uninstall as a systemd service.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use anyhow::bail;
-use clap::Parser;
-use gantry_agent::AgentOptions;
-use gantry_shared::{AgentName, EnvName};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use gantry_agent::{
+    install::{self, Target},
+    AgentOptions,
+};
+use gantry_shared::{
+    config::agent::{self as agent_config, AgentConfig},
+    AgentName, EnvName,
+};
 use tokio_util::sync::CancellationToken;
 
 /// The Gantry agent: runs deploy jobs on this server for one environment.
 #[derive(Parser)]
-#[command(version, about)]
-struct Args {
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    flags: Option<Flags>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run in the foreground with the settings of a config file.
+    Run {
+        /// The config file.
+        #[arg(long, default_value = agent_config::DEFAULT_AGENT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Write the config file and a systemd unit, and enable the service.
+    Install {
+        #[command(flatten)]
+        flags: Flags,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Stop and disable the service, and remove its unit and config.
+    Uninstall {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+/// Where `install` and `uninstall` put files.
+#[derive(Args)]
+struct TargetArgs {
+    /// The config file.
+    #[arg(long, default_value = agent_config::DEFAULT_AGENT_CONFIG)]
+    config: PathBuf,
+    /// Directory of the systemd unit.
+    #[arg(long, default_value = install::DEFAULT_UNIT_DIR)]
+    unit_dir: PathBuf,
+    /// Only write or remove files; do not run systemctl.
+    #[arg(long)]
+    no_systemctl: bool,
+}
+
+/// Everything an agent is started with.
+#[derive(Args)]
+struct Flags {
     /// The coordinator's URL.
     #[arg(
         long,
@@ -25,11 +77,11 @@ struct Args {
     /// This agent's unique name.
     #[arg(long, env = "GANTRY_AGENT_NAME")]
     name: AgentName,
-    /// Where mirrors and workspaces live.
+    /// Where mirrors, workspaces and the spool live.
     #[arg(long, env = "GANTRY_WORK_DIR", default_value = "/var/lib/gantry-agent")]
     work_dir: PathBuf,
     /// Jobs run at once.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = agent_config::default_capacity())]
     capacity: u32,
     /// A label shown to operators, as key=value (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
@@ -40,9 +92,56 @@ struct Args {
     /// Host the agent reaches published ports on for health checks.
     #[arg(long, default_value = "127.0.0.1")]
     health_host: String,
-    /// Host put in the URLs operators are given (this server's name or address).
-    #[arg(long, default_value = "127.0.0.1")]
-    public_host: String,
+    /// Host put in the URLs operators are given (default: --health-host).
+    #[arg(long)]
+    public_host: Option<String>,
+    /// Seconds running jobs get to finish on SIGTERM.
+    #[arg(long, default_value_t = agent_config::default_drain_grace_secs())]
+    drain_grace_secs: u64,
+}
+
+impl Flags {
+    fn into_config(self) -> anyhow::Result<AgentConfig> {
+        let mut labels = BTreeMap::new();
+        for label in &self.labels {
+            let Some((k, v)) = label.split_once('=') else {
+                bail!("--label {label:?} must be KEY=VALUE");
+            };
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+        if self.capacity == 0 {
+            bail!("--capacity must be at least 1");
+        }
+        Ok(AgentConfig {
+            coordinator: self.coordinator,
+            env: self.env,
+            name: self.name,
+            work_dir: self.work_dir,
+            capacity: self.capacity,
+            publish_ip: self.publish_ip,
+            health_host: self.health_host,
+            public_host: self.public_host,
+            drain_grace_secs: self.drain_grace_secs,
+            labels,
+        })
+    }
+}
+
+fn options(config: AgentConfig) -> AgentOptions {
+    AgentOptions {
+        public_host: config
+            .public_host
+            .unwrap_or_else(|| config.health_host.clone()),
+        coordinator: config.coordinator,
+        name: config.name,
+        env: config.env,
+        work_dir: config.work_dir,
+        capacity: config.capacity,
+        labels: config.labels,
+        publish_ip: config.publish_ip,
+        health_host: config.health_host,
+        drain_grace: Duration::from_secs(config.drain_grace_secs),
+    }
 }
 
 #[tokio::main]
@@ -52,24 +151,37 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
-    let mut labels = BTreeMap::new();
-    for label in &args.labels {
-        let Some((k, v)) = label.split_once('=') else {
-            bail!("--label {label:?} must be KEY=VALUE");
-        };
-        labels.insert(k.to_owned(), v.to_owned());
-    }
-    let options = AgentOptions {
-        coordinator: args.coordinator,
-        name: args.name,
-        env: args.env,
-        work_dir: args.work_dir,
-        capacity: args.capacity,
-        labels,
-        publish_ip: args.publish_ip,
-        health_host: args.health_host,
-        public_host: args.public_host,
+    let cli = Cli::parse();
+    let config = match (cli.command, cli.flags) {
+        (Some(Command::Run { config }), _) => AgentConfig::load(&config)?,
+        (Some(Command::Install { flags, target }), _) => {
+            let config = flags.into_config()?;
+            let binary = std::env::current_exe().context("cannot find this binary's path")?;
+            let target = Target {
+                config_path: target.config,
+                unit_dir: target.unit_dir,
+                systemctl: !target.no_systemctl,
+            };
+            install::install(&config, &binary, &target)?;
+            println!(
+                "installed {} and {}",
+                target.config_path.display(),
+                target.unit_dir.join(install::UNIT_NAME).display()
+            );
+            return Ok(());
+        }
+        (Some(Command::Uninstall { target }), _) => {
+            let target = Target {
+                config_path: target.config,
+                unit_dir: target.unit_dir,
+                systemctl: !target.no_systemctl,
+            };
+            install::uninstall(&target)?;
+            println!("uninstalled {}", install::UNIT_NAME);
+            return Ok(());
+        }
+        (None, Some(flags)) => flags.into_config()?,
+        (None, None) => bail!("give --env and --name (or `run --config FILE`); see --help"),
     };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -82,5 +194,5 @@ async fn main() -> anyhow::Result<()> {
         }
         stop.cancel();
     });
-    gantry_agent::run(options, shutdown).await
+    gantry_agent::run(options(config), shutdown).await
 }

@@ -1,6 +1,6 @@
 //! What a running job tells the coordinator: stage changes, log lines with a
-//! per-job sequence number, and its end. Events go into the agent's outbox,
-//! which the connection drains; when the coordinator is away the outbox
+//! per-job sequence number, and its end. Events go into the agent's spool,
+//! which the connection drains; when the coordinator is away the spool
 //! fills and the job waits (back-pressure) instead of dropping lines.
 
 use std::{
@@ -12,7 +12,8 @@ use std::{
 };
 
 use gantry_shared::{limits::cap_log_line, now_ms, proto, JobId, JobState, Stage};
-use tokio::sync::mpsc;
+
+use crate::spool::Spool;
 
 /// Lines kept for a failure summary: enough to show a compiler error or a
 /// stack trace's head, short enough to read in `gantry job`.
@@ -25,17 +26,17 @@ pub use proto::LogStream as Stream;
 #[derive(Clone)]
 pub struct Reporter {
     job: JobId,
-    outbox: mpsc::Sender<proto::AgentMessage>,
+    spool: Spool,
     seq: Arc<AtomicU64>,
     stage: Arc<Mutex<Option<Stage>>>,
 }
 
 impl Reporter {
-    /// A reporter for `job` sending into `outbox`.
-    pub fn new(job: JobId, outbox: mpsc::Sender<proto::AgentMessage>) -> Self {
+    /// A reporter for `job` writing into `spool`.
+    pub fn new(job: JobId, spool: Spool) -> Self {
         Self {
             job,
-            outbox,
+            spool,
             seq: Arc::new(AtomicU64::new(0)),
             stage: Arc::new(Mutex::new(None)),
         }
@@ -47,15 +48,9 @@ impl Reporter {
     }
 
     async fn send(&self, body: proto::job_event::Body) {
-        let event = proto::JobEvent {
-            job_id: self.job.get(),
-            body: Some(body),
-        };
-        let msg = proto::AgentMessage {
-            body: Some(proto::agent_message::Body::JobEvent(event)),
-        };
-        // Fails only when the agent is shutting down; nothing is left to tell.
-        let _ = self.outbox.send(msg).await;
+        if let Err(e) = self.spool.push(self.job, body).await {
+            tracing::error!(job = %self.job, error = %e, "cannot write to the spool; the event is lost");
+        }
     }
 
     /// Enters a new stage, and says so in the log.

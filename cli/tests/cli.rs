@@ -118,6 +118,7 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
         publish_ip: "127.0.0.1".into(),
         health_host: "127.0.0.1".into(),
         public_host: "127.0.0.1".into(),
+        drain_grace: gantry_agent::DEFAULT_DRAIN_GRACE,
     };
     let agent = tokio::spawn(gantry_agent::run(agent, shutdown.clone()));
 

@@ -1,9 +1,13 @@
 //! The agent-facing gRPC service: one bidirectional stream per agent. Proto
 //! messages are converted here and handed to [`Core`].
 
-use std::{collections::BTreeSet, pin::Pin, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    pin::Pin,
+    sync::Arc,
+};
 
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use gantry_shared::{now_ms, proto, AgentName, EnvName, JobId};
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
@@ -11,7 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::{core::Core, error::Error, fleet::AGENT_OUTBOX, job::AgentRecord};
+use crate::{
+    core::Core,
+    error::Error,
+    fleet::{Outbox, AGENT_OUTBOX},
+    job::AgentRecord,
+};
 
 /// The `gantry.v1.AgentService` implementation.
 pub struct AgentService {
@@ -73,32 +82,19 @@ impl proto::agent_service_server::AgentService for AgentService {
         outbox
             .try_send(Ok(proto::CoordinatorMessage { body: Some(hello) }))
             .expect("a new outbox has room");
-        let session = self.core.attach_agent(record, running, outbox)?;
+        let closed = CancellationToken::new();
+        let session = self
+            .core
+            .attach_agent(record, running, outbox.clone(), closed.clone())?;
 
         let core = self.core.clone();
         let shutdown = self.shutdown.clone();
         let span = info_span!("agent", agent = %agent, session);
-        // The reader ends with the stream (or at shutdown) and detaches the
-        // agent; it owns nothing else, so it needs no other owner.
+        // The reader ends with the stream, when the session is dropped, or at
+        // shutdown, and then detaches the agent; it owns nothing else.
         tokio::spawn(
             async move {
-                loop {
-                    let msg = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        msg = inbound.next() => msg,
-                    };
-                    match msg {
-                        Some(Ok(msg)) => {
-                            core.touch(&agent, session);
-                            handle(&core, &agent, msg);
-                        }
-                        Some(Err(status)) => {
-                            debug!(%status, "agent stream failed");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
+                read_events(&core, &agent, session, inbound, &outbox, &shutdown, &closed).await;
                 core.detach_agent(&agent, session);
             }
             .instrument(span),
@@ -109,16 +105,111 @@ impl proto::agent_service_server::AgentService for AgentService {
     }
 }
 
-fn handle(core: &Core, agent: &AgentName, msg: proto::AgentMessage) {
-    match msg.body {
-        Some(proto::agent_message::Body::JobEvent(event)) => {
-            let job = event.job_id;
-            if let Err(e) = core.apply_event(agent, event) {
-                warn!(job, error = %e, "job event refused");
+/// Events applied before their acknowledgements are flushed and sent: one
+/// disk flush covers the whole batch, so a fast producer is not held to one
+/// flush per line.
+const ACK_BATCH: usize = 1024;
+
+/// Applies what the agent sends, in batches: every event of a batch is
+/// applied, the store is flushed once, and then each job's highest seq is
+/// acknowledged, so an acknowledged event is always on disk.
+async fn read_events(
+    core: &Core,
+    agent: &AgentName,
+    session: u64,
+    mut inbound: Streaming<proto::AgentMessage>,
+    outbox: &Outbox,
+    shutdown: &CancellationToken,
+    closed: &CancellationToken,
+) {
+    loop {
+        let mut next = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = closed.cancelled() => return,
+            msg = inbound.next() => msg,
+        };
+        let mut acks: HashMap<u64, u64> = HashMap::new();
+        let mut open = true;
+        let mut applied = 0;
+        loop {
+            match next {
+                Some(Ok(msg)) => {
+                    core.touch(agent, session);
+                    if let Some((job, seq)) = handle(core, agent, session, msg) {
+                        let acked = acks.entry(job).or_default();
+                        *acked = (*acked).max(seq);
+                    }
+                }
+                Some(Err(status)) => {
+                    debug!(%status, "agent stream failed");
+                    open = false;
+                    break;
+                }
+                None => {
+                    open = false;
+                    break;
+                }
+            }
+            applied += 1;
+            // Take another message only if it is already here and the batch has room.
+            if applied == ACK_BATCH {
+                break;
+            }
+            match inbound.next().now_or_never() {
+                Some(msg) => next = msg,
+                None => break,
             }
         }
-        Some(proto::agent_message::Body::Heartbeat(_)) => {}
-        Some(proto::agent_message::Body::Register(_)) => warn!("Register sent twice; ignored"),
-        None => warn!("empty message from agent; ignored"),
+        if !acks.is_empty() {
+            if let Err(e) = core.store.flush().await {
+                warn!(error = %e, "cannot flush events; not acknowledging them");
+                return;
+            }
+            for (job_id, seq) in acks {
+                let ack = proto::coordinator_message::Body::Ack(proto::Ack { job_id, seq });
+                if outbox
+                    .send(Ok(proto::CoordinatorMessage { body: Some(ack) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if !open {
+            return;
+        }
+    }
+}
+
+/// Applies one message; for a job event, returns (job, seq) to acknowledge.
+/// Refused events are acknowledged too: resending them cannot change the answer.
+fn handle(
+    core: &Core,
+    agent: &AgentName,
+    session: u64,
+    msg: proto::AgentMessage,
+) -> Option<(u64, u64)> {
+    match msg.body {
+        Some(proto::agent_message::Body::JobEvent(event)) => {
+            let (job, seq) = (event.job_id, event.seq);
+            if let Err(e) = core.apply_event(agent, event) {
+                warn!(job, seq, error = %e, "job event refused");
+            }
+            Some((job, seq))
+        }
+        Some(proto::agent_message::Body::Drain(_)) => {
+            core.drain_agent(agent, session);
+            None
+        }
+        Some(proto::agent_message::Body::Heartbeat(_)) => None,
+        Some(proto::agent_message::Body::Register(_)) => {
+            warn!("Register sent twice; ignored");
+            None
+        }
+        None => {
+            warn!("empty message from agent; ignored");
+            None
+        }
     }
 }

@@ -189,6 +189,7 @@ impl Core {
         record: AgentRecord,
         running: BTreeSet<JobId>,
         outbox: Outbox,
+        closed: tokio_util::sync::CancellationToken,
     ) -> Result<u64, Error> {
         if self.config.environment(&record.env).is_none() {
             return Err(Error::UnknownEnv {
@@ -221,12 +222,31 @@ impl Core {
                 );
             }
         }
-        // Jobs it holds that we do not consider its own: tell it to stop.
-        for stray in running.difference(&kept) {
-            let msg = proto::coordinator_message::Body::Cancel(proto::CancelJob {
-                job_id: stray.get(),
-            });
-            let _ = outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }));
+        // Jobs it holds that we do not consider its own: a job still queued
+        // here was assigned just before a crash lost the record of it, so
+        // adopt it; anything else (ended, or given to another agent) it must stop.
+        for stray in running.difference(&kept).copied().collect::<Vec<_>>() {
+            match self.store.job(stray)? {
+                Some(mut job) if job.state == JobState::Queued && job.env == record.env => {
+                    job.transition(JobState::Assigned, format!("assigned to agent {name}"));
+                    job.agent = Some(name.clone());
+                    self.store.put_job(&job)?;
+                    fleet.queued.remove(&stray);
+                    let placement = Placement {
+                        app: job.app,
+                        env: job.env,
+                        agent: name.clone(),
+                    };
+                    fleet.active.insert(stray, placement);
+                    kept.insert(stray);
+                }
+                _ => {
+                    let msg = proto::coordinator_message::Body::Cancel(proto::CancelJob {
+                        job_id: stray.get(),
+                    });
+                    let _ = outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }));
+                }
+            }
         }
         for job_id in &kept {
             if let Ok(mut job) = self.job(*job_id) {
@@ -244,6 +264,8 @@ impl Core {
                 jobs: kept,
                 outbox,
                 last_seen: Instant::now(),
+                draining: false,
+                closed,
             },
         );
         self.place_queued(&mut fleet);
@@ -262,6 +284,19 @@ impl Core {
         }
     }
 
+    /// The agent is shutting down: it finishes what it holds but gets nothing new.
+    pub fn drain_agent(&self, agent: &AgentName, session: u64) {
+        if let Some(s) = self
+            .fleet()
+            .sessions
+            .get_mut(agent)
+            .filter(|s| s.id == session)
+        {
+            s.draining = true;
+            info!(agent = %agent, "agent draining");
+        }
+    }
+
     /// The agent's stream closed; its jobs get a lease to come back.
     pub fn detach_agent(&self, agent: &AgentName, session: u64) {
         let mut fleet = self.fleet();
@@ -269,7 +304,8 @@ impl Core {
             return;
         }
         let mut gone = fleet.sessions.remove(agent).expect("checked above");
-        gone.record.last_seen_ms = now_ms();
+        gone.closed.cancel();
+        gone.record.last_seen_ms = now_ms() - gone.last_seen.elapsed().as_millis() as i64;
         let _ = self.store.put_agent(&gone.record);
         let lease = self.config.agent_lease_secs;
         for job_id in fleet.jobs_of(agent) {
@@ -279,7 +315,8 @@ impl Core {
                 let _ = self.store.put_job(&job);
             }
         }
-        fleet.lost_since.insert(agent.clone(), Instant::now());
+        // The lease runs from the last sign of life, not from when the stream broke.
+        fleet.lost_since.insert(agent.clone(), gone.last_seen);
         warn!(agent = %agent, session, "agent detached");
     }
 
@@ -290,7 +327,17 @@ impl Core {
             return Err(Error::InvalidArgument("job event without a body".into()));
         };
         let mut fleet = self.fleet();
-        if fleet.active.get(&id).is_none_or(|p| &p.agent != agent) {
+        let holds = fleet.active.get(&id).is_some_and(|p| &p.agent == agent);
+        // Lines of a job that ended while its agent was away (lost, or the
+        // agent restarted) are still its log: keep them. Other events of an
+        // ended job change nothing.
+        let ran_it = holds
+            || matches!(&body, proto::job_event::Body::Log(_))
+                && self
+                    .store
+                    .job(id)?
+                    .is_some_and(|j| j.agent.as_ref() == Some(agent));
+        if !ran_it {
             return Err(Error::FailedPrecondition(format!(
                 "job {id} is not held by agent {agent}"
             )));
@@ -463,6 +510,7 @@ impl Core {
                 health_path: app.health_path.clone(),
                 health_timeout_secs: app.health_timeout_secs,
                 build_timeout_secs: app.build_timeout_secs,
+                deploy_timeout_secs: app.deploy_timeout_secs,
             }),
             env: job.env.to_string(),
             env_vars: env.variables.clone().into_iter().collect(),

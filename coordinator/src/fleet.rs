@@ -33,6 +33,10 @@ pub struct Session {
     pub outbox: Outbox,
     /// When it last said anything.
     pub last_seen: Instant,
+    /// The agent is shutting down: place nothing on it.
+    pub draining: bool,
+    /// Fired when the session is dropped, so its reader stops at once.
+    pub closed: tokio_util::sync::CancellationToken,
 }
 
 /// An active (assigned or running) job's placement.
@@ -85,7 +89,7 @@ impl Fleet {
         let in_env: Vec<&Session> = self
             .sessions
             .values()
-            .filter(|s| s.record.env == job.env)
+            .filter(|s| s.record.env == job.env && !s.draining)
             .collect();
         if in_env.is_empty() {
             return Decision::Wait(format!("no agent connected for env {}", job.env));

@@ -18,6 +18,8 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+pub mod node_image;
+
 pub use gantry_cli::commands::Client;
 
 /// Longest a deploy of the sample app may take in a test (a cold JVM build
@@ -35,6 +37,10 @@ pub struct TestApp {
     pub health_timeout_secs: u64,
     /// Its remote (default: the repository the harness creates).
     pub remote: Option<String>,
+    /// Its build timeout.
+    pub build_timeout_secs: u64,
+    /// Its whole-job timeout.
+    pub deploy_timeout_secs: u64,
 }
 
 impl TestApp {
@@ -45,6 +51,8 @@ impl TestApp {
             build_command: sample::BUILD_COMMAND.to_owned(),
             health_timeout_secs: 60,
             remote: None,
+            build_timeout_secs: 600,
+            deploy_timeout_secs: 900,
         }
     }
 }
@@ -127,7 +135,8 @@ impl Harness {
                 .unwrap_or_else(|| format!("file://{}", self.repo(&app.name).display()));
             text += &format!(
                 "\n[[apps]]\nname = \"{}\"\nremote = \"{remote}\"\nbuild_command = '''{}'''\nartifact = \"{}\"\n\
-                 base_image = \"{}\"\ncontainer_port = {}\nhealth_path = \"{}\"\nhealth_timeout_secs = {}\n",
+                 base_image = \"{}\"\ncontainer_port = {}\nhealth_path = \"{}\"\nhealth_timeout_secs = {}\n\
+                 build_timeout_secs = {}\ndeploy_timeout_secs = {}\n",
                 app.name,
                 app.build_command,
                 sample::ARTIFACT,
@@ -135,14 +144,24 @@ impl Harness {
                 sample::PORT,
                 sample::HEALTH_PATH,
                 app.health_timeout_secs,
+                app.build_timeout_secs,
+                app.deploy_timeout_secs,
             );
         }
         text
     }
 
-    /// (Re)starts the coordinator on a new port, over the same data.
+    /// (Re)starts the coordinator over the same data, on the same address
+    /// as before (so agents find it again), or a free port the first time.
     pub async fn start_coordinator(&mut self) -> anyhow::Result<()> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = self
+            .url
+            .strip_prefix("http://")
+            .unwrap_or("127.0.0.1:0")
+            .to_owned();
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
         let addr = listener.local_addr()?;
         let path = self.dir.path().join("coordinator.toml");
         std::fs::write(&path, self.config_text(addr))?;
@@ -175,6 +194,16 @@ impl Harness {
 
     /// Starts an agent for `env` in this process.
     pub fn start_agent(&mut self, env: &str, name: &str) -> anyhow::Result<()> {
+        self.start_agent_with(env, name, gantry_agent::DEFAULT_DRAIN_GRACE)
+    }
+
+    /// Starts an agent for `env` in this process, with a drain grace period.
+    pub fn start_agent_with(
+        &mut self,
+        env: &str,
+        name: &str,
+        drain_grace: Duration,
+    ) -> anyhow::Result<()> {
         let options = AgentOptions {
             coordinator: self.url.clone(),
             name: AgentName::new(name)?,
@@ -185,11 +214,52 @@ impl Harness {
             publish_ip: "127.0.0.1".into(),
             health_host: "127.0.0.1".into(),
             public_host: "127.0.0.1".into(),
+            drain_grace,
         };
         let token = CancellationToken::new();
         let task = tokio::spawn(gantry_agent::run(options, token.clone()));
         self.agents.push((name.to_owned(), token, task));
         Ok(())
+    }
+
+    /// The in-process agents: (name, shutdown token, task).
+    pub fn agents_mut(
+        &mut self,
+    ) -> &mut Vec<(String, CancellationToken, JoinHandle<anyhow::Result<()>>)> {
+        &mut self.agents
+    }
+
+    /// Stops (drains) one agent, as SIGTERM does, and waits until it exits.
+    pub async fn stop_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let at = self
+            .agents
+            .iter()
+            .position(|(n, _, _)| n == name)
+            .context("no such agent")?;
+        let (_, token, task) = self.agents.remove(at);
+        token.cancel();
+        task.await?
+    }
+
+    /// Starts the `gantry-agent` binary for `env` as its own process.
+    pub fn spawn_agent_process(&self, env: &str, name: &str) -> anyhow::Result<KillOnDrop> {
+        let child = std::process::Command::new(node_image::bin_dir()?.join("gantry-agent"))
+            .args([
+                "--coordinator",
+                &self.url,
+                "--env",
+                env,
+                "--name",
+                name,
+                "--publish-ip",
+                "127.0.0.1",
+            ])
+            .arg("--work-dir")
+            .arg(self.work_dir(name))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(KillOnDrop(child))
     }
 
     /// A client of the operator API.
@@ -273,6 +343,24 @@ impl Drop for Harness {
             });
         });
         let _ = cleanup.join();
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves
+/// no process behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// SIGKILLs it now and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

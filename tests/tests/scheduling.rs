@@ -257,3 +257,54 @@ async fn a_restarted_coordinator_reads_jobs_and_logs_back() -> anyhow::Result<()
     assert_eq!(first, lines[4]);
     h.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_come_back_on_their_own_after_the_coordinator_restarts() -> anyhow::Result<()> {
+    let app = "e2e-reconnect";
+    let mut h = Harness::start(&[TestApp::new(app)], &[("dev", &[])]).await?;
+    h.start_agent("dev", "dev-1")?;
+    let mut client = h.client().await?;
+    let connected = |client: &mut Client| {
+        let mut client = client.clone();
+        async move {
+            let agents = client
+                .list_agents(proto::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+            anyhow::Ok(
+                agents
+                    .first()
+                    .filter(|a| a.connected)
+                    .map(|a| a.name.clone()),
+            )
+        }
+    };
+    eventually("dev-1 to connect", Duration::from_secs(10), || {
+        connected(&mut client)
+    })
+    .await?;
+
+    h.stop_coordinator().await?;
+    h.start_coordinator().await?;
+    let mut client = h.client().await?;
+    let agents = client
+        .list_agents(proto::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    assert_eq!(
+        agents.len(),
+        1,
+        "agents seen are remembered across the restart"
+    );
+    let name = eventually("dev-1 to reconnect", Duration::from_secs(15), || {
+        connected(&mut client)
+    })
+    .await?;
+    assert_eq!(name, "dev-1");
+
+    let (_, job) = deploy(&mut client, app, "dev", "main").await?;
+    assert_eq!(state(&job), JobState::Succeeded, "{}", job.reason);
+    h.shutdown().await
+}

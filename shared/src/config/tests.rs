@@ -33,7 +33,8 @@ fn a_good_file_parses_with_defaults() {
     assert_eq!(app.default_branch.as_str(), "main");
     assert_eq!(app.health_path, "/actuator/health");
     assert_eq!(app.health_timeout_secs, 60);
-    assert_eq!(c.agent_lease_secs, 20);
+    assert_eq!(c.agent_lease_secs, 15);
+    assert_eq!(app.deploy_timeout_secs, 3600);
 }
 
 #[test]

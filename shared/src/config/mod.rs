@@ -16,6 +16,8 @@ use toml::Spanned;
 
 use crate::domain::{AppName, BranchName, EnvName};
 
+pub mod agent;
+
 /// A configuration file that could not be used; the message names the file,
 /// the line and the field, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +67,11 @@ pub fn default_heartbeat_secs() -> u64 {
     5
 }
 
-/// An agent silent for this long is marked lost and its jobs fail: four
-/// missed heartbeats, so one slow beat never fails a deploy.
+/// An agent silent for this long is marked lost and its jobs fail: three
+/// missed heartbeats, so one slow beat never fails a deploy, and a lost agent
+/// is known within 20 seconds.
 pub fn default_agent_lease_secs() -> u64 {
-    20
+    15
 }
 
 /// Branch deployed when a request names none.
@@ -92,6 +95,11 @@ pub fn default_build_timeout_secs() -> u64 {
     1800
 }
 
+/// The whole job: the build's half hour plus fetch, image, start and health.
+pub fn default_deploy_timeout_secs() -> u64 {
+    3600
+}
+
 /// The whole `coordinator.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,7 +114,7 @@ pub struct CoordinatorConfig {
     /// How often agents send heartbeats, in seconds. Default 5.
     #[serde(default = "default_heartbeat_secs")]
     pub heartbeat_secs: u64,
-    /// Silence after which an agent is lost, in seconds. Default 20.
+    /// Silence after which an agent is lost, in seconds. Default 15.
     #[serde(default = "default_agent_lease_secs")]
     pub agent_lease_secs: u64,
     /// The environments, in promotion order (e.g. dev, test, pre, prod).
@@ -169,6 +177,9 @@ pub struct AppConfig {
     /// Seconds the build command may run. Default 1800.
     #[serde(default = "default_build_timeout_secs")]
     pub build_timeout_secs: u64,
+    /// Seconds the whole job may run. Default 3600.
+    #[serde(default = "default_deploy_timeout_secs")]
+    pub deploy_timeout_secs: u64,
 }
 
 impl AppConfig {

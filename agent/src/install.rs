@@ -1,0 +1,112 @@
+//! Installing the agent as a systemd service: `gantry-agent install` writes
+//! `/etc/gantry/agent.toml` and a unit that starts after Docker, restarts on
+//! failure and stops with SIGTERM (which drains), then enables it;
+//! `uninstall` disables it and removes both files.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+use gantry_shared::config::agent::AgentConfig;
+
+/// The systemd unit's name.
+pub const UNIT_NAME: &str = "gantry-agent.service";
+
+/// Where units installed by an administrator live.
+pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
+
+/// Where the files go and whether to talk to systemd.
+pub struct Target {
+    /// The agent config file.
+    pub config_path: PathBuf,
+    /// The directory of the unit file.
+    pub unit_dir: PathBuf,
+    /// Run `systemctl` (off where there is no systemd, e.g. in containers and tests).
+    pub systemctl: bool,
+}
+
+/// The unit file for an agent binary at `binary` reading `config_path`.
+pub fn unit_text(binary: &Path, config_path: &Path, drain_grace_secs: u64) -> String {
+    format!(
+        "# Written by `gantry-agent install`.\n\
+         [Unit]\n\
+         Description=Gantry agent: runs deploy jobs for this server's environment\n\
+         Documentation=https://github.com/gantry/gantry\n\
+         After=network-online.target docker.service\n\
+         Wants=network-online.target\n\
+         Requires=docker.service\n\
+         \n\
+         [Service]\n\
+         Type=simple\n\
+         ExecStart={binary} run --config {config}\n\
+         Restart=on-failure\n\
+         RestartSec=2\n\
+         # SIGTERM drains: running jobs get their grace period, then the agent exits.\n\
+         KillSignal=SIGTERM\n\
+         KillMode=mixed\n\
+         TimeoutStopSec={stop}\n\
+         Environment=RUST_LOG=info\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        binary = binary.display(),
+        config = config_path.display(),
+        stop = drain_grace_secs + 30,
+    )
+}
+
+fn systemctl(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("systemctl")
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run systemctl {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("systemctl {} failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Writes the config and the unit (config mode 0600, it names the
+/// coordinator), and enables and starts the service.
+pub fn install(config: &AgentConfig, binary: &Path, target: &Target) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = target.config_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&target.config_path, config.to_toml())
+        .with_context(|| format!("cannot write {}", target.config_path.display()))?;
+    std::fs::set_permissions(&target.config_path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::create_dir_all(&target.unit_dir)
+        .with_context(|| format!("cannot create {}", target.unit_dir.display()))?;
+    let unit = target.unit_dir.join(UNIT_NAME);
+    std::fs::write(
+        &unit,
+        unit_text(binary, &target.config_path, config.drain_grace_secs),
+    )
+    .with_context(|| format!("cannot write {}", unit.display()))?;
+    if target.systemctl {
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", "--now", UNIT_NAME])?;
+    }
+    Ok(())
+}
+
+/// Stops and disables the service and removes its files.
+pub fn uninstall(target: &Target) -> anyhow::Result<()> {
+    if target.systemctl {
+        systemctl(&["disable", "--now", UNIT_NAME])?;
+    }
+    for path in [target.unit_dir.join(UNIT_NAME), target.config_path.clone()] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
+    if target.systemctl {
+        systemctl(&["daemon-reload"])?;
+    }
+    Ok(())
+}
