@@ -316,12 +316,19 @@ pub async fn containers(
         .collect())
 }
 
-/// Stops (with a grace period for in-flight requests) and removes a container.
-pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
+/// Stops a retired release with a grace period for its in-flight requests,
+/// then removes it.
+pub async fn retire_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
     let stop = StopContainerOptionsBuilder::default()
         .t(STOP_GRACE_SECS)
         .build();
     let _ = docker.stop_container(id, Some(stop)).await;
+    remove_container(docker, id).await
+}
+
+/// Removes a container at once (killing it if it runs): for containers that
+/// never served, such as a failed or cancelled job's.
+pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
     let options = RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)

@@ -382,7 +382,7 @@ async fn retire_previous(rt: &Runtime, job: &Job, current: &str, report: &Report
         Ok(list) => {
             for (id, labels) in list.into_iter().filter(|(id, _)| id != current) {
                 let old_job = labels.get(label::JOB).cloned().unwrap_or_default();
-                match docker::remove_container(&rt.docker, &id).await {
+                match docker::retire_container(&rt.docker, &id).await {
                     Ok(()) => {
                         report
                             .system(format!("removed the container of job {old_job}"))
