@@ -36,7 +36,7 @@ enum Command {
     /// Write the config file and a systemd unit, and enable the service.
     Install {
         #[command(flatten)]
-        flags: Flags,
+        flags: Box<Flags>,
         #[command(flatten)]
         target: TargetArgs,
     },

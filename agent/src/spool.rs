@@ -113,21 +113,21 @@ impl Spool {
             let freed = self.freed.notified();
             {
                 let mut inner = self.lock();
-                if !inner.jobs.contains_key(&job) {
-                    let path = spool_path(&self.dir, job);
-                    let file =
-                        BufWriter::new(OpenOptions::new().create(true).append(true).open(&path)?);
-                    let spool = JobSpool {
-                        file,
-                        path,
-                        unacked: VecDeque::new(),
-                        next_seq: 1,
-                        sent: 0,
-                        finished: false,
-                    };
-                    inner.jobs.insert(job, spool);
-                }
-                let spool = inner.jobs.get_mut(&job).expect("inserted above");
+                let spool = match inner.jobs.entry(job) {
+                    std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        let path = spool_path(&self.dir, job);
+                        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+                        entry.insert(JobSpool {
+                            file: BufWriter::new(file),
+                            path,
+                            unacked: VecDeque::new(),
+                            next_seq: 1,
+                            sent: 0,
+                            finished: false,
+                        })
+                    }
+                };
                 if spool.unacked.len() < MAX_UNACKED {
                     let finished = matches!(body, proto::job_event::Body::Finished(_));
                     let event = proto::JobEvent {

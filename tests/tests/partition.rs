@@ -227,7 +227,10 @@ async fn agents_cut_off_from_the_coordinator_lose_nothing() -> anyhow::Result<()
             "--config".into(),
             "/config/coordinator.toml".into(),
         ],
-        vec![format!("{}:/config", config_dir.display()), format!("{0}:{0}:ro", repo.display())],
+        vec![
+            format!("{}:/config", config_dir.display()),
+            format!("{0}:{0}:ro", repo.display()),
+        ],
         Some(7700),
     )
     .await?;
