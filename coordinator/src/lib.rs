@@ -51,10 +51,18 @@ pub async fn serve(
     health_reporter
         .set_serving::<proto::agent_service_server::AgentServiceServer<agent_service::AgentService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl speaks v1, many clients (Python's
+    // grpcio-reflection among them) still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .context("cannot build the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .context("cannot build the reflection service")?;
 
     let agents = proto::agent_service_server::AgentServiceServer::new(
@@ -84,7 +92,8 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(agents)
         .add_service(operators)
         .serve_with_incoming_shutdown(
