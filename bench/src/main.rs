@@ -1,0 +1,317 @@
+//! `gantry-bench [--quick]`: starts the real coordinator in this process and
+//! drives it with simulated agents and clients over loopback gRPC, then
+//! prints each figure with the machine it ran on. `--quick` runs small sizes
+//! so CI keeps the suite from rotting; docs/PERFORMANCE.md records full runs.
+
+mod bare;
+mod sim;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Parser;
+use gantry_shared::{config::CoordinatorConfig, proto};
+use sim::{Arrivals, Work};
+use tokio_util::sync::CancellationToken;
+
+/// Gantry's benchmark suite.
+#[derive(Parser)]
+#[command(about)]
+struct Args {
+    /// Small sizes, for CI.
+    #[arg(long)]
+    quick: bool,
+}
+
+type Client = proto::operator_service_client::OperatorServiceClient<tonic::transport::Channel>;
+
+/// A coordinator serving on loopback over a scratch data dir.
+struct Coordinator {
+    url: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Coordinator {
+    async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let repo = dir.path().join("repo");
+        let git = git2::Repository::init_opts(
+            &repo,
+            git2::RepositoryInitOptions::new().initial_head("main"),
+        )?;
+        let tree = git.find_tree(git.index()?.write_tree()?)?;
+        let sig = git2::Signature::now("bench", "bench@example.com")?;
+        git.commit(Some("HEAD"), &sig, &sig, "empty", &tree, &[])?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let text = format!(
+            "listen = \"{}\"\n[[environments]]\nname = \"bench\"\n[[apps]]\nname = \"app\"\nremote = \"{}\"\n\
+             build_command = \"true\"\nartifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n",
+            listener.local_addr()?,
+            repo.display()
+        );
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, text)?;
+        let config = CoordinatorConfig::load(&path)?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(gantry_coordinator::serve(
+            config,
+            listener,
+            shutdown.clone(),
+        ));
+        Ok(Self {
+            url,
+            shutdown,
+            task,
+            _dir: dir,
+        })
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(self.url.clone()).await?)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await?
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Deploy accepted -> assignment received by an agent, with `agents` connected.
+async fn dispatch(agents: usize, deploys: usize) -> anyhow::Result<(Duration, Duration)> {
+    let coordinator = Coordinator::start().await?;
+    let arrivals = Arc::new(Arrivals::default());
+    let epoch = Instant::now();
+    let mut sims = Vec::new();
+    for i in 0..agents {
+        let (url, arrivals) = (coordinator.url.clone(), arrivals.clone());
+        sims.push(tokio::spawn(sim::agent(
+            url,
+            "bench",
+            format!("sim-{i}"),
+            Work::Nothing,
+            arrivals,
+            epoch,
+        )));
+    }
+    let mut client = coordinator.client().await?;
+    // Wait until every agent is connected.
+    loop {
+        let list = client
+            .list_agents(proto::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
+        if list.iter().filter(|a| a.connected).count() == agents {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut latencies = Vec::with_capacity(deploys);
+    for _ in 0..deploys {
+        let request = proto::DeployRequest {
+            app: "app".into(),
+            env: "bench".into(),
+            branch: "main".into(),
+        };
+        let sent = Instant::now();
+        let job = client.deploy(request).await?.into_inner();
+        let arrived = arrivals.wait(job.id).await;
+        latencies.push(arrived - sent);
+        // The simulated agent finishes at once; wait for it so the next deploy is not queued behind it.
+        loop {
+            let state = client
+                .get_job(proto::GetJobRequest { id: job.id })
+                .await?
+                .into_inner()
+                .state;
+            if state == proto::JobState::Succeeded as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    latencies.sort();
+    coordinator.stop().await?;
+    for sim in sims {
+        sim.abort();
+    }
+    Ok((percentile(&latencies, 0.5), percentile(&latencies, 0.99)))
+}
+
+/// One job streaming `lines` lines through the coordinator to `followers`
+/// clients: (lines/s at the slowest follower, tail latencies p50/p99).
+async fn logs(
+    lines: u64,
+    per_sec: u64,
+    followers: usize,
+) -> anyhow::Result<(f64, Duration, Duration)> {
+    let coordinator = Coordinator::start().await?;
+    let arrivals = Arc::new(Arrivals::default());
+    let epoch = Instant::now();
+    let work = Work::Lines {
+        lines,
+        bytes: 100,
+        per_sec,
+    };
+    let sim = tokio::spawn(sim::agent(
+        coordinator.url.clone(),
+        "bench",
+        "sim-0".into(),
+        work,
+        arrivals.clone(),
+        epoch,
+    ));
+    let mut client = coordinator.client().await?;
+    loop {
+        let list = client
+            .list_agents(proto::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
+        if list.iter().any(|a| a.connected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let request = proto::DeployRequest {
+        app: "app".into(),
+        env: "bench".into(),
+        branch: "main".into(),
+    };
+    let start = Instant::now();
+    let job = client.deploy(request).await?.into_inner().id;
+    let mut tasks = Vec::new();
+    for _ in 0..followers {
+        let mut client = coordinator.client().await?;
+        tasks.push(tokio::spawn(async move {
+            let request = proto::StreamJobLogsRequest {
+                job_id: job,
+                from_seq: 1,
+                follow: true,
+            };
+            let mut stream = client.stream_job_logs(request).await?.into_inner();
+            let mut latencies = Vec::new();
+            let mut count = 0u64;
+            while let Some(line) = stream.message().await? {
+                count += 1;
+                if let Some(sent) = line
+                    .text
+                    .split(' ')
+                    .next()
+                    .and_then(|t| t.parse::<u128>().ok())
+                {
+                    latencies.push(Duration::from_micros(
+                        (epoch.elapsed().as_micros() - sent) as u64,
+                    ));
+                }
+            }
+            anyhow::Ok((count, Instant::now(), latencies))
+        }));
+    }
+    let mut slowest = start;
+    let mut all = Vec::new();
+    for task in tasks {
+        let (count, done, latencies) = task.await??;
+        anyhow::ensure!(count >= lines, "a follower saw {count} of {lines} lines");
+        slowest = slowest.max(done);
+        all.extend(latencies);
+    }
+    all.sort();
+    let rate = lines as f64 / (slowest - start).as_secs_f64();
+    sim.abort();
+    coordinator.stop().await?;
+    Ok((rate, percentile(&all, 0.5), percentile(&all, 0.99)))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    / 1024
+                    / 1024
+            })
+        })
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!(
+        "{cpu}, {cores} cores, {mem} GiB; {} build",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (sizes, lines, tail_lines, fan) = if args.quick {
+        (vec![1, 10], 20_000, 2_000, 10)
+    } else {
+        (vec![1, 100, 1000], 1_000_000, 50_000, 100)
+    };
+    println!("machine: {}", machine());
+
+    for agents in sizes {
+        let (p50, p99) = dispatch(agents, if args.quick { 50 } else { 500 })
+            .await
+            .context("dispatch")?;
+        println!(
+            "dispatch latency, {agents:>4} agents: p50 {}  p99 {}  (target p99 < 5 ms)",
+            ms(p50),
+            ms(p99)
+        );
+    }
+
+    let (rate, _, _) = logs(lines, 0, 1).await.context("log throughput")?;
+    let bare = bare::throughput(lines).await.context("bare stream")?;
+    println!(
+        "log throughput, {lines} lines of 100 B, persisted, 1 follower: {rate:.0} lines/s; bare tonic stream: {bare:.0} lines/s; ratio {:.2} (targets >= 500000 lines/s and >= 0.5)",
+        rate / bare
+    );
+
+    let (_, p50, p99) = logs(tail_lines, 10_000, 1).await.context("live tail")?;
+    println!(
+        "live-tail latency at 10000 lines/s: p50 {}  p99 {}  (target p99 < 20 ms)",
+        ms(p50),
+        ms(p99)
+    );
+
+    let (fan_rate, _, _) = logs(lines, 0, fan).await.context("fan-out")?;
+    println!(
+        "fan-out, {fan} followers: {fan_rate:.0} lines/s at the slowest, {:.0}% of one follower's (target drop <= 20%)",
+        fan_rate / rate * 100.0
+    );
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! A simulated agent: speaks the real agent protocol over a real gRPC stream
+//! but does no work. On an assignment it records when it arrived and, if
+//! told to, streams log lines for the job and finishes it.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use gantry_shared::proto::{self, agent_message::Body as Up, coordinator_message::Body as Down};
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// What an assigned job should do.
+#[derive(Clone, Copy)]
+pub enum Work {
+    /// Finish at once.
+    Nothing,
+    /// Send `lines` lines of `bytes` bytes, paced at `per_sec` (0: as fast as possible).
+    Lines {
+        lines: u64,
+        bytes: usize,
+        per_sec: u64,
+    },
+}
+
+/// Shared by the bench and its agents: when each job's assignment arrived.
+#[derive(Default)]
+pub struct Arrivals {
+    /// Job id -> arrival time.
+    pub at: Mutex<HashMap<u64, Instant>>,
+    /// Wakes waiters on every arrival.
+    pub notify: Notify,
+}
+
+impl Arrivals {
+    /// Waits until `job` was assigned; returns when.
+    pub async fn wait(&self, job: u64) -> Instant {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(at) = self.at.lock().expect("arrivals lock").get(&job) {
+                return *at;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn up(body: Up) -> proto::AgentMessage {
+    proto::AgentMessage { body: Some(body) }
+}
+
+fn event(job: u64, seq: u64, body: proto::job_event::Body) -> proto::AgentMessage {
+    up(Up::JobEvent(proto::JobEvent {
+        job_id: job,
+        seq,
+        body: Some(body),
+    }))
+}
+
+/// Connects one simulated agent and serves it until the stream ends.
+pub async fn agent(
+    url: String,
+    env: &str,
+    name: String,
+    work: Work,
+    arrivals: Arc<Arrivals>,
+    epoch: Instant,
+) -> anyhow::Result<()> {
+    let mut client = proto::agent_service_client::AgentServiceClient::connect(url).await?;
+    let (tx, rx) = mpsc::channel(1024);
+    let register = proto::Register {
+        name,
+        env: env.into(),
+        capacity: 1,
+        version: "bench".into(),
+        ..Default::default()
+    };
+    tx.send(up(Up::Register(register))).await?;
+    let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+    while let Some(msg) = inbound.message().await? {
+        let Some(Down::Assign(spec)) = msg.body else {
+            continue;
+        };
+        let job = spec.job_id;
+        arrivals
+            .at
+            .lock()
+            .expect("arrivals lock")
+            .insert(job, Instant::now());
+        arrivals.notify.notify_waiters();
+        let tx = tx.clone();
+        tokio::spawn(async move { run_job(job, work, tx, epoch).await });
+    }
+    Ok(())
+}
+
+async fn run_job(job: u64, work: Work, tx: mpsc::Sender<proto::AgentMessage>, epoch: Instant) {
+    let mut seq = 1;
+    let _ = tx
+        .send(event(
+            job,
+            seq,
+            proto::job_event::Body::Stage(proto::Stage::Build as i32),
+        ))
+        .await;
+    if let Work::Lines {
+        lines,
+        bytes,
+        per_sec,
+    } = work
+    {
+        let mut pace = (per_sec > 0)
+            .then(|| tokio::time::interval(std::time::Duration::from_micros(1_000_000 / per_sec)));
+        for n in 1..=lines {
+            if let Some(pace) = pace.as_mut() {
+                pace.tick().await;
+            }
+            // The line carries its send time (µs since the bench's epoch) for latency.
+            let mut text = format!("{} ", epoch.elapsed().as_micros());
+            text.extend(std::iter::repeat_n('x', bytes.saturating_sub(text.len())));
+            seq += 1;
+            let line = proto::LogLine {
+                seq: n,
+                text,
+                stage: proto::Stage::Build as i32,
+                stream: proto::LogStream::Stdout as i32,
+                ..Default::default()
+            };
+            if tx
+                .send(event(job, seq, proto::job_event::Body::Log(line)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    seq += 1;
+    let done = proto::JobFinished {
+        state: proto::JobState::Succeeded as i32,
+        summary: "bench".into(),
+        ..Default::default()
+    };
+    let _ = tx
+        .send(event(job, seq, proto::job_event::Body::Finished(done)))
+        .await;
+}
