@@ -82,6 +82,27 @@ impl Coordinator {
     }
 }
 
+/// Waits until `n` agents are connected.
+async fn connected(client: &mut Client, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = client
+            .list_agents(proto::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
+        let up = list.iter().filter(|a| a.connected).count();
+        if up == n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {up} of {n} simulated agents connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -96,29 +117,23 @@ async fn dispatch(agents: usize, deploys: usize) -> anyhow::Result<(Duration, Du
     let arrivals = Arc::new(Arrivals::default());
     let epoch = Instant::now();
     let mut sims = Vec::new();
+    let mut client = coordinator.client().await?;
+    // Connect in waves: a thousand simultaneous handshakes overflow the
+    // listen backlog on a small machine, which measures nothing useful.
     for i in 0..agents {
         let (url, arrivals) = (coordinator.url.clone(), arrivals.clone());
+        let name = format!("sim-{i}");
         sims.push(tokio::spawn(sim::agent(
             url,
             "bench",
-            format!("sim-{i}"),
+            name,
             Work::Nothing,
             arrivals,
             epoch,
         )));
-    }
-    let mut client = coordinator.client().await?;
-    // Wait until every agent is connected.
-    loop {
-        let list = client
-            .list_agents(proto::ListAgentsRequest {})
-            .await?
-            .into_inner()
-            .agents;
-        if list.iter().filter(|a| a.connected).count() == agents {
-            break;
+        if (i + 1) % 50 == 0 || i + 1 == agents {
+            connected(&mut client, i + 1).await?;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut latencies = Vec::with_capacity(deploys);
     for _ in 0..deploys {
@@ -176,17 +191,7 @@ async fn logs(
         epoch,
     ));
     let mut client = coordinator.client().await?;
-    loop {
-        let list = client
-            .list_agents(proto::ListAgentsRequest {})
-            .await?
-            .into_inner()
-            .agents;
-        if list.iter().any(|a| a.connected) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    connected(&mut client, 1).await?;
     let request = proto::DeployRequest {
         app: "app".into(),
         env: "bench".into(),
@@ -276,10 +281,10 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (sizes, lines, tail_lines, fan) = if args.quick {
-        (vec![1, 10], 20_000, 2_000, 10)
+    let (sizes, lines, tail_lines, fan, fan_lines) = if args.quick {
+        (vec![1, 10], 20_000, 2_000, 10, 5_000)
     } else {
-        (vec![1, 100, 1000], 1_000_000, 50_000, 100)
+        (vec![1, 100, 1000], 1_000_000, 50_000, 100, 100_000)
     };
     println!("machine: {}", machine());
 
@@ -308,10 +313,11 @@ async fn main() -> anyhow::Result<()> {
         ms(p99)
     );
 
-    let (fan_rate, _, _) = logs(lines, 0, fan).await.context("fan-out")?;
+    let (one_rate, _, _) = logs(fan_lines, 0, 1).await.context("fan-out baseline")?;
+    let (fan_rate, _, _) = logs(fan_lines, 0, fan).await.context("fan-out")?;
     println!(
-        "fan-out, {fan} followers: {fan_rate:.0} lines/s at the slowest, {:.0}% of one follower's (target drop <= 20%)",
-        fan_rate / rate * 100.0
+        "fan-out, {fan_lines} lines to {fan} followers: {fan_rate:.0} lines/s at the slowest vs {one_rate:.0} with one follower: {:.0}% (target >= 80%)",
+        fan_rate / one_rate * 100.0
     );
     Ok(())
 }

@@ -79,6 +79,21 @@ pub async fn agent(
     };
     tx.send(up(Up::Register(register))).await?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+    let beats = tx.clone();
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            if beats
+                .send(up(Up::Heartbeat(proto::Heartbeat {})))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let _stop_beating = AbortOnDrop(heartbeat);
     while let Some(msg) = inbound.message().await? {
         let Some(Down::Assign(spec)) = msg.body else {
             continue;
@@ -146,4 +161,13 @@ async fn run_job(job: u64, work: Work, tx: mpsc::Sender<proto::AgentMessage>, ep
     let _ = tx
         .send(event(job, seq, proto::job_event::Body::Finished(done)))
         .await;
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
