@@ -55,6 +55,11 @@ async fn pump(
     let mut live = core.hub.subscribe(job);
     let mut next = from;
     loop {
+        // Whether the job had ended *before* this catch-up: its lines are all
+        // stored before it ends, so then the catch-up reads every one. (Read
+        // after the catch-up, it could see an end whose last lines came in
+        // after the read.)
+        let ended = core.job(job).map(|j| j.state.is_terminal()).unwrap_or(true);
         // Catch up from the store.
         loop {
             let lines = match core.store.logs(job, next, STORE_BATCH) {
@@ -75,10 +80,7 @@ async fn pump(
                 break;
             }
         }
-        let ended = core.job(job).map(|j| j.state.is_terminal()).unwrap_or(true);
         if ended || !follow {
-            // A job's lines are all stored before it ends, so one last read
-            // (done above) has them all.
             return;
         }
         // Follow live lines until a gap, a lag or the end sends us back.

@@ -1,0 +1,157 @@
+//! Followers of a job's log see every line, in order, once, however fast the
+//! job runs and however many follow it: a job that streams its lines and
+//! ends at once, followed by many clients that start at different moments.
+
+use std::time::Duration;
+
+use gantry_shared::{config::CoordinatorConfig, proto};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+const LINES: u64 = 5_000;
+const FOLLOWERS: usize = 20;
+
+fn up(body: proto::agent_message::Body) -> proto::AgentMessage {
+    proto::AgentMessage { body: Some(body) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_follower_sees_every_line_of_a_fast_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    let repo = git2::Repository::init_opts(
+        &repo_dir,
+        git2::RepositoryInitOptions::new().initial_head("main"),
+    )
+    .unwrap();
+    let tree = repo
+        .find_tree(repo.index().unwrap().write_tree().unwrap())
+        .unwrap();
+    let sig = git2::Signature::now("t", "t@example.com").unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "empty", &tree, &[])
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let path = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"{}\"\n[[environments]]\nname = \"dev\"\n[[apps]]\nname = \"fast\"\nremote = \"{}\"\n\
+             build_command = \"true\"\nartifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n",
+            listener.local_addr().unwrap(),
+            repo_dir.display()
+        ),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(gantry_coordinator::serve(
+        CoordinatorConfig::load(&path).unwrap(),
+        listener,
+        shutdown.clone(),
+    ));
+
+    // A raw agent speaking the protocol: register, then wait for the job.
+    let mut agent = proto::agent_service_client::AgentServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(1024);
+    let register = proto::Register {
+        name: "dev-1".into(),
+        env: "dev".into(),
+        capacity: 1,
+        ..Default::default()
+    };
+    tx.send(up(proto::agent_message::Body::Register(register)))
+        .await
+        .unwrap();
+    let mut inbound = agent
+        .attach(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    inbound.message().await.unwrap().expect("registered");
+
+    let mut client = proto::operator_service_client::OperatorServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let request = proto::DeployRequest {
+        app: "fast".into(),
+        env: "dev".into(),
+        branch: "main".into(),
+    };
+    let job = client.deploy(request).await.unwrap().into_inner().id;
+    let assigned = inbound.message().await.unwrap().expect("assignment");
+    assert!(matches!(
+        assigned.body,
+        Some(proto::coordinator_message::Body::Assign(_))
+    ));
+
+    // Followers start before, during and after the lines flow.
+    let mut followers = Vec::new();
+    for i in 0..FOLLOWERS {
+        let mut client = client.clone();
+        followers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(i as u64 * 500)).await;
+            let request = proto::StreamJobLogsRequest {
+                job_id: job,
+                from_seq: 1,
+                follow: true,
+            };
+            let mut stream = client.stream_job_logs(request).await.unwrap().into_inner();
+            let mut seqs = Vec::new();
+            while let Some(line) = stream.message().await.unwrap() {
+                seqs.push(line.seq);
+            }
+            seqs
+        }));
+    }
+    let event = |seq, body| {
+        up(proto::agent_message::Body::JobEvent(proto::JobEvent {
+            job_id: job,
+            seq,
+            body: Some(body),
+        }))
+    };
+    tx.send(event(
+        1,
+        proto::job_event::Body::Stage(proto::Stage::Build as i32),
+    ))
+    .await
+    .unwrap();
+    for n in 1..=LINES {
+        let line = proto::LogLine {
+            seq: n,
+            text: format!("line {n}"),
+            ..Default::default()
+        };
+        tx.send(event(n + 1, proto::job_event::Body::Log(line)))
+            .await
+            .unwrap();
+    }
+    let done = proto::JobFinished {
+        state: proto::JobState::Succeeded as i32,
+        ..Default::default()
+    };
+    tx.send(event(LINES + 2, proto::job_event::Body::Finished(done)))
+        .await
+        .unwrap();
+
+    let want: Vec<u64> = (1..=LINES).collect();
+    for follower in followers {
+        let seen = tokio::time::timeout(Duration::from_secs(60), follower)
+            .await
+            .expect("the follow ends")
+            .unwrap();
+        assert_eq!(
+            seen.len(),
+            want.len(),
+            "a follower saw {} of {LINES} lines",
+            seen.len()
+        );
+        assert_eq!(seen, want);
+    }
+    shutdown.cancel();
+    drop(tx);
+    server.await.unwrap().unwrap();
+}
