@@ -128,13 +128,14 @@ async fn read_events(
             _ = closed.cancelled() => return,
             msg = inbound.next() => msg,
         };
+        // Any message is a sign of life; once per batch is enough.
+        core.touch(agent, session);
         let mut acks: HashMap<u64, u64> = HashMap::new();
         let mut open = true;
         let mut applied = 0;
         loop {
             match next {
                 Some(Ok(msg)) => {
-                    core.touch(agent, session);
                     if let Some((job, seq)) = handle(core, agent, session, msg) {
                         let acked = acks.entry(job).or_default();
                         *acked = (*acked).max(seq);

@@ -3,6 +3,8 @@
 //! and restarted three times. The agent spools every event and resends what
 //! was not acknowledged; the coordinator stores each (job, seq) once.
 
+mod common;
+
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -77,18 +79,7 @@ async fn get_job(url: &str, id: u64) -> proto::Job {
 async fn two_hundred_thousand_lines_survive_three_sigkills_of_the_coordinator() {
     let dir = tempfile::tempdir().unwrap();
     let repo_dir = dir.path().join("repo");
-    let repo = git2::Repository::init_opts(
-        &repo_dir,
-        git2::RepositoryInitOptions::new().initial_head("main"),
-    )
-    .unwrap();
-    std::fs::write(repo_dir.join("README"), "lines\n").unwrap();
-    let mut index = repo.index().unwrap();
-    index.add_path(Path::new("README")).unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    let sig = git2::Signature::now("t", "t@example.com").unwrap();
-    repo.commit(Some("HEAD"), &sig, &sig, "one", &tree, &[])
-        .unwrap();
+    common::repo_with_one_commit(&repo_dir);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -2,6 +2,8 @@
 //! job runs and however many follow it: a job that streams its lines and
 //! ends at once, followed by many clients that start at different moments.
 
+mod common;
+
 use std::time::Duration;
 
 use gantry_shared::{config::CoordinatorConfig, proto};
@@ -20,17 +22,7 @@ fn up(body: proto::agent_message::Body) -> proto::AgentMessage {
 async fn every_follower_sees_every_line_of_a_fast_job() {
     let dir = tempfile::tempdir().unwrap();
     let repo_dir = dir.path().join("repo");
-    let repo = git2::Repository::init_opts(
-        &repo_dir,
-        git2::RepositoryInitOptions::new().initial_head("main"),
-    )
-    .unwrap();
-    let tree = repo
-        .find_tree(repo.index().unwrap().write_tree().unwrap())
-        .unwrap();
-    let sig = git2::Signature::now("t", "t@example.com").unwrap();
-    repo.commit(Some("HEAD"), &sig, &sig, "empty", &tree, &[])
-        .unwrap();
+    common::repo_with_one_commit(&repo_dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let path = dir.path().join("coordinator.toml");
