@@ -120,8 +120,7 @@ impl Harness {
 
     /// The config file text.
     pub fn config_text(&self, listen: std::net::SocketAddr) -> String {
-        let mut text =
-            format!("listen = \"{listen}\"\ndata_dir = \"data\"\nagent_lease_secs = 20\n");
+        let mut text = format!("listen = \"{listen}\"\ndata_dir = \"data\"\n");
         for (name, vars) in &self.envs {
             text += &format!("\n[[environments]]\nname = \"{name}\"\n[environments.variables]\n");
             for (k, v) in vars {

@@ -224,7 +224,7 @@ async fn an_agent_killed_mid_deploy_reconciles_when_it_returns() -> anyhow::Resu
     assert!(
         waiting
             .reason
-            .starts_with("agent dev-1 disconnected; waiting up to 20s"),
+            .starts_with("agent dev-1 disconnected; waiting up to 15s"),
         "{}",
         waiting.reason
     );
@@ -265,5 +265,52 @@ async fn an_agent_killed_mid_deploy_reconciles_when_it_returns() -> anyhow::Resu
     }
     assert_contiguous(&lines);
     assert!(texts(&lines).contains(&"==> health"));
+    h.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_returns_is_marked_lost_within_20_seconds() -> anyhow::Result<()> {
+    let app = "e2e-agent-lost";
+    let scratch = tempfile::tempdir()?;
+    let pid_file = scratch.path().join("build.pid");
+    let mut test_app = TestApp::new(app);
+    // The build leads its own process group; the test kills the group at the
+    // end, since a SIGKILLed agent leaves it running (systemd's KillMode does
+    // that job on real servers).
+    test_app.build_command = format!("echo $$ > {}; echo waiting; sleep 600", pid_file.display());
+    let h = Harness::start(&[test_app], &[("dev", &[])]).await?;
+    let mut agent = h.spawn_agent_process("dev", "dev-1")?;
+    let mut client = h.client().await?;
+    let id = start(&mut client, app, "dev", "main").await?;
+    reach(&mut client, id, proto::Stage::Build).await?;
+    agent.kill();
+    let killed = Instant::now();
+    let lost = eventually("the job to fail as lost", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move { Ok(Some(job(&mut client, id).await?).filter(|j| state(j) == JobState::Failed)) }
+    })
+    .await?;
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "marked lost after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        lost.reason,
+        "agent lost: dev-1 was unreachable for more than 15s"
+    );
+    let agents = client
+        .list_agents(proto::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    assert!(!agents[0].connected);
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        // SAFETY: killing the orphaned build's process group, which this test started.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
     h.shutdown().await
 }
