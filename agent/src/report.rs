@@ -42,11 +42,6 @@ impl Reporter {
         }
     }
 
-    /// The job reported on.
-    pub fn job(&self) -> JobId {
-        self.job
-    }
-
     async fn send(&self, body: proto::job_event::Body) {
         if let Err(e) = self.spool.push(self.job, body).await {
             tracing::error!(job = %self.job, error = %e, "cannot write to the spool; the event is lost");

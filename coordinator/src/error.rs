@@ -56,9 +56,6 @@ pub enum Error {
     /// The request conflicts with the job's state.
     #[error("{0}")]
     FailedPrecondition(String),
-    /// The coordinator is shutting down.
-    #[error("the coordinator is shutting down; retry against the new instance")]
-    ShuttingDown,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -72,7 +69,7 @@ impl From<Error> for Status {
             | Error::UnknownEnv { .. }
             | Error::UnknownBranch { .. }
             | Error::UnknownJob(_) => Code::NotFound,
-            Error::RemoteUnavailable { .. } | Error::ShuttingDown => Code::Unavailable,
+            Error::RemoteUnavailable { .. } => Code::Unavailable,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Store(_) => Code::Internal,
         };

@@ -37,7 +37,7 @@ pub struct Store {
     logs: sled::Tree,
     /// Agent name -> JSON [`AgentRecord`].
     agents: sled::Tree,
-    /// "apps" / "environments" -> the configured values, for the record;
+    /// "apps" / "environments" -> a readable dump of the configured values;
     /// "next_job_id" -> the job id counter.
     config: sled::Tree,
 }
@@ -175,7 +175,7 @@ impl Store {
             .collect()
     }
 
-    /// Records the configured apps and environments (as JSON, for the record).
+    /// Records the configured apps and environments (a readable dump, for the record).
     pub fn put_config_snapshot(&self, key: &str, json: Vec<u8>) -> Result<(), StoreError> {
         self.config.insert(key, json)?;
         Ok(())

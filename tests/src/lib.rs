@@ -4,11 +4,7 @@
 //! Docker carries its app's label and is removed when the test ends, pass or
 //! fail.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use gantry_agent::{docker, AgentOptions};
@@ -277,6 +273,14 @@ impl Harness {
         self.commit_file(app, branch, "src/Main.java", &sample::main_java(greeting))
     }
 
+    /// Commits, on `branch`, a version of the sample app whose health path
+    /// answers 503: it starts, but never becomes healthy.
+    pub fn commit_unhealthy(&self, app: &str, branch: &str) -> anyhow::Result<String> {
+        let sick = sample::main_java("Sick")
+            .replace("reply(ex, 200, \"ok\")", "reply(ex, 503, \"db down\")");
+        self.commit_file(app, branch, "src/Main.java", &sick)
+    }
+
     /// Commits `content` at `path` on `branch` of `app`'s repository.
     pub fn commit_file(
         &self,
@@ -469,9 +473,4 @@ pub fn assert_contiguous(lines: &[proto::LogLine]) {
             line.text
         );
     }
-}
-
-/// Whether a path exists.
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }

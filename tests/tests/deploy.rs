@@ -156,9 +156,7 @@ async fn a_release_that_never_gets_healthy_is_removed_and_the_old_one_serves() -
     assert_eq!(state(&good), JobState::Succeeded, "{}", good.reason);
 
     // This version answers 503 on its health path.
-    let sick = gantry_cli::sample::main_java("Sick")
-        .replace("reply(ex, 200, \"ok\")", "reply(ex, 503, \"db down\")");
-    h.commit_file(app, "feature/sick", "src/Main.java", &sick)?;
+    h.commit_unhealthy(app, "feature/sick")?;
     let (_, bad) = deploy(&mut client, app, "dev", "feature/sick").await?;
     assert_eq!(state(&bad), JobState::Failed);
     assert_eq!(bad.stage, proto::Stage::Health as i32);
@@ -248,7 +246,7 @@ async fn two_environments_deploy_the_same_app_in_isolation() -> anyhow::Result<(
         .join("workspaces/test")
         .join(app)
         .join("target/app.jar");
-    assert!(exists(&dev_jar) && exists(&test_jar));
+    assert!(dev_jar.exists() && test_jar.exists());
     assert_ne!(std::fs::read(&dev_jar)?, std::fs::read(&test_jar)?);
 
     // Separate images and containers, each labelled with its environment.

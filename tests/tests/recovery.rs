@@ -175,9 +175,7 @@ async fn cancel_during_the_health_check_removes_the_new_container_and_image() ->
     let (_, good) = deploy(&mut client, app, "dev", "main").await?;
     assert_eq!(state(&good), JobState::Succeeded, "{}", good.reason);
 
-    let sick = gantry_cli::sample::main_java("Sick")
-        .replace("reply(ex, 200, \"ok\")", "reply(ex, 503, \"no\")");
-    h.commit_file(app, "feature/sick", "src/Main.java", &sick)?;
+    h.commit_unhealthy(app, "feature/sick")?;
     let id = start(&mut client, app, "dev", "feature/sick").await?;
     reach(&mut client, id, proto::Stage::Health).await?;
     let engine = docker::connect().await?;
@@ -214,9 +212,7 @@ async fn an_agent_killed_mid_deploy_reconciles_when_it_returns() -> anyhow::Resu
     let (_, good) = deploy(&mut client, app, "dev", "main").await?;
     assert_eq!(state(&good), JobState::Succeeded, "{}", good.reason);
 
-    let sick = gantry_cli::sample::main_java("Sick")
-        .replace("reply(ex, 200, \"ok\")", "reply(ex, 503, \"no\")");
-    h.commit_file(app, "feature/sick", "src/Main.java", &sick)?;
+    h.commit_unhealthy(app, "feature/sick")?;
     let id = start(&mut client, app, "dev", "feature/sick").await?;
     reach(&mut client, id, proto::Stage::Health).await?;
     agent.kill();
