@@ -216,14 +216,22 @@ async fn an_agent_killed_mid_deploy_reconciles_when_it_returns() -> anyhow::Resu
     let id = start(&mut client, app, "dev", "feature/sick").await?;
     reach(&mut client, id, proto::Stage::Health).await?;
     agent.kill();
-    let waiting = job(&mut client, id).await?;
-    assert!(
-        waiting
-            .reason
-            .starts_with("agent dev-1 disconnected; waiting up to 15s"),
-        "{}",
-        waiting.reason
-    );
+    // The coordinator notices the broken stream a moment after the kill.
+    eventually(
+        "the job to say its agent is gone",
+        Duration::from_secs(10),
+        || {
+            let mut client = client.clone();
+            async move {
+                let waiting = job(&mut client, id).await?;
+                Ok(waiting
+                    .reason
+                    .starts_with("agent dev-1 disconnected; waiting up to 15s")
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
 
     let _agent = h.spawn_agent_process("dev", "dev-1")?;
     let (_, done) = follow_to_end(&mut client, id).await?;
