@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod git;
 pub mod job;
 pub mod limits;
 
