@@ -33,6 +33,8 @@ pub mod label {
     pub const BRANCH: &str = "gantry.branch";
     /// The agent that created it.
     pub const AGENT: &str = "gantry.agent";
+    /// The release number the job becomes on success.
+    pub const RELEASE: &str = "gantry.release";
     /// The installation of that agent (its work dir's identity), so agents
     /// of the same name on one Docker host never touch each other's objects.
     pub const AGENT_ID: &str = "gantry.agent-id";
@@ -355,6 +357,37 @@ pub async fn images(
         .await
         .map_err(engine("listing images"))?;
     Ok(list.into_iter().map(|i| (i.id, i.labels)).collect())
+}
+
+/// Images carrying all the given labels: (id, tags).
+pub async fn image_tags(
+    docker: &Docker,
+    labels: &[(&str, &str)],
+) -> Result<Vec<(String, Vec<String>)>, DockerError> {
+    let options = ListImagesOptionsBuilder::default()
+        .filters(&filters(labels))
+        .build();
+    let list = docker
+        .list_images(Some(options))
+        .await
+        .map_err(engine("listing images"))?;
+    Ok(list.into_iter().map(|i| (i.id, i.repo_tags)).collect())
+}
+
+/// The labels of image `tag`, or `None` when there is no such image.
+pub async fn image_labels(
+    docker: &Docker,
+    tag: &str,
+) -> Result<Option<HashMap<String, String>>, DockerError> {
+    match docker.inspect_image(tag).await {
+        Ok(image) => Ok(Some(
+            image.config.and_then(|c| c.labels).unwrap_or_default(),
+        )),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(engine(format!("inspecting image {tag}"))(e)),
+    }
 }
 
 /// Removes an image (and its tags).

@@ -5,21 +5,11 @@
 use std::{collections::BTreeMap, collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use bollard::Docker;
-use gantry_shared::{proto, AgentName, AppName, BranchName, EnvName, JobId, JobState, Stage};
+use gantry_shared::{proto, AgentName, AppName, BranchName, EnvName, JobId, JobState};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{
-    build, docker,
-    docker::{label, ContainerSpec, ImageSource},
-    git,
-    health::{self, Probe},
-    report::{Deployed, Reporter},
-};
-
-/// Images of an (app, env) kept after a successful deploy, newest first:
-/// the serving one and a few before it, for a quick rollback.
-const KEEP_IMAGES: usize = 5;
+use crate::{docker, docker::label, git, report::Reporter, stages};
 
 /// What an agent needs from its host to run jobs.
 pub struct Runtime {
@@ -49,14 +39,22 @@ pub struct Job {
     pub app: AppName,
     /// The environment.
     pub env: EnvName,
-    /// The branch requested.
-    pub branch: BranchName,
+    /// The branches requested, comma-separated (for labels and logs).
+    pub branch: String,
     /// The commit to build.
     pub commit: String,
     /// The app's configuration.
     pub spec: proto::AppSpec,
     /// The environment's variables.
     pub env_vars: BTreeMap<String, String>,
+    /// The release number it becomes.
+    pub release: u64,
+    /// For a rollback: the retained image to run instead of building.
+    pub rollback_image: Option<String>,
+    /// Images of this (app, env) to keep besides the one deployed.
+    pub keep_images: Vec<String>,
+    /// For a branch set: what to merge onto what.
+    pub set: Option<proto::BranchSet>,
 }
 
 impl Job {
@@ -73,35 +71,49 @@ impl Job {
             id: JobId::new(spec.job_id).map_err(|e| e.to_string())?,
             app: AppName::new(app.name.clone()).map_err(|e| e.to_string())?,
             env: EnvName::new(spec.env).map_err(|e| e.to_string())?,
-            branch: BranchName::new(spec.branch).map_err(|e| e.to_string())?,
+            branch: checked_branches(spec.branch)?,
             commit,
             spec: app,
             env_vars: spec.env_vars.into_iter().collect(),
+            release: spec.release,
+            rollback_image: (!spec.image.is_empty()).then_some(spec.image),
+            keep_images: spec.keep_images,
+            set: spec.set,
         })
     }
 
-    fn labels(&self, agent: &AgentName, agent_id: &str) -> HashMap<String, String> {
+    pub(crate) fn labels(&self, agent: &AgentName, agent_id: &str) -> HashMap<String, String> {
         HashMap::from([
             (label::APP.to_owned(), self.app.to_string()),
             (label::ENV.to_owned(), self.env.to_string()),
             (label::JOB.to_owned(), self.id.to_string()),
             (label::COMMIT.to_owned(), self.commit.clone()),
-            (label::BRANCH.to_owned(), self.branch.to_string()),
+            (label::BRANCH.to_owned(), self.branch.clone()),
+            (label::RELEASE.to_owned(), self.release.to_string()),
             (label::AGENT.to_owned(), agent.to_string()),
             (label::AGENT_ID.to_owned(), agent_id.to_owned()),
         ])
     }
 
     /// `GANTRY_*` variables describing this release, for the build and the container.
-    fn identity(&self) -> [(String, String); 5] {
+    pub(crate) fn identity(&self) -> [(String, String); 6] {
         [
             ("GANTRY_APP".into(), self.app.to_string()),
             ("GANTRY_ENV".into(), self.env.to_string()),
+            ("GANTRY_RELEASE".into(), self.release.to_string()),
             ("GANTRY_JOB".into(), self.id.to_string()),
-            ("GANTRY_BRANCH".into(), self.branch.to_string()),
+            ("GANTRY_BRANCH".into(), self.branch.clone()),
             ("GANTRY_COMMIT".into(), self.commit.clone()),
         ]
     }
+}
+
+/// `list` (branch names joined by ",") with each name checked.
+fn checked_branches(list: String) -> Result<String, String> {
+    for name in list.split(',') {
+        BranchName::new(name).map_err(|e| e.to_string())?;
+    }
+    Ok(list)
 }
 
 /// A running job's handle: stops it with a reason (operator cancel, deploy
@@ -133,7 +145,7 @@ impl JobHandle {
 }
 
 /// Why a job stopped early.
-enum Stop {
+pub(crate) enum Stop {
     Failed(String),
     Cancelled,
 }
@@ -148,7 +160,7 @@ impl<E: std::fmt::Display> From<E> for Stop {
 pub async fn run(rt: Arc<Runtime>, job: Job, report: Reporter, handle: JobHandle) {
     info!(job = %job.id, app = %job.app, env = %job.env, commit = %job.commit, "job started");
     let limit = Duration::from_secs(job.spec.deploy_timeout_secs.max(1));
-    let work = stages(&rt, &job, &report, &handle.token);
+    let work = stages::run(&rt, &job, &report, &handle.token);
     let timer = tokio::time::sleep(limit);
     tokio::pin!(work, timer);
     let mut timed_out = false;
@@ -194,7 +206,7 @@ pub async fn run(rt: Arc<Runtime>, job: Job, report: Reporter, handle: JobHandle
 }
 
 /// Runs `fut` unless the job is cancelled first.
-async fn cancellable<T>(
+pub(crate) async fn cancellable<T>(
     cancel: &CancellationToken,
     fut: impl std::future::Future<Output = Result<T, Stop>>,
 ) -> Result<T, Stop> {
@@ -204,8 +216,8 @@ async fn cancellable<T>(
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, git::GitError> + Send + 'static,
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, git::AgentGitError> + Send + 'static,
 ) -> Result<T, Stop> {
     tokio::task::spawn_blocking(f)
         .await
@@ -213,209 +225,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(Stop::from)
 }
 
-async fn stages(
-    rt: &Runtime,
-    job: &Job,
-    report: &Reporter,
-    cancel: &CancellationToken,
-) -> Result<Deployed, Stop> {
-    let mirror = rt.work_dir.join("mirrors").join(format!("{}.git", job.app));
-    let workspace = workspace_dir(rt, job);
-
-    report.stage(Stage::Fetch).await;
-    let (remote, commit) = (job.spec.remote.clone(), job.commit.clone());
-    let fetch_mirror = mirror.clone();
-    let fetched = cancellable(
-        cancel,
-        blocking(move || git::fetch(&fetch_mirror, &remote, &commit)),
-    )
-    .await?;
-    report
-        .system(format!(
-            "fetched {} new objects ({} bytes) into the mirror",
-            fetched.received_objects, fetched.received_bytes
-        ))
-        .await;
-
-    report.stage(Stage::Checkout).await;
-    let (commit, dir) = (job.commit.clone(), workspace.clone());
-    let checked = cancellable(
-        cancel,
-        blocking(move || git::checkout(&mirror, &commit, &dir)),
-    )
-    .await?;
-    report
-        .system(format!(
-            "checked out {} \"{}\" by {} into {}",
-            short(&job.commit),
-            checked.subject,
-            checked.author,
-            checked.dir.display()
-        ))
-        .await;
-
-    report.stage(Stage::Build).await;
-    let mut env: BTreeMap<String, String> = job.identity().into_iter().collect();
-    env.insert("PATH".into(), rt.build_path.clone());
-    env.insert(
-        "HOME".into(),
-        std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
-    );
-    env.insert("LANG".into(), "C.UTF-8".into());
-    if let Ok(java_home) = std::env::var("JAVA_HOME") {
-        env.insert("JAVA_HOME".into(), java_home);
-    }
-    report.system(format!("$ {}", job.spec.build_command)).await;
-    let timeout = Duration::from_secs(job.spec.build_timeout_secs.max(1));
-    match build::run(
-        &job.spec.build_command,
-        &workspace,
-        &env,
-        timeout,
-        cancel,
-        report,
-    )
-    .await
-    {
-        Ok(()) => {}
-        Err(build::BuildError::Cancelled) => return Err(Stop::Cancelled),
-        Err(e) => return Err(e.into()),
-    }
-    let artifact = build::find_artifact(&workspace, &job.spec.artifact)?;
-    let size = std::fs::metadata(&artifact).map(|m| m.len()).unwrap_or(0);
-    report
-        .system(format!(
-            "artifact {} ({size} bytes)",
-            artifact
-                .strip_prefix(&workspace)
-                .unwrap_or(&artifact)
-                .display()
-        ))
-        .await;
-
-    report.stage(Stage::Image).await;
-    let tag = format!("{}:{}-{}", job.app, job.env, job.id);
-    let port = job.spec.container_port as u16;
-    let source = if job.spec.dockerfile.is_empty() {
-        ImageSource::Base {
-            image: &job.spec.base_image,
-            artifact: &artifact,
-            port,
-        }
-    } else {
-        ImageSource::Dockerfile {
-            workspace: &workspace,
-            path: &job.spec.dockerfile,
-        }
-    };
-    let labels = job.labels(&rt.agent, &rt.agent_id);
-    cancellable(cancel, async {
-        Ok(docker::build_image(&rt.docker, source, &tag, &labels, report).await?)
-    })
-    .await?;
-    report.system(format!("built image {tag}")).await;
-
-    report.stage(Stage::Deploy).await;
-    let name = format!("gantry-{}-{}-{}", job.app, job.env, job.id);
-    let mut vars: Vec<String> = job
-        .env_vars
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    vars.extend(job.identity().iter().map(|(k, v)| format!("{k}={v}")));
-    let spec = ContainerSpec {
-        name: &name,
-        image: &tag,
-        env: vars,
-        labels,
-        port,
-        publish_ip: &rt.publish_ip,
-    };
-    let (container, host_port) = cancellable(cancel, async {
-        Ok(docker::run_container(&rt.docker, spec).await?)
-    })
-    .await?;
-    report
-        .system(format!(
-            "started container {name} with port {port} published on {host_port}"
-        ))
-        .await;
-
-    report.stage(Stage::Health).await;
-    let probe = Probe {
-        host: &rt.health_host,
-        port: host_port,
-        path: &job.spec.health_path,
-        timeout: Duration::from_secs(job.spec.health_timeout_secs.max(1)),
-    };
-    cancellable(cancel, async {
-        health::wait_healthy(&rt.docker, &container, probe, report)
-            .await
-            .map_err(Stop::Failed)
-    })
-    .await?;
-    report
-        .system(format!(
-            "healthy: GET {} answered 200",
-            job.spec.health_path
-        ))
-        .await;
-    docker::keep_running(&rt.docker, &container).await?;
-
-    retire_previous(rt, job, &container, report).await;
-    Ok(Deployed {
-        url: format!("http://{}:{host_port}", rt.public_host),
-        image: tag,
-        container: name,
-    })
-}
-
-/// Removes the containers of earlier releases of this (app, env), and images
-/// beyond the newest [`KEEP_IMAGES`]. Failures here are reported, not fatal:
-/// the new release already serves.
-async fn retire_previous(rt: &Runtime, job: &Job, current: &str, report: &Reporter) {
-    let scope = [
-        (label::APP, job.app.as_str()),
-        (label::ENV, job.env.as_str()),
-    ];
-    match docker::containers(&rt.docker, &scope).await {
-        Ok(list) => {
-            for (id, labels) in list.into_iter().filter(|(id, _)| id != current) {
-                let old_job = labels.get(label::JOB).cloned().unwrap_or_default();
-                match docker::retire_container(&rt.docker, &id).await {
-                    Ok(()) => {
-                        report
-                            .system(format!("removed the container of job {old_job}"))
-                            .await
-                    }
-                    Err(e) => report.system(format!("warning: {e}")).await,
-                }
-            }
-        }
-        Err(e) => report.system(format!("warning: {e}")).await,
-    }
-    if let Ok(mut images) = docker::images(&rt.docker, &scope).await {
-        let job_of = |labels: &HashMap<String, String>| {
-            labels
-                .get(label::JOB)
-                .and_then(|j| j.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        images.sort_by_key(|(_, labels)| std::cmp::Reverse(job_of(labels)));
-        for (id, _) in images.into_iter().skip(KEEP_IMAGES) {
-            let _ = docker::remove_image(&rt.docker, &id).await;
-        }
-    }
-}
-
 /// The workspace of the job's (app, env) on this agent.
-fn workspace_dir(rt: &Runtime, job: &Job) -> PathBuf {
+pub(crate) fn workspace_dir(rt: &Runtime, job: &Job) -> PathBuf {
     rt.work_dir
         .join("workspaces")
         .join(job.env.as_str())
         .join(job.app.as_str())
 }
 
-fn short(commit: &str) -> &str {
+pub(crate) fn short(commit: &str) -> &str {
     &commit[..commit.len().min(10)]
 }

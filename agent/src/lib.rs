@@ -13,6 +13,7 @@ pub mod install;
 pub mod job;
 pub mod report;
 pub mod spool;
+mod stages;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 

@@ -141,6 +141,7 @@ async fn dispatch(agents: usize, deploys: usize) -> anyhow::Result<(Duration, Du
             app: "app".into(),
             env: "bench".into(),
             branch: "main".into(),
+            ..Default::default()
         };
         let sent = Instant::now();
         let job = client.deploy(request).await?.into_inner();
@@ -196,6 +197,7 @@ async fn logs(
         app: "app".into(),
         env: "bench".into(),
         branch: "main".into(),
+        ..Default::default()
     };
     let start = Instant::now();
     let job = client.deploy(request).await?.into_inner().id;

@@ -4,12 +4,40 @@ use anyhow::Context;
 use gantry_shared::{proto, JobState};
 use serde_json::json;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
+use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::output::{self, Format};
 
 /// A connected operator client.
-pub type Client = proto::operator_service_client::OperatorServiceClient<Channel>;
+pub type Client =
+    proto::operator_service_client::OperatorServiceClient<InterceptedService<Channel, WhoAsks>>;
+
+/// Puts the `gantry-user` header (the login name, `$GANTRY_USER` or
+/// `$USER`) on every request, so jobs and releases say who asked.
+#[derive(Clone)]
+pub struct WhoAsks(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl WhoAsks {
+    fn from_env() -> Self {
+        let name = std::env::var("GANTRY_USER")
+            .or_else(|_| std::env::var("USER"))
+            .ok()
+            .and_then(|n| n.parse().ok());
+        Self(name)
+    }
+}
+
+impl tonic::service::Interceptor for WhoAsks {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(name) = &self.0 {
+            request.metadata_mut().insert("gantry-user", name.clone());
+        }
+        Ok(request)
+    }
+}
 
 /// Connects to the coordinator at `url`.
 pub async fn connect(url: &str) -> anyhow::Result<Client> {
@@ -19,7 +47,12 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}; is it running? (set --coordinator or GANTRY_COORDINATOR)"))?;
-    Ok(Client::new(channel))
+    Ok(
+        proto::operator_service_client::OperatorServiceClient::with_interceptor(
+            channel,
+            WhoAsks::from_env(),
+        ),
+    )
 }
 
 /// `gantry apps`
@@ -201,8 +234,11 @@ pub fn print_job(job: &proto::Job) {
         ("job", job.id.to_string()),
         ("app", job.app.clone()),
         ("env", job.env.clone()),
+        ("kind", output::kind(job.kind).to_owned()),
         ("branch", job.branch.clone()),
         ("commit", job.commit.clone()),
+        ("release", output::nonzero(job.release)),
+        ("requested", job.requested_by.clone()),
         ("state", output::state(job).to_owned()),
         ("stage", output::stage(job.stage).to_owned()),
         ("agent", job.agent.clone()),
@@ -245,22 +281,48 @@ pub async fn logs(
         .into_inner())
 }
 
+/// What `gantry deploy` asks for.
+pub struct DeployArgs {
+    /// The app.
+    pub app: String,
+    /// The environment.
+    pub env: String,
+    /// The branches (none: the default branch; several: a branch set).
+    pub branches: Vec<String>,
+    /// Branches added to the environment's current set.
+    pub add: Vec<String>,
+    /// Branches removed from it.
+    pub remove: Vec<String>,
+}
+
 /// `gantry deploy`: queues the deploy, then (unless detached) follows it.
 /// Returns whether the job succeeded (true when detached).
 pub async fn deploy(
     client: &mut Client,
-    app: String,
-    env: String,
-    branch: Option<String>,
+    args: DeployArgs,
     detach: bool,
     format: Format,
 ) -> anyhow::Result<bool> {
     let request = proto::DeployRequest {
-        app,
-        env,
-        branch: branch.unwrap_or_default(),
+        app: args.app,
+        env: args.env,
+        branch: String::new(),
+        branches: args.branches,
+        add: args.add,
+        remove: args.remove,
     };
     let job = client.deploy(request).await?.into_inner();
+    follow_job(client, job, detach, format).await
+}
+
+/// Announces a queued job, then (unless detached) follows its log to the
+/// end; returns whether it succeeded (true when detached).
+pub async fn follow_job(
+    client: &mut Client,
+    job: proto::Job,
+    detach: bool,
+    format: Format,
+) -> anyhow::Result<bool> {
     match format {
         Format::Json if detach => println!("{}", output::job_json(&job)),
         Format::Json => {}

@@ -147,16 +147,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
 
 async fn deploy_and_check(url: &str) -> anyhow::Result<()> {
     let mut client = commands::connect(url).await?;
-    if !commands::deploy(
-        &mut client,
-        APP.into(),
-        "dev".into(),
-        Some("main".into()),
-        false,
-        Format::Table,
-    )
-    .await?
-    {
+    let args = commands::DeployArgs {
+        app: APP.into(),
+        env: "dev".into(),
+        branches: vec!["main".into()],
+        add: Vec::new(),
+        remove: Vec::new(),
+    };
+    if !commands::deploy(&mut client, args, false, Format::Table).await? {
         bail!("the demo deploy failed; its log is above");
     }
     let jobs = client

@@ -5,4 +5,5 @@ pub mod commands;
 pub mod demo;
 pub mod jre_image;
 pub mod output;
+pub mod releases;
 pub mod sample;

@@ -1,13 +1,15 @@
-//! `gantry`: deploy, follow, cancel and inspect jobs; list apps, environments
-//! and agents; or run the demo.
+//! `gantry`: deploy branches and branch sets, roll back, follow, cancel and
+//! inspect jobs and releases; list branches, apps, environments and agents;
+//! or run the demo.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use gantry_cli::{
-    commands,
+    commands::{self, DeployArgs},
     demo::{self, DemoOptions},
     output::Format,
+    releases,
 };
 use gantry_shared::JobId;
 
@@ -32,7 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Deploy a branch of an app to an environment and follow its log.
+    /// Deploy a branch, or a set of branches merged together, to an
+    /// environment and follow its log.
     Deploy {
         /// The app.
         #[arg(long)]
@@ -40,12 +43,72 @@ enum Command {
         /// The environment.
         #[arg(long)]
         env: String,
-        /// The branch (default: the app's default branch).
-        #[arg(long)]
-        branch: Option<String>,
+        /// A branch; repeat for a set, merged in this order onto the default
+        /// branch (none: the app's default branch).
+        #[arg(long = "branch")]
+        branches: Vec<String>,
+        /// Add a branch to the set the environment runs now; repeatable.
+        #[arg(long, conflicts_with = "branches")]
+        add: Vec<String>,
+        /// Remove a branch from the set the environment runs now; repeatable.
+        #[arg(long, conflicts_with = "branches")]
+        remove: Vec<String>,
         /// Print the job id and return without following.
         #[arg(long)]
         detach: bool,
+    },
+    /// Put an earlier release back, without rebuilding, and follow it.
+    Rollback {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The environment.
+        #[arg(long)]
+        env: String,
+        /// The release number (default: the one before the release serving).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Print the job id and return without following.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// List an environment's releases, newest first.
+    Releases {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The environment.
+        #[arg(long)]
+        env: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// What an environment runs.
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+    },
+    /// How two environments' branch sets differ.
+    Diff {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// One environment.
+        from: String,
+        /// The other.
+        to: String,
+    },
+    /// List the app remote's branches.
+    Branches {
+        /// The app.
+        #[arg(long)]
+        app: String,
+    },
+    /// Create branches on the app's remote.
+    Branch {
+        #[command(subcommand)]
+        command: BranchCommand,
     },
     /// Print a job's log; with -f, follow it until the job ends.
     Logs {
@@ -97,6 +160,35 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// The release serving (branches, commits, image, servers) and what waits.
+    Show {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The environment.
+        #[arg(long)]
+        env: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BranchCommand {
+    /// Create a branch on the remote.
+    Create {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// The new branch's name.
+        #[arg(long)]
+        name: String,
+        /// A branch or commit to start from (default: the default branch).
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -131,9 +223,39 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Deploy {
             app,
             env,
-            branch,
+            branches,
+            add,
+            remove,
             detach,
-        } => return commands::deploy(&mut client, app, env, branch, detach, format).await,
+        } => {
+            let args = DeployArgs {
+                app,
+                env,
+                branches,
+                add,
+                remove,
+            };
+            return commands::deploy(&mut client, args, detach, format).await;
+        }
+        Command::Rollback {
+            app,
+            env,
+            to,
+            detach,
+        } => return releases::rollback(&mut client, app, env, to, detach, format).await,
+        Command::Releases { app, env, limit } => {
+            releases::releases(&mut client, app, env, limit, format).await?
+        }
+        Command::Env {
+            command: EnvCommand::Show { app, env },
+        } => releases::env_show(&mut client, app, env, format).await?,
+        Command::Diff { app, from, to } => {
+            releases::diff(&mut client, app, from, to, format).await?
+        }
+        Command::Branches { app } => releases::branches(&mut client, app, format).await?,
+        Command::Branch {
+            command: BranchCommand::Create { app, name, from },
+        } => releases::create_branch(&mut client, app, name, from, format).await?,
         Command::Logs { job, follow } => {
             commands::logs(&mut client, job.get(), follow, format).await?;
         }

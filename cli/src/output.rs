@@ -73,6 +73,30 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// A job kind as a word.
+pub fn kind(value: i32) -> &'static str {
+    match proto::JobKind::try_from(value) {
+        Ok(proto::JobKind::Rollback) => "rollback",
+        _ => "deploy",
+    }
+}
+
+/// A number, or "" for zero (unset).
+pub fn nonzero(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        n.to_string()
+    }
+}
+
+/// Branch and commit pairs as JSON.
+pub fn branches_json(list: &[proto::BranchCommit]) -> Value {
+    list.iter()
+        .map(|b| json!({"branch": b.branch, "commit": b.commit}))
+        .collect()
+}
+
 /// A job as JSON.
 pub fn job_json(job: &proto::Job) -> Value {
     json!({
@@ -80,6 +104,10 @@ pub fn job_json(job: &proto::Job) -> Value {
         "state": state(job), "stage": stage(job.stage), "reason": job.reason, "agent": job.agent,
         "created_ms": job.created_ms, "updated_ms": job.updated_ms, "url": job.url,
         "image": job.image, "container": job.container, "last_seq": job.last_seq,
+        "kind": kind(job.kind), "branches": branches_json(&job.branches),
+        "base": job.base.as_ref().map(|b| json!({"branch": b.branch, "commit": b.commit})),
+        "release": job.release, "rollback_to": job.rollback_to,
+        "requested_by": job.requested_by, "superseded_by": job.superseded_by,
     })
 }
 

@@ -43,6 +43,18 @@ pub enum Error {
     /// No such job.
     #[error("job {0} does not exist")]
     UnknownJob(JobId),
+    /// No such release of (app, env).
+    #[error("app \"{app}\" has no release {number} in {env}; {known}")]
+    UnknownRelease {
+        /// The app.
+        app: AppName,
+        /// The environment.
+        env: EnvName,
+        /// The number asked for.
+        number: u64,
+        /// What exists, for people ("its releases are 1 to 7").
+        known: String,
+    },
     /// The app's remote could not be reached or read.
     #[error("cannot reach the git remote of app \"{app}\" ({remote}): {message}; check the remote URL and credentials in the coordinator config")]
     RemoteUnavailable {
@@ -56,6 +68,25 @@ pub enum Error {
     /// The request conflicts with the job's state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// What the request would create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The remote refused a push.
+    #[error("the remote refused: {0}; check the credentials' rights in the coordinator config")]
+    RemoteRefused(String),
+    /// The branches of a set do not merge.
+    #[error("branch \"{branch}\" conflicts with {with} in {files}; merge or rebase one onto the other, or deploy them separately")]
+    MergeConflict {
+        /// The branch that could not be merged.
+        branch: BranchName,
+        /// What it conflicts with ("branch \"feature/a\"" or "the default branch \"main\"").
+        with: String,
+        /// The conflicting files, comma-separated.
+        files: String,
+    },
+    /// The git mirror failed locally.
+    #[error("git mirror error: {0}")]
+    Git(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -68,10 +99,14 @@ impl From<Error> for Status {
             Error::UnknownApp { .. }
             | Error::UnknownEnv { .. }
             | Error::UnknownBranch { .. }
-            | Error::UnknownJob(_) => Code::NotFound,
+            | Error::UnknownJob(_)
+            | Error::UnknownRelease { .. } => Code::NotFound,
             Error::RemoteUnavailable { .. } => Code::Unavailable,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::Store(_) => Code::Internal,
+            Error::FailedPrecondition(_)
+            | Error::RemoteRefused(_)
+            | Error::MergeConflict { .. } => Code::FailedPrecondition,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::Store(_) | Error::Git(_) => Code::Internal,
         };
         if code == Code::Internal {
             tracing::error!(error = %err, "internal error");
@@ -80,15 +115,8 @@ impl From<Error> for Status {
     }
 }
 
-/// Removes credentials (`user:token@`) from a URL before it is shown.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***@{}", &url[..scheme + 3], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
+/// Removes credentials (`user:token@`) from URLs before they are shown.
+pub use gantry_shared::git::redact_url;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,56 @@ use std::collections::BTreeMap;
 use gantry_shared::{proto, AgentName, AppName, BranchName, EnvName, JobId, JobState, Stage};
 use serde::{Deserialize, Serialize};
 
-/// Everything known about one deploy job.
+/// A branch and the commit it resolved to when a request was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchCommit {
+    /// The branch.
+    pub branch: BranchName,
+    /// Its commit then.
+    pub commit: String,
+}
+
+impl BranchCommit {
+    /// The wire form.
+    pub fn to_proto(&self) -> proto::BranchCommit {
+        proto::BranchCommit {
+            branch: self.branch.to_string(),
+            commit: self.commit.clone(),
+        }
+    }
+}
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// Build and deploy a branch or a branch set.
+    Deploy,
+    /// Put a retained release's image back, building nothing.
+    Rollback {
+        /// The release put back.
+        to: u64,
+    },
+}
+
+impl JobKind {
+    /// The wire form.
+    pub fn to_proto(self) -> proto::JobKind {
+        match self {
+            JobKind::Deploy => proto::JobKind::Deploy,
+            JobKind::Rollback { .. } => proto::JobKind::Rollback,
+        }
+    }
+
+    /// For a rollback, the release it puts back.
+    pub fn rollback_to(self) -> Option<u64> {
+        match self {
+            JobKind::Deploy => None,
+            JobKind::Rollback { to } => Some(to),
+        }
+    }
+}
+
+/// Everything known about one job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     /// Its id.
@@ -15,10 +64,18 @@ pub struct JobRecord {
     pub app: AppName,
     /// The environment deployed to.
     pub env: EnvName,
-    /// The branch requested.
-    pub branch: BranchName,
-    /// The commit the branch resolved to; the agent builds exactly this.
+    /// Deploy or rollback.
+    pub kind: JobKind,
+    /// The branches deployed with their commits, in merge order.
+    pub branches: Vec<BranchCommit>,
+    /// For a set of several branches: the default branch they were merged onto.
+    pub base: Option<BranchCommit>,
+    /// The commit deployed: the branch's own, or the set's integration commit.
     pub commit: String,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// The release number it becomes, fixed when it is placed.
+    pub release: Option<u64>,
     /// Where it stands.
     pub state: JobState,
     /// The last stage the agent reported.
@@ -33,13 +90,14 @@ pub struct JobRecord {
     pub updated_ms: i64,
     /// Where the release answers (on success).
     pub url: String,
-    /// The image built.
+    /// The image built, or for a rollback the retained image to run.
     pub image: String,
     /// The container serving (on success).
     pub container: String,
     /// An operator asked to cancel it; the agent is stopping it.
-    #[serde(default)]
     pub cancel_requested: bool,
+    /// The newer job that replaced it while it was queued.
+    pub superseded_by: Option<JobId>,
 }
 
 impl JobRecord {
@@ -55,13 +113,19 @@ impl JobRecord {
         true
     }
 
+    /// The branches as people read them: "main", or "feature/a, feature/b".
+    pub fn branch_label(&self) -> String {
+        let names: Vec<&str> = self.branches.iter().map(|b| b.branch.as_str()).collect();
+        names.join(", ")
+    }
+
     /// The operator API's view; `last_seq` comes from the log store.
     pub fn to_proto(&self, last_seq: u64) -> proto::Job {
         proto::Job {
             id: self.id.get(),
             app: self.app.to_string(),
             env: self.env.to_string(),
-            branch: self.branch.to_string(),
+            branch: self.branch_label(),
             commit: self.commit.clone(),
             state: self.state.to_proto() as i32,
             stage: self
@@ -79,6 +143,13 @@ impl JobRecord {
             image: self.image.clone(),
             container: self.container.clone(),
             last_seq,
+            branches: self.branches.iter().map(BranchCommit::to_proto).collect(),
+            base: self.base.as_ref().map(BranchCommit::to_proto),
+            kind: self.kind.to_proto() as i32,
+            release: self.release.unwrap_or(0),
+            rollback_to: self.kind.rollback_to().unwrap_or(0),
+            requested_by: self.requested_by.clone(),
+            superseded_by: self.superseded_by.map_or(0, JobId::get),
         }
     }
 }

@@ -10,10 +10,10 @@ pub mod core;
 pub mod error;
 pub mod fleet;
 pub mod follow;
-pub mod git;
 pub mod hub;
 pub mod job;
 pub mod operator_service;
+pub mod release;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    core::Core,
+    core::{BranchRequest, Core},
     error::{redact_url, Error},
     follow,
 };
@@ -53,6 +53,53 @@ fn required<T>(
         return Err(Error::InvalidArgument(format!("{what} is required")));
     }
     Ok(parse(value)?)
+}
+
+/// Who is asking: the `gantry-user` request header (the CLI sends the
+/// login name), or "anonymous".
+fn requester<T>(request: &Request<T>) -> Result<String, Error> {
+    let Some(value) = request.metadata().get(USER_HEADER) else {
+        return Ok("anonymous".into());
+    };
+    let name = value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "the {USER_HEADER} header must be 1 to 64 visible ASCII characters"
+            ))
+        })?;
+    Ok(name.to_owned())
+}
+
+/// The request header naming the person asking.
+pub const USER_HEADER: &str = "gantry-user";
+
+fn names(values: Vec<String>) -> Result<Vec<BranchName>, Error> {
+    values
+        .into_iter()
+        .map(|v| BranchName::new(v).map_err(Error::from))
+        .collect()
+}
+
+/// `branch` and `branches` together: the single field is kept for simple
+/// clients, the list for sets; both at once is ambiguous.
+fn branch_list(branch: Option<BranchName>, list: Vec<String>) -> Result<Vec<BranchName>, Error> {
+    match (branch, list.is_empty()) {
+        (None, _) => names(list),
+        (Some(branch), true) => Ok(vec![branch]),
+        (Some(_), false) => Err(Error::InvalidArgument(
+            "give the branch either in `branch` or in `branches`, not both".into(),
+        )),
+    }
+}
+
+fn release_limit(limit: u32) -> usize {
+    match limit {
+        0 => 20,
+        n => n.min(1000) as usize,
+    }
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<proto::LogLine, Status>> + Send>>;
@@ -143,11 +190,26 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::DeployRequest>,
     ) -> Result<Response<proto::Job>, Status> {
+        let who = requester(&request)?;
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let env = required("env", req.env, EnvName::new)?;
-        let branch = optional(req.branch, BranchName::new)?;
-        let job = self.core.deploy(app, env, branch).await?;
+        let branches = branch_list(optional(req.branch, BranchName::new)?, req.branches)?;
+        let add = names(req.add)?;
+        let remove = names(req.remove)?;
+        let wanted = match (branches.is_empty(), add.is_empty() && remove.is_empty()) {
+            (_, true) => BranchRequest::set(branches)?,
+            (true, false) => BranchRequest::change(add, remove)?,
+            (false, false) => {
+                return Err(Error::InvalidArgument(
+                    "give either the branches to deploy or --add/--remove changes to the \
+                     current set, not both"
+                        .into(),
+                )
+                .into())
+            }
+        };
+        let job = self.core.deploy(app, env, wanted, who).await?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
@@ -193,6 +255,98 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let id = JobId::new(request.into_inner().id).map_err(Error::from)?;
         let job = self.core.cancel(id).await?;
         Ok(Response::new(self.job_proto(job.id)?))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<proto::RollbackRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let who = requester(&request)?;
+        let req = request.into_inner();
+        let app = required("app", req.app, AppName::new)?;
+        let env = required("env", req.env, EnvName::new)?;
+        let to = (req.to_release > 0).then_some(req.to_release);
+        let job = self.core.rollback(app, env, to, who).await?;
+        Ok(Response::new(self.job_proto(job.id)?))
+    }
+
+    async fn list_releases(
+        &self,
+        request: Request<proto::ListReleasesRequest>,
+    ) -> Result<Response<proto::ListReleasesResponse>, Status> {
+        let req = request.into_inner();
+        let app = required("app", req.app, AppName::new)?;
+        let env = required("env", req.env, EnvName::new)?;
+        let releases = self
+            .core
+            .releases(&app, &env, release_limit(req.limit))?
+            .into_iter()
+            .map(|v| v.release.to_proto(v.retained))
+            .collect();
+        Ok(Response::new(proto::ListReleasesResponse { releases }))
+    }
+
+    async fn get_environment_state(
+        &self,
+        request: Request<proto::GetEnvironmentStateRequest>,
+    ) -> Result<Response<proto::EnvironmentState>, Status> {
+        let req = request.into_inner();
+        let app = required("app", req.app, AppName::new)?;
+        let env = required("env", req.env, EnvName::new)?;
+        let view = self.core.environment(&app, &env)?;
+        let mut pending = Vec::new();
+        for job in view.pending {
+            pending.push(self.job_proto(job.id)?);
+        }
+        Ok(Response::new(proto::EnvironmentState {
+            app: app.to_string(),
+            env: env.to_string(),
+            current: view.current.map(|v| v.release.to_proto(v.retained)),
+            pending,
+        }))
+    }
+
+    async fn diff_environments(
+        &self,
+        request: Request<proto::DiffEnvironmentsRequest>,
+    ) -> Result<Response<proto::DiffEnvironmentsResponse>, Status> {
+        let req = request.into_inner();
+        let app = required("app", req.app, AppName::new)?;
+        let from = required("from_env", req.from_env, EnvName::new)?;
+        let to = required("to_env", req.to_env, EnvName::new)?;
+        let branches = self
+            .core
+            .diff(&app, &from, &to)?
+            .into_iter()
+            .map(|d| proto::BranchDiff {
+                branch: d.branch,
+                from_commit: d.from.unwrap_or_default(),
+                to_commit: d.to.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(proto::DiffEnvironmentsResponse { branches }))
+    }
+
+    async fn list_branches(
+        &self,
+        request: Request<proto::ListBranchesRequest>,
+    ) -> Result<Response<proto::ListBranchesResponse>, Status> {
+        let app = required("app", request.into_inner().app, AppName::new)?;
+        let branches = self.core.branches(&app).await?;
+        Ok(Response::new(proto::ListBranchesResponse { branches }))
+    }
+
+    async fn create_branch(
+        &self,
+        request: Request<proto::CreateBranchRequest>,
+    ) -> Result<Response<proto::Branch>, Status> {
+        let who = requester(&request)?;
+        let req = request.into_inner();
+        let app = required("app", req.app, AppName::new)?;
+        let name = required("name", req.name, BranchName::new)?;
+        let from = (!req.from.is_empty()).then_some(req.from);
+        let branch = self.core.create_branch(&app, name, from, who).await?;
+        Ok(Response::new(branch))
     }
 
     type StreamJobLogsStream = LogStream;

@@ -5,10 +5,13 @@
 
 use std::path::Path;
 
-use gantry_shared::{proto, AgentName, JobId};
+use gantry_shared::{proto, AgentName, AppName, EnvName, JobId};
 use prost::Message;
 
-use crate::job::{AgentRecord, JobRecord};
+use crate::{
+    job::{AgentRecord, JobRecord},
+    release::ReleaseRecord,
+};
 
 /// Storage failures. They map to `Internal`: the caller did nothing wrong.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,9 @@ pub struct Store {
     logs: sled::Tree,
     /// Agent name -> JSON [`AgentRecord`].
     agents: sled::Tree,
+    /// app NUL env NUL number (big-endian) -> JSON [`ReleaseRecord`], so a
+    /// prefix scan returns one (app, env)'s releases in order.
+    releases: sled::Tree,
     /// "apps" / "environments" -> a readable dump of the configured values;
     /// "next_job_id" -> the job id counter.
     config: sled::Tree,
@@ -47,6 +53,12 @@ fn log_key(job: JobId, seq: u64) -> [u8; 16] {
     key[..8].copy_from_slice(&job.get().to_be_bytes());
     key[8..].copy_from_slice(&seq.to_be_bytes());
     key
+}
+
+fn release_prefix(app: &AppName, env: &EnvName) -> Vec<u8> {
+    // Names never contain NUL, so the prefix of one (app, env) is never the
+    // prefix of another's.
+    format!("{app}\0{env}\0").into_bytes()
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -64,6 +76,7 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             logs: db.open_tree("logs")?,
             agents: db.open_tree("agents")?,
+            releases: db.open_tree("releases")?,
             config: db.open_tree("config")?,
             db,
         })
@@ -173,6 +186,49 @@ impl Store {
                 decode_json(&String::from_utf8_lossy(&key), &bytes)
             })
             .collect()
+    }
+
+    /// Writes a release record.
+    pub fn put_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
+        let mut key = release_prefix(&release.app, &release.env);
+        key.extend_from_slice(&release.number.to_be_bytes());
+        let bytes = serde_json::to_vec(release).expect("release records serialize");
+        self.releases.insert(key, bytes)?;
+        Ok(())
+    }
+
+    /// The releases of (app, env), newest first.
+    pub fn releases(&self, app: &AppName, env: &EnvName) -> Result<Vec<ReleaseRecord>, StoreError> {
+        self.releases
+            .scan_prefix(release_prefix(app, env))
+            .rev()
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                decode_json(&format!("release of {app} in {env}"), &bytes)
+            })
+            .collect()
+    }
+
+    /// The newest release of (app, env).
+    pub fn current_release(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<Option<ReleaseRecord>, StoreError> {
+        match self
+            .releases
+            .scan_prefix(release_prefix(app, env))
+            .next_back()
+        {
+            Some(entry) => {
+                let (_, bytes) = entry?;
+                Ok(Some(decode_json(
+                    &format!("release of {app} in {env}"),
+                    &bytes,
+                )?))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Records the configured apps and environments (a readable dump, for the record).

@@ -120,6 +120,7 @@ async fn two_hundred_thousand_lines_survive_three_sigkills_of_the_coordinator() 
         app: "printer".into(),
         env: "dev".into(),
         branch: "main".into(),
+        ..Default::default()
     };
     let id = client_.deploy(request).await.unwrap().into_inner().id;
 

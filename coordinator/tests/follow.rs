@@ -71,6 +71,7 @@ async fn every_follower_sees_every_line_of_a_fast_job() {
         app: "fast".into(),
         env: "dev".into(),
         branch: "main".into(),
+        ..Default::default()
     };
     let job = client.deploy(request).await.unwrap().into_inner().id;
     let assigned = inbound.message().await.unwrap().expect("assignment");

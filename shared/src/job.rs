@@ -77,6 +77,9 @@ pub enum JobState {
     Failed,
     /// Stopped by an operator.
     Cancelled,
+    /// Replaced, while still queued, by a newer request for the same
+    /// (app, env): only the newest waiting request is worth running.
+    Superseded,
 }
 
 impl JobState {
@@ -84,7 +87,7 @@ impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Superseded
         )
     }
 
@@ -93,13 +96,14 @@ impl JobState {
         matches!(self, JobState::Assigned | JobState::Running)
     }
 
-    /// The transition rules: Queued -> Assigned -> Running -> ended, and any
-    /// state that has not ended may fail or be cancelled.
+    /// The transition rules: Queued -> Assigned -> Running -> ended; a queued
+    /// job may be superseded; any state that has not ended may fail or be
+    /// cancelled.
     pub fn can_become(self, next: JobState) -> bool {
         use JobState::*;
         match (self, next) {
             (Queued, Assigned) | (Assigned, Running) | (Running, Running) => true,
-            (Running, Succeeded) => true,
+            (Running, Succeeded) | (Queued, Superseded) => true,
             (from, Failed | Cancelled) => !from.is_terminal(),
             _ => false,
         }
@@ -114,6 +118,7 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Superseded => "superseded",
         }
     }
 
@@ -126,6 +131,7 @@ impl JobState {
             JobState::Succeeded => proto::JobState::Succeeded,
             JobState::Failed => proto::JobState::Failed,
             JobState::Cancelled => proto::JobState::Cancelled,
+            JobState::Superseded => proto::JobState::Superseded,
         }
     }
 
@@ -139,6 +145,7 @@ impl JobState {
             proto::JobState::Succeeded => JobState::Succeeded,
             proto::JobState::Failed => JobState::Failed,
             proto::JobState::Cancelled => JobState::Cancelled,
+            proto::JobState::Superseded => JobState::Superseded,
         })
     }
 }
@@ -157,8 +164,10 @@ mod tests {
 
     #[test]
     fn ended_jobs_never_change() {
-        for end in [Succeeded, Failed, Cancelled] {
-            for next in [Queued, Assigned, Running, Succeeded, Failed, Cancelled] {
+        for end in [Succeeded, Failed, Cancelled, Superseded] {
+            for next in [
+                Queued, Assigned, Running, Succeeded, Failed, Cancelled, Superseded,
+            ] {
                 assert!(!end.can_become(next), "{end:?} -> {next:?}");
             }
         }
@@ -171,5 +180,12 @@ mod tests {
         assert!(!Assigned.can_become(Succeeded));
         assert!(Queued.can_become(Cancelled));
         assert!(Assigned.can_become(Failed));
+    }
+
+    #[test]
+    fn only_waiting_jobs_can_be_superseded() {
+        assert!(Queued.can_become(Superseded));
+        assert!(!Assigned.can_become(Superseded));
+        assert!(!Running.can_become(Superseded));
     }
 }

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod git;
 pub mod job;
 pub mod limits;
+pub mod secret;
 
 /// Code generated from `proto/gantry/v1/*.proto`.
 pub mod proto {
@@ -20,6 +21,7 @@ pub mod proto {
 
 pub use domain::{AgentName, AppName, BranchName, EnvName, JobId, NameError};
 pub use job::{JobState, Stage};
+pub use secret::Secret;
 
 /// The version every Gantry binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

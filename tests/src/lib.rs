@@ -37,6 +37,8 @@ pub struct TestApp {
     pub build_timeout_secs: u64,
     /// Its whole-job timeout.
     pub deploy_timeout_secs: u64,
+    /// Images kept per environment.
+    pub keep_releases: usize,
 }
 
 impl TestApp {
@@ -49,6 +51,7 @@ impl TestApp {
             remote: None,
             build_timeout_secs: 600,
             deploy_timeout_secs: 900,
+            keep_releases: 5,
         }
     }
 }
@@ -90,6 +93,12 @@ impl Harness {
             let repo = dir.path().join("repos").join(&app.name);
             std::fs::create_dir_all(&repo)?;
             sample::create_repo(&repo, "Hello v1")?;
+            // The remote is bare, as on a git server; commits are made in
+            // the working clone and pushed to it.
+            git2::Repository::init_bare(
+                dir.path().join("repos").join(format!("{}.git", app.name)),
+            )?;
+            push_branch(&git2::Repository::open(&repo)?, "main")?;
         }
         let envs = envs
             .iter()
@@ -127,11 +136,11 @@ impl Harness {
             let remote = app
                 .remote
                 .clone()
-                .unwrap_or_else(|| format!("file://{}", self.repo(&app.name).display()));
+                .unwrap_or_else(|| format!("file://{}", self.remote(&app.name).display()));
             text += &format!(
                 "\n[[apps]]\nname = \"{}\"\nremote = \"{remote}\"\nbuild_command = '''{}'''\nartifact = \"{}\"\n\
                  base_image = \"{}\"\ncontainer_port = {}\nhealth_path = \"{}\"\nhealth_timeout_secs = {}\n\
-                 build_timeout_secs = {}\ndeploy_timeout_secs = {}\n",
+                 build_timeout_secs = {}\ndeploy_timeout_secs = {}\nkeep_releases = {}\n",
                 app.name,
                 app.build_command,
                 sample::ARTIFACT,
@@ -141,6 +150,7 @@ impl Harness {
                 app.health_timeout_secs,
                 app.build_timeout_secs,
                 app.deploy_timeout_secs,
+                app.keep_releases,
             );
         }
         text
@@ -177,9 +187,14 @@ impl Harness {
         Ok(())
     }
 
-    /// The path of an app's repository.
+    /// The working clone of an app's repository, where tests commit.
     pub fn repo(&self, app: &str) -> PathBuf {
         self.dir.path().join("repos").join(app)
+    }
+
+    /// The app's bare remote, which Gantry fetches from and pushes to.
+    pub fn remote(&self, app: &str) -> PathBuf {
+        self.dir.path().join("repos").join(format!("{app}.git"))
     }
 
     /// An agent's work dir.
@@ -294,6 +309,7 @@ impl Harness {
         std::fs::write(self.repo(app).join(path), content)?;
         let commit = sample::commit_all(&repo, &format!("change {path}"))?;
         checkout_branch(&repo, "main")?;
+        push_branch(&repo, branch)?;
         Ok(commit)
     }
 
@@ -380,6 +396,18 @@ pub async fn remove_app_objects(app: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pushes `branch` of the working clone `repo` to its bare remote
+/// (`<repo>.git` beside it), replacing what the remote had.
+fn push_branch(repo: &git2::Repository, branch: &str) -> anyhow::Result<()> {
+    let work = repo
+        .workdir()
+        .context("the working clone has a work tree")?;
+    let remote = work.with_extension("git");
+    let mut remote = repo.remote_anonymous(&format!("file://{}", remote.display()))?;
+    remote.push(&[format!("+refs/heads/{branch}:refs/heads/{branch}")], None)?;
+    Ok(())
+}
+
 /// Follows `job`'s log until it ends; returns the lines seen and the final job.
 pub async fn follow_to_end(
     client: &mut Client,
@@ -418,6 +446,7 @@ pub async fn deploy(
         app: app.into(),
         env: env.into(),
         branch: branch.into(),
+        ..Default::default()
     };
     let job = client.deploy(request).await?.into_inner();
     follow_to_end(client, job.id).await

@@ -305,6 +305,7 @@ async fn agents_cut_off_from_the_coordinator_lose_nothing() -> anyhow::Result<()
             app: APP.into(),
             env: env.into(),
             branch: "main".into(),
+            ..Default::default()
         };
         jobs.insert(env, client.deploy(request).await?.into_inner().id);
     }

@@ -30,6 +30,7 @@ async fn start(client: &mut Client, app: &str, env: &str, branch: &str) -> anyho
         app: app.into(),
         env: env.into(),
         branch: branch.into(),
+        ..Default::default()
     };
     Ok(client.deploy(request).await?.into_inner().id)
 }

@@ -33,6 +33,7 @@ async fn bad_input_is_refused_with_the_right_code_and_creates_nothing() -> anyho
             app: app.into(),
             env: env.into(),
             branch: branch.into(),
+            ..Default::default()
         };
         let status = client.deploy(request).await.expect_err("must be refused");
         assert_eq!(
@@ -71,36 +72,68 @@ async fn bad_input_is_refused_with_the_right_code_and_creates_nothing() -> anyho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_waits_with_a_reason_until_an_agent_of_its_env_connects() -> anyhow::Result<()> {
+async fn a_job_waits_with_a_reason_and_a_newer_request_supersedes_it() -> anyhow::Result<()> {
     let app = "e2e-queued";
     let mut h = Harness::start(&[TestApp::new(app)], &[("dev", &[]), ("test", &[])]).await?;
     h.start_agent("dev", "dev-1")?;
     let mut client = h.client().await?;
-    let request = proto::DeployRequest {
+    let request_for = |app: &str| proto::DeployRequest {
         app: app.into(),
         env: "test".into(),
         branch: "main".into(),
+        ..Default::default()
     };
-    let job = client.deploy(request).await?.into_inner();
+    let job = client.deploy(request_for(app)).await?.into_inner();
     assert_eq!(state(&job), JobState::Queued);
     assert_eq!(job.reason, "no agent connected for env test");
     assert_eq!(job.commit.len(), 40);
 
-    // A second deploy of the same (app, env) waits for the first.
-    let request = proto::DeployRequest {
-        app: app.into(),
-        env: "test".into(),
-        branch: "main".into(),
-    };
-    let second = client.deploy(request).await?.into_inner();
+    // A newer request for the same (app, env) supersedes the queued one.
+    let second = client.deploy(request_for(app)).await?.into_inner();
     assert_eq!(state(&second), JobState::Queued);
+    let first = client
+        .get_job(proto::GetJobRequest { id: job.id })
+        .await?
+        .into_inner();
+    assert_eq!(state(&first), JobState::Superseded);
+    assert_eq!(first.superseded_by, second.id);
+    assert!(
+        first
+            .reason
+            .starts_with(&format!("superseded by job {}", second.id)),
+        "{}",
+        first.reason
+    );
 
     h.start_agent("test", "test-1")?;
-    let (_, done) = follow_to_end(&mut client, job.id).await?;
+    let mut watch = client.clone();
+    eventually("the second job to run", Duration::from_secs(60), || {
+        let mut client = watch.clone();
+        async move {
+            let j = client
+                .get_job(proto::GetJobRequest { id: second.id })
+                .await?
+                .into_inner();
+            Ok((state(&j) == JobState::Running).then_some(()))
+        }
+    })
+    .await?;
+    // A request while one runs waits for it; the running one is never superseded.
+    let third = client.deploy(request_for(app)).await?.into_inner();
+    assert_eq!(state(&third), JobState::Queued);
+    assert_eq!(
+        third.reason,
+        format!(
+            "waiting for job {}, which is deploying {app} to test",
+            second.id
+        )
+    );
+    let (_, done) = follow_to_end(&mut watch, second.id).await?;
     assert_eq!(state(&done), JobState::Succeeded, "{}", done.reason);
     assert_eq!(done.agent, "test-1");
-    let (_, done2) = follow_to_end(&mut client, second.id).await?;
-    assert_eq!(state(&done2), JobState::Succeeded, "{}", done2.reason);
+    let (_, done3) = follow_to_end(&mut client, third.id).await?;
+    assert_eq!(state(&done3), JobState::Succeeded, "{}", done3.reason);
+    assert_eq!((done.release, done3.release), (1, 2));
 
     let agents = client
         .list_agents(proto::ListAgentsRequest {})
@@ -133,6 +166,7 @@ async fn logs_stream_live_and_cancel_stops_the_build_and_its_children() -> anyho
         app: app.into(),
         env: "dev".into(),
         branch: "main".into(),
+        ..Default::default()
     };
     let job = client.deploy(request).await?.into_inner();
 
@@ -215,6 +249,7 @@ async fn a_restarted_coordinator_reads_jobs_and_logs_back() -> anyhow::Result<()
         app: app.into(),
         env: "pre".into(),
         branch: "main".into(),
+        ..Default::default()
     };
     let queued = client.deploy(request).await?.into_inner();
 

@@ -7,20 +7,22 @@ use std::{
     time::Instant,
 };
 
-use gantry_shared::{
-    config::CoordinatorConfig, now_ms, proto, AgentName, AppName, BranchName, EnvName, JobId,
-    JobState, Stage,
-};
+use gantry_shared::{config::CoordinatorConfig, proto, AgentName, JobId, JobState, Stage};
 use tracing::{info, warn};
 
 mod agents;
+mod branches;
+mod deploy;
+mod releases;
+
+pub use deploy::BranchRequest;
 
 use crate::{
     error::Error,
     fleet::{Decision, Fleet, Placement},
-    git,
     hub::LogHub,
-    job::JobRecord,
+    job::{BranchCommit, JobKind, JobRecord},
+    release::{retained_images, ReleaseRecord, ServerRelease},
     store::Store,
 };
 
@@ -33,6 +35,7 @@ pub struct Core {
     /// Live log fan-out.
     pub hub: LogHub,
     fleet: Mutex<Fleet>,
+    mirrors: branches::MirrorLocks,
 }
 
 impl Core {
@@ -76,61 +79,12 @@ impl Core {
             store,
             hub: LogHub::default(),
             fleet: Mutex::new(fleet),
+            mirrors: Default::default(),
         }))
     }
 
     fn fleet(&self) -> MutexGuard<'_, Fleet> {
         self.fleet.lock().expect("fleet lock poisoned")
-    }
-
-    /// Checks a deploy request, resolves its branch and queues it. Nothing is
-    /// created when any check fails.
-    pub async fn deploy(
-        &self,
-        app: AppName,
-        env: EnvName,
-        branch: Option<BranchName>,
-    ) -> Result<JobRecord, Error> {
-        let app_config = self.config.app(&app).ok_or_else(|| Error::UnknownApp {
-            known: names(self.config.apps.iter().map(|a| a.name().as_str())),
-            app: app.clone(),
-        })?;
-        if self.config.environment(&env).is_none() {
-            return Err(Error::UnknownEnv {
-                known: names(self.config.environments.iter().map(|e| e.name().as_str())),
-                env,
-            });
-        }
-        let branch = branch.unwrap_or_else(|| app_config.default_branch.clone());
-        let commit = git::resolve_branch(&app, &app_config.remote, &branch).await?;
-
-        let now = now_ms();
-        let job = JobRecord {
-            id: self.store.next_job_id()?,
-            app,
-            env,
-            branch,
-            commit,
-            state: JobState::Queued,
-            stage: None,
-            reason: "waiting to be placed".into(),
-            agent: None,
-            created_ms: now,
-            updated_ms: now,
-            url: String::new(),
-            image: String::new(),
-            container: String::new(),
-            cancel_requested: false,
-        };
-        self.store.put_job(&job)?;
-        info!(job = %job.id, app = %job.app, env = %job.env, branch = %job.branch, commit = %job.commit, "deploy queued");
-        {
-            let mut fleet = self.fleet();
-            fleet.queued.insert(job.id);
-            self.place_queued(&mut fleet);
-        }
-        self.store.flush().await?;
-        self.job(job.id)
     }
 
     /// One job.
@@ -258,11 +212,29 @@ impl Core {
         }
         if let Some(done) = done {
             job.url = done.url;
-            job.image = done.image;
+            if !done.image.is_empty() {
+                job.image = done.image;
+            }
             job.container = done.container;
         }
         if let Err(e) = self.store.put_job(&job) {
             warn!(job = %id, error = %e, "cannot store job end");
+        }
+        if let (JobState::Succeeded, Some(number), Some(agent)) =
+            (job.state, job.release, job.agent.clone())
+        {
+            let server = ServerRelease {
+                agent,
+                container: job.container.clone(),
+                url: job.url.clone(),
+            };
+            let release = ReleaseRecord::from_job(&job, number, server);
+            match self.store.put_release(&release) {
+                Ok(()) => {
+                    info!(job = %id, app = %job.app, env = %job.env, release = number, "released")
+                }
+                Err(e) => warn!(job = %id, error = %e, "cannot store the release"),
+            }
         }
         info!(job = %id, app = %job.app, env = %job.env, state = job.state.as_str(), reason = %job.reason, "job ended");
         self.hub.end(id);
@@ -284,7 +256,13 @@ impl Core {
                     }
                 }
                 Decision::Assign(agent) => {
-                    let Some(spec) = self.job_spec(&job) else {
+                    // One job per (app, env) is active, so the next number
+                    // is this job's; it is kept only if the job succeeds.
+                    let Ok(releases) = self.store.releases(&job.app, &job.env) else {
+                        continue;
+                    };
+                    job.release = Some(releases.first().map_or(1, |r| r.number + 1));
+                    let Some(spec) = self.job_spec(&job, &releases) else {
                         continue;
                     };
                     let session = fleet
@@ -320,10 +298,17 @@ impl Core {
         }
     }
 
-    /// What the agent needs to run `job`, from the configuration alone.
-    fn job_spec(&self, job: &JobRecord) -> Option<proto::JobSpec> {
+    /// What the agent needs to run `job`: the configuration, and the
+    /// images of `releases` (newest first) it must keep.
+    fn job_spec(&self, job: &JobRecord, releases: &[ReleaseRecord]) -> Option<proto::JobSpec> {
         let app = self.config.app(&job.app)?;
         let env = self.config.environment(&job.env)?;
+        let keep_images = retained_images(releases, app.keep_releases.saturating_sub(1));
+        let set = job.base.as_ref().map(|base| proto::BranchSet {
+            base: Some(base.to_proto()),
+            branches: job.branches.iter().map(BranchCommit::to_proto).collect(),
+            time_secs: job.created_ms / 1000,
+        });
         Some(proto::JobSpec {
             job_id: job.id.get(),
             app: Some(proto::AppSpec {
@@ -338,11 +323,29 @@ impl Core {
                 health_timeout_secs: app.health_timeout_secs,
                 build_timeout_secs: app.build_timeout_secs,
                 deploy_timeout_secs: app.deploy_timeout_secs,
+                git_username: app.git_username.clone().unwrap_or_default(),
+                git_token: app
+                    .git_token
+                    .as_ref()
+                    .map(|t| t.expose().to_owned())
+                    .unwrap_or_default(),
             }),
             env: job.env.to_string(),
             env_vars: env.variables.clone().into_iter().collect(),
-            branch: job.branch.to_string(),
+            branch: job
+                .branches
+                .iter()
+                .map(|b| b.branch.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             commit: job.commit.clone(),
+            release: job.release.unwrap_or(0),
+            image: match job.kind {
+                JobKind::Rollback { .. } => job.image.clone(),
+                JobKind::Deploy => String::new(),
+            },
+            keep_images,
+            set,
         })
     }
 

@@ -100,6 +100,12 @@ pub fn default_deploy_timeout_secs() -> u64 {
     3600
 }
 
+/// Images kept per (app, env): the serving one and four to roll back to,
+/// enough for a bad week without filling a server's disk with jars.
+pub fn default_keep_releases() -> usize {
+    5
+}
+
 /// The whole `coordinator.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,8 +155,19 @@ impl EnvironmentConfig {
 pub struct AppConfig {
     /// Its name; also the repository of its images.
     pub name: Spanned<AppName>,
-    /// Git remote URL (file://, https://, ssh:// or a local path).
+    /// Git remote URL (file://, https://, ssh:// or a local path). Put no
+    /// credentials in it; use the `git_*` fields.
     pub remote: String,
+    /// User name for an HTTPS token, or for SSH when the URL names none.
+    #[serde(default)]
+    pub git_username: Option<String>,
+    /// HTTPS token or password for the remote. Sent to agents inside the
+    /// jobs that fetch, never shown in output, logs or the API.
+    #[serde(default)]
+    pub git_token: Option<crate::Secret>,
+    /// SSH private key file, on the coordinator's host, for ssh:// remotes.
+    #[serde(default)]
+    pub git_ssh_key: Option<PathBuf>,
     /// Deployed when a request names no branch. Default `main`.
     #[serde(default = "default_branch")]
     pub default_branch: BranchName,
@@ -180,6 +197,10 @@ pub struct AppConfig {
     /// Seconds the whole job may run. Default 3600.
     #[serde(default = "default_deploy_timeout_secs")]
     pub deploy_timeout_secs: u64,
+    /// Images kept on each server per environment, the serving one included;
+    /// older releases can no longer be rolled back to. Default 5.
+    #[serde(default = "default_keep_releases")]
+    pub keep_releases: usize,
 }
 
 impl AppConfig {
@@ -273,6 +294,10 @@ impl CoordinatorConfig {
                 (
                     app.build_timeout_secs == 0,
                     "build_timeout_secs must be at least 1",
+                ),
+                (
+                    app.keep_releases == 0,
+                    "keep_releases must be at least 1 (the serving release)",
                 ),
                 (
                     app.artifact.starts_with('/') || app.artifact.split('/').any(|p| p == ".."),

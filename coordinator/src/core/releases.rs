@@ -1,0 +1,197 @@
+//! Releases as operators see them: listing, rolling back to a retained
+//! release, what an environment runs now, and how two environments differ.
+
+use std::collections::BTreeMap;
+
+use gantry_shared::{now_ms, AppName, EnvName, JobState};
+
+use super::Core;
+use crate::{
+    error::Error,
+    job::{JobKind, JobRecord},
+    release::{retained_images, ReleaseRecord},
+};
+
+/// A release and whether its image is still kept.
+pub struct ReleaseView {
+    /// The release.
+    pub release: ReleaseRecord,
+    /// Whether a rollback to it is possible.
+    pub retained: bool,
+}
+
+/// What an (app, env) runs and what waits.
+pub struct EnvironmentView {
+    /// The newest release, if any.
+    pub current: Option<ReleaseView>,
+    /// Jobs of the (app, env) that have not ended, oldest first.
+    pub pending: Vec<JobRecord>,
+}
+
+/// One branch that differs between two environments.
+#[derive(Debug, PartialEq)]
+pub struct BranchDiff {
+    /// The branch.
+    pub branch: String,
+    /// Its commit in the first environment, if there.
+    pub from: Option<String>,
+    /// Its commit in the second, if there.
+    pub to: Option<String>,
+}
+
+impl Core {
+    fn keep_releases(&self, app: &AppName) -> usize {
+        self.config.app(app).map_or(1, |a| a.keep_releases)
+    }
+
+    /// The releases of (app, env), newest first, at most `limit`.
+    pub fn releases(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        limit: usize,
+    ) -> Result<Vec<ReleaseView>, Error> {
+        self.check_target(app, env)?;
+        let all = self.store.releases(app, env)?;
+        let kept = retained_images(&all, self.keep_releases(app));
+        Ok(all
+            .into_iter()
+            .take(limit)
+            .map(|release| ReleaseView {
+                retained: kept.contains(&release.image),
+                release,
+            })
+            .collect())
+    }
+
+    /// Queues a rollback of (app, env) to release `to` (by default the one
+    /// before the release serving): its retained image is started again and
+    /// nothing is built. Refused, creating nothing, when the release does
+    /// not exist, serves already, or its image is no longer kept.
+    pub async fn rollback(
+        &self,
+        app: AppName,
+        env: EnvName,
+        to: Option<u64>,
+        requested_by: String,
+    ) -> Result<JobRecord, Error> {
+        self.check_target(&app, &env)?;
+        let releases = self.store.releases(&app, &env)?;
+        let Some(current) = releases.first() else {
+            return Err(Error::FailedPrecondition(format!(
+                "app \"{app}\" has no release in {env} yet; there is nothing to roll back to"
+            )));
+        };
+        let number = match to {
+            Some(number) => number,
+            None if current.number > 1 => current.number - 1,
+            None => {
+                return Err(Error::FailedPrecondition(format!(
+                "release 1 is the only release of app \"{app}\" in {env}; there is no earlier one"
+            )))
+            }
+        };
+        let target = releases
+            .iter()
+            .find(|r| r.number == number)
+            .ok_or_else(|| Error::UnknownRelease {
+                app: app.clone(),
+                env: env.clone(),
+                number,
+                known: format!("its releases there are 1 to {}", current.number),
+            })?;
+        if target.image == current.image {
+            return Err(Error::FailedPrecondition(format!(
+                "release {number} of app \"{app}\" runs image {}, which serves {env} now (release {})",
+                target.image, current.number
+            )));
+        }
+        let keep = self.keep_releases(&app);
+        if !retained_images(&releases, keep).contains(&target.image) {
+            return Err(Error::FailedPrecondition(format!(
+                "release {number} of app \"{app}\" in {env} is older than the {keep} kept, and its \
+                 image {} was pruned; deploy its branches ({}) again instead",
+                target.image,
+                target
+                    .branches
+                    .iter()
+                    .map(|b| b.branch.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let now = now_ms();
+        let job = JobRecord {
+            id: self.store.next_job_id()?,
+            app,
+            env,
+            kind: JobKind::Rollback { to: number },
+            branches: target.branches.clone(),
+            base: target.base.clone(),
+            commit: target.commit.clone(),
+            requested_by,
+            release: None,
+            state: JobState::Queued,
+            stage: None,
+            reason: "waiting to be placed".into(),
+            agent: None,
+            created_ms: now,
+            updated_ms: now,
+            url: String::new(),
+            image: target.image.clone(),
+            container: String::new(),
+            cancel_requested: false,
+            superseded_by: None,
+        };
+        self.enqueue(job).await
+    }
+
+    /// What (app, env) runs now, and the jobs waiting to change it.
+    pub fn environment(&self, app: &AppName, env: &EnvName) -> Result<EnvironmentView, Error> {
+        let current = self.releases(app, env, 1)?.into_iter().next();
+        let mut pending = Vec::new();
+        for job in self.store.jobs() {
+            let job = job?;
+            if &job.app == app && &job.env == env && !job.state.is_terminal() {
+                pending.push(job);
+            }
+        }
+        Ok(EnvironmentView { current, pending })
+    }
+
+    /// The branches whose commits differ between what `from` and `to` run.
+    pub fn diff(
+        &self,
+        app: &AppName,
+        from: &EnvName,
+        to: &EnvName,
+    ) -> Result<Vec<BranchDiff>, Error> {
+        let set = |env: &EnvName| -> Result<BTreeMap<String, String>, Error> {
+            self.check_target(app, env)?;
+            Ok(self
+                .store
+                .current_release(app, env)?
+                .map(|r| {
+                    r.branches
+                        .into_iter()
+                        .map(|b| (b.branch.to_string(), b.commit))
+                        .collect()
+                })
+                .unwrap_or_default())
+        };
+        let (mut left, mut right) = (set(from)?, set(to)?);
+        let names: std::collections::BTreeSet<String> =
+            left.keys().chain(right.keys()).cloned().collect();
+        Ok(names
+            .into_iter()
+            .filter_map(|branch| {
+                let (a, b) = (left.remove(&branch), right.remove(&branch));
+                (a != b).then_some(BranchDiff {
+                    branch,
+                    from: a,
+                    to: b,
+                })
+            })
+            .collect())
+    }
+}

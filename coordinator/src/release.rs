@@ -1,0 +1,151 @@
+//! Releases: every successful deploy or rollback of an (app, env), numbered
+//! 1, 2, 3, ... per (app, env), with what went into it and where it runs. The
+//! newest release is what the environment serves; the images of the newest
+//! few are kept on the servers so a rollback needs no build.
+
+use gantry_shared::{proto, AgentName, AppName, EnvName, JobId};
+use serde::{Deserialize, Serialize};
+
+use crate::job::{BranchCommit, JobKind, JobRecord};
+
+/// One server running a release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRelease {
+    /// The agent.
+    pub agent: AgentName,
+    /// The container serving.
+    pub container: String,
+    /// Where it answers.
+    pub url: String,
+}
+
+/// A successful deploy or rollback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The app.
+    pub app: AppName,
+    /// The environment.
+    pub env: EnvName,
+    /// Its number within (app, env).
+    pub number: u64,
+    /// The job that made it.
+    pub job: JobId,
+    /// Deploy or rollback.
+    pub kind: JobKind,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// When it started serving, ms since the epoch.
+    pub created_ms: i64,
+    /// For a set: the default branch it was merged onto.
+    pub base: Option<BranchCommit>,
+    /// The branches in it, in merge order.
+    pub branches: Vec<BranchCommit>,
+    /// The commit built.
+    pub commit: String,
+    /// The image that runs it.
+    pub image: String,
+    /// The servers running it.
+    pub servers: Vec<ServerRelease>,
+}
+
+impl ReleaseRecord {
+    /// The release `job` became; `server` is where it now runs.
+    pub fn from_job(job: &JobRecord, number: u64, server: ServerRelease) -> Self {
+        Self {
+            app: job.app.clone(),
+            env: job.env.clone(),
+            number,
+            job: job.id,
+            kind: job.kind,
+            requested_by: job.requested_by.clone(),
+            created_ms: gantry_shared::now_ms(),
+            base: job.base.clone(),
+            branches: job.branches.clone(),
+            commit: job.commit.clone(),
+            image: job.image.clone(),
+            servers: vec![server],
+        }
+    }
+
+    /// The wire form; `retained` says whether its image is still kept.
+    pub fn to_proto(&self, retained: bool) -> proto::Release {
+        proto::Release {
+            app: self.app.to_string(),
+            env: self.env.to_string(),
+            number: self.number,
+            job: self.job.get(),
+            kind: self.kind.to_proto() as i32,
+            rollback_of: self.kind.rollback_to().unwrap_or(0),
+            requested_by: self.requested_by.clone(),
+            created_ms: self.created_ms,
+            base: self.base.as_ref().map(BranchCommit::to_proto),
+            branches: self.branches.iter().map(BranchCommit::to_proto).collect(),
+            commit: self.commit.clone(),
+            image: self.image.clone(),
+            image_retained: retained,
+            servers: self
+                .servers
+                .iter()
+                .map(|s| proto::ServerRelease {
+                    agent: s.agent.to_string(),
+                    container: s.container.clone(),
+                    url: s.url.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The images kept for (app, env), given its releases newest first: the
+/// distinct images of the newest releases, at most `keep`.
+pub fn retained_images(releases: &[ReleaseRecord], keep: usize) -> Vec<String> {
+    let mut images: Vec<String> = Vec::new();
+    for release in releases {
+        if images.len() == keep {
+            break;
+        }
+        if !images.contains(&release.image) {
+            images.push(release.image.clone());
+        }
+    }
+    images
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(number: u64, image: &str) -> ReleaseRecord {
+        ReleaseRecord {
+            app: AppName::new("shop").unwrap(),
+            env: EnvName::new("prod").unwrap(),
+            number,
+            job: JobId::new(number).unwrap(),
+            kind: JobKind::Deploy,
+            requested_by: "ann".into(),
+            created_ms: 0,
+            base: None,
+            branches: Vec::new(),
+            commit: String::new(),
+            image: image.into(),
+            servers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_rolled_back_image_counts_once() {
+        // Newest first: 5 rolled back to 3's image.
+        let releases = [
+            release(5, "shop:prod-3"),
+            release(4, "shop:prod-4"),
+            release(3, "shop:prod-3"),
+            release(2, "shop:prod-2"),
+            release(1, "shop:prod-1"),
+        ];
+        assert_eq!(
+            retained_images(&releases, 3),
+            ["shop:prod-3", "shop:prod-4", "shop:prod-2"]
+        );
+        assert_eq!(retained_images(&releases, 10).len(), 4);
+    }
+}
