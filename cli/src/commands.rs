@@ -130,7 +130,7 @@ pub async fn agents(client: &mut Client, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
         let list: Vec<_> = agents
             .iter()
-            .map(|a| json!({"name": a.name, "env": a.env, "connected": a.connected, "labels": a.labels, "capacity": a.capacity, "version": a.version, "last_seen_ms": a.last_seen_ms, "running_jobs": a.running_jobs}))
+            .map(|a| json!({"name": a.name, "env": a.env, "connected": a.connected, "labels": a.labels, "capacity": a.capacity, "version": a.version, "last_seen_ms": a.last_seen_ms, "running_jobs": a.running_jobs, "releases": a.releases}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
@@ -149,6 +149,7 @@ pub async fn agents(client: &mut Client, format: Format) -> anyhow::Result<()> {
                 },
                 format!("{}/{}", a.running_jobs.len(), a.capacity),
                 jobs.join(","),
+                a.releases.join(", "),
                 a.version.clone(),
                 output::time(a.last_seen_ms),
             ]
@@ -161,6 +162,7 @@ pub async fn agents(client: &mut Client, format: Format) -> anyhow::Result<()> {
             "STATUS",
             "LOAD",
             "JOBS",
+            "SERVES",
             "VERSION",
             "LAST SEEN",
         ],

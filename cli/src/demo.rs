@@ -74,11 +74,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     jre_image::ensure(&engine).await?;
 
     let repo = dir.join("repos").join(APP);
-    if repo.exists() {
-        std::fs::remove_dir_all(&repo)?;
+    let remote = dir.join("repos").join(format!("{APP}.git"));
+    for old in [&repo, &remote] {
+        if old.exists() {
+            std::fs::remove_dir_all(old)?;
+        }
     }
     std::fs::create_dir_all(&repo)?;
     let commit = sample::create_repo(&repo, "Hello")?;
+    // Gantry fetches from (and creates branches on) a bare remote, as on a
+    // git server; commit in the working clone and push to try a change.
+    sample::push_to_bare(&git2::Repository::open(&repo)?, &remote, "main")?;
     println!(
         "==> created the sample Java service in {} (main at {})",
         repo.display(),
@@ -93,7 +99,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let config_path = dir.join("coordinator.toml");
     std::fs::write(
         &config_path,
-        config_text(addr, &format!("file://{}", repo.display())),
+        config_text(addr, &format!("file://{}", remote.display())),
     )?;
     let config = CoordinatorConfig::load(&config_path)?;
     let url = format!("http://{addr}");

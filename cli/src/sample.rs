@@ -82,3 +82,18 @@ pub fn commit_all(repo: &git2::Repository, message: &str) -> anyhow::Result<Stri
     let oid = repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)?;
     Ok(oid.to_string())
 }
+
+/// Pushes `branch` of `repo` to the bare repository at `remote` (created if
+/// missing), replacing what it had: the sample's "server" side, which Gantry
+/// fetches from and pushes new branches to.
+pub fn push_to_bare(repo: &git2::Repository, remote: &Path, branch: &str) -> anyhow::Result<()> {
+    if !remote.exists() {
+        git2::Repository::init_bare(remote)
+            .with_context(|| format!("cannot create a bare repository in {}", remote.display()))?;
+    }
+    let mut target = repo.remote_anonymous(&format!("file://{}", remote.display()))?;
+    target
+        .push(&[format!("+refs/heads/{branch}:refs/heads/{branch}")], None)
+        .with_context(|| format!("cannot push {branch} to {}", remote.display()))?;
+    Ok(())
+}

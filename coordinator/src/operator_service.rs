@@ -168,7 +168,9 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             .into_iter()
             .map(|a| {
                 let live = connected.iter().find(|(n, _)| n == &a.name);
+                let releases = self.core.serving_on(&a.name, &a.env);
                 proto::Agent {
+                    releases,
                     connected: live.is_some(),
                     running_jobs: live
                         .map(|(_, jobs)| jobs.iter().map(|j| j.get()).collect())

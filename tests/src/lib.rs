@@ -402,10 +402,7 @@ fn push_branch(repo: &git2::Repository, branch: &str) -> anyhow::Result<()> {
     let work = repo
         .workdir()
         .context("the working clone has a work tree")?;
-    let remote = work.with_extension("git");
-    let mut remote = repo.remote_anonymous(&format!("file://{}", remote.display()))?;
-    remote.push(&[format!("+refs/heads/{branch}:refs/heads/{branch}")], None)?;
-    Ok(())
+    sample::push_to_bare(repo, &work.with_extension("git"), branch)
 }
 
 /// Follows `job`'s log until it ends; returns the lines seen and the final job.

@@ -132,6 +132,12 @@ async fn a_rollback_restores_the_exact_earlier_image_without_building() -> anyho
     let summary: Vec<(u64, u64)> = list.iter().map(|r| (r.number, r.rollback_of)).collect();
     assert_eq!(summary, [(3, 1), (2, 0), (1, 0)]);
     assert_eq!(list[0].commit, first.commit);
+    let agents = client
+        .list_agents(proto::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    assert_eq!(agents[0].releases, [format!("{app} release 3")]);
     h.shutdown().await
 }
 

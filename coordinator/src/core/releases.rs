@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use gantry_shared::{now_ms, AppName, EnvName, JobState};
+use gantry_shared::{now_ms, AgentName, AppName, EnvName, JobState};
 
 use super::Core;
 use crate::{
@@ -144,6 +144,23 @@ impl Core {
             superseded_by: None,
         };
         self.enqueue(job).await
+    }
+
+    /// The release of each app that `agent` (of `env`) serves now, as
+    /// "app release N".
+    pub fn serving_on(&self, agent: &AgentName, env: &EnvName) -> Vec<String> {
+        self.config
+            .apps
+            .iter()
+            .filter_map(|app| {
+                let current = self.store.current_release(app.name(), env).ok()??;
+                current
+                    .servers
+                    .iter()
+                    .any(|s| &s.agent == agent)
+                    .then(|| format!("{} release {}", app.name(), current.number))
+            })
+            .collect()
     }
 
     /// What (app, env) runs now, and the jobs waiting to change it.
