@@ -29,6 +29,8 @@ pub struct Runtime {
     pub public_host: String,
     /// PATH given to build commands.
     pub build_path: String,
+    /// The binary that runs app proxies.
+    pub proxy_program: PathBuf,
 }
 
 /// A job spec checked at the edge.

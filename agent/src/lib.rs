@@ -11,6 +11,7 @@ pub mod git;
 pub mod health;
 pub mod install;
 pub mod job;
+pub mod proxy;
 pub mod report;
 pub mod spool;
 mod stages;
@@ -54,6 +55,9 @@ pub struct AgentOptions {
     /// How long running jobs may take to finish once the agent is stopped;
     /// past it they are stopped and end cancelled.
     pub drain_grace: Duration,
+    /// The `gantry-agent` binary that runs app proxies (`None`: this
+    /// process's own executable).
+    pub proxy_program: Option<PathBuf>,
 }
 
 /// This installation's identity: made once and kept in the work dir, so it
@@ -100,6 +104,10 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
         health_host: options.health_host.clone(),
         public_host: options.public_host.clone(),
         build_path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        proxy_program: match &options.proxy_program {
+            Some(program) => program.clone(),
+            None => std::env::current_exe().context("cannot find this binary's path")?,
+        },
     });
     // Jobs an earlier run of this agent died in: say how they ended.
     for job in spool.unfinished() {

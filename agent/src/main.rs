@@ -1,5 +1,6 @@
-//! `gantry-agent`: run in the foreground (from flags or a config file), or
-//! install / uninstall as a systemd service.
+//! `gantry-agent`: run in the foreground (from flags or a config file),
+//! install / uninstall as a systemd service, or (started by the agent
+//! itself) run one app's reverse proxy.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -7,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use gantry_agent::{
     install::{self, Target},
+    proxy::{self, ProxyOptions},
     AgentOptions,
 };
 use gantry_shared::{
@@ -44,6 +46,18 @@ enum Command {
     Uninstall {
         #[command(flatten)]
         target: TargetArgs,
+    },
+    /// Run one app's reverse proxy (the agent starts these itself).
+    Proxy {
+        /// The app's stable address, e.g. 0.0.0.0:8080.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The control socket.
+        #[arg(long)]
+        control: PathBuf,
+        /// The file keeping the current route across restarts.
+        #[arg(long)]
+        state: PathBuf,
     },
 }
 
@@ -141,6 +155,7 @@ fn options(config: AgentConfig) -> AgentOptions {
         publish_ip: config.publish_ip,
         health_host: config.health_host,
         drain_grace: Duration::from_secs(config.drain_grace_secs),
+        proxy_program: None,
     }
 }
 
@@ -179,6 +194,27 @@ async fn main() -> anyhow::Result<()> {
             install::uninstall(&target)?;
             println!("uninstalled {}", install::UNIT_NAME);
             return Ok(());
+        }
+        (
+            Some(Command::Proxy {
+                listen,
+                control,
+                state,
+            }),
+            _,
+        ) => {
+            let options = ProxyOptions {
+                listen,
+                control,
+                state,
+            };
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                stop.cancel();
+            });
+            return proxy::serve(options, shutdown).await;
         }
         (None, Some(flags)) => flags.into_config()?,
         (None, None) => bail!("give --env and --name (or `run --config FILE`); see --help"),

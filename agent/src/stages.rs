@@ -14,6 +14,7 @@ use crate::{
     git,
     health::{self, Probe},
     job::{blocking, cancellable, short, workspace_dir, Job, Runtime, Stop},
+    proxy::client::Proxy,
     report::{Deployed, Reporter},
 };
 
@@ -260,12 +261,66 @@ async fn start_release(
         .await;
     docker::keep_running(&rt.docker, &container).await?;
 
+    let url = match u16::try_from(job.spec.public_port).ok().filter(|p| *p > 0) {
+        Some(port) => {
+            let upstream = format!("{}:{host_port}", rt.health_host);
+            switch_traffic(rt, job, port, &upstream, report).await?;
+            format!("http://{}:{port}", rt.public_host)
+        }
+        None => format!("http://{}:{host_port}", rt.public_host),
+    };
     retire_previous(rt, job, &container, &tag, report).await;
     Ok(Deployed {
-        url: format!("http://{}:{host_port}", rt.public_host),
+        url,
         image: tag,
         container: name,
     })
+}
+
+/// Points the app's proxy on `port` at `upstream` (the new, healthy
+/// container) and waits for the requests still running on the old one to
+/// finish, so that stopping it drops none.
+async fn switch_traffic(
+    rt: &Runtime,
+    job: &Job,
+    port: u16,
+    upstream: &str,
+    report: &Reporter,
+) -> Result<(), Stop> {
+    let proxy = Proxy::ensure(
+        &rt.proxy_program,
+        &rt.work_dir,
+        job.env.as_str(),
+        job.app.as_str(),
+        &rt.publish_ip,
+        port,
+    )
+    .await?;
+    let previous = proxy.route_now().await?;
+    proxy.route(upstream).await?;
+    report
+        .system(format!("port {port} now serves this release ({upstream})"))
+        .await;
+    if let Some(old) = previous.filter(|old| old != upstream) {
+        let grace = Duration::from_secs(job.spec.drain_timeout_secs);
+        match proxy.drain(&old, grace).await? {
+            0 => {
+                report
+                    .system(format!("drained the previous release ({old})"))
+                    .await
+            }
+            left => {
+                report
+                    .system(format!(
+                        "warning: {left} request(s) of the previous release ({old}) were still \
+                         running after {}s; raise drain_timeout_secs if they need longer",
+                        grace.as_secs()
+                    ))
+                    .await
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the containers of earlier releases of this (app, env), and the

@@ -122,6 +122,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         health_host: "127.0.0.1".into(),
         public_host: "127.0.0.1".into(),
         drain_grace: gantry_agent::DEFAULT_DRAIN_GRACE,
+        proxy_program: None,
     };
     services.spawn(gantry_agent::run(agent, shutdown.clone()));
     println!("==> coordinator at {url}, agent dev-1 for env dev; deploying {APP} main -> dev\n");

@@ -119,6 +119,7 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
         health_host: "127.0.0.1".into(),
         public_host: "127.0.0.1".into(),
         drain_grace: gantry_agent::DEFAULT_DRAIN_GRACE,
+        proxy_program: None,
     };
     let agent = tokio::spawn(gantry_agent::run(agent, shutdown.clone()));
 

@@ -113,6 +113,7 @@ async fn two_hundred_thousand_lines_survive_three_sigkills_of_the_coordinator() 
         health_host: "127.0.0.1".into(),
         public_host: "127.0.0.1".into(),
         drain_grace: Duration::from_secs(5),
+        proxy_program: None,
     };
     let agent = tokio::spawn(gantry_agent::run(agent, shutdown.clone()));
 

@@ -39,6 +39,8 @@ pub struct TestApp {
     pub deploy_timeout_secs: u64,
     /// Images kept per environment.
     pub keep_releases: usize,
+    /// The stable port served by Gantry's proxy, if any.
+    pub public_port: Option<u16>,
 }
 
 impl TestApp {
@@ -52,6 +54,7 @@ impl TestApp {
             build_timeout_secs: 600,
             deploy_timeout_secs: 900,
             keep_releases: 5,
+            public_port: None,
         }
     }
 }
@@ -152,6 +155,9 @@ impl Harness {
                 app.deploy_timeout_secs,
                 app.keep_releases,
             );
+            if let Some(port) = app.public_port {
+                text += &format!("public_port = {port}\ndrain_timeout_secs = 20\n");
+            }
         }
         text
     }
@@ -225,6 +231,7 @@ impl Harness {
             health_host: "127.0.0.1".into(),
             public_host: "127.0.0.1".into(),
             drain_grace,
+            proxy_program: Some(node_image::bin_dir()?.join("gantry-agent")),
         };
         let token = CancellationToken::new();
         let task = tokio::spawn(gantry_agent::run(options, token.clone()));
@@ -345,6 +352,7 @@ impl Drop for Harness {
             token.cancel();
             task.abort();
         }
+        stop_proxies(&self.dir.path().join("agents"));
         let apps: Vec<String> = self.apps.iter().map(|a| a.name.clone()).collect();
         // Drop cannot await; clean up on a thread with its own runtime so
         // this works from inside a test's runtime too.
@@ -380,6 +388,28 @@ impl KillOnDrop {
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Stops every app proxy the agents under `agents` started (they run
+/// detached from the agents, by design, so the test must end them).
+fn stop_proxies(agents: &std::path::Path) {
+    use std::io::Write;
+    let Ok(dirs) = std::fs::read_dir(agents) else {
+        return;
+    };
+    for agent in dirs.flatten() {
+        let Ok(files) = std::fs::read_dir(agent.path().join("proxies")) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let path = file.path();
+            if path.extension().is_some_and(|e| e == "sock") {
+                if let Ok(mut socket) = std::os::unix::net::UnixStream::connect(&path) {
+                    let _ = socket.write_all(b"stop\n");
+                }
+            }
+        }
     }
 }
 

@@ -323,6 +323,8 @@ impl Core {
                 health_timeout_secs: app.health_timeout_secs,
                 build_timeout_secs: app.build_timeout_secs,
                 deploy_timeout_secs: app.deploy_timeout_secs,
+                public_port: app.public_port.map_or(0, |p| p.get().into()),
+                drain_timeout_secs: app.drain_timeout_secs,
                 git_username: app.git_username.clone().unwrap_or_default(),
                 git_token: app
                     .git_token

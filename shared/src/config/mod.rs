@@ -100,6 +100,13 @@ pub fn default_deploy_timeout_secs() -> u64 {
     3600
 }
 
+/// Time a replaced release gets to finish the requests it was serving when
+/// traffic moved: longer than any sane request, short enough not to hold a
+/// rollback.
+pub fn default_drain_timeout_secs() -> u64 {
+    30
+}
+
 /// Images kept per (app, env): the serving one and four to roll back to,
 /// enough for a bad week without filling a server's disk with jars.
 pub fn default_keep_releases() -> usize {
@@ -201,6 +208,16 @@ pub struct AppConfig {
     /// older releases can no longer be rolled back to. Default 5.
     #[serde(default = "default_keep_releases")]
     pub keep_releases: usize,
+    /// The app's stable port on each server, served by Gantry's reverse
+    /// proxy: a deploy switches it to the new container once healthy and
+    /// drains the old one, so no request is dropped. Unset: each release is
+    /// reached on its own published port.
+    #[serde(default)]
+    pub public_port: Option<NonZeroU16>,
+    /// Seconds the replaced release gets to finish its in-flight requests
+    /// once the proxy sends traffic to the new one. Default 30.
+    #[serde(default = "default_drain_timeout_secs")]
+    pub drain_timeout_secs: u64,
 }
 
 impl AppConfig {

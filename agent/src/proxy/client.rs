@@ -1,0 +1,184 @@
+//! The agent's side of its proxies: start one for an (environment, app) if
+//! none answers, and tell it where to route and what to drain.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixStream,
+};
+
+/// How long a freshly started proxy may take to answer on its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Proxy failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The control socket could not be used.
+    #[error("proxy control socket {path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The proxy answered with an error.
+    #[error("the proxy refused {command:?}: {answer}")]
+    Refused {
+        /// What was asked.
+        command: String,
+        /// What it said.
+        answer: String,
+    },
+    /// It did not start.
+    #[error("the proxy for port {port} did not start within {}s; see {log}", START_TIMEOUT.as_secs())]
+    NotStarted {
+        /// Its port.
+        port: u16,
+        /// Its log file.
+        log: String,
+    },
+}
+
+/// A running proxy, reached through its control socket.
+pub struct Proxy {
+    socket: PathBuf,
+}
+
+/// Where one (environment, app)'s proxy keeps its socket, state and log.
+pub fn paths(work_dir: &Path, env: &str, app: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = work_dir.join("proxies");
+    let base = format!("{env}-{app}");
+    (
+        dir.join(format!("{base}.sock")),
+        dir.join(format!("{base}.route")),
+        dir.join(format!("{base}.log")),
+    )
+}
+
+impl Proxy {
+    /// Sends one command and reads the answer.
+    pub async fn ask(&self, command: &str) -> Result<String, ProxyError> {
+        let io = |source| ProxyError::Io {
+            path: self.socket.clone(),
+            source,
+        };
+        let stream = UnixStream::connect(&self.socket).await.map_err(io)?;
+        let (read, mut write) = stream.into_split();
+        write
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .map_err(io)?;
+        let mut answer = String::new();
+        BufReader::new(read)
+            .read_line(&mut answer)
+            .await
+            .map_err(io)?;
+        let answer = answer.trim().to_owned();
+        if answer.starts_with("error") || answer.is_empty() {
+            return Err(ProxyError::Refused {
+                command: command.to_owned(),
+                answer,
+            });
+        }
+        Ok(answer)
+    }
+
+    /// The current route, if any.
+    pub async fn route_now(&self) -> Result<Option<String>, ProxyError> {
+        let answer = self.ask("status").await?;
+        Ok(answer
+            .split_whitespace()
+            .nth(1)
+            .filter(|a| *a != "none")
+            .map(str::to_owned))
+    }
+
+    /// Sends every new request to `addr`.
+    pub async fn route(&self, addr: &str) -> Result<(), ProxyError> {
+        self.ask(&format!("route {addr}")).await.map(|_| ())
+    }
+
+    /// Waits for `addr`'s requests in flight to finish; returns how many
+    /// were still running when `timeout` passed.
+    pub async fn drain(&self, addr: &str, timeout: Duration) -> Result<usize, ProxyError> {
+        let answer = self
+            .ask(&format!("drain {addr} {}", timeout.as_millis()))
+            .await?;
+        Ok(answer
+            .strip_prefix("timeout ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The proxy of (env, app) on `listen`: the running one, or a new
+    /// detached `program proxy ...` process that outlives this agent.
+    pub async fn ensure(
+        program: &Path,
+        work_dir: &Path,
+        env: &str,
+        app: &str,
+        listen: &str,
+        port: u16,
+    ) -> Result<Proxy, ProxyError> {
+        let (socket, state, log) = paths(work_dir, env, app);
+        let proxy = Proxy { socket };
+        if proxy.ask("status").await.is_ok() {
+            return Ok(proxy);
+        }
+        let io = |source| ProxyError::Io {
+            path: log.clone(),
+            source,
+        };
+        std::fs::create_dir_all(work_dir.join("proxies")).map_err(io)?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io)?;
+        let mut command = std::process::Command::new(program);
+        command
+            .arg("proxy")
+            .arg("--listen")
+            .arg(format!("{listen}:{port}"))
+            .arg("--control")
+            .arg(&proxy.socket)
+            .arg("--state")
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().map_err(io)?)
+            .stderr(log_file);
+        // Its own session: signals to the agent (or its terminal) never
+        // reach it, and it is not the agent's child to reap.
+        use std::os::unix::process::CommandExt;
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(io)?;
+        let until = tokio::time::Instant::now() + START_TIMEOUT;
+        while tokio::time::Instant::now() < until {
+            if proxy.ask("status").await.is_ok() {
+                // Reaped by a thread so it never lingers as a zombie of
+                // this agent; it normally outlives the agent anyway.
+                std::thread::spawn(move || child.wait());
+                return Ok(proxy);
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        Err(ProxyError::NotStarted {
+            port,
+            log: log.display().to_string(),
+        })
+    }
+}
