@@ -190,7 +190,7 @@ fn start_job(link: &Link, spec: proto::JobSpec) {
         warn!("assignment without a job id; ignored");
         return;
     };
-    let report = Reporter::new(id, link.spool.clone());
+    let report = Reporter::starting_at(id, link.spool.clone(), spec.first_seq.max(1));
     let refuse = |why: String| {
         warn!(job = %id, %why, "refusing a job");
         let report = report.clone();

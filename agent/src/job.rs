@@ -57,6 +57,8 @@ pub struct Job {
     pub keep_images: Vec<String>,
     /// For a branch set: what to merge onto what.
     pub set: Option<proto::BranchSet>,
+    /// This assignment puts the server back on the release before.
+    pub put_back: bool,
 }
 
 impl Job {
@@ -81,14 +83,26 @@ impl Job {
             rollback_image: (!spec.image.is_empty()).then_some(spec.image),
             keep_images: spec.keep_images,
             set: spec.set,
+            put_back: spec.put_back,
         })
+    }
+
+    /// What this assignment's Docker objects are labelled and named with:
+    /// the job id, set apart for a put-back, so cleaning up a failed
+    /// put-back never removes what the job deployed before.
+    pub(crate) fn object_id(&self) -> String {
+        if self.put_back {
+            format!("{}-put-back", self.id)
+        } else {
+            self.id.to_string()
+        }
     }
 
     pub(crate) fn labels(&self, agent: &AgentName, agent_id: &str) -> HashMap<String, String> {
         HashMap::from([
             (label::APP.to_owned(), self.app.to_string()),
             (label::ENV.to_owned(), self.env.to_string()),
-            (label::JOB.to_owned(), self.id.to_string()),
+            (label::JOB.to_owned(), self.object_id()),
             (label::COMMIT.to_owned(), self.commit.clone()),
             (label::BRANCH.to_owned(), self.branch.clone()),
             (label::RELEASE.to_owned(), self.release.to_string()),
@@ -193,7 +207,7 @@ pub async fn run(rt: Arc<Runtime>, job: Job, report: Reporter, handle: JobHandle
         }
     };
     if state != JobState::Succeeded {
-        let (app, env, id) = (job.app.as_str(), job.env.as_str(), job.id.to_string());
+        let (app, env, id) = (job.app.as_str(), job.env.as_str(), job.object_id());
         if let Err(e) = docker::remove_job_objects(&rt.docker, app, env, &id).await {
             warn!(job = %job.id, error = %e, "cannot remove what the job created");
             let msg = format!("warning: cannot remove what this job created: {e}");

@@ -34,10 +34,16 @@ pub struct Reporter {
 impl Reporter {
     /// A reporter for `job` writing into `spool`.
     pub fn new(job: JobId, spool: Spool) -> Self {
+        Self::starting_at(job, spool, 1)
+    }
+
+    /// A reporter whose first log line is `first_seq`: a job rolled over
+    /// several servers has one log, which each server continues.
+    pub fn starting_at(job: JobId, spool: Spool, first_seq: u64) -> Self {
         Self {
             job,
             spool,
-            seq: Arc::new(AtomicU64::new(0)),
+            seq: Arc::new(AtomicU64::new(first_seq.saturating_sub(1))),
             stage: Arc::new(Mutex::new(None)),
         }
     }

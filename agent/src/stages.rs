@@ -62,9 +62,14 @@ async fn check_retained(
     let built_by = labels
         .and_then(|l| l.get(label::JOB).cloned())
         .unwrap_or_default();
+    let why = if job.put_back {
+        "the roll failed on a later server: putting this one back on"
+    } else {
+        "rolling back to"
+    };
     report
         .system(format!(
-            "rolling back to image {image} (built by job {built_by}); nothing is rebuilt"
+            "{why} image {image} (built by job {built_by}); nothing is rebuilt"
         ))
         .await;
     Ok(())
@@ -143,6 +148,7 @@ async fn build_release(
 
     report.stage(Stage::Build).await;
     let mut env: BTreeMap<String, String> = job.identity().into_iter().collect();
+    env.insert("GANTRY_SERVER".into(), rt.agent.to_string());
     env.insert("PATH".into(), rt.build_path.clone());
     env.insert(
         "HOME".into(),
@@ -181,7 +187,8 @@ async fn build_release(
         .await;
 
     report.stage(Stage::Image).await;
-    let tag = format!("{}:{}-{}", job.app, job.env, job.id);
+    // Per server: agents sharing a Docker host never retag each other's.
+    let tag = format!("{}:{}-{}-{}", job.app, job.env, job.id, rt.agent);
     let port = job.spec.container_port as u16;
     let source = if job.spec.dockerfile.is_empty() {
         ImageSource::Base {
@@ -215,13 +222,20 @@ async fn start_release(
 ) -> Result<Deployed, Stop> {
     let port = job.spec.container_port as u16;
     let labels = job.labels(&rt.agent, &rt.agent_id);
-    let name = format!("gantry-{}-{}-{}", job.app, job.env, job.id);
+    let name = format!(
+        "gantry-{}-{}-{}-{}",
+        job.app,
+        job.env,
+        job.object_id(),
+        rt.agent
+    );
     let mut vars: Vec<String> = job
         .env_vars
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     vars.extend(job.identity().iter().map(|(k, v)| format!("{k}={v}")));
+    vars.push(format!("GANTRY_SERVER={}", rt.agent));
     let spec = ContainerSpec {
         name: &name,
         image: &tag,

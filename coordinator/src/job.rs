@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use gantry_shared::{proto, AgentName, AppName, BranchName, EnvName, JobId, JobState, Stage};
 use serde::{Deserialize, Serialize};
 
+use crate::release::ServerRelease;
+
 /// A branch and the commit it resolved to when a request was accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BranchCommit {
@@ -55,6 +57,28 @@ impl JobKind {
     }
 }
 
+/// One server of a job's roll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollStep {
+    /// The server's agent.
+    pub agent: AgentName,
+    /// Set once the server serves the new release.
+    pub switched: Option<ServerRelease>,
+    /// Set once a failure later in the roll was handled here: what happened.
+    pub put_back: Option<String>,
+}
+
+impl RollStep {
+    /// For people: "prod-1 switched", "prod-1 put back on release 4", ...
+    pub fn describe(&self) -> String {
+        match (&self.switched, &self.put_back) {
+            (_, Some(what)) => format!("{} {what}", self.agent),
+            (Some(_), None) => format!("{} switched", self.agent),
+            (None, None) => format!("{} pending", self.agent),
+        }
+    }
+}
+
 /// Everything known about one job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -98,6 +122,17 @@ pub struct JobRecord {
     pub cancel_requested: bool,
     /// The newer job that replaced it while it was queued.
     pub superseded_by: Option<JobId>,
+    /// The environment's servers in roll order (fixed when it is placed),
+    /// and how each went; one server at a time.
+    #[serde(default)]
+    pub roll: Vec<RollStep>,
+    /// Index in `roll` of the server working now.
+    #[serde(default)]
+    pub step: usize,
+    /// Set once a server failed: how the job ends, and why, once the
+    /// servers already switched are put back on the release before.
+    #[serde(default)]
+    pub putting_back: Option<(JobState, String)>,
 }
 
 impl JobRecord {
@@ -150,6 +185,7 @@ impl JobRecord {
             rollback_to: self.kind.rollback_to().unwrap_or(0),
             requested_by: self.requested_by.clone(),
             superseded_by: self.superseded_by.map_or(0, JobId::get),
+            roll: self.roll.iter().map(RollStep::describe).collect(),
         }
     }
 }

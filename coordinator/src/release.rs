@@ -17,6 +17,9 @@ pub struct ServerRelease {
     pub container: String,
     /// Where it answers.
     pub url: String,
+    /// The image it runs there (each server builds its own).
+    #[serde(default)]
+    pub image: String,
 }
 
 /// A successful deploy or rollback.
@@ -49,8 +52,8 @@ pub struct ReleaseRecord {
 }
 
 impl ReleaseRecord {
-    /// The release `job` became; `server` is where it now runs.
-    pub fn from_job(job: &JobRecord, number: u64, server: ServerRelease) -> Self {
+    /// The release `job` became; `servers` are where it now runs.
+    pub fn from_job(job: &JobRecord, number: u64, servers: Vec<ServerRelease>) -> Self {
         Self {
             app: job.app.clone(),
             env: job.env.clone(),
@@ -63,8 +66,17 @@ impl ReleaseRecord {
             branches: job.branches.clone(),
             commit: job.commit.clone(),
             image: job.image.clone(),
-            servers: vec![server],
+            servers,
         }
+    }
+
+    /// The image `agent` runs for this release (each server builds its own),
+    /// or the first server's when `agent` had no part in it.
+    pub fn image_on(&self, agent: &AgentName) -> &str {
+        self.servers
+            .iter()
+            .find(|s| &s.agent == agent && !s.image.is_empty())
+            .map_or(&self.image, |s| &s.image)
     }
 
     /// The wire form; `retained` says whether its image is still kept.
@@ -90,22 +102,32 @@ impl ReleaseRecord {
                     agent: s.agent.to_string(),
                     container: s.container.clone(),
                     url: s.url.clone(),
+                    image: s.image.clone(),
                 })
                 .collect(),
         }
     }
 }
 
-/// The images kept for (app, env), given its releases newest first: the
-/// distinct images of the newest releases, at most `keep`.
+/// The images kept for (app, env), given its releases newest first: every
+/// server's image of the newest `keep` releases, a release that reuses an
+/// earlier image (a rollback) counting once.
 pub fn retained_images(releases: &[ReleaseRecord], keep: usize) -> Vec<String> {
+    let mut seen: Vec<&str> = Vec::new();
     let mut images: Vec<String> = Vec::new();
     for release in releases {
-        if images.len() == keep {
+        if seen.len() == keep {
             break;
         }
-        if !images.contains(&release.image) {
-            images.push(release.image.clone());
+        if seen.contains(&release.image.as_str()) {
+            continue;
+        }
+        seen.push(&release.image);
+        let servers = release.servers.iter().map(|s| &s.image);
+        for image in std::iter::once(&release.image).chain(servers) {
+            if !image.is_empty() && !images.contains(image) {
+                images.push(image.clone());
+            }
         }
     }
     images

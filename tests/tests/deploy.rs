@@ -25,7 +25,7 @@ async fn main_deploys_to_dev_and_a_second_deploy_replaces_it() -> anyhow::Result
     let (lines, job) = deploy(&mut client, app, "dev", "main").await?;
     assert_eq!(state(&job), JobState::Succeeded, "{}", job.reason);
     assert_eq!(job.agent, "dev-1");
-    assert_eq!(job.image, format!("{app}:dev-{}", job.id));
+    assert_eq!(job.image, format!("{app}:dev-{}-dev-1", job.id));
     assert_contiguous(&lines);
     assert_eq!(job.last_seq, lines.len() as u64);
 

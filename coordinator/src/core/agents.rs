@@ -49,7 +49,7 @@ impl Core {
             if running.contains(&job_id) {
                 kept.insert(job_id);
             } else {
-                self.finish_locked(
+                self.end_step(
                     &mut fleet,
                     job_id,
                     JobState::Failed,
@@ -185,7 +185,7 @@ impl Core {
                     "agent lost: {agent} was unreachable for more than {}s",
                     lease.as_secs()
                 );
-                self.finish_locked(&mut fleet, job, JobState::Failed, reason, None);
+                self.end_step(&mut fleet, job, JobState::Failed, reason, None);
             }
             fleet.lost_since.remove(&agent);
         }

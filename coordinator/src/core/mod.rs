@@ -14,6 +14,7 @@ mod agents;
 mod branches;
 mod deploy;
 mod releases;
+mod roll;
 
 pub use deploy::BranchRequest;
 
@@ -21,7 +22,7 @@ use crate::{
     error::Error,
     fleet::{Decision, Fleet, Placement},
     hub::LogHub,
-    job::{BranchCommit, JobKind, JobRecord},
+    job::{BranchCommit, JobKind, JobRecord, RollStep},
     release::{retained_images, ReleaseRecord, ServerRelease},
     store::Store,
 };
@@ -189,24 +190,25 @@ impl Core {
                             done.state
                         ))
                     })?;
-                self.finish_locked(&mut fleet, id, state, done.summary.clone(), Some(done));
+                self.end_step(&mut fleet, id, state, done.summary.clone(), Some(done));
                 self.place_queued(&mut fleet);
             }
         }
         Ok(())
     }
 
-    /// Ends an active job and frees its (app, env) and agent slot.
+    /// Ends an active job and frees its (app, env) and agent slot; a
+    /// succeeded job becomes a release of every server it switched.
     fn finish_locked(
         &self,
         fleet: &mut Fleet,
-        id: JobId,
+        mut job: JobRecord,
         state: JobState,
         reason: String,
         done: Option<proto::JobFinished>,
     ) {
+        let id = job.id;
         fleet.release(id);
-        let Ok(mut job) = self.job(id) else { return };
         if !job.transition(state, reason) {
             return;
         }
@@ -217,18 +219,28 @@ impl Core {
             }
             job.container = done.container;
         }
-        if let Err(e) = self.store.put_job(&job) {
-            warn!(job = %id, error = %e, "cannot store job end");
-        }
-        if let (JobState::Succeeded, Some(number), Some(agent)) =
-            (job.state, job.release, job.agent.clone())
-        {
-            let server = ServerRelease {
+        if let (JobState::Succeeded, Some(agent)) = (state, job.agent.clone()) {
+            let last = ServerRelease {
                 agent,
                 container: job.container.clone(),
                 url: job.url.clone(),
+                image: job.image.clone(),
             };
-            let release = ReleaseRecord::from_job(&job, number, server);
+            match job.roll.get_mut(job.step) {
+                Some(step) => step.switched = Some(last),
+                None => job.roll.push(RollStep {
+                    agent: last.agent.clone(),
+                    switched: Some(last),
+                    put_back: None,
+                }),
+            }
+        }
+        if let Err(e) = self.store.put_job(&job) {
+            warn!(job = %id, error = %e, "cannot store job end");
+        }
+        if let (JobState::Succeeded, Some(number)) = (job.state, job.release) {
+            let servers = job.roll.iter().filter_map(|s| s.switched.clone()).collect();
+            let release = ReleaseRecord::from_job(&job, number, servers);
             match self.store.put_release(&release) {
                 Ok(()) => {
                     info!(job = %id, app = %job.app, env = %job.env, release = number, "released")
@@ -262,37 +274,22 @@ impl Core {
                         continue;
                     };
                     job.release = Some(releases.first().map_or(1, |r| r.number + 1));
-                    let Some(spec) = self.job_spec(&job, &releases) else {
-                        continue;
-                    };
-                    let session = fleet
-                        .sessions
-                        .get_mut(&agent)
-                        .expect("decide picks a connected agent");
-                    let msg = proto::coordinator_message::Body::Assign(spec);
-                    if session
-                        .outbox
-                        .try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }))
-                        .is_err()
-                    {
+                    job.roll = self.roll_order(fleet, &job, &agent);
+                    job.step = 0;
+                    if !self.assign_step(fleet, &mut job, &agent, roll::StepKind::Deploy) {
                         continue;
                     }
-                    session.jobs.insert(id);
-                    job.transition(JobState::Assigned, format!("assigned to agent {agent}"));
-                    job.agent = Some(agent.clone());
+                    let servers = job.roll.len();
+                    let reason = match servers {
+                        1 => format!("assigned to agent {agent}"),
+                        n => format!("assigned to agent {agent}, first of {n} servers"),
+                    };
+                    job.transition(JobState::Assigned, reason);
                     if let Err(e) = self.store.put_job(&job) {
                         warn!(job = %id, error = %e, "cannot store assignment");
                     }
                     fleet.queued.remove(&id);
-                    fleet.active.insert(
-                        id,
-                        Placement {
-                            app: job.app.clone(),
-                            env: job.env.clone(),
-                            agent: agent.clone(),
-                        },
-                    );
-                    info!(job = %id, app = %job.app, env = %job.env, agent = %agent, "job assigned");
+                    info!(job = %id, app = %job.app, env = %job.env, agent = %agent, servers, "job assigned");
                 }
             }
         }
@@ -348,6 +345,8 @@ impl Core {
             },
             keep_images,
             set,
+            first_seq: 1,
+            put_back: false,
         })
     }
 

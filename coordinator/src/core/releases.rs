@@ -142,6 +142,9 @@ impl Core {
             container: String::new(),
             cancel_requested: false,
             superseded_by: None,
+            roll: Vec::new(),
+            step: 0,
+            putting_back: None,
         };
         self.enqueue(job).await
     }
