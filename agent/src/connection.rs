@@ -21,7 +21,7 @@ use crate::{
     job::{self, Job, JobHandle, Runtime},
     report::Reporter,
     spool::{Spool, SEND_BATCH},
-    AgentOptions,
+    tail, AgentOptions,
 };
 
 /// First wait before dialling again; doubled on each failure up to [`MAX_BACKOFF`].
@@ -55,6 +55,8 @@ pub struct Link {
     pub tasks: TaskTracker,
     /// Fired when the agent starts to shut down: take no more work.
     pub draining: CancellationToken,
+    /// Container output being sent for `gantry logs --app --env`.
+    pub tails: Arc<tail::Tails>,
 }
 
 /// Keeps a session with the coordinator open until `stop`.
@@ -80,6 +82,17 @@ fn message(body: proto::agent_message::Body) -> proto::AgentMessage {
 }
 
 async fn session(
+    link: &Link,
+    stop: &CancellationToken,
+    backoff: &mut Duration,
+) -> anyhow::Result<()> {
+    let result = attached(link, stop, backoff).await;
+    // Tails answer on this stream only; the coordinator asks again.
+    link.tails.stop_all();
+    result
+}
+
+async fn attached(
     link: &Link,
     stop: &CancellationToken,
     backoff: &mut Duration,
@@ -143,7 +156,7 @@ async fn session(
             biased;
             _ = stop.cancelled() => return Ok(()),
             msg = inbound.message() => match msg? {
-                Some(msg) => handle(link, msg),
+                Some(msg) => handle(link, msg, &tx),
                 None => return Ok(()),
             },
             _ = link.draining.cancelled(), if !drain_sent => {
@@ -161,8 +174,15 @@ async fn session(
     }
 }
 
-fn handle(link: &Link, msg: proto::CoordinatorMessage) {
+fn handle(link: &Link, msg: proto::CoordinatorMessage, tx: &mpsc::Sender<proto::AgentMessage>) {
     match msg.body {
+        Some(proto::coordinator_message::Body::Tail(ask)) => {
+            let stop = link.tails.start(ask.request_id);
+            let (runtime, tails, tx) = (link.runtime.clone(), link.tails.clone(), tx.clone());
+            // Owned through `tails`: stopped by StopTail or when the session ends.
+            tokio::spawn(async move { tail::run(&runtime, &tails, ask, tx, stop).await });
+        }
+        Some(proto::coordinator_message::Body::StopTail(stop)) => link.tails.stop(stop.request_id),
         Some(proto::coordinator_message::Body::Ack(ack)) => {
             if let Ok(job) = JobId::new(ack.job_id) {
                 link.spool.ack(job, ack.seq);

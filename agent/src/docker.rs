@@ -269,10 +269,23 @@ pub fn follow_logs(
     docker: &Docker,
     id: &str,
 ) -> impl futures::Stream<Item = (bool, String)> + Send + 'static {
+    container_logs(docker, id, true, None)
+}
+
+/// The container's output as (from stderr, text) chunks: the last `tail`
+/// lines (all when `None`), then, with `follow`, new output as it comes.
+pub fn container_logs(
+    docker: &Docker,
+    id: &str,
+    follow: bool,
+    tail: Option<u32>,
+) -> impl futures::Stream<Item = (bool, String)> + Send + 'static {
+    let tail = tail.map_or_else(|| "all".to_owned(), |n| n.to_string());
     let options = LogsOptionsBuilder::default()
-        .follow(true)
+        .follow(follow)
         .stdout(true)
         .stderr(true)
+        .tail(&tail)
         .build();
     docker
         .logs(id, Some(options))

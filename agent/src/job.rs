@@ -19,6 +19,8 @@ pub struct Runtime {
     pub work_dir: PathBuf,
     /// This agent's name, put on every object it creates.
     pub agent: AgentName,
+    /// Its environment.
+    pub env: EnvName,
     /// This installation's identity (see [`crate::agent_id`]).
     pub agent_id: String,
     /// Host address containers publish their port on.

@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod report;
 pub mod spool;
 mod stages;
+pub mod tail;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -99,6 +100,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
         docker,
         work_dir: options.work_dir.clone(),
         agent: options.name.clone(),
+        env: options.env.clone(),
         agent_id,
         publish_ip: options.publish_ip.clone(),
         health_host: options.health_host.clone(),
@@ -127,6 +129,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
         running: Default::default(),
         tasks: TaskTracker::new(),
         draining: shutdown.clone(),
+        tails: Default::default(),
     });
     let name = link.options.name.clone();
     info!(agent = %name, env = %link.options.env, coordinator = %link.options.coordinator, "agent starting");

@@ -110,13 +110,24 @@ enum Command {
         #[command(subcommand)]
         command: BranchCommand,
     },
-    /// Print a job's log; with -f, follow it until the job ends.
+    /// Print a job's log (with -f, follow it until the job ends), or with
+    /// --app and --env the running containers' own output from every server.
     Logs {
         /// The job.
-        job: JobId,
-        /// Follow live lines until the job ends.
+        #[arg(required_unless_present = "app")]
+        job: Option<JobId>,
+        /// The app whose running containers to read.
+        #[arg(long, requires = "env", conflicts_with = "job")]
+        app: Option<String>,
+        /// Their environment.
+        #[arg(long, requires = "app")]
+        env: Option<String>,
+        /// Follow live lines (until the job ends, or Ctrl-C).
         #[arg(long, short)]
         follow: bool,
+        /// With --app: recent lines per server to start with.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
     },
     /// List jobs, newest first.
     Jobs {
@@ -256,9 +267,21 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Branch {
             command: BranchCommand::Create { app, name, from },
         } => releases::create_branch(&mut client, app, name, from, format).await?,
-        Command::Logs { job, follow } => {
-            commands::logs(&mut client, job.get(), follow, format).await?;
-        }
+        Command::Logs {
+            job,
+            app,
+            env,
+            follow,
+            tail,
+        } => match (job, app, env) {
+            (Some(job), _, _) => {
+                commands::logs(&mut client, job.get(), follow, format).await?;
+            }
+            (None, Some(app), Some(env)) => {
+                releases::app_logs(&mut client, app, env, follow, tail, format).await?
+            }
+            _ => anyhow::bail!("give a job, or --app and --env"),
+        },
         Command::Jobs { app, env, limit } => {
             commands::jobs(&mut client, app, env, limit, format).await?
         }

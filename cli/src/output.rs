@@ -111,13 +111,18 @@ pub fn job_json(job: &proto::Job) -> Value {
     })
 }
 
-/// A log line as JSON.
-pub fn line_json(line: &proto::LogLine) -> Value {
-    let stream = match proto::LogStream::try_from(line.stream) {
+/// Which output a line came from, as a word.
+pub fn stream_name(value: i32) -> &'static str {
+    match proto::LogStream::try_from(value) {
         Ok(proto::LogStream::Stdout) => "stdout",
         Ok(proto::LogStream::Stderr) => "stderr",
         _ => "system",
-    };
+    }
+}
+
+/// A log line as JSON.
+pub fn line_json(line: &proto::LogLine) -> Value {
+    let stream = stream_name(line.stream);
     json!({"seq": line.seq, "timestamp_ms": line.timestamp_ms, "stage": stage(line.stage), "stream": stream, "text": line.text})
 }
 

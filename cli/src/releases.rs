@@ -191,6 +191,35 @@ pub async fn diff(
     Ok(())
 }
 
+/// `gantry logs --app APP --env ENV [-f]`: every server's container output,
+/// each line marked with its server.
+pub async fn app_logs(
+    client: &mut Client,
+    app: String,
+    env: String,
+    follow: bool,
+    tail: u32,
+    format: Format,
+) -> anyhow::Result<()> {
+    let request = proto::StreamAppLogsRequest {
+        app,
+        env,
+        follow,
+        tail,
+    };
+    let mut stream = client.stream_app_logs(request).await?.into_inner();
+    while let Some(line) = stream.message().await? {
+        match format {
+            Format::Json => println!(
+                "{}",
+                json!({"server": line.server, "stream": output::stream_name(line.stream), "text": line.text})
+            ),
+            Format::Table => println!("[{}] {}", line.server, line.text),
+        }
+    }
+    Ok(())
+}
+
 fn branch_json(b: &proto::Branch) -> Value {
     json!({"name": b.name, "commit": b.commit, "author": b.author, "time_ms": b.time_ms, "subject": b.subject})
 }

@@ -204,6 +204,10 @@ fn handle(
             None
         }
         Some(proto::agent_message::Body::Heartbeat(_)) => None,
+        Some(proto::agent_message::Body::Output(output)) => {
+            core.tails.deliver(agent, output);
+            None
+        }
         Some(proto::agent_message::Body::Register(_)) => {
             warn!("Register sent twice; ignored");
             None

@@ -15,6 +15,7 @@ pub mod job;
 pub mod operator_service;
 pub mod release;
 pub mod store;
+pub mod tail;
 
 use std::{sync::Arc, time::Duration};
 

@@ -12,6 +12,7 @@ use crate::{
     core::{BranchRequest, Core},
     error::{redact_url, Error},
     follow,
+    tail::TailStream,
 };
 
 /// The `gantry.v1.OperatorService` implementation.
@@ -349,6 +350,19 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let from = (!req.from.is_empty()).then_some(req.from);
         let branch = self.core.create_branch(&app, name, from, who).await?;
         Ok(Response::new(branch))
+    }
+
+    type StreamAppLogsStream = TailStream;
+
+    async fn stream_app_logs(
+        &self,
+        request: Request<proto::StreamAppLogsRequest>,
+    ) -> Result<Response<TailStream>, Status> {
+        let req = request.into_inner();
+        let app = required("app", req.app, AppName::new)?;
+        let env = required("env", req.env, EnvName::new)?;
+        let stream = self.core.tail_app(app, env, req.follow, req.tail)?;
+        Ok(Response::new(stream))
     }
 
     type StreamJobLogsStream = LogStream;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use gantry_agent::docker::{self, label};
 use gantry_cli::sample;
 use gantry_shared::{proto, JobState};
-use gantry_tests::*;
+use gantry_tests::{node_image, *};
 
 async fn agents(client: &mut Client) -> anyhow::Result<Vec<proto::Agent>> {
     Ok(client
@@ -138,5 +138,75 @@ async fn a_failure_on_the_second_server_puts_the_first_back() -> anyhow::Result<
             agent.name
         );
     }
+    app_logs_come_from_every_server(&h, &mut client, app).await?;
     h.shutdown().await
+}
+
+/// `gantry logs --app --env`: each server's running container's own output,
+/// each line marked with its server.
+async fn app_logs_come_from_every_server(
+    h: &Harness,
+    client: &mut Client,
+    app: &str,
+) -> anyhow::Result<()> {
+    let request = |follow: bool, tail: u32| proto::StreamAppLogsRequest {
+        app: app.into(),
+        env: "prod".into(),
+        follow,
+        tail,
+    };
+    let mut stream = client
+        .stream_app_logs(request(false, 0))
+        .await?
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(line) = stream.message().await? {
+        seen.push((line.server, line.text));
+    }
+    for server in ["prod-1", "prod-2"] {
+        let line = (server.to_owned(), "listening on port 8080".to_owned());
+        assert!(seen.contains(&line), "{server} missing from {seen:?}");
+    }
+
+    // Following: the recent lines come, then the stream stays open.
+    let mut stream = client
+        .stream_app_logs(request(true, 10))
+        .await?
+        .into_inner();
+    let mut servers = std::collections::BTreeSet::new();
+    while servers.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("a following stream ended"))?;
+        servers.insert(line.server);
+    }
+    drop(stream);
+
+    let status = client
+        .stream_app_logs(request(false, 20_000))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // The CLI marks each line with its server.
+    let out = std::process::Command::new(node_image::bin_dir()?.join("gantry"))
+        .args([
+            "--coordinator",
+            &h.url,
+            "logs",
+            "--app",
+            app,
+            "--env",
+            "prod",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("[prod-1] listening on port 8080"), "{text}");
+    assert!(text.contains("[prod-2] listening on port 8080"), "{text}");
+    Ok(())
 }

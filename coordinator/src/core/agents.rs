@@ -140,6 +140,7 @@ impl Core {
             return;
         }
         let mut gone = fleet.sessions.remove(agent).expect("checked above");
+        self.tails.server_gone(agent);
         gone.closed.cancel();
         gone.record.last_seen_ms = now_ms() - gone.last_seen.elapsed().as_millis() as i64;
         let _ = self.store.put_agent(&gone.record);

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 mod agents;
 mod branches;
 mod deploy;
+mod logs;
 mod releases;
 mod roll;
 
@@ -25,6 +26,7 @@ use crate::{
     job::{BranchCommit, JobKind, JobRecord, RollStep},
     release::{retained_images, ReleaseRecord, ServerRelease},
     store::Store,
+    tail::Tails,
 };
 
 /// The coordinator's state and behaviour, shared by its services and loops.
@@ -35,6 +37,8 @@ pub struct Core {
     pub store: Store,
     /// Live log fan-out.
     pub hub: LogHub,
+    /// Open `gantry logs --app --env` streams.
+    pub tails: Tails,
     fleet: Mutex<Fleet>,
     mirrors: branches::MirrorLocks,
 }
@@ -81,6 +85,7 @@ impl Core {
             hub: LogHub::default(),
             fleet: Mutex::new(fleet),
             mirrors: Default::default(),
+            tails: Tails::default(),
         }))
     }
 

@@ -1,0 +1,131 @@
+//! Sending a running container's own output to the coordinator for
+//! `gantry logs --app --env`: the app's released container on this server,
+//! its recent lines, then (when following) new ones until told to stop.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use futures::StreamExt;
+use gantry_shared::{now_ms, proto};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{docker, docker::label, job::Runtime};
+
+/// Lines sent per message: enough to make a burst cheap, few enough that
+/// a quiet app's lines are not held back (each chunk Docker gives is sent).
+const LINES_PER_MESSAGE: usize = 256;
+
+/// Open tails of this agent, by request id, with what stops them.
+#[derive(Default)]
+pub struct Tails(Mutex<HashMap<u64, CancellationToken>>);
+
+impl Tails {
+    /// Registers tail `id`; the token stops it.
+    pub fn start(&self, id: u64) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.0.lock().expect("tails lock").insert(id, token.clone());
+        token
+    }
+
+    /// Stops tail `id`.
+    pub fn stop(&self, id: u64) {
+        if let Some(token) = self.0.lock().expect("tails lock").remove(&id) {
+            token.cancel();
+        }
+    }
+
+    /// Stops every tail (the stream they answer on closed).
+    pub fn stop_all(&self) {
+        for (_, token) in self.0.lock().expect("tails lock").drain() {
+            token.cancel();
+        }
+    }
+
+    fn done(&self, id: u64) {
+        self.0.lock().expect("tails lock").remove(&id);
+    }
+}
+
+fn output(
+    request_id: u64,
+    lines: Vec<proto::LogLine>,
+    end: bool,
+    error: String,
+) -> proto::AgentMessage {
+    proto::AgentMessage {
+        body: Some(proto::agent_message::Body::Output(proto::ContainerOutput {
+            request_id,
+            lines,
+            end,
+            error,
+        })),
+    }
+}
+
+/// Sends the output asked for by `ask` on `tx` until it ends, the reader
+/// stops it (`stop`), or the stream to the coordinator closes.
+pub async fn run(
+    rt: &Runtime,
+    tails: &Tails,
+    ask: proto::TailContainer,
+    tx: mpsc::Sender<proto::AgentMessage>,
+    stop: CancellationToken,
+) {
+    let id = ask.request_id;
+    let env = rt.env.to_string();
+    let scope = [
+        (label::APP, ask.app.as_str()),
+        (label::ENV, env.as_str()),
+        (label::AGENT_ID, rt.agent_id.as_str()),
+    ];
+    let running = match docker::containers(&rt.docker, &scope).await {
+        Ok(list) => list,
+        Err(e) => {
+            let _ = tx.send(output(id, Vec::new(), true, e.to_string())).await;
+            return tails.done(id);
+        }
+    };
+    let Some((container, _)) = running.into_iter().next() else {
+        let why = format!("no container of {} runs on this server", ask.app);
+        let _ = tx.send(output(id, Vec::new(), true, why)).await;
+        return tails.done(id);
+    };
+    let mut chunks = Box::pin(docker::container_logs(
+        &rt.docker,
+        &container,
+        ask.follow,
+        Some(ask.tail),
+    ));
+    loop {
+        let chunk = tokio::select! {
+            _ = stop.cancelled() => break,
+            chunk = chunks.next() => chunk,
+        };
+        let Some((stderr, text)) = chunk else { break };
+        let stream = if stderr {
+            proto::LogStream::Stderr
+        } else {
+            proto::LogStream::Stdout
+        };
+        let lines: Vec<proto::LogLine> = text
+            .lines()
+            .map(|line| proto::LogLine {
+                timestamp_ms: now_ms(),
+                stream: stream as i32,
+                text: line.to_owned(),
+                ..Default::default()
+            })
+            .collect();
+        for batch in lines.chunks(LINES_PER_MESSAGE) {
+            if tx
+                .send(output(id, batch.to_vec(), false, String::new()))
+                .await
+                .is_err()
+            {
+                return tails.done(id);
+            }
+        }
+    }
+    let _ = tx.send(output(id, Vec::new(), true, String::new())).await;
+    tails.done(id);
+}

@@ -1,0 +1,92 @@
+//! The agent side of `gantry logs --app --env`: asking every connected
+//! server of an environment for its container's output, and telling them
+//! to stop when the reader goes away.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use gantry_shared::{proto, AppName, EnvName};
+use tokio::sync::mpsc;
+
+use super::Core;
+use crate::{
+    error::Error,
+    tail::{TailStream, TAIL_BUFFER},
+};
+
+/// Recent lines per server when the request names none.
+pub const DEFAULT_TAIL: u32 = 100;
+
+/// Most recent lines per server a request may ask for.
+pub const MAX_TAIL: u32 = 10_000;
+
+impl Core {
+    /// Streams the output of (app, env)'s running containers from every
+    /// connected server of the environment.
+    pub fn tail_app(
+        self: &Arc<Self>,
+        app: AppName,
+        env: EnvName,
+        follow: bool,
+        tail: u32,
+    ) -> Result<TailStream, Error> {
+        self.check_target(&app, &env)?;
+        if tail > MAX_TAIL {
+            return Err(Error::InvalidArgument(format!(
+                "tail is {tail}; at most {MAX_TAIL} recent lines per server can be asked for"
+            )));
+        }
+        let tail = if tail == 0 { DEFAULT_TAIL } else { tail };
+        let (tx, rx) = mpsc::channel(TAIL_BUFFER);
+        let fleet = self.fleet();
+        let servers: BTreeSet<_> = fleet
+            .sessions
+            .values()
+            .filter(|s| s.record.env == env)
+            .map(|s| s.record.name.clone())
+            .collect();
+        if servers.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "no agent of environment {env} is connected, so no server can send the output of {app}"
+            )));
+        }
+        let id = self.tails.open(tx, servers.clone());
+        for server in &servers {
+            let ask = proto::coordinator_message::Body::Tail(proto::TailContainer {
+                request_id: id,
+                app: app.to_string(),
+                tail,
+                follow,
+            });
+            let sent = fleet.sessions.get(server).is_some_and(|s| {
+                s.outbox
+                    .try_send(Ok(proto::CoordinatorMessage { body: Some(ask) }))
+                    .is_ok()
+            });
+            if !sent {
+                let busy = proto::ContainerOutput {
+                    request_id: id,
+                    end: true,
+                    error: "the server is too busy to answer now; try again".into(),
+                    ..Default::default()
+                };
+                self.tails.deliver(server, busy);
+            }
+        }
+        Ok(TailStream::new(rx, id, self.clone()))
+    }
+
+    /// The reader of tail `id` went away: tell its servers to stop.
+    pub fn stop_tail(&self, id: u64) {
+        let still = self.tails.close(id);
+        let fleet = self.fleet();
+        for server in still {
+            if let Some(session) = fleet.sessions.get(&server) {
+                let stop =
+                    proto::coordinator_message::Body::StopTail(proto::StopTail { request_id: id });
+                let _ = session
+                    .outbox
+                    .try_send(Ok(proto::CoordinatorMessage { body: Some(stop) }));
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `gantry logs --app --env`: the running containers' own output, asked of
+//! every connected server of the environment over the agents' streams and
+//! merged into one operator stream, each line marked with its server.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
+
+use gantry_shared::{proto, AgentName};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// Lines buffered per operator stream. Container output is not stored, so
+/// when a reader falls this far behind, lines are dropped and the reader is
+/// told how many: a slow terminal never stalls an agent's stream.
+pub const TAIL_BUFFER: usize = 1024;
+
+/// Sender half of one operator's stream.
+pub type TailSender = mpsc::Sender<Result<proto::AppLogLine, Status>>;
+
+struct Tail {
+    tx: TailSender,
+    /// Servers that have not ended their part.
+    waiting: BTreeSet<AgentName>,
+    dropped: u64,
+}
+
+/// The open tails, by request id.
+#[derive(Default)]
+pub struct Tails {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Tail>>,
+}
+
+impl Tails {
+    /// Registers a tail answered by `servers`; returns its request id.
+    pub fn open(&self, tx: TailSender, servers: BTreeSet<AgentName>) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        let tail = Tail {
+            tx,
+            waiting: servers,
+            dropped: 0,
+        };
+        self.open.lock().expect("tails lock").insert(id, tail);
+        id
+    }
+
+    /// Forgets a tail (its reader went away); returns the servers still
+    /// sending, to be told to stop.
+    pub fn close(&self, id: u64) -> BTreeSet<AgentName> {
+        let tail = self.open.lock().expect("tails lock").remove(&id);
+        tail.map(|t| t.waiting).unwrap_or_default()
+    }
+
+    /// Delivers what `server` sent for a tail.
+    pub fn deliver(&self, server: &AgentName, output: proto::ContainerOutput) {
+        let mut open = self.open.lock().expect("tails lock");
+        let Some(tail) = open.get_mut(&output.request_id) else {
+            return;
+        };
+        let mut lines: Vec<proto::AppLogLine> = output
+            .lines
+            .into_iter()
+            .map(|l| proto::AppLogLine {
+                server: server.to_string(),
+                stream: l.stream,
+                text: gantry_shared::limits::cap_log_line(l.text),
+            })
+            .collect();
+        if !output.error.is_empty() {
+            lines.push(note(server, output.error));
+        }
+        for line in lines {
+            if tail.dropped > 0 {
+                let text = format!(
+                    "... {} lines dropped: the reader was too slow",
+                    tail.dropped
+                );
+                if tail.tx.try_send(Ok(note(server, text))).is_ok() {
+                    tail.dropped = 0;
+                }
+            }
+            if tail.tx.try_send(Ok(line)).is_err() {
+                tail.dropped += 1;
+            }
+        }
+        if output.end {
+            tail.waiting.remove(server);
+            if tail.waiting.is_empty() {
+                open.remove(&output.request_id);
+            }
+        }
+    }
+
+    /// `server` disconnected: its parts end.
+    pub fn server_gone(&self, server: &AgentName) {
+        let mut open = self.open.lock().expect("tails lock");
+        open.retain(|_, tail| {
+            if tail.waiting.remove(server) {
+                let text = "the server disconnected".to_owned();
+                let _ = tail.tx.try_send(Ok(note(server, text)));
+            }
+            !tail.waiting.is_empty()
+        });
+    }
+}
+
+fn note(server: &AgentName, text: String) -> proto::AppLogLine {
+    proto::AppLogLine {
+        server: server.to_string(),
+        stream: proto::LogStream::System as i32,
+        text,
+    }
+}
+
+/// One operator's merged stream; when it is dropped (the reader went away,
+/// or every server ended), the servers still sending are told to stop.
+pub struct TailStream {
+    inner: tokio_stream::wrappers::ReceiverStream<Result<proto::AppLogLine, Status>>,
+    id: u64,
+    core: std::sync::Arc<crate::core::Core>,
+}
+
+impl TailStream {
+    /// Wraps the receiving half of tail `id`.
+    pub fn new(
+        rx: mpsc::Receiver<Result<proto::AppLogLine, Status>>,
+        id: u64,
+        core: std::sync::Arc<crate::core::Core>,
+    ) -> Self {
+        Self {
+            inner: tokio_stream::wrappers::ReceiverStream::new(rx),
+            id,
+            core,
+        }
+    }
+}
+
+impl futures::Stream for TailStream {
+    type Item = Result<proto::AppLogLine, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+impl Drop for TailStream {
+    fn drop(&mut self) {
+        self.core.stop_tail(self.id);
+    }
+}
