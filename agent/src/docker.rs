@@ -35,6 +35,9 @@ pub mod label {
     pub const AGENT: &str = "gantry.agent";
     /// The release number the job becomes on success.
     pub const RELEASE: &str = "gantry.release";
+    /// The app's stable port (served by the proxy) and its port in the
+    /// container, as "public:container", when the app has a stable port.
+    pub const PROXY: &str = "gantry.proxy";
     /// The installation of that agent (its work dir's identity), so agents
     /// of the same name on one Docker host never touch each other's objects.
     pub const AGENT_ID: &str = "gantry.agent-id";
@@ -217,21 +220,31 @@ pub async fn run_container(
         .start_container(&created.id, None)
         .await
         .map_err(engine(format!("starting container {}", spec.name)))?;
+    let port = published_port(docker, &created.id, spec.port)
+        .await?
+        .ok_or_else(|| DockerError::NoPort(spec.name.to_owned()))?;
+    Ok((created.id, port))
+}
+
+/// The host port a running container publishes its `port` on.
+pub async fn published_port(
+    docker: &Docker,
+    id: &str,
+    port: u16,
+) -> Result<Option<u16>, DockerError> {
     let inspect = docker
-        .inspect_container(&created.id, None)
+        .inspect_container(id, None)
         .await
-        .map_err(engine(format!("inspecting container {}", spec.name)))?;
-    let port = inspect
+        .map_err(engine(format!("inspecting container {id}")))?;
+    Ok(inspect
         .network_settings
         .and_then(|n| n.ports)
-        .and_then(|mut ports| ports.remove(&port_key).flatten())
+        .and_then(|mut ports| ports.remove(&format!("{port}/tcp")).flatten())
         .and_then(|bindings| {
             bindings
                 .into_iter()
                 .find_map(|b| b.host_port?.parse::<u16>().ok())
-        })
-        .ok_or_else(|| DockerError::NoPort(spec.name.to_owned()))?;
-    Ok((created.id, port))
+        }))
 }
 
 /// Restarts a released container whenever it stops (host reboots, crashes),

@@ -101,6 +101,15 @@ impl Job {
     }
 
     pub(crate) fn labels(&self, agent: &AgentName, agent_id: &str) -> HashMap<String, String> {
+        let mut labels = self.identity_labels(agent, agent_id);
+        if self.spec.public_port > 0 {
+            let ports = format!("{}:{}", self.spec.public_port, self.spec.container_port);
+            labels.insert(label::PROXY.to_owned(), ports);
+        }
+        labels
+    }
+
+    fn identity_labels(&self, agent: &AgentName, agent_id: &str) -> HashMap<String, String> {
         HashMap::from([
             (label::APP.to_owned(), self.app.to_string()),
             (label::ENV.to_owned(), self.env.to_string()),

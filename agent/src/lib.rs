@@ -111,6 +111,8 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
             None => std::env::current_exe().context("cannot find this binary's path")?,
         },
     });
+    // Released apps keep their stable ports, even after a host reboot.
+    proxy::client::reconcile(&runtime).await;
     // Jobs an earlier run of this agent died in: say how they ended.
     for job in spool.unfinished() {
         let report = report::Reporter::new(job, spool.clone());

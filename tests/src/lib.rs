@@ -41,6 +41,8 @@ pub struct TestApp {
     pub keep_releases: usize,
     /// The stable port served by Gantry's proxy, if any.
     pub public_port: Option<u16>,
+    /// User name and token for an authenticated remote.
+    pub git_credentials: Option<(String, String)>,
 }
 
 impl TestApp {
@@ -55,6 +57,7 @@ impl TestApp {
             deploy_timeout_secs: 900,
             keep_releases: 5,
             public_port: None,
+            git_credentials: None,
         }
     }
 }
@@ -92,7 +95,9 @@ impl Harness {
             remove_app_objects(&app.name).await?;
         }
         let dir = tempfile::tempdir()?;
-        for app in apps.iter().filter(|a| a.remote.is_none()) {
+        // Every app gets a repository (a test may serve it over its own
+        // remote URL); the config points at `remote` when one is given.
+        for app in apps {
             let repo = dir.path().join("repos").join(&app.name);
             std::fs::create_dir_all(&repo)?;
             sample::create_repo(&repo, "Hello v1")?;
@@ -155,6 +160,9 @@ impl Harness {
                 app.deploy_timeout_secs,
                 app.keep_releases,
             );
+            if let Some((user, token)) = &app.git_credentials {
+                text += &format!("git_username = \"{user}\"\ngit_token = \"{token}\"\n");
+            }
             if let Some(port) = app.public_port {
                 text += &format!("public_port = {port}\ndrain_timeout_secs = 20\n");
             }
@@ -196,6 +204,11 @@ impl Harness {
     /// The working clone of an app's repository, where tests commit.
     pub fn repo(&self, app: &str) -> PathBuf {
         self.dir.path().join("repos").join(app)
+    }
+
+    /// Stops every app proxy the agents started, as a host reboot would.
+    pub fn stop_proxies(&self) {
+        stop_proxies(&self.dir.path().join("agents"));
     }
 
     /// The app's bare remote, which Gantry fetches from and pushes to.

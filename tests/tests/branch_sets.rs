@@ -248,6 +248,16 @@ async fn a_branch_set_deploys_as_one_integration_commit_and_conflicts_are_refuse
     assert!(now.contains(&"feature/f15".to_owned()) && !now.contains(&"feature/f07".to_owned()));
     assert_eq!(now.last().map(String::as_str), Some("feature/f15"));
 
+    // Removing every branch would leave nothing to deploy.
+    let everything: Vec<&str> = now.iter().map(String::as_str).collect();
+    let status = client.deploy(change(&[], &everything)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("with no branch"),
+        "{}",
+        status.message()
+    );
+
     // pre runs nothing yet: every branch of test differs.
     let request = proto::DiffEnvironmentsRequest {
         app: app.into(),

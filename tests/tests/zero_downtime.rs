@@ -3,9 +3,12 @@
 //! build fails and one that never becomes healthy, and an agent restart in
 //! the middle, ends with zero failed requests.
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicUsize, Ordering},
-    Arc, Mutex,
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -137,5 +140,30 @@ async fn ten_deploys_under_load_fail_no_request() -> anyhow::Result<()> {
         load.errors.lock().unwrap()
     );
     assert!(ok > 1000, "the load ran throughout: {ok} requests");
+
+    // The proxy is gone (as after a host reboot): the agent restores it,
+    // routed to the running release, when it starts.
+    h.stop_agent("prod-1").await?;
+    h.stop_proxies();
+    eventually("the proxy to stop", Duration::from_secs(10), || {
+        let url = stable.clone();
+        async move { Ok(get(&url, "/").await.is_err().then_some(())) }
+    })
+    .await?;
+    h.start_agent("prod", "prod-1")?;
+    let back = eventually(
+        "the agent to restore the proxy",
+        Duration::from_secs(30),
+        || {
+            let url = stable.clone();
+            async move { Ok(get(&url, "/").await.ok().filter(|(code, _)| *code == 200)) }
+        },
+    )
+    .await?;
+    assert!(
+        back.1.starts_with(&format!("Hello v{serving} ")),
+        "{}",
+        back.1
+    );
     h.shutdown().await
 }

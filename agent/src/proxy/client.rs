@@ -182,3 +182,53 @@ impl Proxy {
         })
     }
 }
+
+/// Makes sure every released container of this installation that has a
+/// stable port is served by its proxy, on its current published port: after
+/// a host reboot the proxies are gone and the containers came back on new
+/// ports. Called when the agent starts; failures are logged, not fatal.
+pub async fn reconcile(rt: &crate::job::Runtime) {
+    use crate::docker::{self, label};
+    let scope = [(label::AGENT_ID, rt.agent_id.as_str())];
+    let Ok(containers) = docker::containers(&rt.docker, &scope).await else {
+        return;
+    };
+    for (id, labels) in containers {
+        let (Some(app), Some(env), Some(ports)) = (
+            labels.get(label::APP),
+            labels.get(label::ENV),
+            labels.get(label::PROXY),
+        ) else {
+            continue;
+        };
+        let Some((public, inner)) = ports
+            .split_once(':')
+            .and_then(|(p, i)| Some((p.parse::<u16>().ok()?, i.parse::<u16>().ok()?)))
+        else {
+            continue;
+        };
+        let Ok(Some(host_port)) = docker::published_port(&rt.docker, &id, inner).await else {
+            continue;
+        };
+        let upstream = format!("{}:{host_port}", rt.health_host);
+        let routed = async {
+            let proxy = Proxy::ensure(
+                &rt.proxy_program,
+                &rt.work_dir,
+                env,
+                app,
+                &rt.publish_ip,
+                public,
+            )
+            .await?;
+            if proxy.route_now().await?.as_deref() != Some(upstream.as_str()) {
+                proxy.route(&upstream).await?;
+                tracing::info!(app = %app, env = %env, %upstream, "proxy route restored");
+            }
+            Ok::<_, ProxyError>(())
+        };
+        if let Err(e) = routed.await {
+            tracing::warn!(app = %app, env = %env, error = %e, "cannot restore the app's proxy");
+        }
+    }
+}
