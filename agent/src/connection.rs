@@ -143,7 +143,7 @@ async fn attached(
     loop {
         let batch = link.spool.take_unsent(SEND_BATCH)?;
         let more = batch.len() == SEND_BATCH;
-        for event in batch {
+        for event in coalesce(batch) {
             if tx
                 .send(message(proto::agent_message::Body::JobEvent(event)))
                 .await
@@ -172,6 +172,37 @@ async fn attached(
             _ = link.spool.added() => {}
         }
     }
+}
+
+/// Merges runs of consecutive log-line events of one job into one event
+/// carrying a [`proto::LogBatch`], numbered with the run's last seq: the
+/// coordinator stores the run in one write and acknowledges it as a whole,
+/// which acknowledges every event of the run.
+fn coalesce(events: Vec<proto::JobEvent>) -> Vec<proto::JobEvent> {
+    use proto::job_event::Body;
+    let mut out: Vec<proto::JobEvent> = Vec::with_capacity(events.len());
+    for event in events {
+        let Some(Body::Log(line)) = event.body else {
+            out.push(event);
+            continue;
+        };
+        match out.last_mut() {
+            Some(proto::JobEvent {
+                job_id,
+                seq,
+                body: Some(Body::Lines(batch)),
+            }) if *job_id == event.job_id => {
+                batch.lines.push(line);
+                *seq = event.seq;
+            }
+            _ => out.push(proto::JobEvent {
+                job_id: event.job_id,
+                seq: event.seq,
+                body: Some(Body::Lines(proto::LogBatch { lines: vec![line] })),
+            }),
+        }
+    }
+    out
 }
 
 fn handle(link: &Link, msg: proto::CoordinatorMessage, tx: &mpsc::Sender<proto::AgentMessage>) {
@@ -246,4 +277,44 @@ fn start_job(link: &Link, spec: proto::JobSpec) {
         job::run(runtime, job, report, handle).await;
         running.lock().expect("running lock").remove(&id);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::job_event::Body;
+
+    fn log(job: u64, seq: u64) -> proto::JobEvent {
+        let line = proto::LogLine {
+            seq,
+            ..Default::default()
+        };
+        proto::JobEvent {
+            job_id: job,
+            seq,
+            body: Some(Body::Log(line)),
+        }
+    }
+
+    #[test]
+    fn runs_of_lines_travel_as_one_event_numbered_by_their_last() {
+        let stage = proto::JobEvent {
+            job_id: 1,
+            seq: 3,
+            body: Some(Body::Stage(proto::Stage::Build as i32)),
+        };
+        let events = vec![log(1, 1), log(1, 2), stage, log(1, 4), log(2, 1), log(1, 5)];
+        let merged = coalesce(events);
+        let shape: Vec<(u64, u64, usize)> = merged
+            .iter()
+            .map(|e| {
+                let lines = match &e.body {
+                    Some(Body::Lines(b)) => b.lines.len(),
+                    _ => 0,
+                };
+                (e.job_id, e.seq, lines)
+            })
+            .collect();
+        assert_eq!(shape, [(1, 2, 2), (1, 3, 0), (1, 4, 1), (2, 1, 1), (1, 5, 1)]);
+    }
 }

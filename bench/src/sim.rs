@@ -128,6 +128,9 @@ async fn run_job(job: u64, work: Work, tx: mpsc::Sender<proto::AgentMessage>, ep
     {
         let mut pace = (per_sec > 0)
             .then(|| tokio::time::interval(std::time::Duration::from_micros(1_000_000 / per_sec)));
+        // As the agent does: lines waiting to be sent go as one batch (up to
+        // its send batch); a paced producer sends each line as it comes.
+        let mut batch = Vec::new();
         for n in 1..=lines {
             if let Some(pace) = pace.as_mut() {
                 pace.tick().await;
@@ -135,20 +138,22 @@ async fn run_job(job: u64, work: Work, tx: mpsc::Sender<proto::AgentMessage>, ep
             // The line carries its send time (µs since the bench's epoch) for latency.
             let mut text = format!("{} ", epoch.elapsed().as_micros());
             text.extend(std::iter::repeat_n('x', bytes.saturating_sub(text.len())));
-            seq += 1;
-            let line = proto::LogLine {
+            batch.push(proto::LogLine {
                 seq: n,
                 text,
                 stage: proto::Stage::Build as i32,
                 stream: proto::LogStream::Stdout as i32,
                 ..Default::default()
-            };
-            if tx
-                .send(event(job, seq, proto::job_event::Body::Log(line)))
-                .await
-                .is_err()
-            {
-                return;
+            });
+            if batch.len() == BATCH || pace.is_some() || n == lines {
+                seq += 1;
+                let lines = proto::LogBatch {
+                    lines: std::mem::take(&mut batch),
+                };
+                let body = proto::job_event::Body::Lines(lines);
+                if tx.send(event(job, seq, body)).await.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -162,6 +167,10 @@ async fn run_job(job: u64, work: Work, tx: mpsc::Sender<proto::AgentMessage>, ep
         .send(event(job, seq, proto::job_event::Body::Finished(done)))
         .await;
 }
+
+/// Lines per message when the producer is faster than the stream: the
+/// agent's own send batch.
+const BATCH: usize = gantry_agent::spool::SEND_BATCH;
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

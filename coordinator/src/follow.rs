@@ -69,7 +69,7 @@ async fn pump(
                     return;
                 }
             };
-            let full = lines.len() == STORE_BATCH;
+            let full = lines.len() >= STORE_BATCH;
             for line in lines {
                 next = line.seq + 1;
                 if tx.send(Ok(line)).await.is_err() {
@@ -84,16 +84,22 @@ async fn pump(
             return;
         }
         // Follow live lines until a gap, a lag or the end sends us back.
-        loop {
+        'live: loop {
             match live.recv().await {
-                Ok(LiveEvent::Line(line)) if line.seq == next => {
-                    next += 1;
-                    if tx.send(Ok((*line).clone())).await.is_err() {
-                        return;
+                Ok(LiveEvent::Lines(lines)) => {
+                    let from = next;
+                    for line in lines.iter().filter(|l| l.seq >= from) {
+                        if line.seq != next {
+                            // A gap: the store has what was missed.
+                            break 'live;
+                        }
+                        next += 1;
+                        if tx.send(Ok(line.clone())).await.is_err() {
+                            return;
+                        }
                     }
                 }
-                Ok(LiveEvent::Line(line)) if line.seq < next => {}
-                Ok(LiveEvent::Line(_)) | Ok(LiveEvent::Ended) | Err(RecvError::Lagged(_)) => break,
+                Ok(LiveEvent::Ended) | Err(RecvError::Lagged(_)) => break,
                 Err(RecvError::Closed) => {
                     live = core.hub.subscribe(job);
                     break;

@@ -12,15 +12,16 @@ use std::{
 use gantry_shared::{proto, JobId};
 use tokio::sync::broadcast;
 
-/// Lines buffered per job for followers. At 10,000 lines/s this is a tenth of
-/// a second of slack before a follower reads from the store instead.
+/// Batches of lines buffered per job for followers (an agent sends up to a
+/// few hundred lines per batch, a slow producer one): at least a tenth of a
+/// second of slack before a follower reads from the store instead.
 const LIVE_BUFFER: usize = 1024;
 
 /// What followers of a job are told.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    /// A line was stored.
-    Line(Arc<proto::LogLine>),
+    /// Consecutive lines were stored.
+    Lines(Arc<Vec<proto::LogLine>>),
     /// The job ended; no line follows.
     Ended,
 }
@@ -41,11 +42,14 @@ impl LogHub {
             .subscribe()
     }
 
-    /// Tells followers of `job` about a stored line (no-op when none follow).
-    pub fn publish(&self, job: JobId, line: proto::LogLine) {
+    /// Tells followers of `job` about stored lines (no-op when none follow).
+    pub fn publish(&self, job: JobId, lines: Vec<proto::LogLine>) {
+        if lines.is_empty() {
+            return;
+        }
         let channels = self.channels.lock().expect("hub lock");
         if let Some(tx) = channels.get(&job) {
-            let _ = tx.send(LiveEvent::Line(Arc::new(line)));
+            let _ = tx.send(LiveEvent::Lines(Arc::new(lines)));
         }
     }
 

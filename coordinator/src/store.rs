@@ -19,6 +19,16 @@ pub enum StoreError {
     /// sled failed (disk full, corruption, ...).
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// Lines that would leave a gap in a job's log.
+    #[error("lines of job {job} must follow seq {after}, but start at {got}")]
+    Gap {
+        /// The job.
+        job: JobId,
+        /// Its last stored seq.
+        after: u64,
+        /// The first new seq offered.
+        got: u64,
+    },
     /// A stored record could not be decoded (written by another version?).
     #[error("stored record {key} cannot be decoded: {message}")]
     Decode {
@@ -35,9 +45,13 @@ pub struct Store {
     db: sled::Db,
     /// Job id (big-endian) -> JSON [`JobRecord`].
     jobs: sled::Tree,
-    /// Job id ++ seq (both big-endian) -> encoded [`proto::LogLine`], so a
-    /// range scan returns one job's lines in order.
+    /// Job id ++ last seq of the chunk (both big-endian) -> encoded
+    /// [`proto::LogBatch`] of consecutive lines: one write per batch an
+    /// agent sends, and a range scan returns one job's lines in order.
     logs: sled::Tree,
+    /// The last stored seq of each job written since opening, so appends
+    /// need not read it back.
+    log_tails: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<JobId, u64>>>,
     /// Agent name -> JSON [`AgentRecord`].
     agents: sled::Tree,
     /// app NUL env NUL number (big-endian) -> JSON [`ReleaseRecord`], so a
@@ -77,6 +91,7 @@ impl Store {
             logs: db.open_tree("logs")?,
             agents: db.open_tree("agents")?,
             releases: db.open_tree("releases")?,
+            log_tails: Default::default(),
             config: db.open_tree("config")?,
             db,
         })
@@ -118,40 +133,76 @@ impl Store {
         })
     }
 
-    /// Stores a log line unless (job, seq) is already stored; returns whether
-    /// it was new. Each line is therefore stored exactly once, whatever the
-    /// agent resends after a reconnect.
-    pub fn append_log(&self, job: JobId, line: &proto::LogLine) -> Result<bool, StoreError> {
-        let key = log_key(job, line.seq);
-        let swapped = self
-            .logs
-            .compare_and_swap(key, None::<&[u8]>, Some(line.encode_to_vec()))?;
-        Ok(swapped.is_ok())
+    /// Appends `lines` (consecutive, in seq order) to `job`'s log, leaving
+    /// out those already stored; returns the new ones. A job's log is
+    /// append-only and gapless, so lines resent after a reconnect are
+    /// recognised by their seq and each line is stored exactly once. A batch
+    /// that would leave a gap is refused.
+    pub fn append_logs(
+        &self,
+        job: JobId,
+        lines: Vec<proto::LogLine>,
+    ) -> Result<Vec<proto::LogLine>, StoreError> {
+        let mut tails = self.log_tails.lock().expect("log tails lock");
+        let last = match tails.get(&job) {
+            Some(last) => *last,
+            None => self.stored_last_seq(job)?,
+        };
+        let fresh: Vec<proto::LogLine> = lines.into_iter().filter(|l| l.seq > last).collect();
+        let Some(end) = fresh.last().map(|l| l.seq) else {
+            return Ok(fresh);
+        };
+        let contiguous = fresh
+            .iter()
+            .enumerate()
+            .all(|(i, l)| l.seq == last + 1 + i as u64);
+        if !contiguous {
+            return Err(StoreError::Gap {
+                job,
+                after: last,
+                got: fresh[0].seq,
+            });
+        }
+        let chunk = proto::LogBatch { lines: fresh };
+        self.logs.insert(log_key(job, end), chunk.encode_to_vec())?;
+        tails.insert(job, end);
+        Ok(chunk.lines)
     }
 
-    /// Up to `limit` stored lines of `job` with seq >= `from`, in order.
+    /// Up to about `limit` stored lines of `job` with seq >= `from`, in order.
     pub fn logs(
         &self,
         job: JobId,
         from: u64,
         limit: usize,
     ) -> Result<Vec<proto::LogLine>, StoreError> {
+        // Chunks are keyed by their last seq: the first chunk holding
+        // `from` is the first whose key is >= it.
         let range = log_key(job, from)..=log_key(job, u64::MAX);
-        self.logs
-            .range(range)
-            .take(limit)
-            .map(|entry| {
-                let (_, bytes) = entry?;
-                proto::LogLine::decode(bytes.as_ref()).map_err(|e| StoreError::Decode {
-                    key: format!("log of job {job}"),
-                    message: e.to_string(),
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for entry in self.logs.range(range) {
+            let (_, bytes) = entry?;
+            let chunk = proto::LogBatch::decode(bytes.as_ref()).map_err(|e| StoreError::Decode {
+                key: format!("log of job {job}"),
+                message: e.to_string(),
+            })?;
+            out.extend(chunk.lines.into_iter().filter(|l| l.seq >= from));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The highest stored seq of `job` (0 when it has no lines).
     pub fn last_seq(&self, job: JobId) -> Result<u64, StoreError> {
+        if let Some(last) = self.log_tails.lock().expect("log tails lock").get(&job) {
+            return Ok(*last);
+        }
+        self.stored_last_seq(job)
+    }
+
+    fn stored_last_seq(&self, job: JobId) -> Result<u64, StoreError> {
         let range = log_key(job, 0)..=log_key(job, u64::MAX);
         Ok(match self.logs.range(range).next_back() {
             Some(entry) => {
@@ -263,13 +314,17 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let job = JobId::new(7).unwrap();
         let other = JobId::new(8).unwrap();
-        for seq in [3, 1, 2] {
-            assert!(store
-                .append_log(job, &line(seq, &format!("line {seq}")))
-                .unwrap());
-        }
-        assert!(!store.append_log(job, &line(2, "again")).unwrap());
-        store.append_log(other, &line(1, "other job")).unwrap();
+        let batch = |seqs: std::ops::RangeInclusive<u64>| -> Vec<proto::LogLine> {
+            seqs.map(|s| line(s, &format!("line {s}"))).collect()
+        };
+        assert_eq!(store.append_logs(job, batch(1..=3)).unwrap().len(), 3);
+        // Resent after a reconnect, overlapping what is stored.
+        let fresh = store.append_logs(job, batch(2..=5)).unwrap();
+        assert_eq!(fresh.iter().map(|l| l.seq).collect::<Vec<_>>(), [4, 5]);
+        assert!(store.append_logs(job, batch(5..=5)).unwrap().is_empty());
+        store.append_logs(other, batch(1..=1)).unwrap();
+        // A gap is refused and changes nothing.
+        assert!(store.append_logs(job, batch(7..=8)).is_err());
 
         let texts: Vec<_> = store
             .logs(job, 0, 100)
@@ -277,10 +332,16 @@ mod tests {
             .into_iter()
             .map(|l| l.text)
             .collect();
-        assert_eq!(texts, ["line 1", "line 2", "line 3"]);
-        assert_eq!(store.logs(job, 3, 100).unwrap().len(), 1);
-        assert_eq!(store.last_seq(job).unwrap(), 3);
+        assert_eq!(texts, ["line 1", "line 2", "line 3", "line 4", "line 5"]);
+        let from_middle: Vec<u64> = store.logs(job, 2, 100).unwrap().iter().map(|l| l.seq).collect();
+        assert_eq!(from_middle, [2, 3, 4, 5]);
+        assert_eq!(store.last_seq(job).unwrap(), 5);
         assert_eq!(store.last_seq(JobId::new(9).unwrap()).unwrap(), 0);
+        // A reopened store knows where each log ends.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.append_logs(job, batch(5..=6)).unwrap().len(), 1);
+        assert_eq!(store.last_seq(job).unwrap(), 6);
     }
 
     #[test]

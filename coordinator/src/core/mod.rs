@@ -155,7 +155,10 @@ impl Core {
         // agent restarted) are still its log: keep them. Other events of an
         // ended job change nothing.
         let ran_it = holds
-            || matches!(&body, proto::job_event::Body::Log(_))
+            || matches!(
+                &body,
+                proto::job_event::Body::Log(_) | proto::job_event::Body::Lines(_)
+            )
                 && self
                     .store
                     .job(id)?
@@ -167,14 +170,12 @@ impl Core {
         }
         match body {
             proto::job_event::Body::Log(line) => {
-                let line = proto::LogLine {
-                    text: gantry_shared::limits::cap_log_line(line.text),
-                    ..line
-                };
                 drop(fleet);
-                if self.store.append_log(id, &line)? {
-                    self.hub.publish(id, line);
-                }
+                self.append_lines(id, vec![line])?;
+            }
+            proto::job_event::Body::Lines(batch) => {
+                drop(fleet);
+                self.append_lines(id, batch.lines)?;
             }
             proto::job_event::Body::Stage(stage) => {
                 let stage = Stage::from_proto(stage)
@@ -199,6 +200,21 @@ impl Core {
                 self.place_queued(&mut fleet);
             }
         }
+        Ok(())
+    }
+
+    /// Stores lines of `id`'s log (each once, capped at the line limit)
+    /// and hands the new ones to its followers.
+    fn append_lines(&self, id: JobId, lines: Vec<proto::LogLine>) -> Result<(), Error> {
+        let lines = lines
+            .into_iter()
+            .map(|line| proto::LogLine {
+                text: gantry_shared::limits::cap_log_line(line.text),
+                ..line
+            })
+            .collect();
+        let fresh = self.store.append_logs(id, lines)?;
+        self.hub.publish(id, fresh);
         Ok(())
     }
 
