@@ -35,6 +35,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// control does the rest).
 const STREAM_BUFFER: usize = 1024;
 
+/// HTTP/2 ping interval: how soon a dead coordinator (or a dead network
+/// path) is noticed and dialled again. Heartbeats tell the coordinator the
+/// agent lives; pings tell the agent the coordinator does. Each ping costs
+/// the coordinator a little for every agent, so not more often than this.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// Heartbeat interval used until the coordinator names its own.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -99,7 +105,7 @@ async fn attached(
 ) -> anyhow::Result<()> {
     let channel = Endpoint::from_shared(link.options.coordinator.clone())?
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .connect()
@@ -315,6 +321,9 @@ mod tests {
                 (e.job_id, e.seq, lines)
             })
             .collect();
-        assert_eq!(shape, [(1, 2, 2), (1, 3, 0), (1, 4, 1), (2, 1, 1), (1, 5, 1)]);
+        assert_eq!(
+            shape,
+            [(1, 2, 2), (1, 3, 0), (1, 4, 1), (2, 1, 1), (1, 5, 1)]
+        );
     }
 }

@@ -352,6 +352,9 @@ async fn retire_previous(rt: &Runtime, job: &Job, current: &str, image: &str, re
         Ok(list) => {
             for (id, labels) in list.into_iter().filter(|(id, _)| id != current) {
                 let old_job = labels.get(label::JOB).cloned().unwrap_or_default();
+                report
+                    .system(format!("stopping the container of job {old_job}"))
+                    .await;
                 match docker::retire_container(&rt.docker, &id).await {
                     Ok(()) => {
                         report

@@ -4,6 +4,7 @@
 //! so CI keeps the suite from rotting; docs/PERFORMANCE.md records full runs.
 
 mod bare;
+mod deploy;
 mod process;
 mod sim;
 
@@ -48,7 +49,7 @@ impl Coordinator {
         empty_repo(&repo)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let text = format!(
-            "listen = \"{}\"\n[[environments]]\nname = \"bench\"\n[[apps]]\nname = \"app\"\nremote = \"{}\"\n\
+            "listen = \"{}\"\n[[environments]]\nname = \"bench\"\n[[environments]]\nname = \"idle\"\n[[apps]]\nname = \"app\"\nremote = \"{}\"\n\
              build_command = \"true\"\nartifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n",
             listener.local_addr()?,
             repo.display()
@@ -83,8 +84,10 @@ impl Coordinator {
 
 /// A repository with one empty commit on `main`: the bench app's remote.
 fn empty_repo(path: &std::path::Path) -> anyhow::Result<()> {
-    let git =
-        git2::Repository::init_opts(path, git2::RepositoryInitOptions::new().initial_head("main"))?;
+    let git = git2::Repository::init_opts(
+        path,
+        git2::RepositoryInitOptions::new().initial_head("main"),
+    )?;
     let tree = git.find_tree(git.index()?.write_tree()?)?;
     let sig = git2::Signature::now("bench", "bench@example.com")?;
     git.commit(Some("HEAD"), &sig, &sig, "empty", &tree, &[])?;
@@ -129,12 +132,14 @@ async fn dispatch(agents: usize, deploys: usize) -> anyhow::Result<(Duration, Du
     let mut client = coordinator.client().await?;
     // Connect in waves: a thousand simultaneous handshakes overflow the
     // listen backlog on a small machine, which measures nothing useful.
+    // One agent serves the deployed environment; the rest are the fleet of
+    // other environments (a deploy rolls over every server of its own).
     for i in 0..agents {
         let (url, arrivals) = (coordinator.url.clone(), arrivals.clone());
         let name = format!("sim-{i}");
         sims.push(tokio::spawn(sim::agent(
             url,
-            "bench",
+            if i == 0 { "bench" } else { "idle" },
             name,
             Work::Nothing,
             arrivals,
@@ -279,7 +284,13 @@ async fn logs(lines: u64, per_sec: u64, followers: usize, slow: usize) -> anyhow
     all.sort();
     sim.abort();
     coordinator.stop().await?;
-    let p = |q| if all.is_empty() { Duration::ZERO } else { percentile(&all, q) };
+    let p = |q| {
+        if all.is_empty() {
+            Duration::ZERO
+        } else {
+            percentile(&all, q)
+        }
+    };
     Ok(LogRun {
         producer: lines as f64 / (ended - start).as_secs_f64(),
         slowest: lines as f64 / (slowest - start).as_secs_f64(),
@@ -381,7 +392,22 @@ async fn main() -> anyhow::Result<()> {
         "fleet, {fleet} idle agents connected: coordinator RSS {rss:.1} MiB, CPU {cpu:.2}% of one core over {window} s (targets < 150 MiB, < 2%)"
     );
 
-    let (jobs, stored) = if args.quick { (100, 100_000) } else { (10_000, 10_000_000) };
+    let (first, second) = deploy::overhead().await.context("deploy overhead")?;
+    for (which, run) in [("first", &first), ("second", &second)] {
+        println!(
+            "deploy overhead, sample app, {which} deploy: {} in all, {} of it the app's own work (build, image, start, health, old one's stop): Gantry's share {} (target < 500 ms); fetched {} objects",
+            ms(run.total),
+            ms(run.own_work),
+            ms(run.total.saturating_sub(run.own_work)),
+            run.fetched
+        );
+    }
+
+    let (jobs, stored) = if args.quick {
+        (100, 100_000)
+    } else {
+        (10_000, 10_000_000)
+    };
     let took = process::restart(jobs, stored).await.context("restart")?;
     println!(
         "restart over {jobs} jobs and {stored} log lines: serving after {} (target < 1 s)",

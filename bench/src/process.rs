@@ -40,7 +40,9 @@ impl Drop for Process {
 /// Writes a config for a coordinator on a free port over `data`, returns
 /// (config path, URL).
 fn config(dir: &Path, data: &Path) -> anyhow::Result<(std::path::PathBuf, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let repo = dir.join("repo");
     if !repo.exists() {
         crate::empty_repo(&repo)?;

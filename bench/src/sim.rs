@@ -68,7 +68,14 @@ pub async fn agent(
     arrivals: Arc<Arrivals>,
     epoch: Instant,
 ) -> anyhow::Result<()> {
-    let mut client = proto::agent_service_client::AgentServiceClient::connect(url).await?;
+    // The agent's own channel settings, pings included.
+    let channel = tonic::transport::Endpoint::from_shared(url)?
+        .http2_keep_alive_interval(gantry_agent::connection::KEEPALIVE)
+        .keep_alive_timeout(std::time::Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
+    let mut client = proto::agent_service_client::AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(1024);
     let register = proto::Register {
         name,
@@ -79,9 +86,17 @@ pub async fn agent(
     };
     tx.send(up(Up::Register(register))).await?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+    // As the agent does: heartbeats at the interval the coordinator names.
+    let mut every = std::time::Duration::from_secs(5);
+    if let Some(proto::CoordinatorMessage {
+        body: Some(Down::Registered(r)),
+    }) = inbound.message().await?
+    {
+        every = std::time::Duration::from_millis(r.heartbeat_interval_ms.max(100));
+    }
     let beats = tx.clone();
     let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             if beats

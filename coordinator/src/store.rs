@@ -182,10 +182,11 @@ impl Store {
         let mut out = Vec::new();
         for entry in self.logs.range(range) {
             let (_, bytes) = entry?;
-            let chunk = proto::LogBatch::decode(bytes.as_ref()).map_err(|e| StoreError::Decode {
-                key: format!("log of job {job}"),
-                message: e.to_string(),
-            })?;
+            let chunk =
+                proto::LogBatch::decode(bytes.as_ref()).map_err(|e| StoreError::Decode {
+                    key: format!("log of job {job}"),
+                    message: e.to_string(),
+                })?;
             out.extend(chunk.lines.into_iter().filter(|l| l.seq >= from));
             if out.len() >= limit {
                 break;
@@ -333,7 +334,12 @@ mod tests {
             .map(|l| l.text)
             .collect();
         assert_eq!(texts, ["line 1", "line 2", "line 3", "line 4", "line 5"]);
-        let from_middle: Vec<u64> = store.logs(job, 2, 100).unwrap().iter().map(|l| l.seq).collect();
+        let from_middle: Vec<u64> = store
+            .logs(job, 2, 100)
+            .unwrap()
+            .iter()
+            .map(|l| l.seq)
+            .collect();
         assert_eq!(from_middle, [2, 3, 4, 5]);
         assert_eq!(store.last_seq(job).unwrap(), 5);
         assert_eq!(store.last_seq(JobId::new(9).unwrap()).unwrap(), 0);

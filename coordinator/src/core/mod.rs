@@ -158,11 +158,10 @@ impl Core {
             || matches!(
                 &body,
                 proto::job_event::Body::Log(_) | proto::job_event::Body::Lines(_)
-            )
-                && self
-                    .store
-                    .job(id)?
-                    .is_some_and(|j| j.agent.as_ref() == Some(agent));
+            ) && self
+                .store
+                .job(id)?
+                .is_some_and(|j| j.agent.as_ref() == Some(agent));
         if !ran_it {
             return Err(Error::FailedPrecondition(format!(
                 "job {id} is not held by agent {agent}"
