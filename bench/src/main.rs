@@ -196,7 +196,21 @@ struct LogRun {
 
 /// One job streaming `lines` lines through the coordinator to `followers`
 /// clients, plus `slow` followers that read a line per millisecond.
-async fn logs(lines: u64, per_sec: u64, followers: usize, slow: usize) -> anyhow::Result<LogRun> {
+/// How followers read: `StreamJobLogs` (a message per line) or
+/// `FollowJobLogs` (a message per run of lines).
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    Lines,
+    Runs,
+}
+
+async fn logs(
+    lines: u64,
+    per_sec: u64,
+    followers: usize,
+    slow: usize,
+    api: Api,
+) -> anyhow::Result<LogRun> {
     let coordinator = Coordinator::start().await?;
     let arrivals = Arc::new(Arrivals::default());
     let epoch = Instant::now();
@@ -233,15 +247,9 @@ async fn logs(lines: u64, per_sec: u64, followers: usize, slow: usize) -> anyhow
                 from_seq: 1,
                 follow: true,
             };
-            let mut stream = client.stream_job_logs(request).await?.into_inner();
             let mut latencies = Vec::new();
             let mut count = 0u64;
-            while let Some(line) = stream.message().await? {
-                count += 1;
-                if slow {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
-                }
+            let seen = |line: &proto::LogLine, latencies: &mut Vec<Duration>| {
                 if let Some(sent) = line
                     .text
                     .split(' ')
@@ -251,6 +259,32 @@ async fn logs(lines: u64, per_sec: u64, followers: usize, slow: usize) -> anyhow
                     latencies.push(Duration::from_micros(
                         (epoch.elapsed().as_micros() - sent) as u64,
                     ));
+                }
+            };
+            match api {
+                Api::Lines => {
+                    let mut stream = client.stream_job_logs(request).await?.into_inner();
+                    while let Some(line) = stream.message().await? {
+                        count += 1;
+                        if slow {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            continue;
+                        }
+                        seen(&line, &mut latencies);
+                    }
+                }
+                Api::Runs => {
+                    let mut stream = client.follow_job_logs(request).await?.into_inner();
+                    while let Some(batch) = stream.message().await? {
+                        count += batch.lines.len() as u64;
+                        if slow {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            continue;
+                        }
+                        for line in &batch.lines {
+                            seen(line, &mut latencies);
+                        }
+                    }
                 }
             }
             anyhow::Ok((count, Instant::now(), latencies))
@@ -359,30 +393,38 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let run = logs(lines, 0, 1, 0).await.context("log throughput")?;
     let bare = bare::throughput(lines).await.context("bare stream")?;
-    println!(
-        "log throughput, {lines} lines of 100 B, persisted, 1 follower: {:.0} lines/s; bare tonic stream: {bare:.0} lines/s; ratio {:.2} (targets >= 500000 lines/s and >= 0.5)",
-        run.slowest,
-        run.slowest / bare
-    );
+    for (api, name) in [(Api::Lines, "StreamJobLogs"), (Api::Runs, "FollowJobLogs")] {
+        let run = logs(lines, 0, 1, 0, api).await.context("log throughput")?;
+        println!(
+            "log throughput, {lines} lines of 100 B, persisted, 1 follower on {name}: {:.0} lines/s; bare tonic stream: {bare:.0} lines/s; ratio {:.2} (targets >= 500000 lines/s and >= 0.5)",
+            run.slowest,
+            run.slowest / bare
+        );
+    }
 
-    let run = logs(tail_lines, 10_000, 1, 0).await.context("live tail")?;
+    let run = logs(tail_lines, 10_000, 1, 0, Api::Lines)
+        .await
+        .context("live tail")?;
     println!(
         "live-tail latency at 10000 lines/s: p50 {}  p99 {}  (target p99 < 20 ms)",
         ms(run.p50),
         ms(run.p99)
     );
 
-    let alone = logs(fan_lines, 0, 0, 0).await.context("fan-out baseline")?;
-    let fanned = logs(fan_lines, 0, fan, 1).await.context("fan-out")?;
-    println!(
-        "fan-out, {fan_lines} lines to {fan} followers and 1 slow one: producer {:.0} lines/s vs {:.0} with none: {:.0}% (target >= 80%); slowest normal follower {:.0} lines/s",
-        fanned.producer,
-        alone.producer,
-        fanned.producer / alone.producer * 100.0,
-        fanned.slowest
-    );
+    let alone = logs(fan_lines, 0, 0, 0, Api::Runs)
+        .await
+        .context("fan-out baseline")?;
+    for (api, name) in [(Api::Lines, "StreamJobLogs"), (Api::Runs, "FollowJobLogs")] {
+        let fanned = logs(fan_lines, 0, fan, 1, api).await.context("fan-out")?;
+        println!(
+            "fan-out, {fan_lines} lines to {fan} followers on {name} and 1 slow one: producer {:.0} lines/s vs {:.0} with none: {:.0}% (target >= 80%); slowest normal follower {:.0} lines/s",
+            fanned.producer,
+            alone.producer,
+            fanned.producer / alone.producer * 100.0,
+            fanned.slowest
+        );
+    }
 
     let (fleet, window) = if args.quick { (100, 2) } else { (1000, 10) };
     let (rss, cpu) = process::idle_fleet(fleet, Duration::from_secs(window))

@@ -269,12 +269,13 @@ pub async fn logs(
         from_seq: 1,
         follow,
     };
-    let mut stream = client.stream_job_logs(request).await?.into_inner();
-    while let Some(line) = stream.next().await {
-        let line = line?;
-        match format {
-            Format::Json => println!("{}", output::line_json(&line)),
-            Format::Table => println!("{}", line.text),
+    let mut stream = client.follow_job_logs(request).await?.into_inner();
+    while let Some(batch) = stream.next().await {
+        for line in batch?.lines {
+            match format {
+                Format::Json => println!("{}", output::line_json(&line)),
+                Format::Table => println!("{}", line.text),
+            }
         }
     }
     Ok(client

@@ -1,11 +1,12 @@
-//! `StreamJobLogs`: the stored lines of a job from a sequence number, then
-//! its live lines until it ends. The follower subscribes before reading the
-//! store, so no line falls between the two; when it lags behind the live
-//! channel it goes back to the store, so it never misses one either.
+//! Following a job's log (`StreamJobLogs`, `FollowJobLogs`): the stored
+//! lines from a sequence number, then its live lines until it ends. The
+//! follower subscribes before reading the store, so no line falls between
+//! the two; when it lags behind the live channel it goes back to the store,
+//! so it never misses one either.
 
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use gantry_shared::{proto, JobId};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,6 +44,44 @@ pub fn job_logs(
         core.hub.release(job);
     });
     ReceiverStream::new(rx)
+}
+
+/// Lines per `FollowJobLogs` message at most: the lines already waiting
+/// when the client is ready go together, none is held back to fill one.
+const RUN_LINES: usize = 512;
+
+/// The same log as [`job_logs`], in runs of the lines that are ready.
+pub fn job_log_batches(
+    core: Arc<Core>,
+    job: JobId,
+    from: u64,
+    follow: bool,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<proto::LogBatch, Status>> {
+    job_logs(core, job, from, follow, shutdown)
+        .ready_chunks(RUN_LINES)
+        .flat_map(|chunk| {
+            // Lines before an error still go out, then the error.
+            let mut items = Vec::new();
+            let mut lines = Vec::new();
+            for item in chunk {
+                match item {
+                    Ok(line) => lines.push(line),
+                    Err(status) => {
+                        if !lines.is_empty() {
+                            items.push(Ok(proto::LogBatch {
+                                lines: std::mem::take(&mut lines),
+                            }));
+                        }
+                        items.push(Err(status));
+                    }
+                }
+            }
+            if !lines.is_empty() {
+                items.push(Ok(proto::LogBatch { lines }));
+            }
+            futures::stream::iter(items)
+        })
 }
 
 async fn pump(

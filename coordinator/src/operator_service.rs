@@ -103,6 +103,8 @@ fn release_limit(limit: u32) -> usize {
     }
 }
 
+type BatchStream = Pin<Box<dyn Stream<Item = Result<proto::LogBatch, Status>> + Send>>;
+
 type LogStream = Pin<Box<dyn Stream<Item = Result<proto::LogLine, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -363,6 +365,25 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let env = required("env", req.env, EnvName::new)?;
         let stream = self.core.tail_app(app, env, req.follow, req.tail)?;
         Ok(Response::new(stream))
+    }
+
+    type FollowJobLogsStream = BatchStream;
+
+    async fn follow_job_logs(
+        &self,
+        request: Request<proto::StreamJobLogsRequest>,
+    ) -> Result<Response<BatchStream>, Status> {
+        let req = request.into_inner();
+        let id = JobId::new(req.job_id).map_err(Error::from)?;
+        self.core.job(id)?;
+        let stream = follow::job_log_batches(
+            self.core.clone(),
+            id,
+            req.from_seq.max(1),
+            req.follow,
+            self.shutdown.clone(),
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type StreamJobLogsStream = LogStream;

@@ -91,10 +91,18 @@ async fn every_follower_sees_every_line_of_a_fast_job() {
                 from_seq: 1,
                 follow: true,
             };
-            let mut stream = client.stream_job_logs(request).await.unwrap().into_inner();
+            // Half follow line by line, half in runs of lines.
             let mut seqs = Vec::new();
-            while let Some(line) = stream.message().await.unwrap() {
-                seqs.push(line.seq);
+            if i % 2 == 0 {
+                let mut stream = client.stream_job_logs(request).await.unwrap().into_inner();
+                while let Some(line) = stream.message().await.unwrap() {
+                    seqs.push(line.seq);
+                }
+            } else {
+                let mut stream = client.follow_job_logs(request).await.unwrap().into_inner();
+                while let Some(batch) = stream.message().await.unwrap() {
+                    seqs.extend(batch.lines.iter().map(|l| l.seq));
+                }
             }
             seqs
         }));
