@@ -370,18 +370,26 @@ pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerErr
     }
 }
 
+/// Images carrying all the given labels.
+async fn list_images(
+    docker: &Docker,
+    labels: &[(&str, &str)],
+) -> Result<Vec<bollard::models::ImageSummary>, DockerError> {
+    let options = ListImagesOptionsBuilder::default()
+        .filters(&filters(labels))
+        .build();
+    docker
+        .list_images(Some(options))
+        .await
+        .map_err(engine("listing images"))
+}
+
 /// Images carrying all the given labels: (id, labels).
 pub async fn images(
     docker: &Docker,
     labels: &[(&str, &str)],
 ) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
-    let options = ListImagesOptionsBuilder::default()
-        .filters(&filters(labels))
-        .build();
-    let list = docker
-        .list_images(Some(options))
-        .await
-        .map_err(engine("listing images"))?;
+    let list = list_images(docker, labels).await?;
     Ok(list.into_iter().map(|i| (i.id, i.labels)).collect())
 }
 
@@ -390,13 +398,7 @@ pub async fn image_tags(
     docker: &Docker,
     labels: &[(&str, &str)],
 ) -> Result<Vec<(String, Vec<String>)>, DockerError> {
-    let options = ListImagesOptionsBuilder::default()
-        .filters(&filters(labels))
-        .build();
-    let list = docker
-        .list_images(Some(options))
-        .await
-        .map_err(engine("listing images"))?;
+    let list = list_images(docker, labels).await?;
     Ok(list.into_iter().map(|i| (i.id, i.repo_tags)).collect())
 }
 

@@ -172,31 +172,18 @@ async fn fill(data: &Path, jobs: u64, lines: u64) -> anyhow::Result<()> {
     let text = "x".repeat(100);
     for _ in 0..jobs {
         let id = store.next_job_id()?;
-        let job = JobRecord {
+        let mut job = JobRecord::queued(
             id,
-            app: AppName::new("app")?,
-            env: EnvName::new("bench")?,
-            kind: JobKind::Deploy,
-            branches: Vec::new(),
-            base: None,
-            commit: "0".repeat(40),
-            requested_by: "bench".into(),
-            release: None,
-            state: JobState::Succeeded,
-            stage: None,
-            reason: "bench".into(),
-            agent: None,
-            created_ms: 0,
-            updated_ms: 0,
-            url: String::new(),
-            image: String::new(),
-            container: String::new(),
-            cancel_requested: false,
-            superseded_by: None,
-            roll: Vec::new(),
-            step: 0,
-            putting_back: None,
-        };
+            AppName::new("app")?,
+            EnvName::new("bench")?,
+            JobKind::Deploy,
+            Vec::new(),
+            None,
+            "0".repeat(40),
+            "bench".into(),
+            0,
+        );
+        job.state = JobState::Succeeded;
         store.put_job(&job)?;
         let mut seq = 0;
         while seq < per_job {

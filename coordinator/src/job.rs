@@ -136,6 +136,48 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A new queued job of `kind` deploying `commit` (from `branches`, on
+    /// `base` for a set) to (app, env), created at `now_ms`; nothing else
+    /// is known of it yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn queued(
+        id: JobId,
+        app: AppName,
+        env: EnvName,
+        kind: JobKind,
+        branches: Vec<BranchCommit>,
+        base: Option<BranchCommit>,
+        commit: String,
+        requested_by: String,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            id,
+            app,
+            env,
+            kind,
+            branches,
+            base,
+            commit,
+            requested_by,
+            release: None,
+            state: JobState::Queued,
+            stage: None,
+            reason: "waiting to be placed".into(),
+            agent: None,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            url: String::new(),
+            image: String::new(),
+            container: String::new(),
+            cancel_requested: false,
+            superseded_by: None,
+            roll: Vec::new(),
+            step: 0,
+            putting_back: None,
+        }
+    }
+
     /// Moves the job to `next` if the state machine allows it; returns
     /// whether it moved.
     pub fn transition(&mut self, next: JobState, reason: impl Into<String>) -> bool {

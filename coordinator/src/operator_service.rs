@@ -27,6 +27,13 @@ impl OperatorService {
         Self { core, shutdown }
     }
 
+    /// A log request checked: the job exists; (job, first seq, follow).
+    fn log_request(&self, req: proto::StreamJobLogsRequest) -> Result<(JobId, u64, bool), Error> {
+        let id = JobId::new(req.job_id)?;
+        self.core.job(id)?;
+        Ok((id, req.from_seq.max(1), req.follow))
+    }
+
     fn job_proto(&self, id: JobId) -> Result<proto::Job, Error> {
         let job = self.core.job(id)?;
         Ok(job.to_proto(self.core.store.last_seq(id)?))
@@ -373,16 +380,9 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::StreamJobLogsRequest>,
     ) -> Result<Response<BatchStream>, Status> {
-        let req = request.into_inner();
-        let id = JobId::new(req.job_id).map_err(Error::from)?;
-        self.core.job(id)?;
-        let stream = follow::job_log_batches(
-            self.core.clone(),
-            id,
-            req.from_seq.max(1),
-            req.follow,
-            self.shutdown.clone(),
-        );
+        let (id, from, follow) = self.log_request(request.into_inner())?;
+        let stream =
+            follow::job_log_batches(self.core.clone(), id, from, follow, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -392,16 +392,8 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::StreamJobLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
-        let req = request.into_inner();
-        let id = JobId::new(req.job_id).map_err(Error::from)?;
-        self.core.job(id)?;
-        let stream = follow::job_logs(
-            self.core.clone(),
-            id,
-            req.from_seq.max(1),
-            req.follow,
-            self.shutdown.clone(),
-        );
+        let (id, from, follow) = self.log_request(request.into_inner())?;
+        let stream = follow::job_logs(self.core.clone(), id, from, follow, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -115,31 +115,17 @@ impl Core {
         // so the agent, given the same time, recreates them exactly.
         let now = now_ms();
         let resolved = self.resolve_set(&app, branches, now / 1000).await?;
-        let job = JobRecord {
-            id: self.store.next_job_id()?,
+        let job = JobRecord::queued(
+            self.store.next_job_id()?,
             app,
             env,
-            kind: JobKind::Deploy,
-            branches: resolved.branches,
-            base: resolved.base,
-            commit: resolved.commit,
+            JobKind::Deploy,
+            resolved.branches,
+            resolved.base,
+            resolved.commit,
             requested_by,
-            release: None,
-            state: JobState::Queued,
-            stage: None,
-            reason: "waiting to be placed".into(),
-            agent: None,
-            created_ms: now,
-            updated_ms: now,
-            url: String::new(),
-            image: String::new(),
-            container: String::new(),
-            cancel_requested: false,
-            superseded_by: None,
-            roll: Vec::new(),
-            step: 0,
-            putting_back: None,
-        };
+            now,
+        );
         self.enqueue(job).await
     }
 

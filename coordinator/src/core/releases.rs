@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use gantry_shared::{now_ms, AgentName, AppName, EnvName, JobState};
+use gantry_shared::{now_ms, AgentName, AppName, EnvName};
 
 use super::Core;
 use crate::{
@@ -122,29 +122,19 @@ impl Core {
         }
         let now = now_ms();
         let job = JobRecord {
-            id: self.store.next_job_id()?,
-            app,
-            env,
-            kind: JobKind::Rollback { to: number },
-            branches: target.branches.clone(),
-            base: target.base.clone(),
-            commit: target.commit.clone(),
-            requested_by,
-            release: None,
-            state: JobState::Queued,
-            stage: None,
-            reason: "waiting to be placed".into(),
-            agent: None,
-            created_ms: now,
-            updated_ms: now,
-            url: String::new(),
+            // The release's image is what the servers start again.
             image: target.image.clone(),
-            container: String::new(),
-            cancel_requested: false,
-            superseded_by: None,
-            roll: Vec::new(),
-            step: 0,
-            putting_back: None,
+            ..JobRecord::queued(
+                self.store.next_job_id()?,
+                app,
+                env,
+                JobKind::Rollback { to: number },
+                target.branches.clone(),
+                target.base.clone(),
+                target.commit.clone(),
+                requested_by,
+                now,
+            )
         };
         self.enqueue(job).await
     }
