@@ -84,9 +84,13 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
     let engine = docker::connect().await.unwrap();
     jre_image::ensure(&engine).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    sample::create_repo(&repo, "Hi").unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    sample::create_repo(&work, "Hi").unwrap();
+    // The remote is bare, as on a git server, so branches can be pushed to it.
+    let repo = dir.path().join("repo.git");
+    let clone = git2::Repository::open(&work).unwrap();
+    sample::push_to_bare(&clone, &repo, "main").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = format!(
@@ -172,6 +176,51 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
         [vec!["dev", "1"], vec!["prod", "0"]]
     );
 
+    // Releases, what an environment runs, how two differ, branches, and
+    // the running app's output.
+    let (code, out, _) = gantry(&url, &["releases", "--app", app, "--env", "dev"]).await;
+    assert_eq!(code, 0);
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..3], ["1", "1", "main"], "{out}");
+    let (_, out, _) = gantry(&url, &["env", "show", "--app", app, "--env", "dev"]).await;
+    assert!(
+        out.starts_with(&format!("{app} in dev: release 1 (job 1")),
+        "{out}"
+    );
+    let (_, out, _) = gantry(&url, &["diff", "--app", app, "dev", "prod"]).await;
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!((row[0], row[2]), ("main", "-"), "{out}");
+    let (code, out, err) = gantry(
+        &url,
+        &["branch", "create", "--app", app, "--name", "feature/cli"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("created feature/cli at "), "{out}");
+    let (_, out, _) = gantry(&url, &["branches", "--app", app]).await;
+    let names: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["feature/cli", "main"]);
+    let (code, out, _) = gantry(&url, &["logs", "--app", app, "--env", "dev"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("[dev-1] listening on port 8080"), "{out}");
+    let (code, _, err) = gantry(&url, &["rollback", "--app", app, "--env", "dev"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("release 1 is the only release"), "{err}");
+
     // Refused input: exit code 2 and a message that says what to fix.
     let (code, _, err) = gantry(
         &url,
@@ -201,9 +250,9 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
     assert!(out.contains("cancelled"), "{out}");
 
     // A failing build: exit code 1.
-    let broken = git2::Repository::open(&repo).unwrap();
-    std::fs::write(repo.join("src/Main.java"), "class Main { broken }").unwrap();
-    sample::commit_all(&broken, "break it").unwrap();
+    std::fs::write(work.join("src/Main.java"), "class Main { broken }").unwrap();
+    sample::commit_all(&clone, "break it").unwrap();
+    sample::push_to_bare(&clone, &repo, "main").unwrap();
     let (code, _, err) = gantry(&url, &["deploy", "--app", app, "--env", "dev"]).await;
     assert_eq!(code, 1, "{err}");
     assert!(
