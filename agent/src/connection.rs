@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use gantry_shared::{limits::MAX_GRPC_MESSAGE_BYTES, proto, JobId, JobState};
+use gantry_shared::{limits::MAX_GRPC_MESSAGE_BYTES, proto, JobId, JobState, Redactor};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -247,7 +247,9 @@ fn start_job(link: &Link, spec: proto::JobSpec) {
         warn!("assignment without a job id; ignored");
         return;
     };
-    let report = Reporter::starting_at(id, link.spool.clone(), spec.first_seq.max(1));
+    let secrets = Redactor::new(spec.secrets.values().cloned());
+    let report =
+        Reporter::starting_at(id, link.spool.clone(), spec.first_seq.max(1)).redacting(secrets);
     let refuse = |why: String| {
         warn!(job = %id, %why, "refusing a job");
         let report = report.clone();

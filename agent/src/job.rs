@@ -51,6 +51,8 @@ pub struct Job {
     pub spec: proto::AppSpec,
     /// The environment's variables.
     pub env_vars: BTreeMap<String, String>,
+    /// The environment's secrets, given to the build and the container.
+    pub secrets: BTreeMap<String, String>,
     /// The release number it becomes.
     pub release: u64,
     /// For a rollback: the retained image to run instead of building.
@@ -81,6 +83,7 @@ impl Job {
             commit,
             spec: app,
             env_vars: spec.env_vars.into_iter().collect(),
+            secrets: spec.secrets.into_iter().collect(),
             release: spec.release,
             rollback_image: (!spec.image.is_empty()).then_some(spec.image),
             keep_images: spec.keep_images,

@@ -11,7 +11,7 @@ use std::{
     },
 };
 
-use gantry_shared::{limits::cap_log_line, now_ms, proto, JobId, JobState, Stage};
+use gantry_shared::{limits::cap_log_line, now_ms, proto, JobId, JobState, Redactor, Stage};
 
 use crate::spool::Spool;
 
@@ -29,6 +29,8 @@ pub struct Reporter {
     spool: Spool,
     seq: Arc<AtomicU64>,
     stage: Arc<Mutex<Option<Stage>>>,
+    /// The job's secrets, replaced by `***` in every line and summary.
+    redactor: Redactor,
 }
 
 impl Reporter {
@@ -45,7 +47,13 @@ impl Reporter {
             spool,
             seq: Arc::new(AtomicU64::new(first_seq.saturating_sub(1))),
             stage: Arc::new(Mutex::new(None)),
+            redactor: Redactor::default(),
         }
+    }
+
+    /// The same reporter, replacing `redactor`'s secrets in what it sends.
+    pub fn redacting(self, redactor: Redactor) -> Self {
+        Self { redactor, ..self }
     }
 
     async fn send(&self, body: proto::job_event::Body) {
@@ -72,7 +80,7 @@ impl Reporter {
             timestamp_ms: now_ms(),
             stage: stage as i32,
             stream: stream as i32,
-            text: cap_log_line(text.into()),
+            text: cap_log_line(self.redactor.redact(text.into())),
         };
         self.send(proto::job_event::Body::Log(line)).await;
     }
@@ -85,6 +93,7 @@ impl Reporter {
     /// Ends the job; nothing may follow.
     pub async fn finish(&self, state: JobState, summary: String, deployed: Option<Deployed>) {
         let deployed = deployed.unwrap_or_default();
+        let summary = self.redactor.redact(summary);
         self.system(format!("==> {}: {summary}", state.as_str()))
             .await;
         let done = proto::JobFinished {

@@ -147,7 +147,9 @@ async fn build_release(
         .await;
 
     report.stage(Stage::Build).await;
-    let mut env: BTreeMap<String, String> = job.identity().into_iter().collect();
+    // Secrets first, so no name of Gantry's own can be shadowed by one.
+    let mut env: BTreeMap<String, String> = job.secrets.clone();
+    env.extend(job.identity());
     env.insert("GANTRY_SERVER".into(), rt.agent.to_string());
     env.insert("PATH".into(), rt.build_path.clone());
     env.insert(
@@ -234,6 +236,7 @@ async fn start_release(
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
+    vars.extend(job.secrets.iter().map(|(k, v)| format!("{k}={v}")));
     vars.extend(job.identity().iter().map(|(k, v)| format!("{k}={v}")));
     vars.push(format!("GANTRY_SERVER={}", rt.agent));
     let spec = ContainerSpec {

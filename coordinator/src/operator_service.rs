@@ -154,6 +154,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             .map(|e| proto::Environment {
                 name: e.name().to_string(),
                 variable_names: e.variables.keys().cloned().collect(),
+                secret_names: e.secrets.keys().cloned().collect(),
                 connected_agents: agents
                     .iter()
                     .filter(|a| &a.env == e.name() && connected.iter().any(|(n, _)| n == &a.name))

@@ -24,6 +24,8 @@ pub type TailSender = mpsc::Sender<Result<proto::AppLogLine, Status>>;
 
 struct Tail {
     tx: TailSender,
+    /// The environment's secrets, replaced in every line.
+    redactor: gantry_shared::Redactor,
     /// Servers that have not ended their part.
     waiting: BTreeSet<AgentName>,
     dropped: u64,
@@ -38,10 +40,16 @@ pub struct Tails {
 
 impl Tails {
     /// Registers a tail answered by `servers`; returns its request id.
-    pub fn open(&self, tx: TailSender, servers: BTreeSet<AgentName>) -> u64 {
+    pub fn open(
+        &self,
+        tx: TailSender,
+        servers: BTreeSet<AgentName>,
+        redactor: gantry_shared::Redactor,
+    ) -> u64 {
         let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let tail = Tail {
             tx,
+            redactor,
             waiting: servers,
             dropped: 0,
         };
@@ -68,7 +76,7 @@ impl Tails {
             .map(|l| proto::AppLogLine {
                 server: server.to_string(),
                 stream: l.stream,
-                text: gantry_shared::limits::cap_log_line(l.text),
+                text: gantry_shared::limits::cap_log_line(tail.redactor.redact(l.text)),
             })
             .collect();
         if !output.error.is_empty() {

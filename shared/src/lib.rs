@@ -21,7 +21,7 @@ pub mod proto {
 
 pub use domain::{AgentName, AppName, BranchName, EnvName, JobId, NameError};
 pub use job::{JobState, Stage};
-pub use secret::Secret;
+pub use secret::{Redactor, Secret};
 
 /// The version every Gantry binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

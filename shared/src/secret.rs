@@ -33,9 +33,53 @@ impl std::fmt::Display for Secret {
     }
 }
 
+/// Replaces secret values with `***` in text bound for logs.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    /// The values, longest first, so a secret containing another is
+    /// replaced whole.
+    values: std::sync::Arc<Vec<String>>,
+}
+
+impl Redactor {
+    /// A redactor of `values` (empty ones are ignored: they would match
+    /// everywhere).
+    pub fn new<I: IntoIterator<Item = String>>(values: I) -> Self {
+        let mut values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Self {
+            values: std::sync::Arc::new(values),
+        }
+    }
+
+    /// `text` with every secret value replaced by `***`.
+    pub fn redact(&self, text: String) -> String {
+        if !self.values.iter().any(|v| text.contains(v.as_str())) {
+            return text;
+        }
+        let mut text = text;
+        for value in self.values.iter() {
+            text = text.replace(value.as_str(), "***");
+        }
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Secret;
+    use super::{Redactor, Secret};
+
+    #[test]
+    fn secrets_in_text_become_stars() {
+        let redactor =
+            Redactor::new(["pw-123".to_owned(), "pw-123-long".to_owned(), String::new()]);
+        assert_eq!(
+            redactor.redact("db pw-123-long and pw-123, not pw-12".into()),
+            "db *** and ***, not pw-12"
+        );
+        assert_eq!(Redactor::default().redact("plain".into()), "plain");
+    }
 
     #[test]
     fn never_printed() {

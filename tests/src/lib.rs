@@ -70,6 +70,8 @@ pub struct Harness {
     pub url: String,
     apps: Vec<TestApp>,
     envs: Vec<(String, BTreeMap<String, String>)>,
+    /// (environment, name, value) of each secret.
+    secrets: Vec<(String, String, String)>,
     coordinator: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     agents: Vec<(String, CancellationToken, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -88,6 +90,15 @@ impl Harness {
     /// Creates a repository for each app, writes the config and starts the
     /// coordinator. `envs` are (name, variables).
     pub async fn start(apps: &[TestApp], envs: &[(&str, &[(&str, &str)])]) -> anyhow::Result<Self> {
+        Self::start_with_secrets(apps, envs, &[]).await
+    }
+
+    /// As [`Harness::start`], with secrets given as (environment, name, value).
+    pub async fn start_with_secrets(
+        apps: &[TestApp],
+        envs: &[(&str, &[(&str, &str)])],
+        secrets: &[(&str, &str, &str)],
+    ) -> anyhow::Result<Self> {
         init_tracing();
         let engine = docker::connect().await?;
         jre_image::ensure(&engine).await?;
@@ -124,6 +135,10 @@ impl Harness {
             url: String::new(),
             apps: apps.to_vec(),
             envs,
+            secrets: secrets
+                .iter()
+                .map(|(e, k, v)| (e.to_string(), k.to_string(), v.to_string()))
+                .collect(),
             coordinator: None,
             agents: Vec::new(),
         };
@@ -137,6 +152,10 @@ impl Harness {
         for (name, vars) in &self.envs {
             text += &format!("\n[[environments]]\nname = \"{name}\"\n[environments.variables]\n");
             for (k, v) in vars {
+                text += &format!("{k} = \"{v}\"\n");
+            }
+            text += "[environments.secrets]\n";
+            for (_, k, v) in self.secrets.iter().filter(|(e, _, _)| e == name) {
                 text += &format!("{k} = \"{v}\"\n");
             }
         }

@@ -49,7 +49,7 @@ impl Core {
                 "no agent of environment {env} is connected, so no server can send the output of {app}"
             )));
         }
-        let id = self.tails.open(tx, servers.clone());
+        let id = self.tails.open(tx, servers.clone(), self.redactor_of(&env));
         for server in &servers {
             let ask = proto::coordinator_message::Body::Tail(proto::TailContainer {
                 request_id: id,

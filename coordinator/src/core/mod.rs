@@ -7,7 +7,9 @@ use std::{
     time::Instant,
 };
 
-use gantry_shared::{config::CoordinatorConfig, proto, AgentName, JobId, JobState, Stage};
+use gantry_shared::{
+    config::CoordinatorConfig, proto, AgentName, JobId, JobState, Redactor, Stage,
+};
 use tracing::{info, warn};
 
 mod agents;
@@ -195,26 +197,52 @@ impl Core {
                             done.state
                         ))
                     })?;
-                self.end_step(&mut fleet, id, state, done.summary.clone(), Some(done));
+                let summary = self.redactor_of_job(id)?.redact(done.summary.clone());
+                self.end_step(&mut fleet, id, state, summary, Some(done));
                 self.place_queued(&mut fleet);
             }
         }
         Ok(())
     }
 
-    /// Stores lines of `id`'s log (each once, capped at the line limit)
-    /// and hands the new ones to its followers.
+    /// Stores lines of `id`'s log (each once, capped at the line limit,
+    /// its environment's secrets replaced by `***` even if an agent missed
+    /// one) and hands the new ones to its followers.
     fn append_lines(&self, id: JobId, lines: Vec<proto::LogLine>) -> Result<(), Error> {
+        let redactor = self.redactor_of_job(id)?;
         let lines = lines
             .into_iter()
             .map(|line| proto::LogLine {
-                text: gantry_shared::limits::cap_log_line(line.text),
+                text: gantry_shared::limits::cap_log_line(redactor.redact(line.text)),
                 ..line
             })
             .collect();
         let fresh = self.store.append_logs(id, lines)?;
         self.hub.publish(id, fresh);
         Ok(())
+    }
+
+    /// The redactor of `id`'s environment (one without secrets costs no
+    /// lookup).
+    fn redactor_of_job(&self, id: JobId) -> Result<Redactor, Error> {
+        if self
+            .config
+            .environments
+            .iter()
+            .all(|e| e.secrets.is_empty())
+        {
+            return Ok(Redactor::default());
+        }
+        let job = self.job(id)?;
+        Ok(self.redactor_of(&job.env))
+    }
+
+    /// The redactor of `env`'s secrets.
+    pub fn redactor_of(&self, env: &gantry_shared::EnvName) -> Redactor {
+        self.config
+            .environment(env)
+            .map(|e| e.redactor())
+            .unwrap_or_default()
     }
 
     /// Ends an active job and frees its (app, env) and agent slot; a
@@ -351,6 +379,11 @@ impl Core {
             }),
             env: job.env.to_string(),
             env_vars: env.variables.clone().into_iter().collect(),
+            secrets: env
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                .collect(),
             branch: job
                 .branches
                 .iter()

@@ -147,9 +147,19 @@ pub struct EnvironmentConfig {
     /// this environment's service registry and database.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// Secrets of this environment (database passwords, tokens): given to
+    /// the build and the containers deployed here like variables, but never
+    /// returned by any API, and replaced by `***` in every log line.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, crate::Secret>,
 }
 
 impl EnvironmentConfig {
+    /// What replaces this environment's secrets by `***` in log lines.
+    pub fn redactor(&self) -> crate::Redactor {
+        crate::Redactor::new(self.secrets.values().map(|s| s.expose().to_owned()))
+    }
+
     /// The environment's name.
     pub fn name(&self) -> &EnvName {
         self.name.get_ref()
@@ -269,6 +279,17 @@ impl CoordinatorConfig {
         for env in &self.environments {
             if !seen.insert(env.name()) {
                 let msg = format!("environment {:?} is declared twice", env.name().as_str());
+                return Err(invalid(env.name.span(), msg));
+            }
+            if let Some(bad) = env.secrets.keys().find(|k| !is_env_var_name(k)) {
+                let msg = format!(
+                    "environments.secrets: {bad:?} is not a valid variable name \
+                     (use letters, digits and '_', not starting with a digit)"
+                );
+                return Err(invalid(env.name.span(), msg));
+            }
+            if let Some(both) = env.secrets.keys().find(|k| env.variables.contains_key(*k)) {
+                let msg = format!("{both:?} is both a variable and a secret; keep one");
                 return Err(invalid(env.name.span(), msg));
             }
             if let Some(bad) = env.variables.keys().find(|k| !is_env_var_name(k)) {

@@ -82,3 +82,34 @@ fn variables_must_be_valid_names() {
     let msg = parse(&text).unwrap_err().to_string();
     assert!(msg.contains("BAD-NAME"), "{msg}");
 }
+
+#[test]
+fn secrets_are_checked_and_never_printed() {
+    let with = GOOD.replace(
+        "variables = { REGISTRY = \"nacos-dev:8848\" }",
+        "variables = { REGISTRY = \"nacos-dev:8848\" }\nsecrets = { DB_PASSWORD = \"hunter2\" }",
+    );
+    let c = parse(&with).unwrap();
+    assert_eq!(c.environments[0].secrets["DB_PASSWORD"].expose(), "hunter2");
+    assert!(!format!("{:?}", c.environments).contains("hunter2"));
+    assert_eq!(
+        c.environments[0].redactor().redact("pw=hunter2".into()),
+        "pw=***"
+    );
+
+    let twice = GOOD.replace(
+        "variables = { REGISTRY = \"nacos-dev:8848\" }",
+        "variables = { REGISTRY = \"x\" }\nsecrets = { REGISTRY = \"y\" }",
+    );
+    let msg = parse(&twice).unwrap_err().to_string();
+    assert!(
+        msg.contains("\"REGISTRY\" is both a variable and a secret"),
+        "{msg}"
+    );
+    let bad = GOOD.replace(
+        "variables = { REGISTRY = \"nacos-dev:8848\" }",
+        "secrets = { \"1PW\" = \"y\" }",
+    );
+    let msg = parse(&bad).unwrap_err().to_string();
+    assert!(msg.contains("environments.secrets: \"1PW\""), "{msg}");
+}
