@@ -430,6 +430,20 @@ pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), DockerError> 
     }
 }
 
+/// Removes every container and image labelled with `app`, in any
+/// environment: for tools that own an app outright (the demo, the bench,
+/// tests), never for an agent's own cleanup.
+pub async fn remove_app_objects(docker: &Docker, app: &str) -> Result<(), DockerError> {
+    let scope = [(label::APP, app)];
+    for (id, _) in containers(docker, &scope).await? {
+        remove_container(docker, &id).await?;
+    }
+    for (id, _) in images(docker, &scope).await? {
+        remove_image(docker, &id).await?;
+    }
+    Ok(())
+}
+
 /// Removes every container and image of `job` of `app` in `env`.
 pub async fn remove_job_objects(
     docker: &Docker,

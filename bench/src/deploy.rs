@@ -87,7 +87,7 @@ pub async fn overhead() -> anyhow::Result<(Deploy, Deploy)> {
     stop.cancel();
     let _ = agent.await;
     let _ = coordinator.await;
-    remove_objects(&engine).await?;
+    docker::remove_app_objects(&engine, APP).await?;
     measured
 }
 
@@ -160,15 +160,4 @@ async fn deploy(client: &mut crate::Client) -> anyhow::Result<Deploy> {
         own_work: std::time::Duration::from_millis(own_ms.max(0) as u64),
         fetched,
     })
-}
-
-async fn remove_objects(engine: &bollard::Docker) -> anyhow::Result<()> {
-    let scope = [(docker::label::APP, APP)];
-    for (id, _) in docker::containers(engine, &scope).await? {
-        docker::remove_container(engine, &id).await?;
-    }
-    for (id, _) in docker::images(engine, &scope).await? {
-        docker::remove_image(engine, &id).await?;
-    }
-    Ok(())
 }

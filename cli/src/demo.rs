@@ -187,12 +187,5 @@ async fn deploy_and_check(url: &str) -> anyhow::Result<()> {
 }
 
 async fn remove_demo_objects(engine: &bollard::Docker) -> anyhow::Result<()> {
-    let scope = [(docker::label::APP, APP)];
-    for (id, _) in docker::containers(engine, &scope).await? {
-        docker::remove_container(engine, &id).await?;
-    }
-    for (id, _) in docker::images(engine, &scope).await? {
-        docker::remove_image(engine, &id).await?;
-    }
-    Ok(())
+    Ok(docker::remove_app_objects(engine, APP).await?)
 }

@@ -27,18 +27,7 @@ async fn gantry(url: &str, args: &[&str]) -> (i32, String, String) {
 
 async fn remove_app(app: &str) {
     let engine = docker::connect().await.unwrap();
-    for (id, _) in docker::containers(&engine, &[(docker::label::APP, app)])
-        .await
-        .unwrap()
-    {
-        docker::remove_container(&engine, &id).await.unwrap();
-    }
-    for (id, _) in docker::images(&engine, &[(docker::label::APP, app)])
-        .await
-        .unwrap()
-    {
-        docker::remove_image(&engine, &id).await.unwrap();
-    }
+    docker::remove_app_objects(&engine, app).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -448,14 +448,7 @@ fn stop_proxies(agents: &std::path::Path) {
 /// Removes every container and image labelled with `app`.
 pub async fn remove_app_objects(app: &str) -> anyhow::Result<()> {
     let engine = docker::connect().await?;
-    let scope = [(docker::label::APP, app)];
-    for (id, _) in docker::containers(&engine, &scope).await? {
-        docker::remove_container(&engine, &id).await?;
-    }
-    for (id, _) in docker::images(&engine, &scope).await? {
-        docker::remove_image(&engine, &id).await?;
-    }
-    Ok(())
+    Ok(docker::remove_app_objects(&engine, app).await?)
 }
 
 /// Pushes `branch` of the working clone `repo` to its bare remote

@@ -12,7 +12,7 @@ use std::{
 
 use gantry_shared::{
     config::AppConfig,
-    git::{integrate, Credentials, GitError, IntegrateError, Mirror},
+    git::{check_integration, Credentials, GitError, IntegrateError, Mirror},
     proto, AppName, BranchName,
 };
 use tracing::info;
@@ -146,25 +146,25 @@ impl Core {
                 .map(|b| (b.branch.clone(), b.commit.clone()))
                 .collect();
             let started = std::time::Instant::now();
-            let merged =
-                integrate(mirror.repo(), &base, &base_commit, &pairs, time_secs).map_err(|e| {
-                    match e {
-                        IntegrateError::Conflict {
-                            branch,
-                            with,
-                            files,
-                        } => Error::MergeConflict {
-                            branch,
-                            with: if with == base {
-                                format!("the default branch \"{base}\"")
-                            } else {
-                                format!("branch \"{with}\"")
-                            },
-                            files: files.join(", "),
-                        },
-                        other => Error::Git(other.to_string()),
-                    }
-                })?;
+            // In memory: the coordinator needs the commit id, not the
+            // objects; the agent writes them when it recreates the set.
+            let merged = check_integration(mirror.repo(), &base, &base_commit, &pairs, time_secs)
+                .map_err(|e| match e {
+                IntegrateError::Conflict {
+                    branch,
+                    with,
+                    files,
+                } => Error::MergeConflict {
+                    branch,
+                    with: if with == base {
+                        format!("the default branch \"{base}\"")
+                    } else {
+                        format!("branch \"{with}\"")
+                    },
+                    files: files.join(", "),
+                },
+                other => Error::Git(other.to_string()),
+            })?;
             info!(
                 app = %owner, branches = pairs.len(), commit = %merged.commit,
                 ms = started.elapsed().as_millis() as u64, "branch set integrated"
