@@ -14,7 +14,6 @@ use gantry_shared::{limits::MAX_GRPC_MESSAGE_BYTES, proto, JobId, JobState, Reda
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use crate::{
@@ -103,7 +102,7 @@ async fn attached(
     stop: &CancellationToken,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
-    let channel = Endpoint::from_shared(link.options.coordinator.clone())?
+    let channel = crate::join::agent_endpoint(&link.options.coordinator, link.options.tls_dir.as_deref())?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(Duration::from_secs(20))

@@ -11,6 +11,7 @@ pub mod git;
 pub mod health;
 pub mod install;
 pub mod job;
+pub mod join;
 pub mod proxy;
 pub mod report;
 pub mod spool;
@@ -59,6 +60,9 @@ pub struct AgentOptions {
     /// The `gantry-agent` binary that runs app proxies (`None`: this
     /// process's own executable).
     pub proxy_program: Option<PathBuf>,
+    /// Where `gantry-agent join` wrote the certificate, for an https://
+    /// coordinator (`None`: /etc/gantry/tls).
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// This installation's identity: made once and kept in the work dir, so it
@@ -83,6 +87,9 @@ pub fn agent_id(work_dir: &std::path::Path) -> anyhow::Result<String> {
 pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("cannot create work dir {}", options.work_dir.display()))?;
+    gantry_shared::tls::install_crypto_provider();
+    // A missing certificate is a set-up error: say so now, not on every retry.
+    join::agent_endpoint(&options.coordinator, options.tls_dir.as_deref())?;
     let docker = docker::connect()
         .await
         .context("the agent needs the local Docker engine")?;

@@ -47,6 +47,19 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Enrol this host: redeem a one-time token from `gantry-coordinator
+    /// agent enroll` for a client certificate (the key is made here).
+    Join {
+        /// The coordinator's URL, https://HOST:PORT.
+        #[arg(long, env = "GANTRY_COORDINATOR")]
+        coordinator: String,
+        /// The join token.
+        #[arg(long, env = "GANTRY_JOIN_TOKEN")]
+        token: String,
+        /// Where to write the key and certificates.
+        #[arg(long, default_value = gantry_agent::join::DEFAULT_TLS_DIR)]
+        tls_dir: PathBuf,
+    },
     /// Run one app's reverse proxy (the agent starts these itself).
     Proxy {
         /// The app's stable address, e.g. 0.0.0.0:8080.
@@ -112,6 +125,9 @@ struct Flags {
     /// Seconds running jobs get to finish on SIGTERM.
     #[arg(long, default_value_t = agent_config::default_drain_grace_secs())]
     drain_grace_secs: u64,
+    /// Where `join` wrote the certificate (for an https:// coordinator).
+    #[arg(long, env = "GANTRY_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
 }
 
 impl Flags {
@@ -136,6 +152,7 @@ impl Flags {
             health_host: self.health_host,
             public_host: self.public_host,
             drain_grace_secs: self.drain_grace_secs,
+            tls_dir: self.tls_dir,
             labels,
         })
     }
@@ -156,6 +173,7 @@ fn options(config: AgentConfig) -> AgentOptions {
         health_host: config.health_host,
         drain_grace: Duration::from_secs(config.drain_grace_secs),
         proxy_program: None,
+        tls_dir: config.tls_dir,
     }
 }
 
@@ -193,6 +211,29 @@ async fn main() -> anyhow::Result<()> {
             };
             install::uninstall(&target)?;
             println!("uninstalled {}", install::UNIT_NAME);
+            return Ok(());
+        }
+        (
+            Some(Command::Join {
+                coordinator,
+                token,
+                tls_dir,
+            }),
+            _,
+        ) => {
+            let joined = gantry_agent::join::join(&coordinator, &token, &tls_dir).await?;
+            println!(
+                "enrolled as agent {} of {}; certificate in {}",
+                joined.name,
+                joined.env,
+                joined.dir.display()
+            );
+            println!(
+                "next: gantry-agent install --coordinator {coordinator} --env {} --name {} --tls-dir {}",
+                joined.env,
+                joined.name,
+                joined.dir.display()
+            );
             return Ok(());
         }
         (

@@ -22,7 +22,7 @@ async fn install_run_sigterm_uninstall() {
     let config_path = dir.path().join("coordinator.toml");
     std::fs::write(
         &config_path,
-        format!("listen = \"{addr}\"\n[[environments]]\nname = \"prod\"\n"),
+        format!("plaintext = true\nlisten = \"{addr}\"\n[[environments]]\nname = \"prod\"\n"),
     )
     .unwrap();
     let shutdown = CancellationToken::new();

@@ -47,6 +47,13 @@ impl proto::agent_service_server::AgentService for Counter {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn join(
+        &self,
+        _: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::JoinResponse>, Status> {
+        Err(Status::failed_precondition("the baseline server enrols no agent"))
+    }
 }
 
 /// Lines per second one client pushes through a bare bidirectional stream.

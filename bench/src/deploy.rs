@@ -41,7 +41,7 @@ pub async fn overhead() -> anyhow::Result<(Deploy, Deploy)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let text = format!(
-        "listen = \"{addr}\"\n[[environments]]\nname = \"bench\"\n[[apps]]\nname = \"{APP}\"\n\
+        "plaintext = true\nlisten = \"{addr}\"\n[[environments]]\nname = \"bench\"\n[[apps]]\nname = \"{APP}\"\n\
          remote = \"file://{}\"\nbuild_command = '''{}'''\nartifact = \"{}\"\nbase_image = \"{}\"\n\
          container_port = {}\nhealth_path = \"{}\"\n",
         remote.display(),
@@ -69,6 +69,7 @@ pub async fn overhead() -> anyhow::Result<(Deploy, Deploy)> {
         public_host: "127.0.0.1".into(),
         drain_grace: gantry_agent::DEFAULT_DRAIN_GRACE,
         proxy_program: None,
+        tls_dir: None,
     };
     let agent = tokio::spawn(gantry_agent::run(agent, stop.clone()));
     let mut client = crate::Client::connect(url).await?;

@@ -49,7 +49,7 @@ impl Coordinator {
         empty_repo(&repo)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let text = format!(
-            "listen = \"{}\"\n[[environments]]\nname = \"bench\"\n[[environments]]\nname = \"idle\"\n[[apps]]\nname = \"app\"\nremote = \"{}\"\n\
+            "plaintext = true\nlisten = \"{}\"\n[[environments]]\nname = \"bench\"\n[[environments]]\nname = \"idle\"\n[[apps]]\nname = \"app\"\nremote = \"{}\"\n\
              build_command = \"true\"\nartifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n",
             listener.local_addr()?,
             repo.display()

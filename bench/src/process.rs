@@ -48,7 +48,7 @@ fn config(dir: &Path, data: &Path) -> anyhow::Result<(std::path::PathBuf, String
         crate::empty_repo(&repo)?;
     }
     let text = format!(
-        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[[environments]]\nname = \"bench\"\n\
+        "plaintext = true\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[[environments]]\nname = \"bench\"\n\
          [[apps]]\nname = \"app\"\nremote = \"{}\"\nbuild_command = \"true\"\nartifact = \"a.jar\"\n\
          base_image = \"none\"\ncontainer_port = 80\n",
         data.display(),

@@ -12,19 +12,14 @@ use crate::output::{self, Format};
 pub type Client =
     proto::operator_service_client::OperatorServiceClient<InterceptedService<Channel, WhoAsks>>;
 
-/// Puts the `gantry-user` header (the login name, `$GANTRY_USER` or
-/// `$USER`) on every request, so jobs and releases say who asked.
+/// Puts the caller's identity on every request: `authorization: Bearer
+/// TOKEN` when there is a token, and the `gantry-user` header (the login
+/// name, `$GANTRY_USER` or `$USER`), which a coordinator without tokens
+/// records as the requester.
 #[derive(Clone)]
-pub struct WhoAsks(Option<tonic::metadata::AsciiMetadataValue>);
-
-impl WhoAsks {
-    fn from_env() -> Self {
-        let name = std::env::var("GANTRY_USER")
-            .or_else(|_| std::env::var("USER"))
-            .ok()
-            .and_then(|n| n.parse().ok());
-        Self(name)
-    }
+pub struct WhoAsks {
+    user: Option<tonic::metadata::AsciiMetadataValue>,
+    bearer: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl tonic::service::Interceptor for WhoAsks {
@@ -32,25 +27,61 @@ impl tonic::service::Interceptor for WhoAsks {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(name) = &self.0 {
+        if let Some(name) = &self.user {
             request.metadata_mut().insert("gantry-user", name.clone());
+        }
+        if let Some(bearer) = &self.bearer {
+            request.metadata_mut().insert("authorization", bearer.clone());
         }
         Ok(request)
     }
 }
 
-/// Connects to the coordinator at `url`.
+/// Connects to the coordinator at `url` without a token (a coordinator
+/// serving plaintext on loopback with no users).
 pub async fn connect(url: &str) -> anyhow::Result<Client> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+    connect_with(url, None, None).await
+}
+
+/// Connects to the coordinator at `url` with an API token, trusting
+/// `ca_pem` for https://.
+pub async fn connect_with(
+    url: &str,
+    token: Option<String>,
+    ca_pem: Option<String>,
+) -> anyhow::Result<Client> {
+    gantry_shared::tls::install_crypto_provider();
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid coordinator address {url:?}"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if url.starts_with("https://") {
+        let ca = ca_pem.with_context(|| {
+            format!("{url} uses TLS: run `gantry login --coordinator {url} --ca ca.pem --token TOKEN` first")
+        })?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}; is it running? (set --coordinator or GANTRY_COORDINATOR)"))?;
+    let user = std::env::var("GANTRY_USER")
+        .or_else(|_| std::env::var("USER"))
+        .ok()
+        .and_then(|n| n.parse().ok());
+    let bearer = match token {
+        Some(token) => Some(
+            format!("Bearer {}", token.trim())
+                .parse()
+                .context("the API token must be printable ASCII")?,
+        ),
+        None => None,
+    };
     Ok(
         proto::operator_service_client::OperatorServiceClient::with_interceptor(
             channel,
-            WhoAsks::from_env(),
+            WhoAsks { user, bearer },
         ),
     )
 }
@@ -241,6 +272,7 @@ pub fn print_job(job: &proto::Job) {
         ("commit", job.commit.clone()),
         ("release", output::nonzero(job.release)),
         ("requested", job.requested_by.clone()),
+        ("approval", job.approval.clone()),
         ("state", output::state(job).to_owned()),
         ("stage", output::stage(job.stage).to_owned()),
         ("agent", job.agent.clone()),

@@ -31,6 +31,7 @@ pub struct DemoOptions {
 fn config_text(listen: SocketAddr, remote: &str) -> String {
     format!(
         r#"# Written by `gantry demo`.
+plaintext = true
 listen = "{listen}"
 data_dir = "data"
 
@@ -123,6 +124,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         public_host: "127.0.0.1".into(),
         drain_grace: gantry_agent::DEFAULT_DRAIN_GRACE,
         proxy_program: None,
+        tls_dir: None,
     };
     services.spawn(gantry_agent::run(agent, shutdown.clone()));
     println!("==> coordinator at {url}, agent dev-1 for env dev; deploying {APP} main -> dev\n");

@@ -4,6 +4,8 @@
 pub mod commands;
 pub mod demo;
 pub mod jre_image;
+pub mod login;
 pub mod output;
 pub mod releases;
 pub mod sample;
+pub mod trust;

@@ -9,7 +9,7 @@ use gantry_cli::{
     commands::{self, DeployArgs},
     demo::{self, DemoOptions},
     output::Format,
-    releases,
+    releases, trust,
 };
 use gantry_shared::JobId;
 
@@ -17,14 +17,10 @@ use gantry_shared::JobId;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// The coordinator's URL.
-    #[arg(
-        long,
-        global = true,
-        env = "GANTRY_COORDINATOR",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    coordinator: String,
+    /// The coordinator's URL (default: the one `gantry login` saved, else
+    /// http://127.0.0.1:7700).
+    #[arg(long, global = true, env = "GANTRY_COORDINATOR")]
+    coordinator: Option<String>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value = "table")]
     output: Format,
@@ -157,6 +153,45 @@ enum Command {
     Apps,
     /// List environments.
     Envs,
+    /// Check an API token and save it, with the coordinator's URL and CA,
+    /// for the next commands.
+    Login {
+        /// The token (from `gantry-coordinator token new`).
+        #[arg(long, env = "GANTRY_TOKEN")]
+        token: String,
+        /// The coordinator's CA certificate, for https://.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// Who the token belongs to, and where they may deploy and approve.
+    Whoami,
+    /// Let a deploy that waits for approval run.
+    Approve {
+        /// The job.
+        job: JobId,
+        /// Why, for the job and the audit trail.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Refuse a deploy that waits for approval.
+    Reject {
+        /// The job.
+        job: JobId,
+        /// Why, for the job and the audit trail.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// The audit trail, newest first.
+    Audit {
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Manage agents.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
     /// Run a coordinator, a dev agent and a sample Java service, and deploy it.
     Demo {
         /// Where the demo keeps its repository, config and data.
@@ -168,6 +203,15 @@ enum Command {
         /// Stop and clean up once the deploy is checked, instead of waiting for Ctrl-C.
         #[arg(long)]
         exit: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Revoke an agent's certificates: it is disconnected and refused.
+    Revoke {
+        /// The agent's name.
+        name: String,
     },
 }
 
@@ -229,7 +273,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         demo::run(DemoOptions { dir, listen, exit }).await?;
         return Ok(true);
     }
-    let mut client = commands::connect(&cli.coordinator).await?;
+    if let Command::Login { token, ca } = cli.command {
+        let url = cli
+            .coordinator
+            .unwrap_or_else(|| gantry_cli::login::DEFAULT_COORDINATOR.to_owned());
+        trust::login(&url, token, ca.as_deref()).await?;
+        return Ok(true);
+    }
+    let mut client = gantry_cli::login::connect(cli.coordinator.as_deref()).await?;
     match cli.command {
         Command::Deploy {
             app,
@@ -290,7 +341,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Agents => commands::agents(&mut client, format).await?,
         Command::Apps => commands::apps(&mut client, format).await?,
         Command::Envs => commands::envs(&mut client, format).await?,
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Whoami => trust::whoami(&mut client, format).await?,
+        Command::Approve { job, comment } => {
+            trust::decide(&mut client, job.get(), true, comment, format).await?
+        }
+        Command::Reject { job, comment } => {
+            trust::decide(&mut client, job.get(), false, comment, format).await?
+        }
+        Command::Audit { limit } => trust::audit(&mut client, limit, format).await?,
+        Command::Agent {
+            command: AgentCommand::Revoke { name },
+        } => trust::revoke(&mut client, name).await?,
+        Command::Demo { .. } | Command::Login { .. } => unreachable!("handled above"),
     }
     Ok(true)
 }

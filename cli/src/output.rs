@@ -108,6 +108,7 @@ pub fn job_json(job: &proto::Job) -> Value {
         "base": job.base.as_ref().map(|b| json!({"branch": b.branch, "commit": b.commit})),
         "release": job.release, "rollback_to": job.rollback_to,
         "requested_by": job.requested_by, "superseded_by": job.superseded_by,
+        "approval": job.approval,
     })
 }
 

@@ -83,7 +83,7 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = format!(
-        "listen = \"{addr}\"\n[[environments]]\nname = \"dev\"\n[[environments]]\nname = \"prod\"\n\
+        "plaintext = true\nlisten = \"{addr}\"\n[[environments]]\nname = \"dev\"\n[[environments]]\nname = \"prod\"\n\
          [[apps]]\nname = \"{app}\"\nremote = \"{}\"\nbuild_command = \"{}\"\nartifact = \"{}\"\n\
          base_image = \"{}\"\ncontainer_port = {}\nhealth_path = \"/health\"\n",
         repo.display(),
@@ -113,6 +113,7 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
         public_host: "127.0.0.1".into(),
         drain_grace: gantry_agent::DEFAULT_DRAIN_GRACE,
         proxy_program: None,
+        tls_dir: None,
     };
     let agent = tokio::spawn(gantry_agent::run(agent, shutdown.clone()));
 

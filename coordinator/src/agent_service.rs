@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::{
+    audit::AuditEntry,
     core::Core,
     error::Error,
     fleet::{Outbox, AGENT_OUTBOX},
@@ -63,6 +64,11 @@ impl proto::agent_service_server::AgentService for AgentService {
         &self,
         request: Request<Streaming<proto::AgentMessage>>,
     ) -> Result<Response<OutStream>, Status> {
+        let peer = crate::auth::peer(&request);
+        let identity = match self.core.authority {
+            Some(_) => Some(self.certificate_identity(&request, &peer)?),
+            None => None,
+        };
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -74,6 +80,17 @@ impl proto::agent_service_server::AgentService for AgentService {
             ));
         };
         let (record, running) = registration(reg)?;
+        if let Some(identity) = &identity {
+            let checked = self.core.check_agent(identity, &record);
+            let who = format!("agent:{}", identity.name);
+            let target = format!("agent {} env {}", record.name, record.env);
+            let detail = match &checked {
+                Ok(()) => format!("certificate {}", identity.serial),
+                Err(e) => e.to_string(),
+            };
+            self.core.audit(AuditEntry::new(who, &peer, "agent-connect", target, checked.is_ok(), detail));
+            checked?;
+        }
         let agent = record.name.clone();
         let (outbox, rx) = mpsc::channel(AGENT_OUTBOX);
         let hello = proto::coordinator_message::Body::Registered(proto::Registered {
@@ -102,6 +119,54 @@ impl proto::agent_service_server::AgentService for AgentService {
         // The stream ends when the session's outbox is dropped: on detach,
         // which the reader does at shutdown too.
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn join(
+        &self,
+        request: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::JoinResponse>, Status> {
+        let peer = crate::auth::peer(&request);
+        let req = request.into_inner();
+        let claimed = gantry_shared::tls::JoinToken::parse(&req.token)
+            .map(|t| format!("agent {} env {}", t.name, t.env))
+            .unwrap_or_else(|_| "malformed token".into());
+        let joined = self.core.join(&req.token, &req.csr_pem);
+        let detail = match &joined {
+            Ok(r) => format!("certificate issued to {} for {}", r.name, r.env),
+            Err(e) => e.to_string(),
+        };
+        self.core
+            .audit(AuditEntry::new("anonymous", peer, "enrol", claimed, joined.is_ok(), detail));
+        Ok(Response::new(joined?))
+    }
+}
+
+impl AgentService {
+    /// The identity in the client certificate TLS verified; a stream
+    /// without one is refused and audited.
+    fn certificate_identity<T>(
+        &self,
+        request: &Request<T>,
+        peer: &str,
+    ) -> Result<crate::trust::AgentIdentity, Status> {
+        let certs = request.peer_certs();
+        let identity = match certs.as_ref().and_then(|c| c.first()) {
+            Some(cert) => crate::trust::identity(cert).map_err(Error::Unauthenticated),
+            None => Err(Error::Unauthenticated(
+                "agents must present the client certificate from `gantry-agent join`".into(),
+            )),
+        };
+        if let Err(e) = &identity {
+            self.core.audit(AuditEntry::new(
+                "unknown",
+                peer,
+                "agent-connect",
+                "coordinator",
+                false,
+                e.to_string(),
+            ));
+        }
+        Ok(identity?)
     }
 }
 

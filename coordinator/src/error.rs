@@ -90,11 +90,21 @@ pub enum Error {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials, but the policy does not allow this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Too many requests from one caller.
+    #[error("{0}")]
+    RateLimited(String),
 }
 
-impl From<Error> for Status {
-    fn from(err: Error) -> Status {
-        let code = match &err {
+impl Error {
+    /// The gRPC code this error is answered with.
+    pub fn code(&self) -> Code {
+        match self {
             Error::InvalidName(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::UnknownApp { .. }
             | Error::UnknownEnv { .. }
@@ -106,8 +116,17 @@ impl From<Error> for Status {
             | Error::RemoteRefused(_)
             | Error::MergeConflict { .. } => Code::FailedPrecondition,
             Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::RateLimited(_) => Code::ResourceExhausted,
             Error::Store(_) | Error::Git(_) => Code::Internal,
-        };
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let code = err.code();
         if code == Code::Internal {
             tracing::error!(error = %err, "internal error");
         }

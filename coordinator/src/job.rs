@@ -57,6 +57,49 @@ impl JobKind {
     }
 }
 
+/// Whether a job must be approved before it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Approval {
+    /// Its environment needs none.
+    #[default]
+    NotNeeded,
+    /// It waits for someone with one of these roles, not its requester.
+    Waiting {
+        /// The roles that may approve.
+        roles: Vec<String>,
+    },
+    /// Approved.
+    Approved {
+        /// By whom.
+        by: String,
+        /// Their comment.
+        comment: String,
+    },
+    /// Rejected; the job ended Cancelled.
+    Rejected {
+        /// By whom.
+        by: String,
+        /// Their comment.
+        comment: String,
+    },
+}
+
+impl Approval {
+    /// For people: "waiting for ops", "approved by bob (looks good)".
+    pub fn describe(&self) -> String {
+        let with = |comment: &str| match comment {
+            "" => String::new(),
+            c => format!(" ({c})"),
+        };
+        match self {
+            Approval::NotNeeded => String::new(),
+            Approval::Waiting { roles } => format!("waiting for {}", roles.join(" or ")),
+            Approval::Approved { by, comment } => format!("approved by {by}{}", with(comment)),
+            Approval::Rejected { by, comment } => format!("rejected by {by}{}", with(comment)),
+        }
+    }
+}
+
 /// One server of a job's roll.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RollStep {
@@ -133,6 +176,9 @@ pub struct JobRecord {
     /// servers already switched are put back on the release before.
     #[serde(default)]
     pub putting_back: Option<(JobState, String)>,
+    /// Whether it needs, and got, an approval.
+    #[serde(default)]
+    pub approval: Approval,
 }
 
 impl JobRecord {
@@ -175,6 +221,7 @@ impl JobRecord {
             roll: Vec::new(),
             step: 0,
             putting_back: None,
+            approval: Approval::NotNeeded,
         }
     }
 
@@ -228,6 +275,7 @@ impl JobRecord {
             requested_by: self.requested_by.clone(),
             superseded_by: self.superseded_by.map_or(0, JobId::get),
             roll: self.roll.iter().map(RollStep::describe).collect(),
+            approval: self.approval.describe(),
         }
     }
 }

@@ -6,16 +6,21 @@
 //! and the demo run it in-process on port 0.
 
 pub mod agent_service;
+pub mod audit;
+pub mod auth;
 pub mod core;
 pub mod error;
 pub mod fleet;
 pub mod follow;
+pub mod guard;
 pub mod hub;
 pub mod job;
 pub mod operator_service;
 pub mod release;
+pub mod request;
 pub mod store;
 pub mod tail;
+pub mod trust;
 
 use std::{sync::Arc, time::Duration};
 
@@ -60,7 +65,17 @@ pub async fn serve(
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let store = store::Store::open(&config.data_dir)
         .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
-    let core = Core::new(Arc::new(config), store)?;
+    gantry_shared::tls::install_crypto_provider();
+    let authority = match config.plaintext {
+        true => None,
+        false => Some(trust::Authority::load(&config.tls_dir())?),
+    };
+    let tls = authority
+        .as_ref()
+        .map(|a| a.server_config())
+        .transpose()?
+        .map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
+    let core = Core::new(Arc::new(config), store, authority)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -106,18 +121,25 @@ pub async fn serve(
         }
     };
 
-    info!(addr = %listener.local_addr()?, "coordinator serving");
+    info!(addr = %listener.local_addr()?, tls = tls.is_some(), open = core.auth.is_open(), "coordinator serving");
     // Agents' liveness comes from their heartbeats and the lease; this ping
     // only finds dead connections of idle operator streams, so it is rare:
     // a thousand agents would otherwise cost a ping every 10 ms.
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(SERVER_KEEPALIVE))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(agents)
-        .add_service(operators)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned());
+        .add_service(operators);
+    let stop = shutdown.clone().cancelled_owned();
+    let server: futures::future::BoxFuture<'_, Result<(), tonic::transport::Error>> = match tls {
+        Some(acceptor) => {
+            let conns = trust::accept::tls_incoming(listener, acceptor, core.clone(), shutdown.clone());
+            Box::pin(router.serve_with_incoming_shutdown(conns, stop))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(incoming(listener), stop)),
+    };
     let ((), served) = tokio::join!(sweeper, server);
     served.context("the gRPC server failed")?;
     core.store.flush().await?;

@@ -1,10 +1,13 @@
-//! `gantry-coordinator --config coordinator.toml`
+//! `gantry-coordinator --config coordinator.toml` serves; `ca init`,
+//! `agent enroll` and `token new` set up trust beforehand.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
-use gantry_shared::config::CoordinatorConfig;
+use clap::{Parser, Subcommand};
+use gantry_coordinator::trust;
+use gantry_shared::{config::CoordinatorConfig, tls::fingerprint, AgentName, EnvName};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The Gantry coordinator: schedules deploys onto agents and serves operators.
@@ -12,8 +15,73 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about)]
 struct Args {
     /// Path of the configuration file.
-    #[arg(long, env = "GANTRY_CONFIG", default_value = "coordinator.toml")]
+    #[arg(long, global = true, env = "GANTRY_CONFIG", default_value = "coordinator.toml")]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// The certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Agents' enrolment.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Operators' API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the CA, the server certificate and the join key in the TLS
+    /// directory (`tls_dir`, default `<data_dir>/tls`).
+    Init {
+        /// A name or address agents and operators reach the coordinator
+        /// by; repeat for several. localhost and loopback are always in.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Print a one-time join token for an agent of an environment.
+    Enroll {
+        /// The environment the agent's certificate will be bound to.
+        #[arg(long)]
+        env: EnvName,
+        /// The agent's name.
+        #[arg(long)]
+        name: AgentName,
+        /// Minutes the token stays valid.
+        #[arg(long, default_value_t = 60)]
+        ttl_minutes: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make an API token for a user and print the `[[users]]` entry to add
+    /// to the config (only its hash is stored).
+    New {
+        /// The user's name.
+        #[arg(long)]
+        name: String,
+        /// A role; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -24,6 +92,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    gantry_shared::tls::install_crypto_provider();
+    match args.command {
+        None | Some(Command::Serve) => {}
+        Some(command) => return admin(&args.config, command),
+    }
     let config = CoordinatorConfig::load(&args.config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -35,6 +108,50 @@ async fn main() -> anyhow::Result<()> {
         signal.cancel();
     });
     gantry_coordinator::serve(config, listener, shutdown).await
+}
+
+/// The set-up commands: they work on files and print what to do next.
+fn admin(config_path: &std::path::Path, command: Command) -> anyhow::Result<()> {
+    let config = CoordinatorConfig::load(config_path)?;
+    let dir = config.tls_dir();
+    match command {
+        Command::Serve => unreachable!("handled by main"),
+        Command::Ca {
+            command: CaCommand::Init { hosts },
+        } => {
+            let made = trust::ca::init(&dir, &hosts)?;
+            println!("CA and server certificate created in {}", dir.display());
+            println!("server names: {}", made.hosts.join(", "));
+            println!("CA fingerprint (sha256): {}", made.ca_fingerprint);
+            println!("next: gantry-coordinator agent enroll --env ENV --name NAME");
+        }
+        Command::Agent {
+            command: AgentCommand::Enroll { env, name, ttl_minutes },
+        } => {
+            if config.environment(&env).is_none() {
+                let known: Vec<_> = config.environments.iter().map(|e| e.name().to_string()).collect();
+                anyhow::bail!("unknown environment {env}; configured: {}", known.join(", "));
+            }
+            let authority = trust::Authority::load(&dir)?;
+            let token = authority.enroll(env, name, Duration::from_secs(ttl_minutes * 60));
+            println!("{token}");
+            eprintln!(
+                "one-time token for agent {} in {}, valid {ttl_minutes} minutes; on the agent's host run:\n  \
+                 gantry-agent join --coordinator https://COORDINATOR:PORT --token <the token above>",
+                token.name, token.env
+            );
+        }
+        Command::Token {
+            command: TokenCommand::New { name, roles },
+        } => {
+            let token = trust::ca::new_api_token();
+            println!("token: {token}");
+            println!("\nadd to {}:\n", config_path.display());
+            println!("[[users]]\nname = {name:?}\nroles = {roles:?}\ntoken_sha256 = \"{}\"", fingerprint(token.as_bytes()));
+            eprintln!("\ngive the token to {name} for `gantry login`; it is not stored anywhere, so it cannot be shown again");
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -4,14 +4,17 @@
 use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
-use gantry_shared::{proto, AppName, BranchName, EnvName, JobId};
+use gantry_shared::{proto, AgentName, AppName, BranchName, EnvName, JobId};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    core::{BranchRequest, Core},
+    auth::Action,
+    request::{deploy_request, optional, release_limit, required},
+    core::Core,
     error::{redact_url, Error},
     follow,
+    guard::field,
     tail::TailStream,
 };
 
@@ -40,76 +43,6 @@ impl OperatorService {
     }
 }
 
-/// An optional name: empty means "not given".
-fn optional<T>(
-    value: String,
-    parse: impl FnOnce(String) -> Result<T, gantry_shared::NameError>,
-) -> Result<Option<T>, Error> {
-    if value.is_empty() {
-        Ok(None)
-    } else {
-        Ok(Some(parse(value)?))
-    }
-}
-
-fn required<T>(
-    what: &str,
-    value: String,
-    parse: impl FnOnce(String) -> Result<T, gantry_shared::NameError>,
-) -> Result<T, Error> {
-    if value.is_empty() {
-        return Err(Error::InvalidArgument(format!("{what} is required")));
-    }
-    Ok(parse(value)?)
-}
-
-/// Who is asking: the `gantry-user` request header (the CLI sends the
-/// login name), or "anonymous".
-fn requester<T>(request: &Request<T>) -> Result<String, Error> {
-    let Some(value) = request.metadata().get(USER_HEADER) else {
-        return Ok("anonymous".into());
-    };
-    let name = value
-        .to_str()
-        .ok()
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_graphic()))
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "the {USER_HEADER} header must be 1 to 64 visible ASCII characters"
-            ))
-        })?;
-    Ok(name.to_owned())
-}
-
-/// The request header naming the person asking.
-pub const USER_HEADER: &str = "gantry-user";
-
-fn names(values: Vec<String>) -> Result<Vec<BranchName>, Error> {
-    values
-        .into_iter()
-        .map(|v| BranchName::new(v).map_err(Error::from))
-        .collect()
-}
-
-/// `branch` and `branches` together: the single field is kept for simple
-/// clients, the list for sets; both at once is ambiguous.
-fn branch_list(branch: Option<BranchName>, list: Vec<String>) -> Result<Vec<BranchName>, Error> {
-    match (branch, list.is_empty()) {
-        (None, _) => names(list),
-        (Some(branch), true) => Ok(vec![branch]),
-        (Some(_), false) => Err(Error::InvalidArgument(
-            "give the branch either in `branch` or in `branches`, not both".into(),
-        )),
-    }
-}
-
-fn release_limit(limit: u32) -> usize {
-    match limit {
-        0 => 20,
-        n => n.min(1000) as usize,
-    }
-}
-
 type BatchStream = Pin<Box<dyn Stream<Item = Result<proto::LogBatch, Status>> + Send>>;
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<proto::LogLine, Status>> + Send>>;
@@ -118,8 +51,9 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<proto::LogLine, Status>> + Sen
 impl proto::operator_service_server::OperatorService for OperatorService {
     async fn list_apps(
         &self,
-        _: Request<proto::ListAppsRequest>,
+        request: Request<proto::ListAppsRequest>,
     ) -> Result<Response<proto::ListAppsResponse>, Status> {
+        self.core.caller(&request, "read")?;
         let apps = self
             .core
             .config
@@ -142,8 +76,9 @@ impl proto::operator_service_server::OperatorService for OperatorService {
 
     async fn list_environments(
         &self,
-        _: Request<proto::ListEnvironmentsRequest>,
+        request: Request<proto::ListEnvironmentsRequest>,
     ) -> Result<Response<proto::ListEnvironmentsResponse>, Status> {
+        self.core.caller(&request, "read")?;
         let connected = self.core.connected();
         let agents = self.core.store.agents().map_err(Error::from)?;
         let environments = self
@@ -168,8 +103,9 @@ impl proto::operator_service_server::OperatorService for OperatorService {
 
     async fn list_agents(
         &self,
-        _: Request<proto::ListAgentsRequest>,
+        request: Request<proto::ListAgentsRequest>,
     ) -> Result<Response<proto::ListAgentsResponse>, Status> {
+        self.core.caller(&request, "read")?;
         let connected = self.core.connected();
         let mut agents: Vec<proto::Agent> = self
             .core
@@ -203,26 +139,16 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::DeployRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let who = requester(&request)?;
+        let who = self.core.caller(&request, "deploy")?;
         let req = request.into_inner();
-        let app = required("app", req.app, AppName::new)?;
-        let env = required("env", req.env, EnvName::new)?;
-        let branches = branch_list(optional(req.branch, BranchName::new)?, req.branches)?;
-        let add = names(req.add)?;
-        let remove = names(req.remove)?;
-        let wanted = match (branches.is_empty(), add.is_empty() && remove.is_empty()) {
-            (_, true) => BranchRequest::set(branches)?,
-            (true, false) => BranchRequest::change(add, remove)?,
-            (false, false) => {
-                return Err(Error::InvalidArgument(
-                    "give either the branches to deploy or --add/--remove changes to the \
-                     current set, not both"
-                        .into(),
-                )
-                .into())
-            }
-        };
-        let job = self.core.deploy(app, env, wanted, who).await?;
+        let target = format!("app {} env {}", field(&req.app), field(&req.env));
+        let job = async {
+            let (app, env, wanted) = deploy_request(req)?;
+            self.core.permit(&who, Action::Deploy(self.core.environment_config(&env)?))?;
+            self.core.deploy(app, env, wanted, who.name.clone()).await
+        }
+        .await;
+        let job = self.core.audited(&who, "deploy", &target, job, |j| format!("job {}", j.id))?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
@@ -230,6 +156,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
+        self.core.caller(&request, "read")?;
         let id = JobId::new(request.into_inner().id).map_err(Error::from)?;
         Ok(Response::new(self.job_proto(id)?))
     }
@@ -238,6 +165,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        self.core.caller(&request, "read")?;
         let req = request.into_inner();
         let app = optional(req.app, AppName::new)?;
         let env = optional(req.env, EnvName::new)?;
@@ -265,8 +193,19 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let id = JobId::new(request.into_inner().id).map_err(Error::from)?;
-        let job = self.core.cancel(id).await?;
+        let who = self.core.caller(&request, "cancel")?;
+        let raw = request.into_inner().id;
+        let job = async {
+            let id = JobId::new(raw)?;
+            let job = self.core.job(id)?;
+            if job.requested_by != who.name {
+                self.core.permit(&who, Action::Deploy(self.core.environment_config(&job.env)?))?;
+            }
+            self.core.cancel(id).await
+        }
+        .await;
+        let target = format!("job {raw}");
+        let job = self.core.audited(&who, "cancel", &target, job, |j| j.reason.clone())?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
@@ -274,12 +213,18 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::RollbackRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let who = requester(&request)?;
+        let who = self.core.caller(&request, "rollback")?;
         let req = request.into_inner();
-        let app = required("app", req.app, AppName::new)?;
-        let env = required("env", req.env, EnvName::new)?;
-        let to = (req.to_release > 0).then_some(req.to_release);
-        let job = self.core.rollback(app, env, to, who).await?;
+        let target = format!("app {} env {} to {}", field(&req.app), field(&req.env), req.to_release);
+        let job = async {
+            let app = required("app", req.app, AppName::new)?;
+            let env = required("env", req.env, EnvName::new)?;
+            self.core.permit(&who, Action::Rollback(self.core.environment_config(&env)?))?;
+            let to = (req.to_release > 0).then_some(req.to_release);
+            self.core.rollback(app, env, to, who.name.clone()).await
+        }
+        .await;
+        let job = self.core.audited(&who, "rollback", &target, job, |j| format!("job {}", j.id))?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
@@ -287,6 +232,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::ListReleasesRequest>,
     ) -> Result<Response<proto::ListReleasesResponse>, Status> {
+        self.core.caller(&request, "read")?;
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let env = required("env", req.env, EnvName::new)?;
@@ -303,6 +249,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::GetEnvironmentStateRequest>,
     ) -> Result<Response<proto::EnvironmentState>, Status> {
+        self.core.caller(&request, "read")?;
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let env = required("env", req.env, EnvName::new)?;
@@ -323,6 +270,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::DiffEnvironmentsRequest>,
     ) -> Result<Response<proto::DiffEnvironmentsResponse>, Status> {
+        self.core.caller(&request, "read")?;
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let from = required("from_env", req.from_env, EnvName::new)?;
@@ -344,6 +292,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::ListBranchesRequest>,
     ) -> Result<Response<proto::ListBranchesResponse>, Status> {
+        self.core.caller(&request, "read")?;
         let app = required("app", request.into_inner().app, AppName::new)?;
         let branches = self.core.branches(&app).await?;
         Ok(Response::new(proto::ListBranchesResponse { branches }))
@@ -353,12 +302,19 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::CreateBranchRequest>,
     ) -> Result<Response<proto::Branch>, Status> {
-        let who = requester(&request)?;
+        let who = self.core.caller(&request, "create-branch")?;
         let req = request.into_inner();
-        let app = required("app", req.app, AppName::new)?;
-        let name = required("name", req.name, BranchName::new)?;
-        let from = (!req.from.is_empty()).then_some(req.from);
-        let branch = self.core.create_branch(&app, name, from, who).await?;
+        let target = format!("app {} branch {}", field(&req.app), field(&req.name));
+        let branch = async {
+            let app = required("app", req.app, AppName::new)?;
+            let name = required("name", req.name, BranchName::new)?;
+            let from = (!req.from.is_empty()).then_some(req.from);
+            self.core.create_branch(&app, name, from, who.name.clone()).await
+        }
+        .await;
+        let branch = self.core.audited(&who, "create-branch", &target, branch, |b| {
+            format!("created at {}", b.commit)
+        })?;
         Ok(Response::new(branch))
     }
 
@@ -368,6 +324,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::StreamAppLogsRequest>,
     ) -> Result<Response<TailStream>, Status> {
+        self.core.caller(&request, "read")?;
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let env = required("env", req.env, EnvName::new)?;
@@ -381,6 +338,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::StreamJobLogsRequest>,
     ) -> Result<Response<BatchStream>, Status> {
+        self.core.caller(&request, "read")?;
         let (id, from, follow) = self.log_request(request.into_inner())?;
         let stream =
             follow::job_log_batches(self.core.clone(), id, from, follow, self.shutdown.clone());
@@ -393,8 +351,112 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::StreamJobLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
+        self.core.caller(&request, "read")?;
         let (id, from, follow) = self.log_request(request.into_inner())?;
         let stream = follow::job_logs(self.core.clone(), id, from, follow, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<proto::ApproveRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        self.decide(request, true).await
+    }
+
+    async fn reject(
+        &self,
+        request: Request<proto::ApproveRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        self.decide(request, false).await
+    }
+
+    async fn revoke_agent(
+        &self,
+        request: Request<proto::RevokeAgentRequest>,
+    ) -> Result<Response<proto::RevokeAgentResponse>, Status> {
+        let who = self.core.caller(&request, "revoke")?;
+        let raw = request.into_inner().name;
+        let target = format!("agent {}", field(&raw));
+        let revoked = (|| {
+            let name = required("name", raw, AgentName::new)?;
+            self.core.permit(&who, Action::Admin)?;
+            self.core.revoke(&name)
+        })();
+        let revoked = self.core.audited(&who, "revoke", &target, revoked, |certs| {
+            let serials: Vec<&str> = certs.iter().map(|c| c.serial.as_str()).collect();
+            format!("certificates {}", serials.join(", "))
+        })?;
+        let serials = revoked.into_iter().map(|c| c.serial).collect();
+        Ok(Response::new(proto::RevokeAgentResponse { serials }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<proto::ListAuditRequest>,
+    ) -> Result<Response<proto::ListAuditResponse>, Status> {
+        let who = self.core.caller(&request, "read-audit")?;
+        let permitted = self.core.permit(&who, Action::Admin);
+        self.core.audited(&who, "read-audit", "audit trail", permitted, |_| String::new())?;
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        let entries = self.core.store.audit(limit).map_err(Error::from)?;
+        let entries = entries.iter().map(|e| e.to_proto()).collect();
+        Ok(Response::new(proto::ListAuditResponse { entries }))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<proto::WhoAmIRequest>,
+    ) -> Result<Response<proto::WhoAmIResponse>, Status> {
+        let who = self.core.caller(&request, "read")?;
+        let config = &self.core.config;
+        let envs = |approve: bool| {
+            let check = |e| match approve {
+                true => Action::Approve(e),
+                false => Action::Deploy(e),
+            };
+            config
+                .environments
+                .iter()
+                .filter(|e| who.may(check(e), config))
+                .map(|e| e.name().to_string())
+                .collect()
+        };
+        Ok(Response::new(proto::WhoAmIResponse {
+            deploy: envs(false),
+            approve: envs(true),
+            name: who.name.clone(),
+            roles: who.roles.iter().cloned().collect(),
+        }))
+    }
+}
+
+impl OperatorService {
+    /// Approve or reject, audited.
+    async fn decide(
+        &self,
+        request: Request<proto::ApproveRequest>,
+        approve: bool,
+    ) -> Result<Response<proto::Job>, Status> {
+        let action = if approve { "approve" } else { "reject" };
+        let who = self.core.caller(&request, action)?;
+        let req = request.into_inner();
+        let target = format!("job {}", req.job_id);
+        let job = async {
+            let id = JobId::new(req.job_id)?;
+            let comment = req.comment.trim();
+            if comment.len() > 500 {
+                return Err(Error::InvalidArgument("the comment is over 500 bytes".into()));
+            }
+            self.core.decide_approval(id, &who, approve, comment.to_owned()).await
+        }
+        .await;
+        let job = self.core.audited(&who, action, &target, job, |j| {
+            format!("{} {} {}", j.app, j.env, j.approval.describe())
+        })?;
+        Ok(Response::new(self.job_proto(job.id)?))
     }
 }

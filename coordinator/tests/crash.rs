@@ -91,7 +91,7 @@ async fn two_hundred_thousand_lines_survive_three_sigkills_of_the_coordinator() 
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nagent_lease_secs = 60\n[[environments]]\nname = \"dev\"\n\
+            "plaintext = true\nlisten = \"127.0.0.1:{port}\"\nagent_lease_secs = 60\n[[environments]]\nname = \"dev\"\n\
              [[apps]]\nname = \"printer\"\nremote = \"{}\"\nbuild_command = \"seq 1 {LINES} | sed 's/^/line /'; exit 3\"\n\
              artifact = \"none.jar\"\nbase_image = \"unused\"\ncontainer_port = 8080\n",
             repo_dir.display()
@@ -114,6 +114,7 @@ async fn two_hundred_thousand_lines_survive_three_sigkills_of_the_coordinator() 
         public_host: "127.0.0.1".into(),
         drain_grace: Duration::from_secs(5),
         proxy_program: None,
+        tls_dir: None,
     };
     let agent = tokio::spawn(gantry_agent::run(agent, shutdown.clone()));
 

@@ -29,7 +29,7 @@ async fn every_follower_sees_every_line_of_a_fast_job() {
     std::fs::write(
         &path,
         format!(
-            "listen = \"{}\"\n[[environments]]\nname = \"dev\"\n[[apps]]\nname = \"fast\"\nremote = \"{}\"\n\
+            "plaintext = true\nlisten = \"{}\"\n[[environments]]\nname = \"dev\"\n[[apps]]\nname = \"fast\"\nremote = \"{}\"\n\
              build_command = \"true\"\nartifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n",
             listener.local_addr().unwrap(),
             repo_dir.display()

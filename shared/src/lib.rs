@@ -8,6 +8,7 @@ pub mod git;
 pub mod job;
 pub mod limits;
 pub mod secret;
+pub mod tls;
 
 /// Code generated from `proto/gantry/v1/*.proto`.
 pub mod proto {

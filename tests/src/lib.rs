@@ -148,7 +148,7 @@ impl Harness {
 
     /// The config file text.
     pub fn config_text(&self, listen: std::net::SocketAddr) -> String {
-        let mut text = format!("listen = \"{listen}\"\ndata_dir = \"data\"\n");
+        let mut text = format!("plaintext = true\nlisten = \"{listen}\"\ndata_dir = \"data\"\n");
         for (name, vars) in &self.envs {
             text += &format!("\n[[environments]]\nname = \"{name}\"\n[environments.variables]\n");
             for (k, v) in vars {
@@ -264,6 +264,7 @@ impl Harness {
             public_host: "127.0.0.1".into(),
             drain_grace,
             proxy_program: Some(node_image::bin_dir()?.join("gantry-agent")),
+            tls_dir: None,
         };
         let token = CancellationToken::new();
         let task = tokio::spawn(gantry_agent::run(options, token.clone()));

@@ -205,16 +205,23 @@ async fn agents_cut_off_from_the_coordinator_lose_nothing() -> anyhow::Result<()
     );
     let config_dir = root.join("config");
     std::fs::create_dir_all(&config_dir)?;
+    // The coordinator listens on the network, so it speaks TLS: agents reach
+    // it by its container name, the test by the published port.
+    let tls_dir = config_dir.join("data").join("tls");
+    gantry_coordinator::trust::ca::init(&tls_dir, &[format!("{APP}-coordinator")])?;
+    let token = gantry_coordinator::trust::ca::new_api_token();
     std::fs::write(
         config_dir.join("coordinator.toml"),
         format!(
             "listen = \"0.0.0.0:7700\"\ndata_dir = \"data\"\nheartbeat_secs = 2\nagent_lease_secs = {LEASE_SECS}\n\
              [[environments]]\nname = \"dev\"\n[[environments]]\nname = \"test\"\n\
              [[apps]]\nname = \"{APP}\"\nremote = \"file://{}\"\nbuild_command = '''{build}'''\nartifact = \"target/app.jar\"\n\
-             base_image = \"{}\"\ncontainer_port = {}\nhealth_path = \"/health\"\n",
+             base_image = \"{}\"\ncontainer_port = {}\nhealth_path = \"/health\"\n\
+             [[users]]\nname = \"tester\"\nroles = [\"ops\"]\ntoken_sha256 = \"{}\"\n",
             repo.display(),
             jre_image::JRE_IMAGE,
             sample::PORT,
+            gantry_shared::tls::fingerprint(token.as_bytes()),
         ),
     )?;
 
@@ -234,19 +241,35 @@ async fn agents_cut_off_from_the_coordinator_lose_nothing() -> anyhow::Result<()
         Some(7700),
     )
     .await?;
-    let (coordinator_ip, gateway, port) = addresses(&engine, &coordinator, &network).await?;
+    let (_, gateway, port) = addresses(&engine, &coordinator, &network).await?;
     let url = format!(
-        "http://127.0.0.1:{}",
+        "https://127.0.0.1:{}",
         port.context("the coordinator's port is published")?
     );
+    let ca_pem = std::fs::read_to_string(tls_dir.join("ca.pem"))?;
+    let mut client = eventually("the coordinator to answer", Duration::from_secs(30), || {
+        let (url, token, ca_pem) = (url.clone(), token.clone(), ca_pem.clone());
+        async move {
+            Ok(gantry_cli::commands::connect_with(&url, Some(token), Some(ca_pem))
+                .await
+                .ok())
+        }
+    })
+    .await?;
+    let authority = gantry_coordinator::trust::Authority::load(&tls_dir)?;
+    let coordinator_url = format!("https://{APP}-coordinator:7700");
     let mut agents = HashMap::new();
     for (env, name) in [("dev", "dev-1"), ("test", "test-1")] {
         let work = root.join(name);
         std::fs::create_dir_all(&work)?;
+        let join = authority.enroll(env.parse()?, name.parse()?, Duration::from_secs(600));
+        gantry_agent::join::join(&url, &join.to_string(), &work.join("tls")).await?;
         let cmd = [
             "gantry-agent",
             "--coordinator",
-            &format!("http://{coordinator_ip}:7700"),
+            &coordinator_url,
+            "--tls-dir",
+            "/work/tls",
             "--env",
             env,
             "--name",
@@ -275,11 +298,6 @@ async fn agents_cut_off_from_the_coordinator_lose_nothing() -> anyhow::Result<()
         .await?;
         agents.insert(env, id);
     }
-    let mut client = eventually("the coordinator to answer", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { Ok(gantry_cli::commands::connect(&url).await.ok()) }
-    })
-    .await?;
 
     // Release one serves in both environments.
     std::fs::write(gates.join("dev"), "")?;

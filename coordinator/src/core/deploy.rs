@@ -4,14 +4,14 @@
 
 use std::collections::HashSet;
 
-use gantry_shared::{config::AppConfig, now_ms, AppName, BranchName, EnvName, JobState};
+use gantry_shared::{config::{AppConfig, EnvironmentConfig}, now_ms, AppName, BranchName, EnvName, JobState};
 use tracing::info;
 
 use super::{names, Core};
 use crate::{
     error::Error,
     fleet::Fleet,
-    job::{JobKind, JobRecord},
+    job::{Approval, JobKind, JobRecord},
 };
 
 /// Most branches in one set: a test environment runs around twenty, and
@@ -79,13 +79,16 @@ impl Core {
     /// is configured.
     pub(super) fn check_target(&self, app: &AppName, env: &EnvName) -> Result<&AppConfig, Error> {
         let app_config = self.config.app(app).ok_or_else(|| self.unknown_app(app))?;
-        if self.config.environment(env).is_none() {
-            return Err(Error::UnknownEnv {
-                known: names(self.config.environments.iter().map(|e| e.name().as_str())),
-                env: env.clone(),
-            });
-        }
+        self.environment_config(env)?;
         Ok(app_config)
+    }
+
+    /// The environment's configuration, or NotFound naming the configured ones.
+    pub fn environment_config(&self, env: &EnvName) -> Result<&EnvironmentConfig, Error> {
+        self.config.environment(env).ok_or_else(|| Error::UnknownEnv {
+            known: names(self.config.environments.iter().map(|e| e.name().as_str())),
+            env: env.clone(),
+        })
     }
 
     /// NotFound for `app`, naming the configured apps.
@@ -178,7 +181,18 @@ impl Core {
 
     /// Persists a new queued job, supersedes older queued requests for its
     /// (app, env), and places what can run.
-    pub(super) async fn enqueue(&self, job: JobRecord) -> Result<JobRecord, Error> {
+    pub(super) async fn enqueue(&self, mut job: JobRecord) -> Result<JobRecord, Error> {
+        if let Some(env) = self.config.environment(&job.env).filter(|e| !e.approve.is_empty()) {
+            job.approval = Approval::Waiting {
+                roles: env.approve.clone(),
+            };
+            job.reason = format!(
+                "waiting for approval by {} other than {}: gantry approve {}",
+                env.approve.join(" or "),
+                job.requested_by,
+                job.id
+            );
+        }
         self.store.put_job(&job)?;
         info!(
             job = %job.id, app = %job.app, env = %job.env, branches = %job.branch_label(),

@@ -13,19 +13,23 @@ use gantry_shared::{
 use tracing::{info, warn};
 
 mod agents;
+mod approval;
 mod branches;
 mod deploy;
 mod logs;
 mod releases;
 mod roll;
+mod trust;
 
 pub use deploy::BranchRequest;
 
 use crate::{
+    auth::Auth,
     error::Error,
+    trust::Authority,
     fleet::{Decision, Fleet, Placement},
     hub::LogHub,
-    job::{BranchCommit, JobKind, JobRecord, RollStep},
+    job::{Approval, BranchCommit, JobKind, JobRecord, RollStep},
     release::{retained_images, ReleaseRecord, ServerRelease},
     store::Store,
     tail::Tails,
@@ -43,11 +47,19 @@ pub struct Core {
     pub tails: Tails,
     fleet: Mutex<Fleet>,
     mirrors: branches::MirrorLocks,
+    /// Operators' tokens and rates.
+    pub auth: Auth,
+    /// The CA that enrols agents; `None` when serving plaintext.
+    pub authority: Option<Authority>,
 }
 
 impl Core {
     /// Builds the core over `store`, reading back queued and active jobs.
-    pub fn new(config: Arc<CoordinatorConfig>, store: Store) -> Result<Arc<Self>, Error> {
+    pub fn new(
+        config: Arc<CoordinatorConfig>,
+        store: Store,
+        authority: Option<Authority>,
+    ) -> Result<Arc<Self>, Error> {
         let mut fleet = Fleet::default();
         let now = Instant::now();
         for job in store.jobs() {
@@ -82,6 +94,8 @@ impl Core {
             format!("{:?}", config.environments).into_bytes(),
         )?;
         Ok(Arc::new(Self {
+            auth: Auth::new(&config),
+            authority,
             config,
             store,
             hub: LogHub::default(),
@@ -308,6 +322,9 @@ impl Core {
                 fleet.queued.remove(&id);
                 continue;
             };
+            if matches!(job.approval, Approval::Waiting { .. }) {
+                continue;
+            }
             match fleet.decide(&job) {
                 Decision::Wait(reason) => {
                     if job.reason != reason {

@@ -66,6 +66,10 @@ pub struct AgentConfig {
     /// Seconds running jobs get to finish on SIGTERM. Default 60.
     #[serde(default = "default_drain_grace_secs")]
     pub drain_grace_secs: u64,
+    /// Where `gantry-agent join` wrote this agent's certificate, used for
+    /// an https:// coordinator. Default `/etc/gantry/tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<PathBuf>,
     /// Labels shown by `gantry agents`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -122,6 +126,7 @@ mod tests {
             health_host: default_health_host(),
             public_host: Some("prod-1.example.com".into()),
             drain_grace_secs: 60,
+            tls_dir: Some("/etc/gantry/tls".into()),
             labels: BTreeMap::from([("zone".into(), "a".into())]),
         };
         let text = config.to_toml();

@@ -17,6 +17,9 @@ use toml::Spanned;
 use crate::domain::{AppName, BranchName, EnvName};
 
 pub mod agent;
+pub mod trust;
+
+pub use trust::UserConfig;
 
 /// A configuration file that could not be used; the message names the file,
 /// the line and the field, and what is wrong with it.
@@ -135,6 +138,26 @@ pub struct CoordinatorConfig {
     /// The apps that can be deployed.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
+    /// Serve without TLS. Allowed only when `listen` is a loopback address
+    /// (the demo, a laptop); anything reachable from the network uses TLS.
+    /// Default false.
+    #[serde(default)]
+    pub plaintext: bool,
+    /// Directory of the CA, the server certificate and the join key made by
+    /// `gantry-coordinator ca init`. Default `<data_dir>/tls`.
+    #[serde(default)]
+    pub tls_dir: Option<PathBuf>,
+    /// The operators and their token hashes. With none, and `plaintext` on
+    /// loopback, every local caller may do everything.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Roles that may revoke agents and read the audit trail. Default `["ops"]`.
+    #[serde(default = "trust::default_admin_roles")]
+    pub admins: Vec<String>,
+    /// Requests per minute each operator may make; more get
+    /// ResourceExhausted. Default 600.
+    #[serde(default = "trust::default_rate_limit_per_minute")]
+    pub rate_limit_per_minute: u32,
 }
 
 /// One environment: its own servers, domain and middleware.
@@ -152,6 +175,16 @@ pub struct EnvironmentConfig {
     /// returned by any API, and replaced by `***` in every log line.
     #[serde(default)]
     pub secrets: BTreeMap<String, crate::Secret>,
+    /// Roles that may deploy here and cancel deploys here. Default `["ops"]`.
+    #[serde(default = "trust::default_deploy_roles")]
+    pub deploy: Vec<String>,
+    /// Roles that may roll back here. Default: the `deploy` roles.
+    #[serde(default)]
+    pub rollback: Option<Vec<String>>,
+    /// When set, a deploy or rollback here waits until someone with one of
+    /// these roles, other than its requester, approves it.
+    #[serde(default)]
+    pub approve: Vec<String>,
 }
 
 impl EnvironmentConfig {
@@ -163,6 +196,11 @@ impl EnvironmentConfig {
     /// The environment's name.
     pub fn name(&self) -> &EnvName {
         self.name.get_ref()
+    }
+
+    /// Roles that may roll back here.
+    pub fn rollback_roles(&self) -> &[String] {
+        self.rollback.as_deref().unwrap_or(&self.deploy)
     }
 }
 
@@ -250,6 +288,9 @@ impl CoordinatorConfig {
             let base = path.parent().unwrap_or(Path::new("."));
             config.data_dir = base.join(&config.data_dir);
         }
+        if let Some(dir) = config.tls_dir.as_mut().filter(|d| d.is_relative()) {
+            *dir = path.parent().unwrap_or(Path::new(".")).join(&*dir);
+        }
         Ok(config)
     }
 
@@ -300,6 +341,7 @@ impl CoordinatorConfig {
                 return Err(invalid(env.name.span(), msg));
             }
         }
+        self.validate_trust(&invalid)?;
         let mut seen = HashSet::new();
         for app in &self.apps {
             let at = app.name.span();
@@ -347,6 +389,59 @@ impl CoordinatorConfig {
             }
         }
         Ok(())
+    }
+
+    fn validate_trust(
+        &self,
+        invalid: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if self.plaintext && !self.listen.ip().is_loopback() {
+            let msg = format!(
+                "plaintext = true is allowed only on a loopback address, and listen is {}; \
+                 run `gantry-coordinator ca init` and drop plaintext, or listen on 127.0.0.1",
+                self.listen
+            );
+            return Err(invalid(0..0, msg));
+        }
+        if self.rate_limit_per_minute == 0 {
+            return Err(invalid(0..0, "rate_limit_per_minute must be at least 1".into()));
+        }
+        for env in &self.environments {
+            let roles = env.deploy.iter().chain(env.rollback_roles()).chain(&env.approve);
+            if let Some(bad) = roles.clone().find(|r| !trust::is_role_name(r)) {
+                let msg = format!("environment {}: {bad:?} is not a valid role name (use lowercase letters, digits and '-')", env.name());
+                return Err(invalid(env.name.span(), msg));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut hashes = HashSet::new();
+        for user in &self.users {
+            let at = user.name.span();
+            let name = user.name.get_ref();
+            if !trust::is_role_name(name) {
+                let msg = format!("user {name:?}: use lowercase letters, digits and '-', starting with a letter");
+                return Err(invalid(at, msg));
+            }
+            if !names.insert(name) {
+                return Err(invalid(at, format!("user {name:?} is declared twice")));
+            }
+            if !trust::is_sha256_hex(&user.token_sha256) {
+                let msg = format!("user {name:?}: token_sha256 must be 64 lowercase hex digits, as printed by `gantry-coordinator token new`");
+                return Err(invalid(at, msg));
+            }
+            if !hashes.insert(&user.token_sha256) {
+                return Err(invalid(at, format!("user {name:?} has the same token as another user")));
+            }
+            if let Some(bad) = user.roles.iter().find(|r| !trust::is_role_name(r)) {
+                return Err(invalid(at, format!("user {name:?}: {bad:?} is not a valid role name")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory of the CA and server certificate.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.tls_dir.clone().unwrap_or_else(|| self.data_dir.join("tls"))
     }
 
     /// The app named `name`, if configured.

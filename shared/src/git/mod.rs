@@ -203,8 +203,9 @@ impl Credentials {
     /// `text` without any URL credentials and without the token itself.
     pub(crate) fn redact(&self, text: &str) -> String {
         let mut text = redact_url(text);
-        if let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) {
-            text = text.replace(token, "***");
+        if let Some(token) = &self.token {
+            // The Redactor also hides overlapping matches ("abab" in "ababab").
+            text = crate::Redactor::new([token.clone()]).redact(text);
         }
         text
     }
@@ -213,6 +214,8 @@ impl Credentials {
 /// Removes credentials (`user:token@`) from every URL in `text`, so a URL or a
 /// message that quotes one can be shown or logged. Everything between `://`
 /// and the last `@` of the URL is replaced, which errs on the side of hiding.
+/// A URL ends at whitespace or at a character URLs cannot hold unencoded
+/// (`"`, `<`, `>`, `` ` ``); not at `'`, which a user or password may hold.
 pub fn redact_url(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -220,7 +223,7 @@ pub fn redact_url(text: &str) -> String {
         let (head, tail) = rest.split_at(start + 3);
         out.push_str(head);
         let end = tail
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '<' | '>' | '`'))
             .unwrap_or(tail.len());
         let url = &tail[..end];
         match url.rfind('@') {

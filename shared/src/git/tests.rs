@@ -411,3 +411,24 @@ fn each_kind_of_credential_is_offered_once() {
         .expect("nothing to offer");
     assert!(err.message().contains("none of that kind"), "{err}");
 }
+
+#[test]
+fn redaction_hides_credentials_holding_a_quote() {
+    // Found by shared/tests/fuzz.rs: `'` is allowed unencoded in a URL's
+    // user and password (RFC 3986 sub-delims), and ending the URL there
+    // showed the rest of the password.
+    assert_eq!(
+        redact_url("https://bot:it's-s3cret@git.example.com/shop.git"),
+        "https://***@git.example.com/shop.git"
+    );
+    assert_eq!(
+        redact_url("fetch 'https://o'brien:pw@h/x' failed"),
+        "fetch 'https://***@h/x' failed"
+    );
+    // The same fuzz property for the token: no part of an overlapping match.
+    let credentials = Credentials {
+        token: Some("abab".into()),
+        ..Credentials::default()
+    };
+    assert_eq!(credentials.redact("ababab"), "***");
+}

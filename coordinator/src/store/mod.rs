@@ -8,6 +8,10 @@ use std::path::Path;
 use gantry_shared::{proto, AgentName, AppName, EnvName, JobId};
 use prost::Message;
 
+mod trust;
+
+pub use trust::IssuedCert;
+
 use crate::{
     job::{AgentRecord, JobRecord},
     release::ReleaseRecord,
@@ -60,6 +64,14 @@ pub struct Store {
     /// "apps" / "environments" -> a readable dump of the configured values;
     /// "next_job_id" -> the job id counter.
     config: sled::Tree,
+    /// Audit seq (big-endian) -> JSON [`crate::audit::AuditEntry`]; only
+    /// ever appended to.
+    audit: sled::Tree,
+    audit_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Certificate serial (hex) -> JSON [`trust::IssuedCert`].
+    certs: sled::Tree,
+    /// Nonce of each join token redeemed -> when (ms, big-endian).
+    used_tokens: sled::Tree,
 }
 
 fn log_key(job: JobId, seq: u64) -> [u8; 16] {
@@ -93,6 +105,10 @@ impl Store {
             releases: db.open_tree("releases")?,
             log_tails: Default::default(),
             config: db.open_tree("config")?,
+            audit: db.open_tree("audit")?,
+            audit_lock: Default::default(),
+            certs: db.open_tree("certs")?,
+            used_tokens: db.open_tree("used_tokens")?,
             db,
         })
     }

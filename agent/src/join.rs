@@ -1,0 +1,149 @@
+//! `gantry-agent join`: enrol this host with the coordinator. A key pair is
+//! made here and never leaves the host; the coordinator signs a certificate
+//! for the name and environment its one-time token names.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use gantry_shared::{
+    proto,
+    tls::{self, files, JoinToken},
+    AgentName, EnvName,
+};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Where `join` keeps the certificate by default.
+pub const DEFAULT_TLS_DIR: &str = "/etc/gantry/tls";
+
+/// What `join` obtained.
+#[derive(Debug)]
+pub struct Joined {
+    /// The agent's name, from the token.
+    pub name: AgentName,
+    /// Its environment, from the token.
+    pub env: EnvName,
+    /// Where the key and certificates were written.
+    pub dir: PathBuf,
+}
+
+/// Redeems `token` at `coordinator` (an https:// URL) and writes the key,
+/// the certificate and the CA into `dir` (key readable by its owner only).
+pub async fn join(coordinator: &str, token: &str, dir: &Path) -> anyhow::Result<Joined> {
+    tls::install_crypto_provider();
+    let parsed = JoinToken::parse(token)?;
+    let (host, port) = tls::host_port(coordinator)
+        .with_context(|| format!("--coordinator must be an https:// URL, not {coordinator:?}"))?;
+    // The token pins the CA: learn it from the server, keep it only if
+    // its fingerprint matches, then speak verified TLS with it.
+    let ca = tls::fetch_ca(&host, port, &parsed.ca_fingerprint).await?;
+    let ca_pem = pem("CERTIFICATE", &ca);
+
+    let key = rcgen::KeyPair::generate().context("cannot make a key pair")?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|r| r.pem())
+        .context("cannot make a certificate request")?;
+    let channel = endpoint(coordinator, &ca_pem, None)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {coordinator}"))?;
+    let answer = proto::agent_service_client::AgentServiceClient::new(channel)
+        .join(proto::JoinRequest {
+            token: token.trim().to_owned(),
+            csr_pem: csr,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("the coordinator refused to enrol this agent: {}", s.message()))?
+        .into_inner();
+
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: &str, contents: &str, private: bool| {
+        let path = dir.join(name);
+        let done = match private {
+            true => tls::write_private(&path, contents.as_bytes()),
+            false => std::fs::write(&path, contents),
+        };
+        done.with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(files::AGENT_KEY, &key.serialize_pem(), true)?;
+    write(files::AGENT_CERT, &answer.certificate_pem, false)?;
+    write(files::CA_CERT, &answer.ca_pem, false)?;
+    Ok(Joined {
+        name: AgentName::new(answer.name)?,
+        env: EnvName::new(answer.env)?,
+        dir: dir.to_owned(),
+    })
+}
+
+/// An endpoint for `url`: over TLS trusting `ca_pem`, presenting
+/// `identity` (certificate and key PEM) when given.
+pub fn endpoint(url: &str, ca_pem: &str, identity: Option<(String, String)>) -> anyhow::Result<Endpoint> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Ok(Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid coordinator URL {url:?}"))?
+        .tls_config(tls)?)
+}
+
+/// The endpoint an enrolled agent dials `url` with: plain for http://,
+/// and for https:// TLS with the certificate `join` wrote into `dir`.
+pub fn agent_endpoint(url: &str, dir: Option<&Path>) -> anyhow::Result<Endpoint> {
+    if !url.starts_with("https://") {
+        return Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("invalid coordinator URL {url:?}"));
+    }
+    let dir = dir.unwrap_or(Path::new(DEFAULT_TLS_DIR));
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| {
+            format!("cannot read {}; enrol this agent first with `gantry-agent join`", path.display())
+        })
+    };
+    let identity = (read(files::AGENT_CERT)?, read(files::AGENT_KEY)?);
+    endpoint(url, &read(files::CA_CERT)?, Some(identity))
+}
+
+/// DER as PEM.
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            match i <= chunk.len() {
+                true => out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char),
+                false => out.push('='),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_vectors() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}
+

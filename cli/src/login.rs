@@ -1,0 +1,100 @@
+//! `gantry login`: keep the coordinator's URL, its CA and the user's API
+//! token in the user's config directory (readable by the user only), so
+//! later commands need no flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use gantry_shared::{proto, tls::write_private};
+use serde::{Deserialize, Serialize};
+
+use crate::commands::{connect_with, Client};
+
+/// Used when neither a flag, `GANTRY_COORDINATOR` nor a login names one.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7700";
+
+/// What `gantry login` keeps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The coordinator's URL.
+    pub coordinator: String,
+    /// The API token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The coordinator's CA certificate (PEM), for https://.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+/// `$GANTRY_CONFIG_DIR`, else `$XDG_CONFIG_HOME/gantry`, else `~/.config/gantry`.
+pub fn config_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GANTRY_CONFIG_DIR") {
+        return dir.into();
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("gantry")
+}
+
+fn credentials_path() -> PathBuf {
+    config_dir().join("credentials.toml")
+}
+
+/// The saved login, if any.
+pub fn load() -> anyhow::Result<Option<Credentials>> {
+    let path = credentials_path();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            toml::from_str(&text).with_context(|| format!("cannot read {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Connects as the saved login, with `coordinator` (flag or environment)
+/// taking precedence over the saved URL, and `GANTRY_TOKEN` over the
+/// saved token.
+pub async fn connect(coordinator: Option<&str>) -> anyhow::Result<Client> {
+    let saved = load()?.unwrap_or_default();
+    let url = coordinator
+        .map(str::to_owned)
+        .or_else(|| (!saved.coordinator.is_empty()).then(|| saved.coordinator.clone()))
+        .unwrap_or_else(|| DEFAULT_COORDINATOR.to_owned());
+    let token = std::env::var("GANTRY_TOKEN").ok().or(saved.token);
+    connect_with(&url, token, saved.ca_pem).await
+}
+
+/// Checks the token against the coordinator and saves the login.
+pub async fn login(
+    coordinator: &str,
+    token: String,
+    ca: Option<&Path>,
+) -> anyhow::Result<proto::WhoAmIResponse> {
+    let ca_pem = match ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?,
+        ),
+        None if coordinator.starts_with("https://") => anyhow::bail!(
+            "give --ca with the coordinator's CA certificate (ca.pem from its TLS directory)"
+        ),
+        None => None,
+    };
+    let mut client = connect_with(coordinator, Some(token.clone()), ca_pem.clone()).await?;
+    let me = client.who_am_i(proto::WhoAmIRequest {}).await?.into_inner();
+    let saved = Credentials {
+        coordinator: coordinator.to_owned(),
+        token: Some(token),
+        ca_pem,
+    };
+    let dir = config_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let text = toml::to_string(&saved).expect("credentials serialize");
+    write_private(&credentials_path(), text.as_bytes())
+        .with_context(|| format!("cannot write {}", credentials_path().display()))?;
+    Ok(me)
+}

@@ -1,0 +1,278 @@
+//! Who an operator request comes from, and what they may do.
+//!
+//! Operators send `authorization: Bearer TOKEN`; the coordinator keeps only
+//! SHA-256 hashes of tokens (in `[[users]]`), so the config file leaks no
+//! credential. Each environment names the roles that may deploy, roll back
+//! and approve there. With no users configured and plaintext on loopback,
+//! every caller is a trusted local user (the demo, a laptop).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Mutex,
+    time::Instant,
+};
+
+use gantry_shared::{
+    config::{CoordinatorConfig, EnvironmentConfig},
+    tls::fingerprint,
+};
+use tonic::Request;
+
+use crate::error::Error;
+
+/// The request header naming the person asking in open (tokenless) mode.
+pub const USER_HEADER: &str = "gantry-user";
+
+/// Someone whose request was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Their name.
+    pub name: String,
+    /// Their roles.
+    pub roles: BTreeSet<String>,
+    /// A trusted local caller (open mode): may do everything.
+    pub local: bool,
+    /// The peer address the request came from.
+    pub peer: String,
+}
+
+/// Something a policy allows or not.
+#[derive(Debug, Clone, Copy)]
+pub enum Action<'a> {
+    /// Deploy to, or cancel a deploy in, this environment.
+    Deploy(&'a EnvironmentConfig),
+    /// Roll back in this environment.
+    Rollback(&'a EnvironmentConfig),
+    /// Approve or reject deploys to this environment.
+    Approve(&'a EnvironmentConfig),
+    /// Revoke agents, read the audit trail.
+    Admin,
+}
+
+impl Principal {
+    fn has_any(&self, roles: &[String]) -> bool {
+        self.local || roles.iter().any(|r| self.roles.contains(r))
+    }
+
+    /// Whether the policy in `config` lets them do `action`.
+    pub fn may(&self, action: Action<'_>, config: &CoordinatorConfig) -> bool {
+        match action {
+            Action::Deploy(env) => self.has_any(&env.deploy),
+            Action::Rollback(env) => self.has_any(env.rollback_roles()),
+            Action::Approve(env) => self.has_any(&env.approve),
+            Action::Admin => self.has_any(&config.admins),
+        }
+    }
+
+    /// Why `action` is refused, for the caller: what role it takes.
+    pub fn refusal(&self, action: Action<'_>, config: &CoordinatorConfig) -> String {
+        let (what, roles): (String, &[String]) = match action {
+            Action::Deploy(env) => (format!("deploy to {}", env.name()), &env.deploy),
+            Action::Rollback(env) => (format!("roll back {}", env.name()), env.rollback_roles()),
+            Action::Approve(env) => (format!("approve deploys to {}", env.name()), &env.approve),
+            Action::Admin => ("do this".into(), &config.admins),
+        };
+        let have = match self.roles.is_empty() {
+            true => "no role".to_owned(),
+            false => format!("roles {}", join(&self.roles)),
+        };
+        match roles.is_empty() {
+            true => format!("{} may not {what}: no role may", self.name),
+            false => format!(
+                "{} ({have}) may not {what}; that takes the role {}",
+                self.name,
+                roles.join(" or ")
+            ),
+        }
+    }
+}
+
+fn join<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
+    items.into_iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// A token bucket: `per_minute` requests, refilled evenly.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Checks tokens and rates.
+pub struct Auth {
+    /// Token hash -> (name, roles).
+    users: HashMap<String, (String, BTreeSet<String>)>,
+    /// No tokens: every caller is a trusted local user.
+    open: bool,
+    per_minute: u32,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// The peer address of `request`, or "unknown".
+pub fn peer<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+}
+
+impl Auth {
+    /// From the `[[users]]` of `config`.
+    pub fn new(config: &CoordinatorConfig) -> Self {
+        let users = config
+            .users
+            .iter()
+            .map(|u| {
+                let roles = u.roles.iter().cloned().collect();
+                (u.token_sha256.clone(), (u.name.get_ref().clone(), roles))
+            })
+            .collect();
+        Self {
+            users,
+            open: config.users.is_empty() && config.plaintext,
+            per_minute: config.rate_limit_per_minute,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Whether callers need no token.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Who sent `request`: Unauthenticated without a valid token,
+    /// ResourceExhausted past their rate.
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Error> {
+        let peer = peer(request);
+        let principal = if self.open {
+            Principal {
+                name: local_name(request)?,
+                roles: BTreeSet::new(),
+                local: true,
+                peer,
+            }
+        } else {
+            let token = bearer(request)?;
+            let (name, roles) = self.users.get(&fingerprint(token.as_bytes())).ok_or_else(|| {
+                Error::Unauthenticated(
+                    "the API token is not valid; ask an admin for one and run `gantry login`".into(),
+                )
+            })?;
+            Principal {
+                name: name.clone(),
+                roles: roles.clone(),
+                local: false,
+                peer,
+            }
+        };
+        self.take(&principal.name)?;
+        Ok(principal)
+    }
+
+    /// Takes one request from `who`'s bucket.
+    fn take(&self, who: &str) -> Result<(), Error> {
+        let per_minute = f64::from(self.per_minute);
+        let mut buckets = self.buckets.lock().expect("rate buckets");
+        let now = Instant::now();
+        let bucket = buckets.entry(who.to_owned()).or_insert(Bucket {
+            tokens: per_minute,
+            at: now,
+        });
+        let refill = now.duration_since(bucket.at).as_secs_f64() * per_minute / 60.0;
+        bucket.tokens = (bucket.tokens + refill).min(per_minute);
+        bucket.at = now;
+        if bucket.tokens < 1.0 {
+            let wait = ((1.0 - bucket.tokens) * 60.0 / per_minute).ceil();
+            return Err(Error::RateLimited(format!(
+                "{who} made more than {} requests in a minute; retry in {wait}s",
+                self.per_minute
+            )));
+        }
+        bucket.tokens -= 1.0;
+        Ok(())
+    }
+}
+
+/// The token of an `authorization: Bearer TOKEN` header.
+fn bearer<T>(request: &Request<T>) -> Result<String, Error> {
+    let missing = || {
+        Error::Unauthenticated(
+            "this coordinator needs an API token: run `gantry login` (or send `authorization: Bearer TOKEN`)"
+                .into(),
+        )
+    };
+    let value = request.metadata().get("authorization").ok_or_else(missing)?;
+    let text = value.to_str().map_err(|_| missing())?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .ok_or_else(missing)?
+        .trim();
+    if token.is_empty() || token.len() > 256 {
+        return Err(missing());
+    }
+    Ok(token.to_owned())
+}
+
+/// In open mode, the `gantry-user` header (the CLI sends the login name),
+/// or "anonymous".
+fn local_name<T>(request: &Request<T>) -> Result<String, Error> {
+    let Some(value) = request.metadata().get(USER_HEADER) else {
+        return Ok("anonymous".into());
+    };
+    let name = value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "the {USER_HEADER} header must be 1 to 64 visible ASCII characters"
+            ))
+        })?;
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(per_minute: u32) -> Auth {
+        Auth {
+            users: HashMap::from([(
+                fingerprint(b"t0ken"),
+                ("alice".to_owned(), BTreeSet::from(["developer".to_owned()])),
+            )]),
+            open: false,
+            per_minute,
+            buckets: Mutex::default(),
+        }
+    }
+
+    fn with_token(token: &str) -> Request<()> {
+        let mut request = Request::new(());
+        let value = format!("Bearer {token}").parse().unwrap();
+        request.metadata_mut().insert("authorization", value);
+        request
+    }
+
+    #[test]
+    fn a_known_token_is_its_user_and_others_are_refused() {
+        let auth = auth(60);
+        let alice = auth.authenticate(&with_token("t0ken")).unwrap();
+        assert_eq!(alice.name, "alice");
+        assert!(alice.roles.contains("developer"));
+        let err = auth.authenticate(&with_token("guess")).unwrap_err();
+        assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
+        let err = auth.authenticate(&Request::new(())).unwrap_err();
+        assert!(err.to_string().contains("gantry login"), "{err}");
+    }
+
+    #[test]
+    fn a_caller_past_their_rate_is_told_when_to_retry() {
+        let auth = auth(3);
+        for _ in 0..3 {
+            auth.authenticate(&with_token("t0ken")).unwrap();
+        }
+        let err = auth.authenticate(&with_token("t0ken")).unwrap_err();
+        assert!(matches!(err, Error::RateLimited(_)), "{err}");
+        assert!(err.to_string().contains("retry in 20s"), "{err}");
+    }
+}

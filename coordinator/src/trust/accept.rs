@@ -1,0 +1,74 @@
+//! The TLS listener: handshakes run beside the accept loop (a slow client
+//! cannot hold the door), and a client that presents a certificate TLS
+//! refuses (expired, from another CA, not a client certificate) is audited,
+//! since such a refusal never reaches a gRPC handler.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::{audit::AuditEntry, core::Core};
+
+/// Time a client gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections accepted on `listener` and past the TLS handshake, until
+/// `shutdown`.
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+) -> ReceiverStream<std::io::Result<TlsStream<tokio::net::TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let core = core.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        let refused_cert = e
+                            .get_ref()
+                            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                            .filter(|err| matches!(err, rustls::Error::InvalidCertificate(_)));
+                        match refused_cert {
+                            Some(err) => core.audit(AuditEntry::new(
+                                "unknown",
+                                peer.to_string(),
+                                "tls-handshake",
+                                "coordinator",
+                                false,
+                                format!("client certificate refused: {err}"),
+                            )),
+                            None => debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        }
+                    }
+                    Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

@@ -1,0 +1,604 @@
+//! Property-based fuzzing of everything Gantry reads from outside its own
+//! process: names in requests, log lines, the redaction of secrets and of
+//! URL credentials, both config files, join tokens, and every protobuf
+//! message an agent or a client sends.
+//!
+//! Why: these are the edges an attacker, a broken agent, a careless operator
+//! or a hostile git remote controls. A panic there kills a coordinator task;
+//! a name accepted wrongly can become a command-line option or a path; a
+//! redaction that misses a byte leaks part of a secret into stored logs.
+//!
+//! Each property states what must hold for *every* input; proptest searches
+//! for a counter-example, shrinks it to a minimal one and keeps its seed in
+//! `tests/fuzz.proptest-regressions`, to try it first next time. Generators
+//! mix random values with pieces that hit the rules (".lock", "@{", "://",
+//! overlapping secrets, lines at the length limit), so edge cases come up
+//! in every run, not once in a million.
+//!
+//! Each property runs [`CASES`] cases, which keeps `cargo test` quick. For a
+//! long run set `PROPTEST_CASES`, which overrides it, e.g.
+//! `PROPTEST_CASES=100000 cargo test --release -p gantry-shared --test fuzz`.
+
+use std::{collections::HashSet, fmt::Display, path::Path, str::FromStr};
+
+use gantry_shared::{
+    config::{agent::AgentConfig, CoordinatorConfig},
+    git::redact_url,
+    limits::{cap_log_line, MAX_LOG_LINE_BYTES, TRUNCATED_MARKER},
+    proto,
+    tls::{host_port, JoinToken},
+    AgentName, AppName, BranchName, EnvName, JobId, NameError, Redactor,
+};
+use proptest::{collection::btree_map, collection::vec, prelude::*, sample::select};
+use proptest::{sample::Index, test_runner::FileFailurePersistence};
+use prost::Message;
+
+/// Cases per property when `PROPTEST_CASES` is not set.
+const CASES: u32 = 256;
+
+/// Concatenations of up to `max` pieces: text dense in what a rule is about.
+fn pieces(from: &'static [&'static str], max: usize) -> impl Strategy<Value = String> {
+    vec(select(from), 0..max).prop_map(|p| p.concat())
+}
+
+/// Pieces touching each of git's ref-name rules, and non-ASCII oddities
+/// (NEL, a right-to-left override, an emoji).
+const REF_PIECES: &[&str] = &[
+    "a", "Z", "0", "_", "-", ".", "/", "@", "{", "}", ".lock", "HEAD", "~", "^", ":", "?", "*",
+    "[", "\\", " ", "\t", "\n", "\0", "\u{7f}", "é", "\u{85}", "\u{202e}", "😀",
+];
+
+/// Text for the name validators: anything, plausible names, and names at
+/// the length limits (32 and 63 bytes for identifiers, 200 for branches).
+fn name_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[a-z][a-z0-9-]{0,70}",
+        "[-a-zA-Z0-9_./@]{0,40}",
+        pieces(REF_PIECES, 16),
+        (195usize..205).prop_map(|n| "b".repeat(n)),
+    ]
+}
+
+/// Whether `s` is `a-z`, `0-9` and `-`, starts with a letter and has at
+/// most `max` bytes: the documented rule of identifiers and of roles.
+fn lowercase_name(s: &str, max: usize) -> bool {
+    let b = s.as_bytes();
+    (1..=max).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// A refused name is quoted in the error cut to 128 characters, so a huge
+/// request cannot make a huge log line.
+fn check_error(e: &NameError) -> Result<(), TestCaseError> {
+    prop_assert!(e.value.chars().count() <= 128 && !e.to_string().is_empty());
+    Ok(())
+}
+
+/// An identifier type accepts exactly what its docs say (a lowercase name
+/// of at most `max` bytes not ending with `-`), and reads back unchanged.
+fn check_identifier<T>(s: &str, max: usize) -> Result<(), TestCaseError>
+where
+    T: FromStr<Err = NameError> + Display + AsRef<str> + Into<String>,
+{
+    let rule = lowercase_name(s, max) && !s.ends_with('-');
+    match s.parse::<T>() {
+        Ok(name) => {
+            prop_assert!(rule, "accepted {:?}", s);
+            prop_assert!(name.as_ref() == s && name.to_string() == s && name.into() == s);
+        }
+        Err(e) => (prop_assert!(!rule, "refused {:?}", s), check_error(&e)?).1,
+    }
+    Ok(())
+}
+
+/// The slow, obviously right model of [`Redactor::redact`]: mark every byte
+/// of every occurrence of a non-empty secret (overlapping ones included),
+/// and put one `***` for each run of marked bytes.
+fn redact_model(text: &str, secrets: &[String]) -> String {
+    let mut hidden = vec![false; text.len()];
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        for start in 0..text.len() {
+            if text.as_bytes()[start..].starts_with(s.as_bytes()) {
+                hidden[start..start + s.len()].fill(true);
+            }
+        }
+    }
+    let (mut out, mut i) = (String::new(), 0);
+    while i < text.len() {
+        if hidden[i] {
+            out.push_str("***");
+            while i < text.len() && hidden[i] {
+                i += 1;
+            }
+        } else {
+            let c = text[i..].chars().next().expect("i is on a char boundary");
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// Secrets, and a text made of them and filler. Small alphabets make
+/// secrets overlap each other and themselves ("aba" in "ababa"). Secrets
+/// hold no `*`: one that does can reappear in the `***` put in its place.
+fn secrets_and_text() -> impl Strategy<Value = (Vec<String>, String)> {
+    let secret = prop_oneof!["[ab]{0,4}", "[a-cé]{1,6}", any::<String>()];
+    vec(secret.prop_map(|s| s.replace('*', "")), 0..5).prop_flat_map(|secrets| {
+        let filler = "[abé *x]{0,4}".boxed();
+        let piece = match secrets.is_empty() {
+            true => filler,
+            false => prop_oneof![filler, select(secrets.clone())].boxed(),
+        };
+        (Just(secrets), vec(piece, 0..10).prop_map(|p| p.concat()))
+    })
+}
+
+/// Text around URLs: separators, quotes and URL syntax.
+const URL_PIECES: &[&str] = &[
+    "://", "@", ":", "/", " ", "\n", "'", "\"", "<", ">", "`", "(", ")", "https", "x", "é",
+];
+
+/// A text holding `scheme://user:password@host...`, and the password. It
+/// starts with `Q` and nothing else holds a `Q`, so any `Q` in the output is
+/// a piece of it. Users and passwords use RFC 3986's userinfo characters
+/// (`'`, `;` and the other sub-delimiters included), passwords also `@` and
+/// `/`, which people paste unencoded.
+fn text_with_password() -> impl Strategy<Value = (String, String)> {
+    let around = || prop_oneof![any::<String>(), pieces(URL_PIECES, 10)];
+    let user = "[A-Za-z0-9._~!$&'()*+,;=%-]{0,8}";
+    let password = "[A-Za-z0-9._~!$&'()*+,;=%:@/-]{0,12}";
+    let host = "[a-z0-9.-]{1,12}(:[0-9]{1,5})?(/[A-Za-z0-9._~/%-]{0,12})?";
+    let end = select(&["", " ", "\n", "\t", "'", "\"", ">", "`", ")", ",", "."][..]);
+    let scheme = "[a-z][a-z0-9+.-]{0,8}";
+    (around(), scheme, user, password, host, end, around()).prop_map(|t| {
+        let (before, scheme, user, password, host, end, after) = t;
+        let [before, user, host, after] = [before, user, host, after].map(|s| s.replace('Q', ""));
+        let text = format!("{before}{scheme}://{user}:Q{password}@{host}{end}{after}");
+        (text, format!("Q{password}"))
+    })
+}
+
+/// The sample of shared/src/config/tests.rs, plus secrets, access rules, a
+/// user and a dockerfile app, so that edits reach every check.
+const COORDINATOR_TOML: &str = r#"
+listen = "127.0.0.1:7701"
+plaintext = true
+rate_limit_per_minute = 600
+[[environments]]
+name = "dev"
+variables = { REGISTRY = "nacos-dev:8848" }
+secrets = { DB_PASSWORD = "hunter2" }
+deploy = ["ops", "dev"]
+[[environments]]
+name = "prod"
+rollback = ["ops"]
+approve = ["lead"]
+[[apps]]
+name = "shop"
+remote = "file:///srv/git/shop.git"
+build_command = "mvn -B package"
+artifact = "target/*.jar"
+base_image = "eclipse-temurin:17-jre"
+container_port = 8080
+[[apps]]
+name = "cart"
+remote = "https://git.example.com/cart.git"
+git_token = "tok"
+default_branch = "release/1.2"
+build_command = "make"
+artifact = "out/cart.jar"
+dockerfile = "Dockerfile"
+container_port = 9090
+public_port = 80
+[[users]]
+name = "ann"
+roles = ["ops", "lead"]
+token_sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+"#;
+
+/// An `agent.toml` like the one `gantry-agent install` writes.
+const AGENT_TOML: &str = r#"
+coordinator = "https://coordinator.internal:7700"
+env = "prod"
+name = "prod-1"
+capacity = 2
+public_host = "prod-1.example.com"
+drain_grace_secs = 60
+[labels]
+zone = "a"
+"#;
+
+/// TOML syntax, and values at the edges of the schema.
+const TOML_PIECES: &[&str] = &[
+    "\n",
+    "=",
+    "\"",
+    "'",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "#",
+    "\\",
+    "\\u0000",
+    "\"\"\"",
+    "0",
+    "-1",
+    "65536",
+    "1e999",
+    "nan",
+    "true",
+    "é",
+    "..",
+    "/",
+    "[[apps]]",
+    "[[users]]",
+    "= \"x\"",
+];
+
+/// `text` after up to four edits, each cutting up to 40 bytes at a random
+/// place and putting random text or TOML pieces there.
+fn edited(text: &'static str) -> impl Strategy<Value = String> {
+    let insert = prop_oneof![Just(String::new()), any::<String>(), pieces(TOML_PIECES, 4)];
+    vec((any::<Index>(), 0usize..40, insert), 0..5).prop_map(move |edits| {
+        let floor = |s: &str, mut i: usize| {
+            while !s.is_char_boundary(i) {
+                i -= 1;
+            }
+            i
+        };
+        let mut s = text.to_owned();
+        for (at, cut, insert) in edits {
+            let start = floor(&s, at.index(s.len() + 1));
+            let end = floor(&s, (start + cut).min(s.len()));
+            s.replace_range(start..end, &insert);
+        }
+        s
+    })
+}
+
+/// Everything `CoordinatorConfig::parse` promises of a config it accepts,
+/// restated from its documentation.
+fn check_coordinator_config(c: &CoordinatorConfig) -> Result<(), TestCaseError> {
+    let var = |k: &String| {
+        !k.starts_with(|c: char| c.is_ascii_digit())
+            && !k.is_empty()
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let role = |r: &String| lowercase_name(r, 32);
+    prop_assert!(!c.environments.is_empty() && c.rate_limit_per_minute > 0);
+    prop_assert!(!c.plaintext || c.listen.ip().is_loopback());
+    let mut names = HashSet::new();
+    for env in &c.environments {
+        prop_assert!(names.insert(env.name().clone()), "duplicate environment");
+        prop_assert!(env.variables.keys().chain(env.secrets.keys()).all(var));
+        prop_assert!(env.secrets.keys().all(|k| !env.variables.contains_key(k)));
+        prop_assert!(env
+            .deploy
+            .iter()
+            .chain(env.rollback_roles())
+            .chain(&env.approve)
+            .all(role));
+    }
+    let mut names = HashSet::new();
+    for app in &c.apps {
+        prop_assert!(names.insert(app.name().clone()), "duplicate app");
+        prop_assert!(app.base_image.is_some() != app.dockerfile.is_some());
+        prop_assert!(!app.remote.trim().is_empty() && !app.build_command.trim().is_empty());
+        prop_assert!(!app.artifact.trim().is_empty() && !app.artifact.starts_with('/'));
+        prop_assert!(app.artifact.split('/').all(|part| part != ".."));
+        prop_assert!(app.health_path.starts_with('/') && app.keep_releases > 0);
+        prop_assert!(app.health_timeout_secs > 0 && app.build_timeout_secs > 0);
+    }
+    let (mut names, mut hashes) = (HashSet::new(), HashSet::new());
+    for user in &c.users {
+        let hash = &user.token_sha256;
+        prop_assert!(role(user.name.get_ref()) && names.insert(user.name.get_ref()));
+        prop_assert!(hash.len() == 64 && hash.bytes().all(|b| b"0123456789abcdef".contains(&b)));
+        prop_assert!(hashes.insert(hash) && user.roles.iter().all(role));
+    }
+    Ok(())
+}
+
+/// The sample agent config with arbitrary text wherever its type allows.
+/// `drain_grace_secs` stays within TOML's integers (i64): above them
+/// `to_toml` panics (a finding; see `agent_configs_written_read_back`).
+fn agent_config() -> impl Strategy<Value = AgentConfig> {
+    let texts = [(); 5].map(|()| any::<String>());
+    let numbers = (1..=u32::MAX, 0..=i64::MAX as u64, any::<bool>());
+    let labels = btree_map(any::<String>(), any::<String>(), 0..4);
+    (texts, numbers, labels).prop_map(|(texts, (capacity, grace, public), labels)| {
+        let mut c = AgentConfig::parse(Path::new("agent.toml"), AGENT_TOML).unwrap();
+        let [coordinator, work_dir, publish_ip, health_host, public_host] = texts;
+        (c.coordinator, c.work_dir, c.publish_ip) = (coordinator, work_dir.into(), publish_ip);
+        (c.health_host, c.public_host) = (health_host, public.then_some(public_host));
+        (c.capacity, c.drain_grace_secs, c.labels) = (capacity, grace, labels);
+        c
+    })
+}
+
+/// Text shaped like a join token (`gantry-join-1.env.name.expiry.nonce.
+/// ca.mac`) with each part sometimes wrong, or any text.
+fn join_token_text() -> impl Strategy<Value = String> {
+    let name = || prop_oneof!["[a-z][a-z0-9-]{0,8}", name_text()];
+    // Hex of one digit too few, right or too many, or not hex at all.
+    let (nonce, hash) = (
+        "[0-9a-fA-F]{31,33}|[0-9a-gz.]{32}",
+        "[0-9a-fA-F]{63,65}|[0-9a-gz.]{64}",
+    );
+    let parts = (nonce, hash, hash);
+    let prefix = prop_oneof![9 => Just("gantry-join-1".to_owned()), 1 => name_text()];
+    let token = (prefix, name(), name(), "[+0-9]{0,21}", parts, "\\s{0,2}").prop_map(|t| {
+        let (prefix, env, name, expiry, (nonce, ca, mac), space) = t;
+        format!("{space}{prefix}.{env}.{name}.{expiry}.{nonce}.{ca}.{mac}{space}")
+    });
+    prop_oneof![4 => token, 1 => any::<String>()]
+}
+
+/// `v` in protobuf's base-128 varint encoding.
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
+/// A field: its key (field number and wire type), then `payload`.
+fn field(number: u32, wire_type: u64, payload: &[u8]) -> Vec<u8> {
+    [
+        varint((u64::from(number) << 3) | wire_type).as_slice(),
+        payload,
+    ]
+    .concat()
+}
+
+/// A length-delimited payload.
+fn delimited(bytes: &[u8]) -> Vec<u8> {
+    [varint(bytes.len() as u64).as_slice(), bytes].concat()
+}
+
+/// Bytes for the decoders: random ones, and well-formed protobuf (every
+/// wire type, nested messages, UTF-8 strings, small enum values), sometimes
+/// cut short or with a byte changed. Field numbers are mostly those Gantry
+/// uses (1..=23), sometimes any (0 and those above 2^29 are invalid).
+fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let number = || prop_oneof![20 => 1u32..=24, 1 => any::<u32>()];
+    let payload = prop_oneof![
+        prop_oneof![0..16u64, any::<u64>()].prop_map(|v| (0, varint(v))),
+        any::<u64>().prop_map(|v| (1, v.to_le_bytes().to_vec())),
+        any::<u32>().prop_map(|v| (5, v.to_le_bytes().to_vec())),
+        ".{0,16}".prop_map(|s| (2, delimited(s.as_bytes()))),
+        vec(any::<u8>(), 0..16).prop_map(|b| (2, delimited(&b))),
+        (0u64..8).prop_map(|wire_type| (wire_type, Vec::new())), // a bare key: groups, bad types
+    ];
+    let leaf = (number(), payload).prop_map(|(n, (wire_type, p))| field(n, wire_type, &p));
+    let any_field = leaf.prop_recursive(4, 64, 8, move |inner| {
+        (number(), vec(inner, 0..8)).prop_map(|(n, f)| field(n, 2, &delimited(&f.concat())))
+    });
+    let damage = (any::<Index>(), any::<u8>(), 0u8..4);
+    let damaged = (vec(any_field, 0..10), damage).prop_map(|(fields, (at, byte, how))| {
+        let mut bytes = fields.concat();
+        let at = at.index(bytes.len().max(1)).min(bytes.len());
+        match how {
+            0 => bytes.truncate(at),
+            1 if at < bytes.len() => bytes[at] ^= byte,
+            _ => {}
+        }
+        bytes
+    });
+    prop_oneof![vec(any::<u8>(), 0..256), damaged]
+}
+
+/// Decoding `bytes` as `M` fails or succeeds without panicking, and a
+/// decoded message re-encodes to bytes that decode to the same message.
+fn decodes<M: Message + Default + PartialEq + std::fmt::Debug>(
+    bytes: &[u8],
+) -> Result<(), TestCaseError> {
+    if let Ok(msg) = M::decode(bytes) {
+        let again = msg.encode_to_vec();
+        prop_assert_eq!(again.len(), msg.encoded_len());
+        let back = M::decode(again.as_slice());
+        prop_assert!(back.as_ref() == Ok(&msg), "{:?} from {:?}", back, msg);
+    }
+    Ok(())
+}
+
+/// [`decodes`] for each of the given `proto` types.
+macro_rules! decode_each {
+    ($bytes:expr => $($ty:ident)*) => { $(decodes::<proto::$ty>($bytes)?;)* };
+}
+
+/// The samples are valid, so the edits above start from a file that passes
+/// every check, and a change of schema cannot make the fuzzing shallow.
+#[test]
+fn samples_are_valid() {
+    CoordinatorConfig::parse(Path::new("coordinator.toml"), COORDINATOR_TOML).unwrap();
+    AgentConfig::parse(Path::new("agent.toml"), AGENT_TOML).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::with_cases(CASES)
+    })]
+
+    /// App, environment and agent names accept exactly the documented
+    /// identifiers, and read back unchanged.
+    #[test]
+    fn identifiers_accept_exactly_the_documented_names(s in name_text()) {
+        check_identifier::<AppName>(&s, 63)?;
+        check_identifier::<EnvName>(&s, 32)?;
+        check_identifier::<AgentName>(&s, 63)?;
+    }
+
+    /// An accepted branch name keeps every rule of `git check-ref-format
+    /// --branch` and reads back unchanged; BranchName and libgit2 agree on
+    /// every name but Gantry's stricter extras (no leading '-', neither "@"
+    /// nor "HEAD", at most 200 bytes).
+    #[test]
+    fn branch_names_follow_git_and_libgit2(s in name_text()) {
+        let git2_ok = git2::Reference::is_valid_name(&format!("refs/heads/{s}"));
+        let extras_ok = !s.starts_with('-') && s != "@" && s != "HEAD" && s.len() <= 200;
+        match s.parse::<BranchName>() {
+            Ok(b) => {
+                let bad = |c: char| c.is_ascii_control() || " ~^:?*[\\".contains(c);
+                prop_assert!(!s.is_empty() && !s.chars().any(bad) && s != "@" && s != "HEAD");
+                prop_assert!(!s.starts_with(['-', '/']) && !s.ends_with(['/', '.']));
+                prop_assert!(["..", "//", "@{"].iter().all(|t| !s.contains(t)), "{:?}", s);
+                prop_assert!(s.split('/').all(|p| !p.starts_with('.') && !p.ends_with(".lock")));
+                prop_assert!(git2_ok, "libgit2 refuses {:?}", s);
+                prop_assert!(b.as_str() == s && b.to_string() == s);
+                prop_assert_eq!(b.full_ref(), format!("refs/heads/{s}"));
+            }
+            Err(e) => {
+                prop_assert!(!(git2_ok && extras_ok), "refused {:?}, which git accepts", s);
+                check_error(&e)?;
+            }
+        }
+    }
+
+    /// Job ids: text parses only to a positive number, written `n` or `#n`,
+    /// and every positive number reads back from its text.
+    #[test]
+    fn job_ids_are_positive_numbers(s in name_text(), n in 1u64..) {
+        if let Ok(id) = s.parse::<JobId>() {
+            prop_assert!(id.get() > 0);
+            prop_assert_eq!(s.trim_start_matches('#').parse::<u64>(), Ok(id.get()));
+        }
+        let id = JobId::new(n).unwrap();
+        prop_assert_eq!(id.to_string().parse::<JobId>(), Ok(id));
+        prop_assert_eq!(format!("#{n}").parse::<JobId>(), Ok(id));
+    }
+
+    /// A capped log line fits the limit, is kept whole when short, and
+    /// otherwise is the longest prefix (on a character boundary) that fits
+    /// with the marker appended; capping twice changes nothing.
+    #[test]
+    fn log_lines_are_capped_on_a_char_boundary(
+        // Around the cut (limit - marker), around the limit, anywhere.
+        n in prop_oneof![8150usize..8170, 8184usize..8200, 0usize..3 * MAX_LOG_LINE_BYTES],
+        filler in select(&["a", "é", "€", "😀"][..]),
+        tail in vec(any::<char>(), 0..8),
+    ) {
+        let mut line = filler.repeat(n / filler.len());
+        line.extend(tail);
+        let out = cap_log_line(line.clone());
+        prop_assert!(out.len() <= MAX_LOG_LINE_BYTES);
+        if line.len() <= MAX_LOG_LINE_BYTES {
+            prop_assert_eq!(&out, &line);
+        } else {
+            let kept = out.strip_suffix(TRUNCATED_MARKER).expect("a cut line ends with the marker");
+            prop_assert!(line.starts_with(kept));
+            // At most 3 bytes are lost to the cut: a character has at most 4.
+            prop_assert!(kept.len() + 3 >= MAX_LOG_LINE_BYTES - TRUNCATED_MARKER.len());
+        }
+        prop_assert_eq!(cap_log_line(out.clone()), out);
+    }
+
+    /// No secret survives redaction, nor any byte of one, even where secrets
+    /// overlap; text without secrets comes back unchanged.
+    #[test]
+    fn redaction_leaves_no_byte_of_any_secret((secrets, text) in secrets_and_text()) {
+        let out = Redactor::new(secrets.clone()).redact(text.clone());
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            prop_assert!(!out.contains(s.as_str()), "{:?} left in {:?}", s, out);
+        }
+        prop_assert_eq!(out, redact_model(&text, &secrets));
+    }
+
+    /// `redact_url` shows no part of a URL's password, wherever the URL sits
+    /// in the text and whatever surrounds it.
+    #[test]
+    fn url_passwords_never_show((text, password) in text_with_password()) {
+        let out = redact_url(&text);
+        prop_assert!(!out.contains('Q'), "part of {:?} shows in {:?}", password, out);
+    }
+
+    /// `redact_url` takes any text, leaves text without `://` alone, and a
+    /// second pass changes nothing.
+    #[test]
+    fn url_redaction_takes_any_text(text in prop_oneof![any::<String>(), pieces(URL_PIECES, 24)]) {
+        let out = redact_url(&text);
+        prop_assert!(text.contains("://") || out == text);
+        prop_assert_eq!(redact_url(&out), out);
+    }
+
+    /// The coordinator's config parser takes any text, and any edit of a
+    /// valid file, without panicking; what it accepts is valid.
+    #[test]
+    fn coordinator_config_parses_any_text(
+        text in prop_oneof![any::<String>(), edited(COORDINATOR_TOML)],
+    ) {
+        match CoordinatorConfig::parse(Path::new("coordinator.toml"), &text) {
+            Ok(config) => check_coordinator_config(&config)?,
+            Err(e) => prop_assert!(e.to_string().contains("coordinator.toml")),
+        }
+    }
+
+    /// The agent's config parser takes any text, and any edit of a valid
+    /// file, without panicking; what it accepts has a capacity, and reads
+    /// back the same once written again by `to_toml`.
+    #[test]
+    fn agent_config_parses_any_text(text in prop_oneof![any::<String>(), edited(AGENT_TOML)]) {
+        let path = Path::new("agent.toml");
+        match AgentConfig::parse(path, &text) {
+            Ok(config) => {
+                prop_assert!(config.capacity >= 1);
+                prop_assert_eq!(AgentConfig::parse(path, &config.to_toml()).ok(), Some(config));
+            }
+            Err(e) => prop_assert!(e.to_string().contains("agent.toml")),
+        }
+    }
+
+    /// What `gantry-agent install` writes, `run` reads back the same,
+    /// whatever text the fields hold (quotes, newlines, control characters).
+    /// Left out, a finding: a `drain_grace_secs` above i64::MAX, which
+    /// `install --drain-grace-secs` takes, makes `to_toml` panic.
+    #[test]
+    fn agent_configs_written_read_back(config in agent_config()) {
+        let read = AgentConfig::parse(Path::new("agent.toml"), &config.to_toml());
+        prop_assert_eq!(read.ok(), Some(config));
+    }
+
+    /// Join tokens (sent by agents that hold no certificate yet) parse
+    /// without panicking, and an accepted one prints as text that reads back
+    /// the same; coordinator URLs split without panicking.
+    #[test]
+    fn join_tokens_parse_any_text(text in join_token_text()) {
+        if let Ok(token) = JoinToken::parse(&text) {
+            let hex = |s: &str, n| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+            prop_assert!(hex(&token.nonce, 32) && hex(&token.ca_fingerprint, 64));
+            prop_assert!(hex(&token.mac, 64) && token.mac == token.mac.to_ascii_lowercase());
+            prop_assert_eq!(JoinToken::parse(&token.to_string()).ok(), Some(token));
+        }
+        host_port(&text);
+        host_port(&format!("https://{text}"));
+    }
+
+    /// Every message an agent or a client sends (and the coordinator's,
+    /// which agents decode) decodes any bytes without panicking, and
+    /// re-encodes to the same message.
+    #[test]
+    fn messages_decode_any_bytes(bytes in wire_bytes()) {
+        // AgentService: the Attach stream, each body of it, and Join.
+        decode_each!(&bytes => AgentMessage Register Heartbeat JobEvent JobFinished LogLine);
+        decode_each!(&bytes => LogBatch Drain ContainerOutput JoinRequest);
+        // What the coordinator sends on the Attach stream.
+        decode_each!(&bytes => CoordinatorMessage);
+        // Every request of OperatorService.
+        decode_each!(&bytes => ListAppsRequest ListEnvironmentsRequest ListAgentsRequest);
+        decode_each!(&bytes => DeployRequest GetJobRequest ListJobsRequest CancelJobRequest);
+        decode_each!(&bytes => StreamJobLogsRequest RollbackRequest ListReleasesRequest);
+        decode_each!(&bytes => GetEnvironmentStateRequest DiffEnvironmentsRequest);
+        decode_each!(&bytes => ListBranchesRequest CreateBranchRequest StreamAppLogsRequest);
+        decode_each!(&bytes => ApproveRequest RevokeAgentRequest ListAuditRequest WhoAmIRequest);
+    }
+}
