@@ -102,13 +102,14 @@ async fn attached(
     stop: &CancellationToken,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
-    let channel = crate::join::agent_endpoint(&link.options.coordinator, link.options.tls_dir.as_deref())?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await?;
+    let channel =
+        crate::join::agent_endpoint(&link.options.coordinator, link.options.tls_dir.as_deref())?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await?;
     let mut client = proto::agent_service_client::AgentServiceClient::new(channel)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 

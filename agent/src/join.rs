@@ -53,7 +53,12 @@ pub async fn join(coordinator: &str, token: &str, dir: &Path) -> anyhow::Result<
             csr_pem: csr,
         })
         .await
-        .map_err(|s| anyhow::anyhow!("the coordinator refused to enrol this agent: {}", s.message()))?
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "the coordinator refused to enrol this agent: {}",
+                s.message()
+            )
+        })?
         .into_inner();
 
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -77,7 +82,11 @@ pub async fn join(coordinator: &str, token: &str, dir: &Path) -> anyhow::Result<
 
 /// An endpoint for `url`: over TLS trusting `ca_pem`, presenting
 /// `identity` (certificate and key PEM) when given.
-pub fn endpoint(url: &str, ca_pem: &str, identity: Option<(String, String)>) -> anyhow::Result<Endpoint> {
+pub fn endpoint(
+    url: &str,
+    ca_pem: &str,
+    identity: Option<(String, String)>,
+) -> anyhow::Result<Endpoint> {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(cert, key));
@@ -98,7 +107,10 @@ pub fn agent_endpoint(url: &str, dir: Option<&Path>) -> anyhow::Result<Endpoint>
     let read = |name: &str| {
         let path = dir.join(name);
         std::fs::read_to_string(&path).with_context(|| {
-            format!("cannot read {}; enrol this agent first with `gantry-agent join`", path.display())
+            format!(
+                "cannot read {}; enrol this agent first with `gantry-agent join`",
+                path.display()
+            )
         })
     };
     let identity = (read(files::AGENT_CERT)?, read(files::AGENT_KEY)?);
@@ -122,7 +134,10 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..4 {
             match i <= chunk.len() {
                 true => out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char),
@@ -146,4 +161,3 @@ mod tests {
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 }
-

@@ -52,7 +52,9 @@ impl proto::agent_service_server::AgentService for Counter {
         &self,
         _: Request<proto::JoinRequest>,
     ) -> Result<Response<proto::JoinResponse>, Status> {
-        Err(Status::failed_precondition("the baseline server enrols no agent"))
+        Err(Status::failed_precondition(
+            "the baseline server enrols no agent",
+        ))
     }
 }
 

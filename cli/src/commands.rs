@@ -31,7 +31,9 @@ impl tonic::service::Interceptor for WhoAsks {
             request.metadata_mut().insert("gantry-user", name.clone());
         }
         if let Some(bearer) = &self.bearer {
-            request.metadata_mut().insert("authorization", bearer.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
         }
         Ok(request)
     }

@@ -47,9 +47,11 @@ fn credentials_path() -> PathBuf {
 pub fn load() -> anyhow::Result<Option<Credentials>> {
     let path = credentials_path();
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(
-            toml::from_str(&text).with_context(|| format!("cannot read {}", path.display()))?,
-        )),
+        Ok(text) => {
+            Ok(Some(toml::from_str(&text).with_context(|| {
+                format!("cannot read {}", path.display())
+            })?))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }

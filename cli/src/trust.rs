@@ -110,7 +110,9 @@ pub async fn audit(client: &mut Client, limit: u32, format: Format) -> anyhow::R
         })
         .collect();
     output::table(
-        &["SEQ", "WHEN", "WHO", "FROM", "ACTION", "TARGET", "OUTCOME", "DETAIL"],
+        &[
+            "SEQ", "WHEN", "WHO", "FROM", "ACTION", "TARGET", "OUTCOME", "DETAIL",
+        ],
         &rows,
     );
     Ok(())

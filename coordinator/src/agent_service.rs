@@ -88,7 +88,14 @@ impl proto::agent_service_server::AgentService for AgentService {
                 Ok(()) => format!("certificate {}", identity.serial),
                 Err(e) => e.to_string(),
             };
-            self.core.audit(AuditEntry::new(who, &peer, "agent-connect", target, checked.is_ok(), detail));
+            self.core.audit(AuditEntry::new(
+                who,
+                &peer,
+                "agent-connect",
+                target,
+                checked.is_ok(),
+                detail,
+            ));
             checked?;
         }
         let agent = record.name.clone();
@@ -135,8 +142,14 @@ impl proto::agent_service_server::AgentService for AgentService {
             Ok(r) => format!("certificate issued to {} for {}", r.name, r.env),
             Err(e) => e.to_string(),
         };
-        self.core
-            .audit(AuditEntry::new("anonymous", peer, "enrol", claimed, joined.is_ok(), detail));
+        self.core.audit(AuditEntry::new(
+            "anonymous",
+            peer,
+            "enrol",
+            claimed,
+            joined.is_ok(),
+            detail,
+        ));
         Ok(Response::new(joined?))
     }
 }

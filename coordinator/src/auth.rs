@@ -88,7 +88,11 @@ impl Principal {
 }
 
 fn join<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
-    items.into_iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+    items
+        .into_iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A token bucket: `per_minute` requests, refilled evenly.
@@ -151,11 +155,14 @@ impl Auth {
             }
         } else {
             let token = bearer(request)?;
-            let (name, roles) = self.users.get(&fingerprint(token.as_bytes())).ok_or_else(|| {
-                Error::Unauthenticated(
-                    "the API token is not valid; ask an admin for one and run `gantry login`".into(),
-                )
-            })?;
+            let (name, roles) = self.users.get(&fingerprint(token.as_bytes())).ok_or_else(
+                || {
+                    Error::Unauthenticated(
+                        "the API token is not valid; ask an admin for one and run `gantry login`"
+                            .into(),
+                    )
+                },
+            )?;
             Principal {
                 name: name.clone(),
                 roles: roles.clone(),
@@ -199,7 +206,10 @@ fn bearer<T>(request: &Request<T>) -> Result<String, Error> {
                 .into(),
         )
     };
-    let value = request.metadata().get("authorization").ok_or_else(missing)?;
+    let value = request
+        .metadata()
+        .get("authorization")
+        .ok_or_else(missing)?;
     let text = value.to_str().map_err(|_| missing())?;
     let token = text
         .strip_prefix("Bearer ")

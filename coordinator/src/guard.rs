@@ -58,7 +58,9 @@ impl Core {
             Ok(value) => (true, describe(value)),
             Err(e) => (false, refusal(e)),
         };
-        self.audit(AuditEntry::new(&who.name, &who.peer, action, target, allowed, detail));
+        self.audit(AuditEntry::new(
+            &who.name, &who.peer, action, target, allowed, detail,
+        ));
         result
     }
 }

@@ -135,7 +135,8 @@ pub async fn serve(
     let stop = shutdown.clone().cancelled_owned();
     let server: futures::future::BoxFuture<'_, Result<(), tonic::transport::Error>> = match tls {
         Some(acceptor) => {
-            let conns = trust::accept::tls_incoming(listener, acceptor, core.clone(), shutdown.clone());
+            let conns =
+                trust::accept::tls_incoming(listener, acceptor, core.clone(), shutdown.clone());
             Box::pin(router.serve_with_incoming_shutdown(conns, stop))
         }
         None => Box::pin(router.serve_with_incoming_shutdown(incoming(listener), stop)),

@@ -15,7 +15,12 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about)]
 struct Args {
     /// Path of the configuration file.
-    #[arg(long, global = true, env = "GANTRY_CONFIG", default_value = "coordinator.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_CONFIG",
+        default_value = "coordinator.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -126,11 +131,23 @@ fn admin(config_path: &std::path::Path, command: Command) -> anyhow::Result<()> 
             println!("next: gantry-coordinator agent enroll --env ENV --name NAME");
         }
         Command::Agent {
-            command: AgentCommand::Enroll { env, name, ttl_minutes },
+            command:
+                AgentCommand::Enroll {
+                    env,
+                    name,
+                    ttl_minutes,
+                },
         } => {
             if config.environment(&env).is_none() {
-                let known: Vec<_> = config.environments.iter().map(|e| e.name().to_string()).collect();
-                anyhow::bail!("unknown environment {env}; configured: {}", known.join(", "));
+                let known: Vec<_> = config
+                    .environments
+                    .iter()
+                    .map(|e| e.name().to_string())
+                    .collect();
+                anyhow::bail!(
+                    "unknown environment {env}; configured: {}",
+                    known.join(", ")
+                );
             }
             let authority = trust::Authority::load(&dir)?;
             let token = authority.enroll(env, name, Duration::from_secs(ttl_minutes * 60));
@@ -147,7 +164,10 @@ fn admin(config_path: &std::path::Path, command: Command) -> anyhow::Result<()> 
             let token = trust::ca::new_api_token();
             println!("token: {token}");
             println!("\nadd to {}:\n", config_path.display());
-            println!("[[users]]\nname = {name:?}\nroles = {roles:?}\ntoken_sha256 = \"{}\"", fingerprint(token.as_bytes()));
+            println!(
+                "[[users]]\nname = {name:?}\nroles = {roles:?}\ntoken_sha256 = \"{}\"",
+                fingerprint(token.as_bytes())
+            );
             eprintln!("\ngive the token to {name} for `gantry login`; it is not stored anywhere, so it cannot be shown again");
         }
     }

@@ -10,11 +10,11 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth::Action,
-    request::{deploy_request, optional, release_limit, required},
     core::Core,
     error::{redact_url, Error},
     follow,
     guard::field,
+    request::{deploy_request, optional, release_limit, required},
     tail::TailStream,
 };
 
@@ -144,11 +144,14 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let target = format!("app {} env {}", field(&req.app), field(&req.env));
         let job = async {
             let (app, env, wanted) = deploy_request(req)?;
-            self.core.permit(&who, Action::Deploy(self.core.environment_config(&env)?))?;
+            self.core
+                .permit(&who, Action::Deploy(self.core.environment_config(&env)?))?;
             self.core.deploy(app, env, wanted, who.name.clone()).await
         }
         .await;
-        let job = self.core.audited(&who, "deploy", &target, job, |j| format!("job {}", j.id))?;
+        let job = self
+            .core
+            .audited(&who, "deploy", &target, job, |j| format!("job {}", j.id))?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
@@ -199,13 +202,18 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             let id = JobId::new(raw)?;
             let job = self.core.job(id)?;
             if job.requested_by != who.name {
-                self.core.permit(&who, Action::Deploy(self.core.environment_config(&job.env)?))?;
+                self.core.permit(
+                    &who,
+                    Action::Deploy(self.core.environment_config(&job.env)?),
+                )?;
             }
             self.core.cancel(id).await
         }
         .await;
         let target = format!("job {raw}");
-        let job = self.core.audited(&who, "cancel", &target, job, |j| j.reason.clone())?;
+        let job = self
+            .core
+            .audited(&who, "cancel", &target, job, |j| j.reason.clone())?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
@@ -215,16 +223,24 @@ impl proto::operator_service_server::OperatorService for OperatorService {
     ) -> Result<Response<proto::Job>, Status> {
         let who = self.core.caller(&request, "rollback")?;
         let req = request.into_inner();
-        let target = format!("app {} env {} to {}", field(&req.app), field(&req.env), req.to_release);
+        let target = format!(
+            "app {} env {} to {}",
+            field(&req.app),
+            field(&req.env),
+            req.to_release
+        );
         let job = async {
             let app = required("app", req.app, AppName::new)?;
             let env = required("env", req.env, EnvName::new)?;
-            self.core.permit(&who, Action::Rollback(self.core.environment_config(&env)?))?;
+            self.core
+                .permit(&who, Action::Rollback(self.core.environment_config(&env)?))?;
             let to = (req.to_release > 0).then_some(req.to_release);
             self.core.rollback(app, env, to, who.name.clone()).await
         }
         .await;
-        let job = self.core.audited(&who, "rollback", &target, job, |j| format!("job {}", j.id))?;
+        let job = self
+            .core
+            .audited(&who, "rollback", &target, job, |j| format!("job {}", j.id))?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
@@ -309,12 +325,16 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             let app = required("app", req.app, AppName::new)?;
             let name = required("name", req.name, BranchName::new)?;
             let from = (!req.from.is_empty()).then_some(req.from);
-            self.core.create_branch(&app, name, from, who.name.clone()).await
+            self.core
+                .create_branch(&app, name, from, who.name.clone())
+                .await
         }
         .await;
-        let branch = self.core.audited(&who, "create-branch", &target, branch, |b| {
-            format!("created at {}", b.commit)
-        })?;
+        let branch = self
+            .core
+            .audited(&who, "create-branch", &target, branch, |b| {
+                format!("created at {}", b.commit)
+            })?;
         Ok(Response::new(branch))
     }
 
@@ -383,10 +403,12 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             self.core.permit(&who, Action::Admin)?;
             self.core.revoke(&name)
         })();
-        let revoked = self.core.audited(&who, "revoke", &target, revoked, |certs| {
-            let serials: Vec<&str> = certs.iter().map(|c| c.serial.as_str()).collect();
-            format!("certificates {}", serials.join(", "))
-        })?;
+        let revoked = self
+            .core
+            .audited(&who, "revoke", &target, revoked, |certs| {
+                let serials: Vec<&str> = certs.iter().map(|c| c.serial.as_str()).collect();
+                format!("certificates {}", serials.join(", "))
+            })?;
         let serials = revoked.into_iter().map(|c| c.serial).collect();
         Ok(Response::new(proto::RevokeAgentResponse { serials }))
     }
@@ -397,7 +419,10 @@ impl proto::operator_service_server::OperatorService for OperatorService {
     ) -> Result<Response<proto::ListAuditResponse>, Status> {
         let who = self.core.caller(&request, "read-audit")?;
         let permitted = self.core.permit(&who, Action::Admin);
-        self.core.audited(&who, "read-audit", "audit trail", permitted, |_| String::new())?;
+        self.core
+            .audited(&who, "read-audit", "audit trail", permitted, |_| {
+                String::new()
+            })?;
         let limit = match request.into_inner().limit {
             0 => 100,
             n => n.min(10_000) as usize,
@@ -449,9 +474,13 @@ impl OperatorService {
             let id = JobId::new(req.job_id)?;
             let comment = req.comment.trim();
             if comment.len() > 500 {
-                return Err(Error::InvalidArgument("the comment is over 500 bytes".into()));
+                return Err(Error::InvalidArgument(
+                    "the comment is over 500 bytes".into(),
+                ));
             }
-            self.core.decide_approval(id, &who, approve, comment.to_owned()).await
+            self.core
+                .decide_approval(id, &who, approve, comment.to_owned())
+                .await
         }
         .await;
         let job = self.core.audited(&who, action, &target, job, |j| {

@@ -59,7 +59,9 @@ pub fn release_limit(limit: u32) -> usize {
 }
 
 /// A deploy request checked: the app, the environment and what to deploy.
-pub fn deploy_request(req: proto::DeployRequest) -> Result<(AppName, EnvName, BranchRequest), Error> {
+pub fn deploy_request(
+    req: proto::DeployRequest,
+) -> Result<(AppName, EnvName, BranchRequest), Error> {
     let app = required("app", req.app, AppName::new)?;
     let env = required("env", req.env, EnvName::new)?;
     let branches = branch_list(optional(req.branch, BranchName::new)?, req.branches)?;

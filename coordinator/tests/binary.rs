@@ -64,7 +64,9 @@ async fn it_serves_health_and_reflection_and_stops_on_sigterm() {
         .port();
     let path = write_config(
         dir.path(),
-        &format!("plaintext = true\nlisten = \"127.0.0.1:{port}\"\n\n[[environments]]\nname = \"dev\"\n"),
+        &format!(
+            "plaintext = true\nlisten = \"127.0.0.1:{port}\"\n\n[[environments]]\nname = \"dev\"\n"
+        ),
     );
     let mut child = Command::new(BIN)
         .arg("--config")

@@ -103,7 +103,8 @@ impl JoinToken {
         if prefix != TOKEN_PREFIX {
             return Err(TokenError("it does not start with gantry-join-1"));
         }
-        let hex_of = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let hex_of =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex_of(nonce, 32) || !hex_of(ca, 64) || !hex_of(mac, 64) {
             return Err(TokenError("its nonce, fingerprint or signature is not hex"));
         }
@@ -214,8 +215,8 @@ pub async fn fetch_ca(
         .with_custom_certificate_verifier(Arc::new(ReadChainOnly(provider)))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from(host.to_owned())
-        .map_err(|e| connect_err(std::io::Error::other(e)))?;
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|e| connect_err(std::io::Error::other(e)))?;
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         tokio::net::TcpStream::connect(&addr),
@@ -240,7 +241,9 @@ pub fn host_port(url: &str) -> Option<(String, u16)> {
     let authority = rest.split('/').next()?;
     if let Some(v6) = authority.strip_prefix('[') {
         let (host, port) = v6.split_once(']')?;
-        let port = port.strip_prefix(':').map_or(Some(7700), |p| p.parse().ok())?;
+        let port = port
+            .strip_prefix(':')
+            .map_or(Some(7700), |p| p.parse().ok())?;
         return Some((host.to_owned(), port));
     }
     match authority.rsplit_once(':') {
@@ -274,7 +277,10 @@ mod tests {
     fn damaged_tokens_are_refused_with_a_reason() {
         let text = token().to_string();
         let short = &text[..text.len() - 1];
-        assert!(JoinToken::parse(short).unwrap_err().to_string().contains("hex"));
+        assert!(JoinToken::parse(short)
+            .unwrap_err()
+            .to_string()
+            .contains("hex"));
         assert!(JoinToken::parse("x.y").is_err());
         let other_env = text.replace(".prod.", ".Prod.");
         assert!(JoinToken::parse(&other_env).is_err());
@@ -282,8 +288,14 @@ mod tests {
 
     #[test]
     fn urls_split_into_host_and_port() {
-        assert_eq!(host_port("https://c.example:9000"), Some(("c.example".into(), 9000)));
-        assert_eq!(host_port("https://c.example"), Some(("c.example".into(), 7700)));
+        assert_eq!(
+            host_port("https://c.example:9000"),
+            Some(("c.example".into(), 9000))
+        );
+        assert_eq!(
+            host_port("https://c.example"),
+            Some(("c.example".into(), 7700))
+        );
         assert_eq!(host_port("https://[::1]:7700/"), Some(("::1".into(), 7700)));
         assert_eq!(host_port("http://c.example"), None);
     }

@@ -19,7 +19,7 @@
 //! long run set `PROPTEST_CASES`, which overrides it, e.g.
 //! `PROPTEST_CASES=100000 cargo test --release -p gantry-shared --test fuzz`.
 
-use std::{collections::HashSet, fmt::Display, path::Path, str::FromStr};
+use std::{collections::HashMap, collections::HashSet, fmt::Display, path::Path, str::FromStr};
 
 use gantry_shared::{
     config::{agent::AgentConfig, CoordinatorConfig},
@@ -32,6 +32,7 @@ use gantry_shared::{
 use proptest::{collection::btree_map, collection::vec, prelude::*, sample::select};
 use proptest::{sample::Index, test_runner::FileFailurePersistence};
 use prost::Message;
+use prost_types::{field_descriptor_proto::Label, field_descriptor_proto::Type, DescriptorProto};
 
 /// Cases per property when `PROPTEST_CASES` is not set.
 const CASES: u32 = 256;
@@ -241,11 +242,25 @@ const TOML_PIECES: &[&str] = &[
     "= \"x\"",
 ];
 
-/// `text` after up to four edits, each cutting up to 40 bytes at a random
-/// place and putting random text or TOML pieces there.
+/// Values that each break (or just pass) one rule of the schema.
+const TOML_VALUES: &str = r##""|" "|"/"|"../x"|"a/../b"|"Ops"|[]|[""]|["Ops"]|0|-1|4294967296|
+true|"0.0.0.0:7700"|"[::1]:1"|"-x"|"a..b"|{}|"E3B0C442"|"é"|"\u0000""##;
+
+/// `text` after up to four edits: cut up to 40 bytes at a random place and
+/// put random text or TOML pieces there, or give a random line's key a
+/// random value.
 fn edited(text: &'static str) -> impl Strategy<Value = String> {
-    let insert = prop_oneof![Just(String::new()), any::<String>(), pieces(TOML_PIECES, 4)];
-    vec((any::<Index>(), 0usize..40, insert), 0..5).prop_map(move |edits| {
+    let values: Vec<_> = TOML_VALUES
+        .split(['|', '\n'])
+        .filter(|v| !v.is_empty())
+        .collect();
+    let raw = prop_oneof![Just(String::new()), any::<String>(), pieces(TOML_PIECES, 4)];
+    let value = prop_oneof![select(values).prop_map(str::to_owned), any::<String>()];
+    let edit = prop_oneof![
+        (any::<Index>(), (0usize..40).prop_map(Some), raw),
+        (any::<Index>(), Just(None), value),
+    ];
+    vec(edit, 0..5).prop_map(move |edits| {
         let floor = |s: &str, mut i: usize| {
             while !s.is_char_boundary(i) {
                 i -= 1;
@@ -255,7 +270,17 @@ fn edited(text: &'static str) -> impl Strategy<Value = String> {
         let mut s = text.to_owned();
         for (at, cut, insert) in edits {
             let start = floor(&s, at.index(s.len() + 1));
-            let end = floor(&s, (start + cut).min(s.len()));
+            let end = match cut {
+                Some(cut) => floor(&s, (start + cut).min(s.len())),
+                None => s[start..].find('\n').map_or(s.len(), |i| start + i),
+            };
+            let start = match cut {
+                Some(_) => start,
+                None => match s[..end].rfind(" = ") {
+                    Some(eq) if !s[eq..end].contains('\n') => eq + 3,
+                    _ => continue,
+                },
+            };
             s.replace_range(start..end, &insert);
         }
         s
@@ -323,18 +348,24 @@ fn agent_config() -> impl Strategy<Value = AgentConfig> {
 }
 
 /// Text shaped like a join token (`gantry-join-1.env.name.expiry.nonce.
-/// ca.mac`) with each part sometimes wrong, or any text.
+/// ca.mac`), each part now and then wrong, or any text.
 fn join_token_text() -> impl Strategy<Value = String> {
-    let name = || prop_oneof!["[a-z][a-z0-9-]{0,8}", name_text()];
-    // Hex of one digit too few, right or too many, or not hex at all.
-    let (nonce, hash) = (
-        "[0-9a-fA-F]{31,33}|[0-9a-gz.]{32}",
-        "[0-9a-fA-F]{63,65}|[0-9a-gz.]{64}",
-    );
-    let parts = (nonce, hash, hash);
+    let name = || prop_oneof![6 => "[a-z]([a-z0-9-]{0,8}[a-z0-9])?", 1 => name_text()];
     let prefix = prop_oneof![9 => Just("gantry-join-1".to_owned()), 1 => name_text()];
-    let token = (prefix, name(), name(), "[+0-9]{0,21}", parts, "\\s{0,2}").prop_map(|t| {
-        let (prefix, env, name, expiry, (nonce, ca, mac), space) = t;
+    let expiry = prop_oneof![6 => "[0-9]{1,19}", 1 => "[+0-9]{0,21}"];
+    // Hex of the right length; of one digit too few or too many; not hex.
+    let hex = |right, wrong| prop_oneof![6 => right, 1 => wrong];
+    let nonce = hex("[0-9a-f]{32}", "[0-9a-fA-F]{31,33}|[0-9a-gz.]{32}");
+    let hash = || hex("[0-9a-fA-F]{64}", "[0-9a-fA-F]{63,65}|[0-9a-gz.]{64}");
+    let parts = (
+        prefix,
+        name(),
+        name(),
+        expiry,
+        (nonce, hash(), hash()),
+        "\\s{0,2}",
+    );
+    let token = parts.prop_map(|(prefix, env, name, expiry, (nonce, ca, mac), space)| {
         format!("{space}{prefix}.{env}.{name}.{expiry}.{nonce}.{ca}.{mac}{space}")
     });
     prop_oneof![4 => token, 1 => any::<String>()]
@@ -365,27 +396,82 @@ fn delimited(bytes: &[u8]) -> Vec<u8> {
     [varint(bytes.len() as u64).as_slice(), bytes].concat()
 }
 
-/// Bytes for the decoders: random ones, and well-formed protobuf (every
-/// wire type, nested messages, UTF-8 strings, small enum values), sometimes
-/// cut short or with a byte changed. Field numbers are mostly those Gantry
-/// uses (1..=23), sometimes any (0 and those above 2^29 are invalid).
+/// Every message type of Gantry's protos by full name (".gantry.v1.Job"),
+/// map entries included, read from the descriptor set the crate embeds.
+fn schema() -> &'static HashMap<String, DescriptorProto> {
+    static SCHEMA: std::sync::OnceLock<HashMap<String, DescriptorProto>> =
+        std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+        let scoped =
+            |scope: &str, m: &DescriptorProto| (format!("{scope}.{}", m.name()), m.clone());
+        let files = set.file.iter();
+        let mut todo: Vec<_> = files
+            .flat_map(|f| {
+                f.message_type
+                    .iter()
+                    .map(|m| scoped(&format!(".{}", f.package()), m))
+            })
+            .collect();
+        let mut all = HashMap::new();
+        while let Some((name, m)) = todo.pop() {
+            todo.extend(m.nested_type.iter().map(|n| scoped(&name, n)));
+            all.insert(name, m);
+        }
+        all
+    })
+}
+
+/// Strings for string and bytes fields: empty, names, hostile ones.
+const STRINGS: &[&str] = &[
+    "",
+    "prod",
+    "main",
+    "-rf",
+    "../../etc",
+    "a\0b",
+    "é😀",
+    "a@{1}",
+];
+
+/// A well-formed encoding of message type `name`, with every choice (which
+/// fields, how many times, what values) read from `dice`: it reaches fields
+/// deep in nested messages, which random bytes almost never do.
+fn message_bytes(name: &str, dice: &mut impl Iterator<Item = u32>, depth: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in &schema()[name].field {
+        let times = dice.next().unwrap_or(0) % if f.label() == Label::Repeated { 4 } else { 2 };
+        for _ in 0..times {
+            let v = dice.next().unwrap_or(0);
+            let (wire_type, payload) = match f.r#type() {
+                Type::Message if depth < 4 => {
+                    (2, delimited(&message_bytes(f.type_name(), dice, depth + 1)))
+                }
+                Type::Message => (2, delimited(&[])),
+                Type::String | Type::Bytes => (2, delimited(STRINGS[v as usize % 8].as_bytes())),
+                Type::Fixed64 | Type::Sfixed64 | Type::Double => {
+                    (1, u64::from(v).to_le_bytes().to_vec())
+                }
+                Type::Fixed32 | Type::Sfixed32 | Type::Float => (5, v.to_le_bytes().to_vec()),
+                // Integers, bools and enums: small values, or any.
+                _ if v % 2 == 0 => (0, varint(u64::from(v / 2 % 16))),
+                _ => (0, varint(u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15))),
+            };
+            out.extend(field(f.number() as u32, wire_type, &payload));
+        }
+    }
+    out
+}
+
+/// Bytes for the decoders: random ones, and a well-formed message of a type
+/// that is sent (see [`message_bytes`]), sometimes cut short or with a
+/// byte changed.
 fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let number = || prop_oneof![20 => 1u32..=24, 1 => any::<u32>()];
-    let payload = prop_oneof![
-        prop_oneof![0..16u64, any::<u64>()].prop_map(|v| (0, varint(v))),
-        any::<u64>().prop_map(|v| (1, v.to_le_bytes().to_vec())),
-        any::<u32>().prop_map(|v| (5, v.to_le_bytes().to_vec())),
-        ".{0,16}".prop_map(|s| (2, delimited(s.as_bytes()))),
-        vec(any::<u8>(), 0..16).prop_map(|b| (2, delimited(&b))),
-        (0u64..8).prop_map(|wire_type| (wire_type, Vec::new())), // a bare key: groups, bad types
-    ];
-    let leaf = (number(), payload).prop_map(|(n, (wire_type, p))| field(n, wire_type, &p));
-    let any_field = leaf.prop_recursive(4, 64, 8, move |inner| {
-        (number(), vec(inner, 0..8)).prop_map(|(n, f)| field(n, 2, &delimited(&f.concat())))
+    let message = (select(SENT), vec(any::<u32>(), 0..200)).prop_map(|(name, dice)| {
+        message_bytes(&format!(".gantry.v1.{name}"), &mut dice.into_iter(), 0)
     });
     let damage = (any::<Index>(), any::<u8>(), 0u8..4);
-    let damaged = (vec(any_field, 0..10), damage).prop_map(|(fields, (at, byte, how))| {
-        let mut bytes = fields.concat();
+    let damaged = (message, damage).prop_map(|(mut bytes, (at, byte, how))| {
         let at = at.index(bytes.len().max(1)).min(bytes.len());
         match how {
             0 => bytes.truncate(at),
@@ -411,9 +497,29 @@ fn decodes<M: Message + Default + PartialEq + std::fmt::Debug>(
     Ok(())
 }
 
-/// [`decodes`] for each of the given `proto` types.
-macro_rules! decode_each {
-    ($bytes:expr => $($ty:ident)*) => { $(decodes::<proto::$ty>($bytes)?;)* };
+/// Lists the messages sent to Gantry's servers as `SENT`, and defines
+/// `decode_all`, which runs [`decodes`] for each of them.
+macro_rules! sent {
+    ($($ty:ident)*) => {
+        const SENT: &[&str] = &[$(stringify!($ty)),*];
+        fn decode_all(bytes: &[u8]) -> Result<(), TestCaseError> {
+            $(decodes::<proto::$ty>(bytes)?;)*
+            Ok(())
+        }
+    };
+}
+
+sent! {
+    // AgentService: the Attach stream, each body of it, and Join.
+    AgentMessage Register Heartbeat JobEvent JobFinished LogLine LogBatch Drain ContainerOutput
+    JoinRequest
+    // What the coordinator sends on the Attach stream, which agents decode.
+    CoordinatorMessage
+    // Every request of OperatorService.
+    ListAppsRequest ListEnvironmentsRequest ListAgentsRequest DeployRequest GetJobRequest
+    ListJobsRequest CancelJobRequest StreamJobLogsRequest RollbackRequest ListReleasesRequest
+    GetEnvironmentStateRequest DiffEnvironmentsRequest ListBranchesRequest CreateBranchRequest
+    StreamAppLogsRequest ApproveRequest RevokeAgentRequest ListAuditRequest WhoAmIRequest
 }
 
 /// The samples are valid, so the edits above start from a file that passes
@@ -588,17 +694,6 @@ proptest! {
     /// re-encodes to the same message.
     #[test]
     fn messages_decode_any_bytes(bytes in wire_bytes()) {
-        // AgentService: the Attach stream, each body of it, and Join.
-        decode_each!(&bytes => AgentMessage Register Heartbeat JobEvent JobFinished LogLine);
-        decode_each!(&bytes => LogBatch Drain ContainerOutput JoinRequest);
-        // What the coordinator sends on the Attach stream.
-        decode_each!(&bytes => CoordinatorMessage);
-        // Every request of OperatorService.
-        decode_each!(&bytes => ListAppsRequest ListEnvironmentsRequest ListAgentsRequest);
-        decode_each!(&bytes => DeployRequest GetJobRequest ListJobsRequest CancelJobRequest);
-        decode_each!(&bytes => StreamJobLogsRequest RollbackRequest ListReleasesRequest);
-        decode_each!(&bytes => GetEnvironmentStateRequest DiffEnvironmentsRequest);
-        decode_each!(&bytes => ListBranchesRequest CreateBranchRequest StreamAppLogsRequest);
-        decode_each!(&bytes => ApproveRequest RevokeAgentRequest ListAuditRequest WhoAmIRequest);
+        decode_all(&bytes)?;
     }
 }

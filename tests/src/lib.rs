@@ -74,6 +74,31 @@ pub struct Harness {
     secrets: Vec<(String, String, String)>,
     coordinator: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     agents: Vec<(String, CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    /// TLS, users and policies; `None`: plaintext on loopback, no tokens.
+    secure: Option<Secure>,
+}
+
+/// A coordinator with TLS, operators and environment policies.
+#[derive(Clone, Default)]
+pub struct Secure {
+    /// Config text appended at the top level: `[[users]]` tables and such.
+    pub users: String,
+    /// Top-level settings, e.g. `rate_limit_per_minute = 100`.
+    pub settings: String,
+    /// Environment -> lines added to its table, e.g. `deploy = ["ops"]`.
+    pub policies: BTreeMap<String, String>,
+}
+
+impl Secure {
+    /// Adds a user with `roles`; returns their API token.
+    pub fn user(&mut self, name: &str, roles: &[&str]) -> String {
+        let token = gantry_coordinator::trust::ca::new_api_token();
+        self.users += &format!(
+            "\n[[users]]\nname = \"{name}\"\nroles = {roles:?}\ntoken_sha256 = \"{}\"\n",
+            gantry_shared::tls::fingerprint(token.as_bytes())
+        );
+        token
+    }
 }
 
 /// Logs for tests, once per process (RUST_LOG to see them).
@@ -141,16 +166,71 @@ impl Harness {
                 .collect(),
             coordinator: None,
             agents: Vec::new(),
+            secure: None,
         };
         harness.start_coordinator().await?;
         Ok(harness)
     }
 
+    /// As [`Harness::start`], with TLS (a CA made by `ca init`), the users
+    /// and the policies of `secure`.
+    pub async fn start_secure(
+        apps: &[TestApp],
+        envs: &[(&str, &[(&str, &str)])],
+        secure: Secure,
+    ) -> anyhow::Result<Self> {
+        let mut harness = Self::start(apps, envs).await?;
+        harness.stop_coordinator().await?;
+        gantry_coordinator::trust::ca::init(&harness.tls_dir(), &[])?;
+        harness.secure = Some(secure);
+        harness.start_coordinator().await?;
+        Ok(harness)
+    }
+
+    /// The coordinator's TLS directory.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("data").join("tls")
+    }
+
+    /// The coordinator's CA certificate, PEM.
+    pub fn ca_pem(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.tls_dir().join("ca.pem"))?)
+    }
+
+    /// A client of the operator API with an API token, over TLS.
+    pub async fn client_as(&self, token: &str) -> anyhow::Result<Client> {
+        gantry_cli::commands::connect_with(&self.url, Some(token.to_owned()), Some(self.ca_pem()?))
+            .await
+    }
+
+    /// Enrols agent `name` of `env` with a one-time token, as `gantry-agent
+    /// join` does; returns its TLS directory.
+    pub async fn join_agent(&self, env: &str, name: &str) -> anyhow::Result<PathBuf> {
+        let authority = gantry_coordinator::trust::Authority::load(&self.tls_dir())?;
+        let token = authority.enroll(
+            EnvName::new(env)?,
+            AgentName::new(name)?,
+            Duration::from_secs(600),
+        );
+        let dir = self.work_dir(name).join("tls");
+        gantry_agent::join::join(&self.url, &token.to_string(), &dir).await?;
+        Ok(dir)
+    }
+
     /// The config file text.
     pub fn config_text(&self, listen: std::net::SocketAddr) -> String {
-        let mut text = format!("plaintext = true\nlisten = \"{listen}\"\ndata_dir = \"data\"\n");
+        let mut text = format!("listen = \"{listen}\"\ndata_dir = \"data\"\n");
+        match &self.secure {
+            None => text += "plaintext = true\n",
+            Some(secure) => text += &secure.settings,
+        }
         for (name, vars) in &self.envs {
-            text += &format!("\n[[environments]]\nname = \"{name}\"\n[environments.variables]\n");
+            text += &format!("\n[[environments]]\nname = \"{name}\"\n");
+            if let Some(policy) = self.secure.as_ref().and_then(|s| s.policies.get(name)) {
+                text += policy;
+                text += "\n";
+            }
+            text += "[environments.variables]\n";
             for (k, v) in vars {
                 text += &format!("{k} = \"{v}\"\n");
             }
@@ -186,6 +266,9 @@ impl Harness {
                 text += &format!("public_port = {port}\ndrain_timeout_secs = 20\n");
             }
         }
+        if let Some(secure) = &self.secure {
+            text += &secure.users;
+        }
         text
     }
 
@@ -194,8 +277,8 @@ impl Harness {
     pub async fn start_coordinator(&mut self) -> anyhow::Result<()> {
         let addr = self
             .url
-            .strip_prefix("http://")
-            .unwrap_or("127.0.0.1:0")
+            .split_once("://")
+            .map_or("127.0.0.1:0", |(_, addr)| addr)
             .to_owned();
         let listener = TcpListener::bind(&addr)
             .await
@@ -206,7 +289,12 @@ impl Harness {
         let config = CoordinatorConfig::load(&path)?;
         let token = CancellationToken::new();
         let task = tokio::spawn(gantry_coordinator::serve(config, listener, token.clone()));
-        self.url = format!("http://{addr}");
+        let scheme = if self.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.url = format!("{scheme}://{addr}");
         self.coordinator = Some((token, task));
         Ok(())
     }
@@ -252,6 +340,26 @@ impl Harness {
         name: &str,
         drain_grace: Duration,
     ) -> anyhow::Result<()> {
+        self.start_agent_at(env, name, drain_grace, None)
+    }
+
+    /// Starts an agent that dials with the certificate in `tls_dir`.
+    pub fn start_enrolled_agent(
+        &mut self,
+        env: &str,
+        name: &str,
+        tls_dir: PathBuf,
+    ) -> anyhow::Result<()> {
+        self.start_agent_at(env, name, gantry_agent::DEFAULT_DRAIN_GRACE, Some(tls_dir))
+    }
+
+    fn start_agent_at(
+        &mut self,
+        env: &str,
+        name: &str,
+        drain_grace: Duration,
+        tls_dir: Option<PathBuf>,
+    ) -> anyhow::Result<()> {
         let options = AgentOptions {
             coordinator: self.url.clone(),
             name: AgentName::new(name)?,
@@ -264,7 +372,7 @@ impl Harness {
             public_host: "127.0.0.1".into(),
             drain_grace,
             proxy_program: Some(node_image::bin_dir()?.join("gantry-agent")),
-            tls_dir: None,
+            tls_dir,
         };
         let token = CancellationToken::new();
         let task = tokio::spawn(gantry_agent::run(options, token.clone()));

@@ -250,9 +250,11 @@ async fn agents_cut_off_from_the_coordinator_lose_nothing() -> anyhow::Result<()
     let mut client = eventually("the coordinator to answer", Duration::from_secs(30), || {
         let (url, token, ca_pem) = (url.clone(), token.clone(), ca_pem.clone());
         async move {
-            Ok(gantry_cli::commands::connect_with(&url, Some(token), Some(ca_pem))
-                .await
-                .ok())
+            Ok(
+                gantry_cli::commands::connect_with(&url, Some(token), Some(ca_pem))
+                    .await
+                    .ok(),
+            )
         }
     })
     .await?;

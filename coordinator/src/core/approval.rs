@@ -36,7 +36,9 @@ impl Core {
             }
             let env = self.environment_config(&job.env)?;
             if !who.may(Action::Approve(env), &self.config) {
-                return Err(Error::PermissionDenied(who.refusal(Action::Approve(env), &self.config)));
+                return Err(Error::PermissionDenied(
+                    who.refusal(Action::Approve(env), &self.config),
+                ));
             }
             if who.name == job.requested_by {
                 return Err(Error::PermissionDenied(format!(

@@ -4,7 +4,10 @@
 
 use std::collections::HashSet;
 
-use gantry_shared::{config::{AppConfig, EnvironmentConfig}, now_ms, AppName, BranchName, EnvName, JobState};
+use gantry_shared::{
+    config::{AppConfig, EnvironmentConfig},
+    now_ms, AppName, BranchName, EnvName, JobState,
+};
 use tracing::info;
 
 use super::{names, Core};
@@ -85,10 +88,12 @@ impl Core {
 
     /// The environment's configuration, or NotFound naming the configured ones.
     pub fn environment_config(&self, env: &EnvName) -> Result<&EnvironmentConfig, Error> {
-        self.config.environment(env).ok_or_else(|| Error::UnknownEnv {
-            known: names(self.config.environments.iter().map(|e| e.name().as_str())),
-            env: env.clone(),
-        })
+        self.config
+            .environment(env)
+            .ok_or_else(|| Error::UnknownEnv {
+                known: names(self.config.environments.iter().map(|e| e.name().as_str())),
+                env: env.clone(),
+            })
     }
 
     /// NotFound for `app`, naming the configured apps.
@@ -182,7 +187,11 @@ impl Core {
     /// Persists a new queued job, supersedes older queued requests for its
     /// (app, env), and places what can run.
     pub(super) async fn enqueue(&self, mut job: JobRecord) -> Result<JobRecord, Error> {
-        if let Some(env) = self.config.environment(&job.env).filter(|e| !e.approve.is_empty()) {
+        if let Some(env) = self
+            .config
+            .environment(&job.env)
+            .filter(|e| !e.approve.is_empty())
+        {
             job.approval = Approval::Waiting {
                 roles: env.approve.clone(),
             };

@@ -26,13 +26,13 @@ pub use deploy::BranchRequest;
 use crate::{
     auth::Auth,
     error::Error,
-    trust::Authority,
     fleet::{Decision, Fleet, Placement},
     hub::LogHub,
     job::{Approval, BranchCommit, JobKind, JobRecord, RollStep},
     release::{retained_images, ReleaseRecord, ServerRelease},
     store::Store,
     tail::Tails,
+    trust::Authority,
 };
 
 /// The coordinator's state and behaviour, shared by its services and loops.

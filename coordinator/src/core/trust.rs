@@ -5,12 +5,7 @@ use gantry_shared::{now_ms, proto, tls::JoinToken, AgentName};
 use tracing::info;
 
 use super::Core;
-use crate::{
-    error::Error,
-    job::AgentRecord,
-    store::IssuedCert,
-    trust::AgentIdentity,
-};
+use crate::{error::Error, job::AgentRecord, store::IssuedCert, trust::AgentIdentity};
 
 /// Largest certificate request accepted: a P-256 or RSA-4096 request is
 /// well under 4 KiB.

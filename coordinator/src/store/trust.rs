@@ -78,15 +78,21 @@ impl Store {
     }
 
     /// Revokes every unrevoked certificate of `name`; returns them.
-    pub fn revoke_certs(&self, name: &AgentName, now_ms: i64) -> Result<Vec<IssuedCert>, StoreError> {
+    pub fn revoke_certs(
+        &self,
+        name: &AgentName,
+        now_ms: i64,
+    ) -> Result<Vec<IssuedCert>, StoreError> {
         let mut revoked = Vec::new();
         for kv in self.certs.iter() {
             let (key, value) = kv?;
             let mut cert: IssuedCert = decode_json(&format!("cert {key:?}"), &value)?;
             if &cert.name == name && cert.revoked_ms.is_none() {
                 cert.revoked_ms = Some(now_ms);
-                self.certs
-                    .insert(key, serde_json::to_vec(&cert).expect("certificate records serialize"))?;
+                self.certs.insert(
+                    key,
+                    serde_json::to_vec(&cert).expect("certificate records serialize"),
+                )?;
                 revoked.push(cert);
             }
         }

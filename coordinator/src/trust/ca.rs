@@ -132,7 +132,9 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<Initialised, TrustError> {
     let server_key = KeyPair::generate().map_err(crypto("server key"))?;
     let mut server = CertificateParams::new(hosts.clone()).map_err(crypto("server names"))?;
     server.distinguished_name = rcgen::DistinguishedName::new();
-    server.distinguished_name.push(DnType::CommonName, "gantry-coordinator");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "gantry-coordinator");
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     server.not_before = now - BACKDATE;
@@ -208,11 +210,13 @@ impl Authority {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).map_err(|e| tls(&e))?;
-        let clients =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| tls(&e))?;
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls(&e))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(&e))?
@@ -271,8 +275,12 @@ impl Authority {
         let now = time::OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name.as_str());
-        params.distinguished_name.push(DnType::OrganizationalUnitName, env.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, name.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, env.as_str());
         let uri = identity_uri(env, name);
         params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(crypto("identity"))?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -284,7 +292,9 @@ impl Authority {
         params.serial_number = Some(serial);
         params.use_authority_key_identifier_extension = true;
         csr.params = params;
-        let cert = csr.signed_by(&self.issuer).map_err(crypto("agent certificate"))?;
+        let cert = csr
+            .signed_by(&self.issuer)
+            .map_err(crypto("agent certificate"))?;
         Ok((cert.pem(), serial_hex))
     }
 }

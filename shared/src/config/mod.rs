@@ -404,10 +404,17 @@ impl CoordinatorConfig {
             return Err(invalid(0..0, msg));
         }
         if self.rate_limit_per_minute == 0 {
-            return Err(invalid(0..0, "rate_limit_per_minute must be at least 1".into()));
+            return Err(invalid(
+                0..0,
+                "rate_limit_per_minute must be at least 1".into(),
+            ));
         }
         for env in &self.environments {
-            let roles = env.deploy.iter().chain(env.rollback_roles()).chain(&env.approve);
+            let roles = env
+                .deploy
+                .iter()
+                .chain(env.rollback_roles())
+                .chain(&env.approve);
             if let Some(bad) = roles.clone().find(|r| !trust::is_role_name(r)) {
                 let msg = format!("environment {}: {bad:?} is not a valid role name (use lowercase letters, digits and '-')", env.name());
                 return Err(invalid(env.name.span(), msg));
@@ -419,7 +426,9 @@ impl CoordinatorConfig {
             let at = user.name.span();
             let name = user.name.get_ref();
             if !trust::is_role_name(name) {
-                let msg = format!("user {name:?}: use lowercase letters, digits and '-', starting with a letter");
+                let msg = format!(
+                    "user {name:?}: use lowercase letters, digits and '-', starting with a letter"
+                );
                 return Err(invalid(at, msg));
             }
             if !names.insert(name) {
@@ -430,10 +439,16 @@ impl CoordinatorConfig {
                 return Err(invalid(at, msg));
             }
             if !hashes.insert(&user.token_sha256) {
-                return Err(invalid(at, format!("user {name:?} has the same token as another user")));
+                return Err(invalid(
+                    at,
+                    format!("user {name:?} has the same token as another user"),
+                ));
             }
             if let Some(bad) = user.roles.iter().find(|r| !trust::is_role_name(r)) {
-                return Err(invalid(at, format!("user {name:?}: {bad:?} is not a valid role name")));
+                return Err(invalid(
+                    at,
+                    format!("user {name:?}: {bad:?} is not a valid role name"),
+                ));
             }
         }
         Ok(())
@@ -441,7 +456,9 @@ impl CoordinatorConfig {
 
     /// The directory of the CA and server certificate.
     pub fn tls_dir(&self) -> PathBuf {
-        self.tls_dir.clone().unwrap_or_else(|| self.data_dir.join("tls"))
+        self.tls_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls"))
     }
 
     /// The app named `name`, if configured.
