@@ -298,3 +298,49 @@ impl Authority {
         Ok((cert.pem(), serial_hex))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority() -> (tempfile::TempDir, Authority) {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &["coordinator.example".into()]).unwrap();
+        let authority = Authority::load(dir.path()).unwrap();
+        (dir, authority)
+    }
+
+    #[test]
+    fn a_token_is_good_until_it_expires_and_only_as_made() {
+        let (_dir, ca) = authority();
+        let env = EnvName::new("prod").unwrap();
+        let token = ca.enroll(env, AgentName::new("prod-1").unwrap(), Duration::from_secs(60));
+        ca.check_token(&token, token.expires_at).unwrap();
+        let late = ca.check_token(&token, token.expires_at + 5).unwrap_err();
+        assert!(late.contains("expired 5s ago"), "{late}");
+        let mut moved = token.clone();
+        moved.env = EnvName::new("dev").unwrap();
+        let forged = ca.check_token(&moved, token.expires_at).unwrap_err();
+        assert!(forged.contains("not made by this coordinator"), "{forged}");
+    }
+
+    #[test]
+    fn the_certificate_names_what_the_token_names_not_what_the_request_asks() {
+        let (dir, ca) = authority();
+        let key = KeyPair::generate().unwrap();
+        let mut asked = CertificateParams::new(vec!["prod-9".to_owned()]).unwrap();
+        asked.distinguished_name.push(DnType::CommonName, "prod-9");
+        let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+        let env = EnvName::new("dev").unwrap();
+        let name = AgentName::new("dev-1").unwrap();
+        let (pem, serial) = ca.sign_agent(&csr, &env, &name).unwrap();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let who = crate::trust::identity(&der).unwrap();
+        assert_eq!((who.env, who.name, who.serial), (env, name, serial));
+        assert!(matches!(init(dir.path(), &[]), Err(TrustError::Exists(_))));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join(files::CA_KEY)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
