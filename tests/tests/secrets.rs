@@ -1,9 +1,14 @@
 //! Per-environment secrets: given to the build and the container, never
 //! returned by the API, and replaced by `***` in every stored or streamed
-//! log line, even when a build script prints them.
+//! log line, even when a build script prints them. The same build prints a
+//! line far over the length limit: it is cut with a visible marker, and the
+//! line after it arrives whole.
 
 use gantry_cli::sample;
-use gantry_shared::{proto, JobState};
+use gantry_shared::{
+    limits::{MAX_LOG_LINE_BYTES, TRUNCATED_MARKER},
+    proto, JobState,
+};
 use gantry_tests::*;
 
 const SECRET: &str = "pw-9f8e7d6c5b";
@@ -13,7 +18,8 @@ async fn a_secret_printed_by_a_build_never_reaches_the_logs() -> anyhow::Result<
     let app = "e2e-secrets";
     let mut test_app = TestApp::new(app);
     test_app.build_command = format!(
-        "echo \"connecting with $DB_PASSWORD\" && {}",
+        "echo \"connecting with $DB_PASSWORD\" && head -c 20000 /dev/zero | tr '\\0' x && echo \
+         && echo after-the-long-line && {}",
         sample::BUILD_COMMAND
     );
     let mut h = Harness::start_with_secrets(
@@ -33,6 +39,15 @@ async fn a_secret_printed_by_a_build_never_reaches_the_logs() -> anyhow::Result<
         "{:?}",
         texts(&lines)
     );
+    // The 20,000-character line is cut, marked, and not the last word.
+    let long = texts(&lines)
+        .into_iter()
+        .position(|t| t.starts_with("xxxx"))
+        .expect("the long line is in the log");
+    let cut = texts(&lines)[long];
+    assert!(cut.len() <= MAX_LOG_LINE_BYTES, "{} bytes", cut.len());
+    assert!(cut.ends_with(TRUNCATED_MARKER), "{}", &cut[cut.len() - 40..]);
+    assert_eq!(texts(&lines)[long + 1], "after-the-long-line");
     // The container has it.
     assert_eq!(get(&done.url, "/env/DB_PASSWORD").await?.1.trim(), SECRET);
 
