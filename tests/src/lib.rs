@@ -9,12 +9,16 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use anyhow::Context;
 use gantry_agent::{docker, AgentOptions};
 use gantry_cli::{jre_image, sample};
-use gantry_shared::{config::CoordinatorConfig, proto, AgentName, EnvName, JobState};
+use gantry_shared::{config::CoordinatorConfig, AgentName, EnvName};
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+mod client;
 pub mod node_image;
+mod secure;
+
+pub use client::*;
+pub use secure::Secure;
 
 pub use gantry_cli::commands::Client;
 
@@ -76,29 +80,6 @@ pub struct Harness {
     agents: Vec<(String, CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     /// TLS, users and policies; `None`: plaintext on loopback, no tokens.
     secure: Option<Secure>,
-}
-
-/// A coordinator with TLS, operators and environment policies.
-#[derive(Clone, Default)]
-pub struct Secure {
-    /// Config text appended at the top level: `[[users]]` tables and such.
-    pub users: String,
-    /// Top-level settings, e.g. `rate_limit_per_minute = 100`.
-    pub settings: String,
-    /// Environment -> lines added to its table, e.g. `deploy = ["ops"]`.
-    pub policies: BTreeMap<String, String>,
-}
-
-impl Secure {
-    /// Adds a user with `roles`; returns their API token.
-    pub fn user(&mut self, name: &str, roles: &[&str]) -> String {
-        let token = gantry_coordinator::trust::ca::new_api_token();
-        self.users += &format!(
-            "\n[[users]]\nname = \"{name}\"\nroles = {roles:?}\ntoken_sha256 = \"{}\"\n",
-            gantry_shared::tls::fingerprint(token.as_bytes())
-        );
-        token
-    }
 }
 
 /// Logs for tests, once per process (RUST_LOG to see them).
@@ -170,51 +151,6 @@ impl Harness {
         };
         harness.start_coordinator().await?;
         Ok(harness)
-    }
-
-    /// As [`Harness::start`], with TLS (a CA made by `ca init`), the users
-    /// and the policies of `secure`.
-    pub async fn start_secure(
-        apps: &[TestApp],
-        envs: &[(&str, &[(&str, &str)])],
-        secure: Secure,
-    ) -> anyhow::Result<Self> {
-        let mut harness = Self::start(apps, envs).await?;
-        harness.stop_coordinator().await?;
-        gantry_coordinator::trust::ca::init(&harness.tls_dir(), &[])?;
-        harness.secure = Some(secure);
-        harness.start_coordinator().await?;
-        Ok(harness)
-    }
-
-    /// The coordinator's TLS directory.
-    pub fn tls_dir(&self) -> PathBuf {
-        self.dir.path().join("data").join("tls")
-    }
-
-    /// The coordinator's CA certificate, PEM.
-    pub fn ca_pem(&self) -> anyhow::Result<String> {
-        Ok(std::fs::read_to_string(self.tls_dir().join("ca.pem"))?)
-    }
-
-    /// A client of the operator API with an API token, over TLS.
-    pub async fn client_as(&self, token: &str) -> anyhow::Result<Client> {
-        gantry_cli::commands::connect_with(&self.url, Some(token.to_owned()), Some(self.ca_pem()?))
-            .await
-    }
-
-    /// Enrols agent `name` of `env` with a one-time token, as `gantry-agent
-    /// join` does; returns its TLS directory.
-    pub async fn join_agent(&self, env: &str, name: &str) -> anyhow::Result<PathBuf> {
-        let authority = gantry_coordinator::trust::Authority::load(&self.tls_dir())?;
-        let token = authority.enroll(
-            EnvName::new(env)?,
-            AgentName::new(name)?,
-            Duration::from_secs(600),
-        );
-        let dir = self.work_dir(name).join("tls");
-        gantry_agent::join::join(&self.url, &token.to_string(), &dir).await?;
-        Ok(dir)
     }
 
     /// The config file text.
@@ -567,100 +503,4 @@ fn push_branch(repo: &git2::Repository, branch: &str) -> anyhow::Result<()> {
         .workdir()
         .context("the working clone has a work tree")?;
     sample::push_to_bare(repo, &work.with_extension("git"), branch)
-}
-
-/// Follows `job`'s log until it ends; returns the lines seen and the final job.
-pub async fn follow_to_end(
-    client: &mut Client,
-    job: u64,
-) -> anyhow::Result<(Vec<proto::LogLine>, proto::Job)> {
-    let follow = async {
-        let request = proto::StreamJobLogsRequest {
-            job_id: job,
-            from_seq: 1,
-            follow: true,
-        };
-        let mut stream = client.stream_job_logs(request).await?.into_inner();
-        let mut lines = Vec::new();
-        while let Some(line) = stream.next().await {
-            lines.push(line?);
-        }
-        let job = client
-            .get_job(proto::GetJobRequest { id: job })
-            .await?
-            .into_inner();
-        anyhow::Ok((lines, job))
-    };
-    tokio::time::timeout(DEPLOY_DEADLINE, follow)
-        .await
-        .with_context(|| format!("job {job} did not end within {DEPLOY_DEADLINE:?}"))?
-}
-
-/// Deploys and follows to the end.
-pub async fn deploy(
-    client: &mut Client,
-    app: &str,
-    env: &str,
-    branch: &str,
-) -> anyhow::Result<(Vec<proto::LogLine>, proto::Job)> {
-    let request = proto::DeployRequest {
-        app: app.into(),
-        env: env.into(),
-        branch: branch.into(),
-        ..Default::default()
-    };
-    let job = client.deploy(request).await?.into_inner();
-    follow_to_end(client, job.id).await
-}
-
-/// The job's state.
-pub fn state(job: &proto::Job) -> JobState {
-    JobState::from_proto(job.state).expect("jobs carry a state")
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, or fails after `deadline`.
-pub async fn eventually<T, F, Fut>(
-    what: &str,
-    deadline: Duration,
-    mut check: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(found) = check().await? {
-            return Ok(found);
-        }
-        if tokio::time::Instant::now() > until {
-            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// GET `path` on a job's URL: (status, body).
-pub async fn get(url: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let (host, port) =
-        gantry_agent::health::host_port(url).with_context(|| format!("bad url {url:?}"))?;
-    Ok(gantry_agent::health::http_get(&host, port, path).await?)
-}
-
-/// The texts of `lines`.
-pub fn texts(lines: &[proto::LogLine]) -> Vec<&str> {
-    lines.iter().map(|l| l.text.as_str()).collect()
-}
-
-/// Asserts the lines are numbered 1..=n with no gap or repeat.
-pub fn assert_contiguous(lines: &[proto::LogLine]) {
-    for (i, line) in lines.iter().enumerate() {
-        assert_eq!(
-            line.seq,
-            i as u64 + 1,
-            "log line {i} has seq {}: {:?}",
-            line.seq,
-            line.text
-        );
-    }
 }
