@@ -53,7 +53,7 @@ pub fn unit_text(binary: &Path, config_path: &Path, drain_grace_secs: u64) -> St
          WantedBy=multi-user.target\n",
         binary = binary.display(),
         config = config_path.display(),
-        stop = drain_grace_secs + 30,
+        stop = drain_grace_secs.saturating_add(30),
     )
 }
 

@@ -155,14 +155,15 @@ impl Auth {
             }
         } else {
             let token = bearer(request)?;
-            let (name, roles) = self.users.get(&fingerprint(token.as_bytes())).ok_or_else(
-                || {
-                    Error::Unauthenticated(
+            let (name, roles) =
+                self.users
+                    .get(&fingerprint(token.as_bytes()))
+                    .ok_or_else(|| {
+                        Error::Unauthenticated(
                         "the API token is not valid; ask an admin for one and run `gantry login`"
                             .into(),
                     )
-                },
-            )?;
+                    })?;
             Principal {
                 name: name.clone(),
                 roles: roles.clone(),

@@ -239,17 +239,27 @@ pub async fn fetch_ca(
 pub fn host_port(url: &str) -> Option<(String, u16)> {
     let rest = url.strip_prefix("https://")?;
     let authority = rest.split('/').next()?;
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, port) = v6.split_once(']')?;
-        let port = port
-            .strip_prefix(':')
-            .map_or(Some(7700), |p| p.parse().ok())?;
-        return Some((host.to_owned(), port));
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':')?)),
+            }
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return None;
     }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
-        None => Some((authority.to_owned(), 7700)),
-    }
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => 7700,
+    };
+    Some((host.to_owned(), port))
 }
 
 #[cfg(test)]
@@ -298,5 +308,8 @@ mod tests {
         );
         assert_eq!(host_port("https://[::1]:7700/"), Some(("::1".into(), 7700)));
         assert_eq!(host_port("http://c.example"), None);
+        assert_eq!(host_port("https://"), None);
+        assert_eq!(host_port("https://:7700"), None);
+        assert_eq!(host_port("https://[::1]x"), None);
     }
 }

@@ -46,7 +46,11 @@ async fn a_secret_printed_by_a_build_never_reaches_the_logs() -> anyhow::Result<
         .expect("the long line is in the log");
     let cut = texts(&lines)[long];
     assert!(cut.len() <= MAX_LOG_LINE_BYTES, "{} bytes", cut.len());
-    assert!(cut.ends_with(TRUNCATED_MARKER), "{}", &cut[cut.len() - 40..]);
+    assert!(
+        cut.ends_with(TRUNCATED_MARKER),
+        "{}",
+        &cut[cut.len() - 40..]
+    );
     assert_eq!(texts(&lines)[long + 1], "after-the-long-line");
     // The container has it.
     assert_eq!(get(&done.url, "/env/DB_PASSWORD").await?.1.trim(), SECRET);

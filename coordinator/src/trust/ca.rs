@@ -314,7 +314,11 @@ mod tests {
     fn a_token_is_good_until_it_expires_and_only_as_made() {
         let (_dir, ca) = authority();
         let env = EnvName::new("prod").unwrap();
-        let token = ca.enroll(env, AgentName::new("prod-1").unwrap(), Duration::from_secs(60));
+        let token = ca.enroll(
+            env,
+            AgentName::new("prod-1").unwrap(),
+            Duration::from_secs(60),
+        );
         ca.check_token(&token, token.expires_at).unwrap();
         let late = ca.check_token(&token, token.expires_at + 5).unwrap_err();
         assert!(late.contains("expired 5s ago"), "{late}");
@@ -339,7 +343,9 @@ mod tests {
         assert_eq!((who.env, who.name, who.serial), (env, name, serial));
         assert!(matches!(init(dir.path(), &[]), Err(TrustError::Exists(_))));
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join(files::CA_KEY)).unwrap().permissions(),
+            &std::fs::metadata(dir.path().join(files::CA_KEY))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
     }

@@ -118,14 +118,29 @@ fn secrets_are_checked_and_never_printed() {
 fn the_documented_example_config_is_valid() {
     let text = include_str!("../../../docs/coordinator.example.toml");
     let config = CoordinatorConfig::parse(Path::new("coordinator.example.toml"), text).unwrap();
-    assert!(!config.plaintext, "the example listens on the network, so over TLS");
-    let prod = config.environments.iter().find(|e| e.name().as_str() == "prod").unwrap();
+    assert!(
+        !config.plaintext,
+        "the example listens on the network, so over TLS"
+    );
+    let prod = config
+        .environments
+        .iter()
+        .find(|e| e.name().as_str() == "prod")
+        .unwrap();
     assert_eq!(prod.approve, vec!["ops".to_owned()]);
 }
 
 #[test]
 fn plaintext_off_loopback_is_refused() {
-    let text = GOOD.replace("listen = \"127.0.0.1:7701\"", "listen = \"0.0.0.0:7701\"\nplaintext = true");
-    let err = CoordinatorConfig::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
-    assert!(err.contains("plaintext = true is allowed only on a loopback address"), "{err}");
+    let text = GOOD.replace(
+        "listen = \"127.0.0.1:7701\"",
+        "listen = \"0.0.0.0:7701\"\nplaintext = true",
+    );
+    let err = CoordinatorConfig::parse(Path::new("c.toml"), &text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("plaintext = true is allowed only on a loopback address"),
+        "{err}"
+    );
 }
