@@ -8,8 +8,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::Mutex,
-    time::Instant,
+    net::IpAddr,
 };
 
 use gantry_shared::{
@@ -18,7 +17,7 @@ use gantry_shared::{
 };
 use tonic::Request;
 
-use crate::error::Error;
+use crate::{error::Error, rate::RateLimiter};
 
 /// The request header naming the person asking in open (tokenless) mode.
 pub const USER_HEADER: &str = "gantry-user";
@@ -95,12 +94,6 @@ fn join<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
         .join(", ")
 }
 
-/// A token bucket: `per_minute` requests, refilled evenly.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 /// Checks tokens and rates.
 pub struct Auth {
     /// Token hash -> (name, roles).
@@ -108,8 +101,16 @@ pub struct Auth {
     /// No tokens: every caller is a trusted local user.
     open: bool,
     per_minute: u32,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Requests per operator.
+    requests: RateLimiter<String>,
+    /// Failed authentications per address.
+    failures: RateLimiter<IpAddr>,
 }
+
+/// Failed authentications one address may make per minute before it is
+/// held back: a person mistyping a token never gets near it, a token
+/// guesser (or a flood of audit entries) is stopped.
+pub const FAILED_AUTH_PER_MINUTE: u32 = 30;
 
 /// The peer address of `request`, or "unknown".
 pub fn peer<T>(request: &Request<T>) -> String {
@@ -133,7 +134,8 @@ impl Auth {
             users,
             open: config.users.is_empty() && config.plaintext,
             per_minute: config.rate_limit_per_minute,
-            buckets: Mutex::default(),
+            requests: RateLimiter::new(config.rate_limit_per_minute),
+            failures: RateLimiter::new(FAILED_AUTH_PER_MINUTE),
         }
     }
 
@@ -154,8 +156,7 @@ impl Auth {
                 peer,
             }
         } else {
-            let token = bearer(request)?;
-            let (name, roles) =
+            let user = bearer(request).and_then(|token| {
                 self.users
                     .get(&fingerprint(token.as_bytes()))
                     .ok_or_else(|| {
@@ -163,7 +164,24 @@ impl Auth {
                         "the API token is not valid; ask an admin for one and run `gantry login`"
                             .into(),
                     )
-                    })?;
+                    })
+            });
+            // Tokens are 256 random bits, so guessing is hopeless; what a
+            // flood of bad tokens could do is flood the audit trail. Past
+            // the limit an address's failures are audited once per minute.
+            let ip = request.remote_addr().map(|a| a.ip());
+            if let (Err(refused), Some(ip)) = (&user, ip) {
+                if let Err(limited) = self.failures.take(&ip) {
+                    return Err(Error::Throttled {
+                        message: format!(
+                            "{refused}; too many failed authentications from {ip}, retry in {}s",
+                            limited.retry_secs
+                        ),
+                        first: limited.first,
+                    });
+                }
+            }
+            let (name, roles) = user?;
             Principal {
                 name: name.clone(),
                 roles: roles.clone(),
@@ -177,25 +195,12 @@ impl Auth {
 
     /// Takes one request from `who`'s bucket.
     fn take(&self, who: &str) -> Result<(), Error> {
-        let per_minute = f64::from(self.per_minute);
-        let mut buckets = self.buckets.lock().expect("rate buckets");
-        let now = Instant::now();
-        let bucket = buckets.entry(who.to_owned()).or_insert(Bucket {
-            tokens: per_minute,
-            at: now,
-        });
-        let refill = now.duration_since(bucket.at).as_secs_f64() * per_minute / 60.0;
-        bucket.tokens = (bucket.tokens + refill).min(per_minute);
-        bucket.at = now;
-        if bucket.tokens < 1.0 {
-            let wait = ((1.0 - bucket.tokens) * 60.0 / per_minute).ceil();
-            return Err(Error::RateLimited(format!(
-                "{who} made more than {} requests in a minute; retry in {wait}s",
-                self.per_minute
-            )));
-        }
-        bucket.tokens -= 1.0;
-        Ok(())
+        self.requests.take(&who.to_owned()).map_err(|limited| {
+            Error::RateLimited(format!(
+                "{who} made more than {} requests in a minute; retry in {}s",
+                self.per_minute, limited.retry_secs
+            ))
+        })
     }
 }
 
@@ -253,7 +258,8 @@ mod tests {
             )]),
             open: false,
             per_minute,
-            buckets: Mutex::default(),
+            requests: RateLimiter::new(per_minute),
+            failures: RateLimiter::new(FAILED_AUTH_PER_MINUTE),
         }
     }
 
@@ -274,6 +280,39 @@ mod tests {
         assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
         let err = auth.authenticate(&Request::new(())).unwrap_err();
         assert!(err.to_string().contains("gantry login"), "{err}");
+    }
+
+    #[test]
+    fn an_address_sending_bad_tokens_is_throttled_but_good_tokens_pass() {
+        let auth = auth(600);
+        let from = |token: &str| {
+            let mut request = with_token(token);
+            request
+                .extensions_mut()
+                .insert(tonic::transport::server::TcpConnectInfo {
+                    local_addr: None,
+                    remote_addr: Some("10.0.0.7:5000".parse().unwrap()),
+                });
+            request
+        };
+        for _ in 0..FAILED_AUTH_PER_MINUTE {
+            let err = auth.authenticate(&from("guess")).unwrap_err();
+            assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
+        }
+        let first = auth.authenticate(&from("guess")).unwrap_err();
+        assert!(
+            matches!(first, Error::Throttled { first: true, .. }),
+            "{first}"
+        );
+        assert!(first
+            .to_string()
+            .contains("too many failed authentications from 10.0.0.7"));
+        let next = auth.authenticate(&from("guess")).unwrap_err();
+        assert!(
+            matches!(next, Error::Throttled { first: false, .. }),
+            "{next}"
+        );
+        assert_eq!(auth.authenticate(&from("t0ken")).unwrap().name, "alice");
     }
 
     #[test]

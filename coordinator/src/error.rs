@@ -99,6 +99,14 @@ pub enum Error {
     /// Too many requests from one caller.
     #[error("{0}")]
     RateLimited(String),
+    /// Too many failed authentications from one address.
+    #[error("{message}")]
+    Throttled {
+        /// What to tell the caller.
+        message: String,
+        /// The first refusal since the address ran out: audit this one only.
+        first: bool,
+    },
 }
 
 impl Error {
@@ -118,7 +126,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::RateLimited(_) => Code::ResourceExhausted,
+            Error::RateLimited(_) | Error::Throttled { .. } => Code::ResourceExhausted,
             Error::Store(_) | Error::Git(_) => Code::Internal,
         }
     }

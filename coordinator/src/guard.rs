@@ -26,6 +26,11 @@ impl Core {
     /// Who sent `request` for `action`; a refusal is audited.
     pub fn caller<T>(&self, request: &Request<T>, action: &str) -> Result<Principal, Error> {
         self.auth.authenticate(request).inspect_err(|e| {
+            // A throttled address is audited once per dry spell, so a flood
+            // of bad tokens cannot flood the trail.
+            if matches!(e, Error::Throttled { first: false, .. }) {
+                return;
+            }
             self.audit(AuditEntry::new(
                 "anonymous",
                 crate::auth::peer(request),

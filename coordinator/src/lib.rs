@@ -16,6 +16,7 @@ pub mod guard;
 pub mod hub;
 pub mod job;
 pub mod operator_service;
+pub mod rate;
 pub mod release;
 pub mod request;
 pub mod store;

@@ -345,6 +345,14 @@ async fn each_role_does_what_its_policy_allows_and_prod_waits_for_another_ops_ap
         let err = as_olga.deploy(request).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
     }
+    // A whole message over the 4 MiB limit is refused before it is decoded.
+    let huge = proto::DeployRequest {
+        branch: "b".repeat(5 << 20),
+        ..deploy_to("dev")
+    };
+    let err = as_olga.deploy(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("the limit is"), "{}", err.message());
     let jobs_after = as_olga
         .list_jobs(proto::ListJobsRequest::default())
         .await?
@@ -471,5 +479,32 @@ async fn each_role_does_what_its_policy_allows_and_prod_waits_for_another_ops_ap
     assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
     assert!((100..=110).contains(&served), "served {served}");
     as_olga.who_am_i(proto::WhoAmIRequest {}).await?;
+
+    // Bad tokens from one address are throttled past 30 a minute, and
+    // audited once, while good tokens from the same address still pass.
+    let mut attempts = 0;
+    let throttled = loop {
+        attempts += 1;
+        match forger.who_am_i(proto::WhoAmIRequest {}).await {
+            Err(s) if s.code() == Code::ResourceExhausted => break s,
+            Err(s) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+            Ok(_) => panic!("a forged token was accepted"),
+        }
+        assert!(attempts < 40, "failed authentications were never throttled");
+    };
+    assert!(throttled
+        .message()
+        .contains("too many failed authentications from 127.0.0.1"));
+    for _ in 0..10 {
+        let err = forger.who_am_i(proto::WhoAmIRequest {}).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+    }
+    as_olga.who_am_i(proto::WhoAmIRequest {}).await?;
+    let trail = audit(&mut as_olga).await?;
+    let noted = trail
+        .iter()
+        .filter(|e| e.detail.contains("too many failed"))
+        .count();
+    assert_eq!(noted, 1, "a throttled address is audited once per minute");
     h.shutdown().await
 }

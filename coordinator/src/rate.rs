@@ -1,0 +1,83 @@
+//! Token buckets keyed by who or where a request comes from.
+
+use std::{collections::HashMap, hash::Hash, sync::Mutex, time::Instant};
+
+/// A bucket: up to `per_minute` tokens, refilled evenly.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    /// Whether a refusal was reported since the bucket last had a token.
+    reported: bool,
+}
+
+/// Why a request was held back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limited {
+    /// Whole seconds until a token is back.
+    pub retry_secs: u64,
+    /// The first refusal since the bucket ran dry (report this one).
+    pub first: bool,
+}
+
+/// Buckets of `per_minute` tokens, one per key.
+pub struct RateLimiter<K> {
+    per_minute: f64,
+    buckets: Mutex<HashMap<K, Bucket>>,
+}
+
+impl<K: Eq + Hash + Clone> RateLimiter<K> {
+    /// `per_minute` tokens per key.
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute: f64::from(per_minute.max(1)),
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes a token from `key`'s bucket, or says when to retry.
+    pub fn take(&self, key: &K) -> Result<(), Limited> {
+        let mut buckets = self.buckets.lock().expect("rate buckets");
+        let now = Instant::now();
+        let bucket = buckets.entry(key.clone()).or_insert(Bucket {
+            tokens: self.per_minute,
+            at: now,
+            reported: false,
+        });
+        let refill = now.duration_since(bucket.at).as_secs_f64() * self.per_minute / 60.0;
+        bucket.tokens = (bucket.tokens + refill).min(self.per_minute);
+        bucket.at = now;
+        if bucket.tokens < 1.0 {
+            let first = !bucket.reported;
+            bucket.reported = true;
+            return Err(Limited {
+                retry_secs: ((1.0 - bucket.tokens) * 60.0 / self.per_minute).ceil() as u64,
+                first,
+            });
+        }
+        bucket.reported = false;
+        bucket.tokens -= 1.0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_bucket_refuses_and_reports_once() {
+        let limiter = RateLimiter::new(2);
+        limiter.take(&"a").unwrap();
+        limiter.take(&"a").unwrap();
+        let first = limiter.take(&"a").unwrap_err();
+        assert_eq!(
+            first,
+            Limited {
+                retry_secs: 30,
+                first: true
+            }
+        );
+        assert!(!limiter.take(&"a").unwrap_err().first);
+        limiter.take(&"b").unwrap();
+    }
+}
