@@ -19,6 +19,10 @@ pub struct Limited {
     pub first: bool,
 }
 
+/// Keys tracked before full buckets (keys quiet for a minute) are dropped:
+/// the keys come from callers, so the map must not grow without bound.
+const PRUNE_ABOVE: usize = 10_000;
+
 /// Buckets of `per_minute` tokens, one per key.
 pub struct RateLimiter<K> {
     per_minute: f64,
@@ -36,14 +40,25 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
 
     /// Takes a token from `key`'s bucket, or says when to retry.
     pub fn take(&self, key: &K) -> Result<(), Limited> {
+        self.take_at(key, Instant::now())
+    }
+
+    fn take_at(&self, key: &K, now: Instant) -> Result<(), Limited> {
         let mut buckets = self.buckets.lock().expect("rate buckets");
-        let now = Instant::now();
+        if buckets.len() >= PRUNE_ABOVE && !buckets.contains_key(key) {
+            let per_minute = self.per_minute;
+            buckets.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_minute / 60.0
+                    < per_minute
+            });
+        }
         let bucket = buckets.entry(key.clone()).or_insert(Bucket {
             tokens: self.per_minute,
             at: now,
             reported: false,
         });
-        let refill = now.duration_since(bucket.at).as_secs_f64() * self.per_minute / 60.0;
+        let refill =
+            now.saturating_duration_since(bucket.at).as_secs_f64() * self.per_minute / 60.0;
         bucket.tokens = (bucket.tokens + refill).min(self.per_minute);
         bucket.at = now;
         if bucket.tokens < 1.0 {
@@ -79,5 +94,18 @@ mod tests {
         );
         assert!(!limiter.take(&"a").unwrap_err().first);
         limiter.take(&"b").unwrap();
+    }
+
+    #[test]
+    fn quiet_keys_are_forgotten_when_many_are_tracked() {
+        let limiter = RateLimiter::new(60);
+        for key in 0..PRUNE_ABOVE {
+            limiter.take(&key).unwrap();
+        }
+        // Each bucket lacks one token, refilled within a second: a new key
+        // two seconds on prunes every quiet one.
+        let later = Instant::now() + std::time::Duration::from_secs(2);
+        limiter.take_at(&PRUNE_ABOVE, later).unwrap();
+        assert_eq!(limiter.buckets.lock().unwrap().len(), 1);
     }
 }
