@@ -53,6 +53,11 @@ pub async fn connect_with(
     ca_pem: Option<String>,
 ) -> anyhow::Result<Client> {
     gantry_shared::tls::install_crypto_provider();
+    if token.is_some() && !url.starts_with("https://") && !is_loopback_url(url) {
+        anyhow::bail!(
+            "refusing to send an API token in the clear to {url}; use the coordinator's https:// address"
+        );
+    }
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid coordinator address {url:?}"))?
         .connect_timeout(std::time::Duration::from_secs(5));
@@ -86,6 +91,25 @@ pub async fn connect_with(
             WhoAsks { user, bearer },
         ),
     )
+}
+
+/// Whether `url` names this machine (an API token may go there in the clear).
+fn is_loopback_url(url: &str) -> bool {
+    let authority = url
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `gantry apps`
@@ -413,4 +437,27 @@ pub async fn cancel(client: &mut Client, id: u64, format: Format) -> anyhow::Res
         Format::Table => println!("job {} {}: {}", job.id, output::state(&job), job.reason),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_go_in_the_clear_only_to_this_machine() {
+        for url in [
+            "http://127.0.0.1:7700",
+            "http://localhost:7700",
+            "http://[::1]:7700/",
+        ] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.5:7700",
+            "http://gantry.example.com",
+            "http://127.0.0.1.evil.com",
+        ] {
+            assert!(!is_loopback_url(url), "{url}");
+        }
+    }
 }

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::DirBuilderExt;
+
 use anyhow::Context;
 use gantry_shared::{proto, tls::write_private};
 use serde::{Deserialize, Serialize};
@@ -14,7 +16,7 @@ use crate::commands::{connect_with, Client};
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7700";
 
 /// What `gantry login` keeps.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// The coordinator's URL.
@@ -66,8 +68,14 @@ pub async fn connect(coordinator: Option<&str>) -> anyhow::Result<Client> {
         .map(str::to_owned)
         .or_else(|| (!saved.coordinator.is_empty()).then(|| saved.coordinator.clone()))
         .unwrap_or_else(|| DEFAULT_COORDINATOR.to_owned());
-    let token = std::env::var("GANTRY_TOKEN").ok().or(saved.token);
-    connect_with(&url, token, saved.ca_pem).await
+    // The saved token and CA belong to the saved coordinator only: a token
+    // is never sent to a host it was not issued for.
+    let (token, ca_pem) = match url == saved.coordinator {
+        true => (saved.token, saved.ca_pem),
+        false => (None, None),
+    };
+    let token = std::env::var("GANTRY_TOKEN").ok().or(token);
+    connect_with(&url, token, ca_pem).await
 }
 
 /// Checks the token against the coordinator and saves the login.
@@ -94,7 +102,11 @@ pub async fn login(
         ca_pem,
     };
     let dir = config_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let text = toml::to_string(&saved).expect("credentials serialize");
     write_private(&credentials_path(), text.as_bytes())
         .with_context(|| format!("cannot write {}", credentials_path().display()))?;

@@ -107,9 +107,13 @@ impl proto::agent_service_server::AgentService for AgentService {
             .try_send(Ok(proto::CoordinatorMessage { body: Some(hello) }))
             .expect("a new outbox has room");
         let closed = CancellationToken::new();
-        let session = self
-            .core
-            .attach_agent(record, running, outbox.clone(), closed.clone())?;
+        let session = self.core.attach_agent(
+            record,
+            running,
+            outbox.clone(),
+            closed.clone(),
+            identity.as_ref().map(|i| i.serial.as_str()),
+        )?;
 
         let core = self.core.clone();
         let shutdown = self.shutdown.clone();
@@ -133,6 +137,7 @@ impl proto::agent_service_server::AgentService for AgentService {
         request: Request<proto::JoinRequest>,
     ) -> Result<Response<proto::JoinResponse>, Status> {
         let peer = crate::auth::peer(&request);
+        let addr = request.remote_addr();
         let req = request.into_inner();
         let claimed = gantry_shared::tls::JoinToken::parse(&req.token)
             .map(|t| format!("agent {} env {}", t.name, t.env))
@@ -142,14 +147,11 @@ impl proto::agent_service_server::AgentService for AgentService {
             Ok(r) => format!("certificate issued to {} for {}", r.name, r.env),
             Err(e) => e.to_string(),
         };
-        self.core.audit(AuditEntry::new(
-            "anonymous",
-            peer,
-            "enrol",
-            claimed,
-            joined.is_ok(),
-            detail,
-        ));
+        if joined.is_ok() || self.core.auth.failure_worth_auditing(addr) {
+            let entry =
+                AuditEntry::new("anonymous", peer, "enrol", claimed, joined.is_ok(), detail);
+            self.core.audit(entry);
+        }
         Ok(Response::new(joined?))
     }
 }
@@ -170,14 +172,16 @@ impl AgentService {
             )),
         };
         if let Err(e) = &identity {
-            self.core.audit(AuditEntry::new(
-                "unknown",
-                peer,
-                "agent-connect",
-                "coordinator",
-                false,
-                e.to_string(),
-            ));
+            if self.core.auth.failure_worth_auditing(request.remote_addr()) {
+                self.core.audit(AuditEntry::new(
+                    "unknown",
+                    peer,
+                    "agent-connect",
+                    "coordinator",
+                    false,
+                    e.to_string(),
+                ));
+            }
         }
         Ok(identity?)
     }

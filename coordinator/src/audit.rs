@@ -28,8 +28,31 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// `value` with control characters escaped (so a value cannot forge lines
+/// in a log or a terminal) and cut after `max` characters.
+pub fn clean(value: &str, max: usize) -> String {
+    let escaped: String = value
+        .chars()
+        .flat_map(|c| {
+            let escape = c.is_control().then(|| c.escape_default());
+            let plain = (!c.is_control()).then_some(c);
+            escape.into_iter().flatten().chain(plain)
+        })
+        .collect();
+    cut(&escaped, max)
+}
+
+/// `value` cut after `max` characters, marked with "...".
+pub fn cut(value: &str, max: usize) -> String {
+    match value.char_indices().nth(max) {
+        Some((at, _)) => format!("{}...", &value[..at]),
+        None => value.to_owned(),
+    }
+}
+
 impl AuditEntry {
-    /// A new entry stamped now; the store numbers it.
+    /// A new entry stamped now; the store numbers it. Every field is
+    /// escaped and cut: parts of it come from callers.
     pub fn new(
         who: impl Into<String>,
         peer: impl Into<String>,
@@ -41,12 +64,12 @@ impl AuditEntry {
         Self {
             seq: 0,
             at_ms: now_ms(),
-            who: who.into(),
-            peer: peer.into(),
-            action: action.into(),
-            target: target.into(),
+            who: clean(&who.into(), 80),
+            peer: clean(&peer.into(), 64),
+            action: clean(action, 32),
+            target: clean(&target.into(), 200),
             allowed,
-            detail: detail.into(),
+            detail: clean(&detail.into(), 512),
         }
     }
 

@@ -38,39 +38,63 @@ pub struct Principal {
 /// Something a policy allows or not.
 #[derive(Debug, Clone, Copy)]
 pub enum Action<'a> {
-    /// Deploy to, or cancel a deploy in, this environment.
+    /// Deploy to this environment.
     Deploy(&'a EnvironmentConfig),
+    /// Cancel someone else's deploy in this environment (same roles).
+    Cancel(&'a EnvironmentConfig),
     /// Roll back in this environment.
     Rollback(&'a EnvironmentConfig),
     /// Approve or reject deploys to this environment.
     Approve(&'a EnvironmentConfig),
+    /// Create branches on apps' remotes: whoever deploys somewhere.
+    CreateBranch,
     /// Revoke agents, read the audit trail.
     Admin,
 }
 
-impl Principal {
-    fn has_any(&self, roles: &[String]) -> bool {
-        self.local || roles.iter().any(|r| self.roles.contains(r))
+impl Action<'_> {
+    /// What it is, for a refusal, and the roles it takes.
+    fn describe(self, config: &CoordinatorConfig) -> (String, Vec<String>) {
+        match self {
+            Action::Deploy(env) => (format!("deploy to {}", env.name()), env.deploy.clone()),
+            Action::Cancel(env) => (
+                format!("cancel others' deploys in {}", env.name()),
+                env.deploy.clone(),
+            ),
+            Action::Rollback(env) => (
+                format!("roll back {}", env.name()),
+                env.rollback_roles().to_vec(),
+            ),
+            Action::Approve(env) => (
+                format!("approve deploys to {}", env.name()),
+                env.approve.clone(),
+            ),
+            Action::CreateBranch => {
+                let roles: BTreeSet<String> = config
+                    .environments
+                    .iter()
+                    .flat_map(|e| e.deploy.iter().cloned())
+                    .collect();
+                ("create branches".into(), roles.into_iter().collect())
+            }
+            Action::Admin => (
+                "revoke agents or read the audit trail".into(),
+                config.admins.clone(),
+            ),
+        }
     }
+}
 
+impl Principal {
     /// Whether the policy in `config` lets them do `action`.
     pub fn may(&self, action: Action<'_>, config: &CoordinatorConfig) -> bool {
-        match action {
-            Action::Deploy(env) => self.has_any(&env.deploy),
-            Action::Rollback(env) => self.has_any(env.rollback_roles()),
-            Action::Approve(env) => self.has_any(&env.approve),
-            Action::Admin => self.has_any(&config.admins),
-        }
+        let (_, roles) = action.describe(config);
+        self.local || roles.iter().any(|r| self.roles.contains(r))
     }
 
     /// Why `action` is refused, for the caller: what role it takes.
     pub fn refusal(&self, action: Action<'_>, config: &CoordinatorConfig) -> String {
-        let (what, roles): (String, &[String]) = match action {
-            Action::Deploy(env) => (format!("deploy to {}", env.name()), &env.deploy),
-            Action::Rollback(env) => (format!("roll back {}", env.name()), env.rollback_roles()),
-            Action::Approve(env) => (format!("approve deploys to {}", env.name()), &env.approve),
-            Action::Admin => ("do this".into(), &config.admins),
-        };
+        let (what, roles) = action.describe(config);
         let have = match self.roles.is_empty() {
             true => "no role".to_owned(),
             false => format!("roles {}", join(&self.roles)),
@@ -139,6 +163,20 @@ impl Auth {
         }
     }
 
+    /// Counts a failed authentication (a bad join token, a connection
+    /// without a certificate) from `peer`; whether to audit it: yes until
+    /// the address has failed [`FAILED_AUTH_PER_MINUTE`] times in a minute,
+    /// then once per minute.
+    pub fn failure_worth_auditing(&self, peer: Option<std::net::SocketAddr>) -> bool {
+        match peer {
+            Some(addr) => match self.failures.take(&address_key(addr.ip())) {
+                Ok(()) => true,
+                Err(limited) => limited.first,
+            },
+            None => true,
+        }
+    }
+
     /// Whether callers need no token.
     pub fn is_open(&self) -> bool {
         self.open
@@ -171,12 +209,13 @@ impl Auth {
             // the limit an address's failures are audited once per minute.
             let ip = request.remote_addr().map(|a| a.ip());
             if let (Err(refused), Some(ip)) = (&user, ip) {
-                if let Err(limited) = self.failures.take(&ip) {
+                if let Err(limited) = self.failures.take(&address_key(ip)) {
                     return Err(Error::Throttled {
                         message: format!(
                             "{refused}; too many failed authentications from {ip}, retry in {}s",
                             limited.retry_secs
                         ),
+                        who: "anonymous".into(),
                         first: limited.first,
                     });
                 }
@@ -195,12 +234,28 @@ impl Auth {
 
     /// Takes one request from `who`'s bucket.
     fn take(&self, who: &str) -> Result<(), Error> {
-        self.requests.take(&who.to_owned()).map_err(|limited| {
-            Error::RateLimited(format!(
-                "{who} made more than {} requests in a minute; retry in {}s",
-                self.per_minute, limited.retry_secs
-            ))
-        })
+        self.requests
+            .take(&who.to_owned())
+            .map_err(|limited| Error::Throttled {
+                message: format!(
+                    "{who} made more than {} requests in a minute; retry in {}s",
+                    self.per_minute, limited.retry_secs
+                ),
+                who: who.to_owned(),
+                first: limited.first,
+            })
+    }
+}
+
+/// The key failures are counted under: the address, or for IPv6 its /64,
+/// since one host commonly holds a whole /64.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
     }
 }
 
@@ -222,8 +277,14 @@ fn bearer<T>(request: &Request<T>) -> Result<String, Error> {
         .or_else(|| text.strip_prefix("bearer "))
         .ok_or_else(missing)?
         .trim();
-    if token.is_empty() || token.len() > 256 {
+    if token.is_empty() {
         return Err(missing());
+    }
+    if token.len() > 256 {
+        return Err(Error::Unauthenticated(
+            "the API token is longer than any Gantry token; check what was pasted into `gantry login`"
+                .into(),
+        ));
     }
     Ok(token.to_owned())
 }
@@ -322,7 +383,7 @@ mod tests {
             auth.authenticate(&with_token("t0ken")).unwrap();
         }
         let err = auth.authenticate(&with_token("t0ken")).unwrap_err();
-        assert!(matches!(err, Error::RateLimited(_)), "{err}");
+        assert!(matches!(err, Error::Throttled { first: true, .. }), "{err}");
         assert!(err.to_string().contains("retry in 20s"), "{err}");
     }
 }

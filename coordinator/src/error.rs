@@ -43,6 +43,9 @@ pub enum Error {
     /// No such job.
     #[error("job {0} does not exist")]
     UnknownJob(JobId),
+    /// No such agent.
+    #[error("{0}")]
+    UnknownAgent(String),
     /// No such release of (app, env).
     #[error("app \"{app}\" has no release {number} in {env}; {known}")]
     UnknownRelease {
@@ -96,15 +99,15 @@ pub enum Error {
     /// Valid credentials, but the policy does not allow this.
     #[error("{0}")]
     PermissionDenied(String),
-    /// Too many requests from one caller.
-    #[error("{0}")]
-    RateLimited(String),
-    /// Too many failed authentications from one address.
+    /// Too many requests from one caller, or too many failed
+    /// authentications from one address.
     #[error("{message}")]
     Throttled {
         /// What to tell the caller.
         message: String,
-        /// The first refusal since the address ran out: audit this one only.
+        /// Who was held back: a user, or "anonymous".
+        who: String,
+        /// The first refusal since the bucket ran dry: audit this one only.
         first: bool,
     },
 }
@@ -118,6 +121,7 @@ impl Error {
             | Error::UnknownEnv { .. }
             | Error::UnknownBranch { .. }
             | Error::UnknownJob(_)
+            | Error::UnknownAgent(_)
             | Error::UnknownRelease { .. } => Code::NotFound,
             Error::RemoteUnavailable { .. } => Code::Unavailable,
             Error::FailedPrecondition(_)
@@ -126,7 +130,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::RateLimited(_) | Error::Throttled { .. } => Code::ResourceExhausted,
+            Error::Throttled { .. } => Code::ResourceExhausted,
             Error::Store(_) | Error::Git(_) => Code::Internal,
         }
     }

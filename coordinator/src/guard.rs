@@ -11,28 +11,25 @@ use crate::{
     error::Error,
 };
 
-/// A request field as written into the audit trail: escaped, and cut so a
-/// hostile value cannot flood the trail.
+/// A request field as put in an audit target: cut so a hostile value
+/// cannot flood the trail (the entry escapes it).
 pub fn field(value: &str) -> String {
-    const MAX: usize = 80;
-    let escaped: String = value.escape_debug().collect();
-    match escaped.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}...", &escaped[..cut]),
-        None => escaped,
-    }
+    crate::audit::cut(value, 80)
 }
 
 impl Core {
     /// Who sent `request` for `action`; a refusal is audited.
     pub fn caller<T>(&self, request: &Request<T>, action: &str) -> Result<Principal, Error> {
         self.auth.authenticate(request).inspect_err(|e| {
-            // A throttled address is audited once per dry spell, so a flood
-            // of bad tokens cannot flood the trail.
-            if matches!(e, Error::Throttled { first: false, .. }) {
-                return;
-            }
+            // A throttled caller is audited once per dry spell, so a flood
+            // of requests cannot flood the trail.
+            let who = match e {
+                Error::Throttled { first: false, .. } => return,
+                Error::Throttled { who, .. } => who.as_str(),
+                _ => "anonymous",
+            };
             self.audit(AuditEntry::new(
-                "anonymous",
+                who,
                 crate::auth::peer(request),
                 action,
                 "",
@@ -82,9 +79,21 @@ mod tests {
     #[test]
     fn audited_fields_are_escaped_and_cut() {
         assert_eq!(field("prod"), "prod");
-        assert_eq!(field("a\nb"), "a\\nb");
         let long = field(&"x".repeat(500));
         assert_eq!(long.len(), 83);
         assert!(long.ends_with("..."));
+        let entry = AuditEntry::new(
+            "a\nb",
+            "",
+            "deploy",
+            "app\u{1b}[31m",
+            false,
+            "y".repeat(5000),
+        );
+        assert_eq!(entry.who, "a\\nb");
+        let quoted = AuditEntry::new("o", "", "deploy", "", false, "unknown app \"x\"");
+        assert_eq!(quoted.detail, "unknown app \"x\"");
+        assert_eq!(entry.target, "app\\u{1b}[31m");
+        assert_eq!(entry.detail.len(), 515);
     }
 }

@@ -29,7 +29,7 @@ use gantry_shared::{config::CoordinatorConfig, limits::MAX_GRPC_MESSAGE_BYTES, p
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 /// HTTP/2 ping interval on every connection (see `serve`).
 const SERVER_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -76,6 +76,14 @@ pub async fn serve(
         .map(|a| a.server_config())
         .transpose()?
         .map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
+    if config.plaintext
+        && (!config.users.is_empty() || config.environments.iter().any(|e| !e.approve.is_empty()))
+    {
+        warn!("plaintext: agents are not authenticated, so any local user can attach as an agent of any environment; use TLS (drop `plaintext`) for anything but a demo");
+    }
+    if !config.plaintext && config.users.is_empty() {
+        warn!("no [[users]] are configured, so every operator request is refused; add one with `gantry-coordinator token new`");
+    }
     let core = Core::new(Arc::new(config), store, authority)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -57,6 +57,13 @@ enum CaCommand {
         #[arg(long = "host")]
         hosts: Vec<String>,
     },
+    /// Make a new server certificate with the same CA (before it expires,
+    /// or for new host names); enrolled agents are unaffected.
+    RenewServer {
+        /// A name or address of the coordinator; repeat for several.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,8 +76,8 @@ enum AgentCommand {
         /// The agent's name.
         #[arg(long)]
         name: AgentName,
-        /// Minutes the token stays valid.
-        #[arg(long, default_value_t = 60)]
+        /// Minutes the token stays valid (at most a week).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=10_080))]
         ttl_minutes: u64,
     },
 }
@@ -130,6 +137,16 @@ fn admin(config_path: &std::path::Path, command: Command) -> anyhow::Result<()> 
             println!("CA fingerprint (sha256): {}", made.ca_fingerprint);
             println!("next: gantry-coordinator agent enroll --env ENV --name NAME");
         }
+        Command::Ca {
+            command: CaCommand::RenewServer { hosts },
+        } => {
+            let made = trust::ca::renew_server(&dir, &hosts)?;
+            println!("new server certificate in {}", dir.display());
+            println!("server names: {}", made.hosts.join(", "));
+            println!(
+                "restart the coordinator to serve it; agents and logins keep working (same CA)"
+            );
+        }
         Command::Agent {
             command:
                 AgentCommand::Enroll {
@@ -161,6 +178,12 @@ fn admin(config_path: &std::path::Path, command: Command) -> anyhow::Result<()> 
         Command::Token {
             command: TokenCommand::New { name, roles },
         } => {
+            let bad = std::iter::once(&name)
+                .chain(&roles)
+                .find(|v| !gantry_shared::config::trust::is_role_name(v));
+            if let Some(bad) = bad {
+                anyhow::bail!("{bad:?}: names and roles use lowercase letters, digits and '-', starting with a letter");
+            }
             let token = trust::ca::new_api_token();
             println!("token: {token}");
             println!("\nadd to {}:\n", config_path.display());

@@ -18,6 +18,10 @@ use crate::{
     tail::TailStream,
 };
 
+/// Longest `from` of a branch creation: a branch name (at most 200 bytes)
+/// or a commit id.
+const MAX_REVISION_BYTES: usize = 200;
+
 /// The `gantry.v1.OperatorService` implementation.
 pub struct OperatorService {
     core: Arc<Core>,
@@ -204,7 +208,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             if job.requested_by != who.name {
                 self.core.permit(
                     &who,
-                    Action::Deploy(self.core.environment_config(&job.env)?),
+                    Action::Cancel(self.core.environment_config(&job.env)?),
                 )?;
             }
             self.core.cancel(id).await
@@ -324,6 +328,12 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let branch = async {
             let app = required("app", req.app, AppName::new)?;
             let name = required("name", req.name, BranchName::new)?;
+            if req.from.len() > MAX_REVISION_BYTES {
+                return Err(Error::InvalidArgument(format!(
+                    "from must be a branch or commit of at most {MAX_REVISION_BYTES} bytes"
+                )));
+            }
+            self.core.permit(&who, Action::CreateBranch)?;
             let from = (!req.from.is_empty()).then_some(req.from);
             self.core
                 .create_branch(&app, name, from, who.name.clone())
@@ -473,9 +483,9 @@ impl OperatorService {
         let job = async {
             let id = JobId::new(req.job_id)?;
             let comment = req.comment.trim();
-            if comment.len() > 500 {
+            if comment.len() > 500 || comment.chars().any(char::is_control) {
                 return Err(Error::InvalidArgument(
-                    "the comment is over 500 bytes".into(),
+                    "the comment must be one line of at most 500 bytes".into(),
                 ));
             }
             self.core

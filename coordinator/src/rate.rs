@@ -26,7 +26,14 @@ const PRUNE_ABOVE: usize = 10_000;
 /// Buckets of `per_minute` tokens, one per key.
 pub struct RateLimiter<K> {
     per_minute: f64,
-    buckets: Mutex<HashMap<K, Bucket>>,
+    buckets: Mutex<Buckets<K>>,
+}
+
+struct Buckets<K> {
+    by_key: HashMap<K, Bucket>,
+    /// Last time quiet keys were dropped: at most once a second, so a
+    /// crowd of busy keys does not make every call scan them all.
+    pruned: Option<Instant>,
 }
 
 impl<K: Eq + Hash + Clone> RateLimiter<K> {
@@ -34,7 +41,10 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute: f64::from(per_minute.max(1)),
-            buckets: Mutex::default(),
+            buckets: Mutex::new(Buckets {
+                by_key: HashMap::new(),
+                pruned: None,
+            }),
         }
     }
 
@@ -44,15 +54,18 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
     }
 
     fn take_at(&self, key: &K, now: Instant) -> Result<(), Limited> {
-        let mut buckets = self.buckets.lock().expect("rate buckets");
-        if buckets.len() >= PRUNE_ABOVE && !buckets.contains_key(key) {
+        let mut guard = self.buckets.lock().expect("rate buckets");
+        let Buckets { by_key, pruned } = &mut *guard;
+        let due = pruned.is_none_or(|at| now.saturating_duration_since(at).as_secs() >= 1);
+        if by_key.len() >= PRUNE_ABOVE && due && !by_key.contains_key(key) {
+            *pruned = Some(now);
             let per_minute = self.per_minute;
-            buckets.retain(|_, b| {
+            by_key.retain(|_, b| {
                 b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_minute / 60.0
                     < per_minute
             });
         }
-        let bucket = buckets.entry(key.clone()).or_insert(Bucket {
+        let bucket = by_key.entry(key.clone()).or_insert(Bucket {
             tokens: self.per_minute,
             at: now,
             reported: false,
@@ -106,6 +119,6 @@ mod tests {
         // two seconds on prunes every quiet one.
         let later = Instant::now() + std::time::Duration::from_secs(2);
         limiter.take_at(&PRUNE_ABOVE, later).unwrap();
-        assert_eq!(limiter.buckets.lock().unwrap().len(), 1);
+        assert_eq!(limiter.buckets.lock().unwrap().by_key.len(), 1);
     }
 }

@@ -67,7 +67,13 @@ impl Tails {
     /// Delivers what `server` sent for a tail.
     pub fn deliver(&self, server: &AgentName, output: proto::ContainerOutput) {
         let mut open = self.open.lock().expect("tails lock");
-        let Some(tail) = open.get_mut(&output.request_id) else {
+        // Only a server asked for this tail may write to it: request ids are
+        // sequential, and an agent of another environment must not reach
+        // this one's readers.
+        let Some(tail) = open
+            .get_mut(&output.request_id)
+            .filter(|t| t.waiting.contains(server))
+        else {
             return;
         };
         let mut lines: Vec<proto::AppLogLine> = output
@@ -80,7 +86,8 @@ impl Tails {
             })
             .collect();
         if !output.error.is_empty() {
-            lines.push(note(server, output.error));
+            let error = gantry_shared::limits::cap_log_line(tail.redactor.redact(output.error));
+            lines.push(note(server, error));
         }
         for line in lines {
             if tail.dropped > 0 {

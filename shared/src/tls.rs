@@ -67,7 +67,7 @@ pub struct TokenError(&'static str);
 /// A one-time join token: which agent may enrol where, until when, signed
 /// by the coordinator's join key, with the CA's fingerprint so the agent
 /// can trust the coordinator before it holds any certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken {
     /// The environment the certificate will be bound to.
     pub env: EnvName,
@@ -118,6 +118,17 @@ impl JoinToken {
             ca_fingerprint: ca.to_ascii_lowercase(),
             mac: mac.to_ascii_lowercase(),
         })
+    }
+}
+
+/// Never the nonce or the signature: together they are the credential.
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinToken")
+            .field("env", &self.env)
+            .field("name", &self.name)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
     }
 }
 

@@ -114,6 +114,15 @@ async fn agents_need_an_unrevoked_certificate_of_this_ca_for_their_own_environme
         format!("{refused:#}").contains("not made by this coordinator"),
         "{refused:#}"
     );
+    // A name belongs to one environment: dev-1 cannot also enrol in prod.
+    let elsewhere = authority.enroll("prod".parse()?, "dev-1".parse()?, Duration::from_secs(600));
+    let refused = gantry_agent::join::join(&h.url, &elsewhere.to_string(), &h.dir.path().join("z"))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("enrolled in dev already"),
+        "{refused:#}"
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dev_tls.join("agent.key"))?
         .permissions()
@@ -238,7 +247,9 @@ async fn each_role_does_what_its_policy_allows_and_prod_waits_for_another_ops_ap
     let olga = secure.user("olga", &["ops"]);
     let oscar = secure.user("oscar", &["ops"]);
     let bot = secure.user("bot", &[]);
-    secure.settings = "rate_limit_per_minute = 100\n".into();
+    // Enough for the tests' polling (20 requests a second for 15 s), few
+    // enough for the bot to reach quickly.
+    secure.settings = "rate_limit_per_minute = 300\n".into();
     for (env, policy) in [
         ("dev", "deploy = [\"developer\", \"ops\"]"),
         ("test", "deploy = [\"developer\", \"tester\", \"ops\"]"),
@@ -446,6 +457,25 @@ async fn each_role_does_what_its_policy_allows_and_prod_waits_for_another_ops_ap
     assert_eq!(rejected.reason, "rejected by olga: not today");
     assert!(rejected.agent.is_empty(), "it was never placed");
 
+    // Branches are created by people who deploy somewhere; the bot does not.
+    let branch = |name: &str| proto::CreateBranchRequest {
+        app: app.into(),
+        name: name.into(),
+        from: String::new(),
+    };
+    as_alice.create_branch(branch("feature/by-alice")).await?;
+    let mut as_bot = h.client_as(&bot).await?;
+    let err = as_bot
+        .create_branch(branch("feature/by-bot"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("may not create branches"),
+        "{}",
+        err.message()
+    );
+
     // The audit trail: admins only, and it holds the refusals.
     let err = as_alice
         .list_audit(proto::ListAuditRequest { limit: 10 })
@@ -465,19 +495,21 @@ async fn each_role_does_what_its_policy_allows_and_prod_waits_for_another_ops_ap
     assert!(has("olga", "reject", true, "rejected by olga"));
     assert!(has("olga", "deploy", false, "InvalidArgument"));
     assert!(has("alice", "read-audit", false, "PermissionDenied"));
+    assert!(has("alice", "create-branch", true, "created at"));
+    assert!(has("bot", "create-branch", false, "PermissionDenied"));
 
     // Rates are per token: the bot is stopped, the others are not.
-    let mut as_bot = h.client_as(&bot).await?;
     let mut served = 0;
     let limited = loop {
         match as_bot.who_am_i(proto::WhoAmIRequest {}).await {
             Ok(_) => served += 1,
             Err(status) => break status,
         }
-        assert!(served < 150, "the rate limit never applied");
+        assert!(served < 400, "the rate limit never applied");
     };
     assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
-    assert!((100..=110).contains(&served), "served {served}");
+    // 300 at once, plus what refilled (5 a second) while they ran.
+    assert!((300..=330).contains(&served), "served {served}");
     as_olga.who_am_i(proto::WhoAmIRequest {}).await?;
 
     // Bad tokens from one address are throttled past 30 a minute, and
@@ -495,16 +527,24 @@ async fn each_role_does_what_its_policy_allows_and_prod_waits_for_another_ops_ap
     assert!(throttled
         .message()
         .contains("too many failed authentications from 127.0.0.1"));
+    // The allowance refills at one failure per 2 s, so on a slow machine
+    // one of these may be let through to a plain Unauthenticated.
+    let mut held_back = 0;
     for _ in 0..10 {
         let err = forger.who_am_i(proto::WhoAmIRequest {}).await.unwrap_err();
-        assert_eq!(err.code(), Code::ResourceExhausted);
+        match err.code() {
+            Code::ResourceExhausted => held_back += 1,
+            code => assert_eq!(code, Code::Unauthenticated, "{err:?}"),
+        }
     }
+    assert!(held_back >= 8, "only {held_back} of 10 held back");
     as_olga.who_am_i(proto::WhoAmIRequest {}).await?;
     let trail = audit(&mut as_olga).await?;
     let noted = trail
         .iter()
         .filter(|e| e.detail.contains("too many failed"))
         .count();
-    assert_eq!(noted, 1, "a throttled address is audited once per minute");
+    // Once per dry spell: one, or two if the allowance refilled in between.
+    assert!((1..=2).contains(&noted), "{noted} throttling entries");
     h.shutdown().await
 }

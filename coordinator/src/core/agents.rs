@@ -14,7 +14,7 @@ use super::{names, Core};
 use crate::{
     error::Error,
     fleet::{Outbox, Placement, Session},
-    job::AgentRecord,
+    job::{AgentRecord, Approval},
 };
 
 impl Core {
@@ -26,6 +26,7 @@ impl Core {
         running: BTreeSet<JobId>,
         outbox: Outbox,
         closed: tokio_util::sync::CancellationToken,
+        certificate: Option<&str>,
     ) -> Result<u64, Error> {
         if self.config.environment(&record.env).is_none() {
             return Err(Error::UnknownEnv {
@@ -36,8 +37,32 @@ impl Core {
         if record.capacity == 0 {
             return Err(Error::InvalidArgument("capacity must be at least 1".into()));
         }
-        self.store.put_agent(&record)?;
         let mut fleet = self.fleet();
+        // Checked under the fleet lock, which a revocation also holds: an
+        // agent revoked between its certificate check and now is refused.
+        if let Some(serial) = certificate {
+            if self
+                .store
+                .cert(serial)?
+                .is_none_or(|c| c.revoked_ms.is_some())
+            {
+                return Err(Error::PermissionDenied(format!(
+                    "the certificate of agent {} was revoked; enrol it again to reconnect",
+                    record.name
+                )));
+            }
+        }
+        if let Some(other) = fleet
+            .sessions
+            .get(&record.name)
+            .filter(|s| s.record.env != record.env)
+        {
+            return Err(Error::PermissionDenied(format!(
+                "agent {} is connected for env {}; an agent name belongs to one environment",
+                record.name, other.record.env
+            )));
+        }
+        self.store.put_agent(&record)?;
         fleet.next_session += 1;
         let id = fleet.next_session;
         let name = record.name.clone();
@@ -45,7 +70,12 @@ impl Core {
         // Jobs we gave this agent that it no longer holds were lost with its
         // previous process: fail them, never replay them.
         let mut kept = BTreeSet::new();
-        for job_id in fleet.jobs_of(&name) {
+        let ours: Vec<JobId> = fleet
+            .jobs_of(&name)
+            .into_iter()
+            .filter(|id| fleet.active.get(id).is_some_and(|p| p.env == record.env))
+            .collect();
+        for job_id in ours {
             if running.contains(&job_id) {
                 kept.insert(job_id);
             } else {
@@ -63,7 +93,11 @@ impl Core {
         // adopt it; anything else (ended, or given to another agent) it must stop.
         for stray in running.difference(&kept).copied().collect::<Vec<_>>() {
             match self.store.job(stray)? {
-                Some(mut job) if job.state == JobState::Queued && job.env == record.env => {
+                Some(mut job)
+                    if job.state == JobState::Queued
+                        && job.env == record.env
+                        && !matches!(job.approval, Approval::Waiting { .. }) =>
+                {
                     job.transition(JobState::Assigned, format!("assigned to agent {name}"));
                     job.agent = Some(name.clone());
                     self.store.put_job(&job)?;

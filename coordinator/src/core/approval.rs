@@ -24,15 +24,18 @@ impl Core {
         {
             let mut fleet = self.fleet();
             let mut job = self.job(id)?;
-            if !matches!(job.approval, Approval::Waiting { .. }) || job.state != JobState::Queued {
-                let now = match job.approval.describe() {
-                    d if d.is_empty() => "needs no approval".to_owned(),
-                    d => format!("is {d}"),
-                };
+            if job.state != JobState::Queued {
                 return Err(Error::FailedPrecondition(format!(
-                    "job {id} does not wait for an approval: it {now} and is {}",
+                    "job {id} is {} already; only a queued deploy can be approved or rejected",
                     job.state.as_str()
                 )));
+            }
+            if !matches!(job.approval, Approval::Waiting { .. }) {
+                let now = match job.approval.describe() {
+                    d if d.is_empty() => "needs no approval".to_owned(),
+                    d => format!("is {d} already"),
+                };
+                return Err(Error::FailedPrecondition(format!("job {id} {now}")));
             }
             let env = self.environment_config(&job.env)?;
             if !who.may(Action::Approve(env), &self.config) {

@@ -85,7 +85,7 @@ impl Core {
         let Some(session) = fleet
             .sessions
             .get_mut(agent)
-            .filter(|s| s.outbox.capacity() > 0)
+            .filter(|s| s.record.env == job.env && s.outbox.capacity() > 0)
         else {
             return false;
         };

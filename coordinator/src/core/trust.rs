@@ -32,6 +32,18 @@ impl Core {
                 "the certificate request is over {MAX_CSR_BYTES} bytes"
             )));
         }
+        // A name belongs to one environment; enrolling it again in the same
+        // one replaces its earlier certificates (a reinstalled host).
+        let earlier = self.store.certs_of(&token.name)?;
+        if let Some(other) = earlier
+            .iter()
+            .find(|c| c.revoked_ms.is_none() && c.env != token.env)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "agent {} is enrolled in {} already; revoke it there first (gantry agent revoke {})",
+                token.name, other.env, token.name
+            )));
+        }
         let (certificate_pem, serial) = authority
             .sign_agent(csr_pem, &token.env, &token.name)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -40,6 +52,9 @@ impl Core {
                 "the join token for {} was used already; make a new one with `gantry-coordinator agent enroll`",
                 token.name
             )));
+        }
+        if earlier.iter().any(|c| c.revoked_ms.is_none()) {
+            self.revoke(&token.name)?;
         }
         self.store.put_cert(&IssuedCert {
             serial: serial.clone(),
@@ -85,13 +100,21 @@ impl Core {
 
     /// Revokes every certificate of agent `name` and closes its stream.
     pub fn revoke(&self, name: &AgentName) -> Result<Vec<IssuedCert>, Error> {
+        // Under the fleet lock, which an attaching agent's last check holds.
+        let fleet = self.fleet();
+        if self.store.certs_of(name)?.is_empty() {
+            return Err(Error::UnknownAgent(format!(
+                "agent {name} holds no certificate issued by this coordinator"
+            )));
+        }
         let revoked = self.store.revoke_certs(name, now_ms())?;
         if revoked.is_empty() {
             return Err(Error::FailedPrecondition(format!(
-                "agent {name} holds no unrevoked certificate issued by this coordinator"
+                "every certificate of agent {name} is revoked already"
             )));
         }
-        let session = self.fleet().sessions.get(name).map(|s| s.id);
+        let session = fleet.sessions.get(name).map(|s| s.id);
+        drop(fleet);
         if let Some(session) = session {
             self.detach_agent(name, session);
         }

@@ -77,6 +77,19 @@ impl Store {
             .transpose()
     }
 
+    /// Every certificate issued to `name`.
+    pub fn certs_of(&self, name: &AgentName) -> Result<Vec<IssuedCert>, StoreError> {
+        let mut certs = Vec::new();
+        for kv in self.certs.iter() {
+            let (key, value) = kv?;
+            let cert: IssuedCert = decode_json(&format!("cert {key:?}"), &value)?;
+            if &cert.name == name {
+                certs.push(cert);
+            }
+        }
+        Ok(certs)
+    }
+
     /// Revokes every unrevoked certificate of `name`; returns them.
     pub fn revoke_certs(
         &self,

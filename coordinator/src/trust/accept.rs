@@ -16,6 +16,11 @@ use crate::{audit::AuditEntry, core::Core};
 /// Time a client gets to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes in progress at once: a thousand agents reconnecting together
+/// fit; a flood of half-open connections waits its turn instead of growing
+/// tasks without bound.
+const MAX_HANDSHAKES: usize = 1024;
+
 /// Connections accepted on `listener` and past the TLS handshake, until
 /// `shutdown`.
 pub fn tls_incoming(
@@ -25,8 +30,12 @@ pub fn tls_incoming(
     shutdown: CancellationToken,
 ) -> ReceiverStream<std::io::Result<TlsStream<tokio::net::TcpStream>>> {
     let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tx.closed() => return,
@@ -44,7 +53,9 @@ pub fn tls_incoming(
             let tx = tx.clone();
             let core = core.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(slot);
+                match handshake {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
@@ -54,15 +65,16 @@ pub fn tls_incoming(
                             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                             .filter(|err| matches!(err, rustls::Error::InvalidCertificate(_)));
                         match refused_cert {
-                            Some(err) => core.audit(AuditEntry::new(
-                                "unknown",
-                                peer.to_string(),
-                                "tls-handshake",
-                                "coordinator",
-                                false,
-                                format!("client certificate refused: {err}"),
-                            )),
-                            None => debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                            Some(err) if core.auth.failure_worth_auditing(Some(peer)) => core
+                                .audit(AuditEntry::new(
+                                    "unknown",
+                                    peer.to_string(),
+                                    "tls-handshake",
+                                    "coordinator",
+                                    false,
+                                    format!("client certificate refused: {err}"),
+                                )),
+                            _ => debug!(peer = %peer, error = %e, "TLS handshake failed"),
                         }
                     }
                     Err(_) => debug!(peer = %peer, "TLS handshake timed out"),

@@ -23,7 +23,7 @@ use super::identity::identity_uri;
 
 /// How long the CA is valid: long enough that nobody rotates it by surprise.
 const CA_VALIDITY: time::Duration = time::Duration::days(3650);
-/// The server certificate, re-made by `ca init --renew-server` when hosts change.
+/// The server certificate, re-made by `ca renew-server` when hosts change.
 const SERVER_VALIDITY: time::Duration = time::Duration::days(825);
 /// An agent's certificate: a year; the agent joins again to renew it.
 const AGENT_VALIDITY: time::Duration = time::Duration::days(365);
@@ -123,6 +123,36 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<Initialised, TrustError> {
     let ca_cert = ca.self_signed(&ca_key).map_err(crypto("CA certificate"))?;
     let issuer = Issuer::new(ca, ca_key);
 
+    write(dir, files::CA_KEY, &issuer.key().serialize_pem(), true)?;
+    write(dir, files::JOIN_KEY, &hex(&random_bytes::<32>()), true)?;
+    let hosts = issue_server(dir, &issuer, hosts)?;
+    write(dir, files::CA_CERT, &ca_cert.pem(), false)?;
+    Ok(Initialised {
+        ca_fingerprint: fingerprint(ca_cert.der()),
+        hosts,
+    })
+}
+
+/// Makes a new server certificate for `hosts` (plus localhost and
+/// loopback) signed by the existing CA in `dir`: when it nears its expiry,
+/// or the coordinator gets a new name. Agents keep their certificates.
+pub fn renew_server(dir: &Path, hosts: &[String]) -> Result<Initialised, TrustError> {
+    let authority = Authority::load(dir)?;
+    let hosts = issue_server(dir, &authority.issuer, hosts)?;
+    Ok(Initialised {
+        ca_fingerprint: authority.ca_fingerprint(),
+        hosts,
+    })
+}
+
+/// Writes a server certificate and key for `hosts` into `dir`; returns
+/// the names it is valid for.
+fn issue_server(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    hosts: &[String],
+) -> Result<Vec<String>, TrustError> {
+    let now = time::OffsetDateTime::now_utc();
     let mut hosts: Vec<String> = hosts.to_vec();
     for local in ["localhost", "127.0.0.1", "::1"] {
         if !hosts.iter().any(|h| h == local) {
@@ -142,20 +172,12 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<Initialised, TrustError> {
     server.serial_number = Some(serial());
     server.use_authority_key_identifier_extension = true;
     let server_cert = server
-        .signed_by(&server_key, &issuer)
+        .signed_by(&server_key, issuer)
         .map_err(crypto("server certificate"))?;
-
-    write(dir, files::CA_KEY, &issuer.key().serialize_pem(), true)?;
     write(dir, files::SERVER_KEY, &server_key.serialize_pem(), true)?;
-    write(dir, files::JOIN_KEY, &hex(&random_bytes::<32>()), true)?;
     write(dir, files::SERVER_CERT, &server_cert.pem(), false)?;
-    write(dir, files::CA_CERT, &ca_cert.pem(), false)?;
-    Ok(Initialised {
-        ca_fingerprint: fingerprint(ca_cert.der()),
-        hosts,
-    })
+    Ok(hosts)
 }
-
 /// The loaded CA: signs agent certificates and join tokens.
 pub struct Authority {
     dir: PathBuf,
@@ -244,11 +266,18 @@ impl Authority {
 
     /// Checks the signature and expiry of `token` (not whether it was used).
     pub fn check_token(&self, token: &JoinToken, now_secs: u64) -> Result<(), String> {
-        let mac = (0..token.mac.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&token.mac[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| "the join token's signature is not hex".to_owned())?;
+        let mac = token
+            .mac
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .filter(|p| p.len() == 2)
+                    .and_then(|p| u8::from_str_radix(p, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| "the join token's signature is not hex".to_owned())?;
         hmac::verify(&self.join_key, token.signed_part().as_bytes(), &mac)
             .map_err(|_| "the join token was not made by this coordinator".to_owned())?;
         if now_secs > token.expires_at {
@@ -342,6 +371,13 @@ mod tests {
         let who = crate::trust::identity(&der).unwrap();
         assert_eq!((who.env, who.name, who.serial), (env, name, serial));
         assert!(matches!(init(dir.path(), &[]), Err(TrustError::Exists(_))));
+        let renewed = renew_server(dir.path(), &["new.example".into()]).unwrap();
+        assert_eq!(renewed.ca_fingerprint, ca.ca_fingerprint(), "the CA stays");
+        assert_eq!(renewed.hosts[0], "new.example");
+        Authority::load(dir.path())
+            .unwrap()
+            .server_config()
+            .unwrap();
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir.path().join(files::CA_KEY))
                 .unwrap()
