@@ -61,7 +61,9 @@ pub async fn join(coordinator: &str, token: &str, dir: &Path) -> anyhow::Result<
         })?
         .into_inner();
 
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let write = |name: &str, contents: &str, private: bool| {
         let path = dir.join(name);
         let done = match private {

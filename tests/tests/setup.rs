@@ -75,6 +75,7 @@ async fn an_operator_sets_up_tls_tokens_and_an_agent_with_the_binaries() -> anyh
     for key in ["ca.key", "server.key", "join.key"] {
         assert_eq!(mode(&tls.join(key))?, 0o600, "{key}");
     }
+    assert_eq!(mode(&tls)?, 0o700);
     let again = coordinator(&["ca", "init"])?;
     assert!(!again.status.success());
     assert!(stderr(&again).contains("a CA exists"), "{}", stderr(&again));
@@ -196,6 +197,8 @@ async fn an_operator_sets_up_tls_tokens_and_an_agent_with_the_binaries() -> anyh
         stdout(&out)
     );
     assert_eq!(mode(&agent_tls.join("agent.key"))?, 0o600);
+    assert_eq!(mode(&agent_tls)?, 0o700);
+    assert_eq!(mode(&home)?, 0o700, "the CLI's config directory");
     let work = dir.path().join("agent-work");
     let _agent = KillOnDrop(
         Command::new(bin_dir()?.join("gantry-agent"))

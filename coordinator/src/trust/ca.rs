@@ -106,10 +106,12 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<Initialised, TrustError> {
     if dir.join(files::CA_CERT).exists() {
         return Err(TrustError::Exists(dir.to_owned()));
     }
-    std::fs::create_dir_all(dir).map_err(|source| TrustError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(|source| TrustError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
     let now = time::OffsetDateTime::now_utc();
     let ca_key = KeyPair::generate().map_err(crypto("CA key"))?;
     let mut ca = CertificateParams::default();
