@@ -1,11 +1,12 @@
 """An independent gRPC client of Gantry's operator API, in Python.
 
 Proves that a client no one on the team wrote works against the coordinator:
-it compiles proto/ with grpcio-tools, checks the standard health service and
-server reflection, and exercises the operator API. Run by
+it compiles proto/ with grpcio-tools, connects over TLS trusting the
+coordinator's CA and sends an API token, checks the standard health service
+and server reflection, and exercises the operator API. Run by
 tests/tests/python_client.rs; prints one JSON object with what it saw.
 
-Usage: api_client.py COORDINATOR_ADDR PROTO_DIR APP
+Usage: api_client.py COORDINATOR_ADDR PROTO_DIR APP CA_PEM_FILE TOKEN
 """
 
 import importlib
@@ -37,11 +38,25 @@ def compile_protos(proto_dir, out_dir):
 
 
 def main():
-    addr, proto_dir, app = sys.argv[1:4]
+    addr, proto_dir, app, ca_file, token = sys.argv[1:6]
     out_dir = tempfile.mkdtemp()
     common, pb, pb_grpc = compile_protos(proto_dir, out_dir)
-    channel = grpc.insecure_channel(addr)
+    with open(ca_file, "rb") as f:
+        tls = grpc.ssl_channel_credentials(root_certificates=f.read())
+    # The server certificate names localhost and 127.0.0.1.
+    options = [("grpc.ssl_target_name_override", "localhost")]
     seen = {}
+
+    # Without a token the operator API refuses.
+    anonymous = pb_grpc.OperatorServiceStub(grpc.secure_channel(addr, tls, options))
+    try:
+        anonymous.ListApps(pb.ListAppsRequest())
+        seen["without_token"] = "accepted"
+    except grpc.RpcError as err:
+        seen["without_token"] = err.code().name
+
+    with_token = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token))
+    channel = grpc.secure_channel(addr, with_token, options)
 
     health = health_pb2_grpc.HealthStub(channel)
     answer = health.Check(health_pb2.HealthCheckRequest(service="gantry.v1.OperatorService"))

@@ -1,6 +1,7 @@
 //! A gRPC client the team did not write: Python's grpcio, with stubs
-//! compiled from proto/ at run time, against a real coordinator. It checks
-//! health and reflection, lists, deploys, refuses a bad branch with
+//! compiled from proto/ at run time, against a real coordinator over TLS
+//! with an API token. It is refused without the token, checks health and
+//! reflection, lists, deploys, sees a bad branch refused with
 //! INVALID_ARGUMENT, and cancels a queued job.
 
 use gantry_tests::*;
@@ -8,12 +9,19 @@ use gantry_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_grpc_client_uses_the_operator_api() -> anyhow::Result<()> {
     let app = "e2e-python";
-    let h = Harness::start(&[TestApp::new(app)], &[("dev", &[]), ("prod", &[])]).await?;
+    let mut secure = Secure::default();
+    let token = secure.user("py", &["ops"]);
+    let envs: [(&str, &[(&str, &str)]); 2] = [("dev", &[]), ("prod", &[])];
+    let h = Harness::start_secure(&[TestApp::new(app)], &envs, secure).await?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/api_client.py");
     let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
-    let addr = h.url.trim_start_matches("http://").to_owned();
+    let addr = h.url.trim_start_matches("https://").to_owned();
+    let ca = h.tls_dir().join("ca.pem");
     let out = tokio::process::Command::new("python3")
-        .args([script, &addr, protos, app])
+        .arg(script)
+        .args([&addr, protos, app])
+        .arg(&ca)
+        .arg(&token)
         .output()
         .await?;
     assert!(
@@ -22,6 +30,7 @@ async fn a_python_grpc_client_uses_the_operator_api() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(seen["without_token"], "UNAUTHENTICATED");
     assert_eq!(seen["health"], "SERVING");
     for service in [
         "gantry.v1.AgentService",
