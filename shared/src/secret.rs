@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn overlapping_secrets_leave_no_part_behind() {
-        // Found by shared/tests/fuzz.rs: replacing one secret after another
+        // Found by shared/tests/fuzz/: replacing one secret after another
         // cut the first match and left the rest of an overlapping one.
         let redactor = Redactor::new(["abcd".to_owned(), "cdef".to_owned()]);
         assert_eq!(redactor.redact("xabcdefy".into()), "x***y");

@@ -414,7 +414,7 @@ fn each_kind_of_credential_is_offered_once() {
 
 #[test]
 fn redaction_hides_credentials_holding_a_quote() {
-    // Found by shared/tests/fuzz.rs: `'` is allowed unencoded in a URL's
+    // Found by shared/tests/fuzz/: `'` is allowed unencoded in a URL's
     // user and password (RFC 3986 sub-delims), and ending the URL there
     // showed the rest of the password.
     assert_eq!(
