@@ -505,11 +505,12 @@ async fn each_role_does_what_its_policy_allows_and_prod_waits_for_another_ops_ap
             Ok(_) => served += 1,
             Err(status) => break status,
         }
-        assert!(served < 400, "the rate limit never applied");
+        assert!(served < 500, "the rate limit never applied");
     };
     assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
-    // 300 at once, plus what refilled (5 a second) while they ran.
-    assert!((300..=330).contains(&served), "served {served}");
+    // 300 at once, plus what refilled (5 a second) while they ran: a
+    // few, or a few dozen on a machine slowed to 100 ms a call.
+    assert!((300..=360).contains(&served), "served {served}");
     as_olga.who_am_i(proto::WhoAmIRequest {}).await?;
 
     // Bad tokens from one address are throttled past 30 a minute, and
