@@ -10,7 +10,7 @@ use gantry_shared::{
     tls::{self, files, JoinToken},
     AgentName, EnvName,
 };
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Endpoint;
 
 /// Where `join` keeps the certificate by default.
 pub const DEFAULT_TLS_DIR: &str = "/etc/gantry/tls";
@@ -89,13 +89,9 @@ pub fn endpoint(
     ca_pem: &str,
     identity: Option<(String, String)>,
 ) -> anyhow::Result<Endpoint> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Ok(Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid coordinator URL {url:?}"))?
-        .tls_config(tls)?)
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid coordinator URL {url:?}"))?;
+    Ok(tls::with_tls(endpoint, ca_pem, identity)?)
 }
 
 /// The endpoint an enrolled agent dials `url` with: plain for http://,

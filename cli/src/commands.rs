@@ -65,9 +65,7 @@ pub async fn connect_with(
         let ca = ca_pem.with_context(|| {
             format!("{url} uses TLS: run `gantry login --coordinator {url} --ca ca.pem --token TOKEN` first")
         })?;
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
-        endpoint = endpoint.tls_config(tls)?;
+        endpoint = gantry_shared::tls::with_tls(endpoint, &ca, None)?;
     }
     let channel = endpoint
         .connect()
@@ -95,21 +93,12 @@ pub async fn connect_with(
 
 /// Whether `url` names this machine (an API token may go there in the clear).
 fn is_loopback_url(url: &str) -> bool {
-    let authority = url
-        .split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split('/')
-        .next()
-        .unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    gantry_shared::tls::url_host_port(url).is_some_and(|(host, _)| {
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 /// `gantry apps`

@@ -246,9 +246,37 @@ pub async fn fetch_ca(
         .ok_or(FetchCaError::WrongCa(addr.clone()))
 }
 
+/// `endpoint` over TLS, trusting only the CA `ca_pem`, and presenting
+/// `identity` (certificate and key, PEM) when given: how agents, the CLI
+/// and tests all dial a coordinator.
+pub fn with_tls(
+    endpoint: tonic::transport::Endpoint,
+    ca_pem: &str,
+    identity: Option<(String, String)>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    endpoint.tls_config(tls)
+}
+
 /// Splits an `https://host:port` URL into host and port (default 7700).
 pub fn host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("https://")?;
+    url.strip_prefix("https://")?;
+    let (host, port) = url_host_port(url)?;
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => 7700,
+    };
+    Some((host.to_owned(), port))
+}
+
+/// The host (without IPv6 brackets) and the port text, if any, of a
+/// `scheme://host[:port][/...]` URL; `None` when it has no host.
+pub fn url_host_port(url: &str) -> Option<(&str, Option<&str>)> {
+    let (_, rest) = url.split_once("://")?;
     let authority = rest.split('/').next()?;
     let (host, port) = match authority.strip_prefix('[') {
         Some(v6) => {
@@ -263,14 +291,7 @@ pub fn host_port(url: &str) -> Option<(String, u16)> {
             None => (authority, None),
         },
     };
-    if host.is_empty() {
-        return None;
-    }
-    let port = match port {
-        Some(port) => port.parse().ok()?,
-        None => 7700,
-    };
-    Some((host.to_owned(), port))
+    (!host.is_empty()).then_some((host, port))
 }
 
 #[cfg(test)]
