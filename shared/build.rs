@@ -15,6 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("gantry_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // LogBatch is written by hand (src/log_batch.rs) so that runs of
+    // lines can be sent as encoded once.
+    tonic_prost_build::configure()
+        .extern_path(".gantry.v1.LogBatch", "crate::log_batch::LogBatch")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -204,7 +204,7 @@ fn coalesce(events: Vec<proto::JobEvent>) -> Vec<proto::JobEvent> {
             _ => out.push(proto::JobEvent {
                 job_id: event.job_id,
                 seq: event.seq,
-                body: Some(Body::Lines(proto::LogBatch { lines: vec![line] })),
+                body: Some(Body::Lines(proto::LogBatch::from(vec![line]))),
             }),
         }
     }

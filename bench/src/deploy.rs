@@ -72,7 +72,7 @@ pub async fn overhead() -> anyhow::Result<(Deploy, Deploy)> {
         tls_dir: None,
     };
     let agent = tokio::spawn(gantry_agent::run(agent, stop.clone()));
-    let mut client = crate::Client::connect(url).await?;
+    let mut client = gantry_cli::commands::connect_with(&url, None, None).await?;
     crate::connected(&mut client, 1).await?;
 
     let measured = async {

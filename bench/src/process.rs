@@ -122,12 +122,12 @@ pub async fn idle_fleet(agents: usize, window: Duration) -> anyhow::Result<(f64,
     serving(&url, Duration::from_secs(30)).await?;
     let arrivals = Arc::new(Arrivals::default());
     let epoch = Instant::now();
-    let mut client = crate::Client::connect(url.clone()).await?;
+    let mut client = gantry_cli::commands::connect_with(&url, None, None).await?;
     let mut sims = Vec::new();
     for i in 0..agents {
         let (url, arrivals) = (url.clone(), arrivals.clone());
         sims.push(tokio::spawn(sim::agent(
-            url,
+            tonic::transport::Endpoint::from_shared(url)?,
             "bench",
             format!("sim-{i}"),
             Work::Nothing,

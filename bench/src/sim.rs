@@ -59,9 +59,10 @@ fn event(job: u64, seq: u64, body: proto::job_event::Body) -> proto::AgentMessag
     }))
 }
 
-/// Connects one simulated agent and serves it until the stream ends.
+/// Connects one simulated agent through `endpoint` (plain, or TLS with the
+/// agent's certificate) and serves it until the stream ends.
 pub async fn agent(
-    url: String,
+    endpoint: tonic::transport::Endpoint,
     env: &str,
     name: String,
     work: Work,
@@ -69,7 +70,7 @@ pub async fn agent(
     epoch: Instant,
 ) -> anyhow::Result<()> {
     // The agent's own channel settings, pings included.
-    let channel = tonic::transport::Endpoint::from_shared(url)?
+    let channel = endpoint
         .http2_keep_alive_interval(gantry_agent::connection::KEEPALIVE)
         .keep_alive_timeout(std::time::Duration::from_secs(20))
         .keep_alive_while_idle(true)
@@ -162,9 +163,7 @@ async fn run_job(job: u64, work: Work, tx: mpsc::Sender<proto::AgentMessage>, ep
             });
             if batch.len() == BATCH || pace.is_some() || n == lines {
                 seq += 1;
-                let lines = proto::LogBatch {
-                    lines: std::mem::take(&mut batch),
-                };
+                let lines = proto::LogBatch::from(std::mem::take(&mut batch));
                 let body = proto::job_event::Body::Lines(lines);
                 if tx.send(event(job, seq, body)).await.is_err() {
                     return;

@@ -13,25 +13,38 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::{core::Core, hub::LiveEvent};
+use crate::{
+    core::Core,
+    hub::{LiveEvent, Run},
+};
 
-/// Lines read from the store per batch: large enough to stream a finished
-/// job's log quickly, small enough to keep memory flat for huge logs.
-const STORE_BATCH: usize = 1024;
+/// Lines read from the store at a time: enough to stream a finished job's
+/// log quickly, little enough to keep memory flat for huge logs.
+const STORE_LINES: u64 = 4096;
 
-/// Lines buffered towards one client; a slow client fills this and then
-/// only its own task waits.
-const CLIENT_BUFFER: usize = 256;
+/// Runs buffered towards one client (an agent sends up to a few hundred
+/// lines per run); a slow client fills this and then only its own task
+/// waits.
+const CLIENT_RUNS: usize = 16;
 
-/// The log of `job` from `from` on; with `follow`, until the job ends.
-pub fn job_logs(
+/// Runs a `FollowJobLogs` message gathers at most, of those that are ready
+/// when the client is: none is held back to fill a message.
+const MESSAGE_RUNS: usize = 64;
+
+/// Bytes of lines per `FollowJobLogs` message at most (a single larger run
+/// still goes whole), well under clients' 4 MiB default message limit.
+const MESSAGE_BYTES: usize = 1 << 20;
+
+/// The log of `job` from `from` on, in the runs it was stored in (each
+/// encoded once, whoever follows); with `follow`, until the job ends.
+fn job_runs(
     core: Arc<Core>,
     job: JobId,
     from: u64,
     follow: bool,
     shutdown: CancellationToken,
-) -> impl Stream<Item = Result<proto::LogLine, Status>> {
-    let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+) -> ReceiverStream<Result<Run, Status>> {
+    let (tx, rx) = mpsc::channel(CLIENT_RUNS);
     // The task ends when the job ends, the client goes away (send fails) or
     // the coordinator shuts down; the stream it feeds is its owner.
     tokio::spawn(async move {
@@ -46,11 +59,25 @@ pub fn job_logs(
     ReceiverStream::new(rx)
 }
 
-/// Lines per `FollowJobLogs` message at most: the lines already waiting
-/// when the client is ready go together, none is held back to fill one.
-const RUN_LINES: usize = 512;
+/// The log of `job` from `from` on, a line per message (`StreamJobLogs`).
+pub fn job_logs(
+    core: Arc<Core>,
+    job: JobId,
+    from: u64,
+    follow: bool,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<proto::LogLine, Status>> {
+    job_runs(core, job, from, follow, shutdown).flat_map(|item| {
+        let items: Vec<_> = match item.and_then(|run| run.lines().map_err(internal)) {
+            Ok(lines) => lines.into_iter().map(Ok).collect(),
+            Err(status) => vec![Err(status)],
+        };
+        futures::stream::iter(items)
+    })
+}
 
-/// The same log as [`job_logs`], in runs of the lines that are ready.
+/// The same log as [`job_logs`], in messages of the runs that are ready,
+/// sent as they were encoded once (`FollowJobLogs`).
 pub fn job_log_batches(
     core: Arc<Core>,
     job: JobId,
@@ -58,30 +85,44 @@ pub fn job_log_batches(
     follow: bool,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<proto::LogBatch, Status>> {
-    job_logs(core, job, from, follow, shutdown)
-        .ready_chunks(RUN_LINES)
-        .flat_map(|chunk| {
-            // Lines before an error still go out, then the error.
-            let mut items = Vec::new();
-            let mut lines = Vec::new();
-            for item in chunk {
-                match item {
-                    Ok(line) => lines.push(line),
-                    Err(status) => {
-                        if !lines.is_empty() {
-                            items.push(Ok(proto::LogBatch {
-                                lines: std::mem::take(&mut lines),
-                            }));
-                        }
-                        items.push(Err(status));
-                    }
+    job_runs(core, job, from, follow, shutdown)
+        .ready_chunks(MESSAGE_RUNS)
+        .flat_map(|chunk| futures::stream::iter(messages(chunk)))
+}
+
+/// Ready runs gathered into messages of at most [`MESSAGE_BYTES`]; runs
+/// before an error still go out, then the error.
+fn messages(chunk: Vec<Result<Run, Status>>) -> Vec<Result<proto::LogBatch, Status>> {
+    let mut out = Vec::new();
+    let mut batch = proto::LogBatch::default();
+    let mut bytes = 0;
+    for item in chunk {
+        match item {
+            Ok(run) => {
+                if bytes > 0 && bytes + run.encoded.len() > MESSAGE_BYTES {
+                    out.push(Ok(std::mem::take(&mut batch)));
+                    bytes = 0;
                 }
+                bytes += run.encoded.len();
+                batch.encoded.push(run.encoded);
             }
-            if !lines.is_empty() {
-                items.push(Ok(proto::LogBatch { lines }));
+            Err(status) => {
+                if bytes > 0 {
+                    out.push(Ok(std::mem::take(&mut batch)));
+                    bytes = 0;
+                }
+                out.push(Err(status));
             }
-            futures::stream::iter(items)
-        })
+        }
+    }
+    if bytes > 0 {
+        out.push(Ok(batch));
+    }
+    out
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("reading the stored log: {e}"))
 }
 
 async fn pump(
@@ -89,7 +130,7 @@ async fn pump(
     job: JobId,
     from: u64,
     follow: bool,
-    tx: &mpsc::Sender<Result<proto::LogLine, Status>>,
+    tx: &mpsc::Sender<Result<Run, Status>>,
 ) {
     let mut live = core.hub.subscribe(job);
     let mut next = from;
@@ -101,41 +142,47 @@ async fn pump(
         let ended = core.job(job).map(|j| j.state.is_terminal()).unwrap_or(true);
         // Catch up from the store.
         loop {
-            let lines = match core.store.logs(job, next, STORE_BATCH) {
-                Ok(lines) => lines,
+            let runs = match core.store.log_runs(job, next, STORE_LINES) {
+                Ok(runs) => runs,
                 Err(e) => {
-                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                    let _ = tx.send(Err(internal(e))).await;
                     return;
                 }
             };
-            let full = lines.len() >= STORE_BATCH;
-            for line in lines {
-                next = line.seq + 1;
-                if tx.send(Ok(line)).await.is_err() {
+            if runs.is_empty() {
+                break;
+            }
+            for run in runs {
+                next = run.last + 1;
+                if tx.send(Ok(run)).await.is_err() {
                     return;
                 }
-            }
-            if !full {
-                break;
             }
         }
         if ended || !follow {
             return;
         }
-        // Follow live lines until a gap, a lag or the end sends us back.
-        'live: loop {
+        // Follow live runs until a gap, a lag or the end sends us back.
+        loop {
             match live.recv().await {
-                Ok(LiveEvent::Lines(lines)) => {
-                    let from = next;
-                    for line in lines.iter().filter(|l| l.seq >= from) {
-                        if line.seq != next {
-                            // A gap: the store has what was missed.
-                            break 'live;
-                        }
-                        next += 1;
-                        if tx.send(Ok(line.clone())).await.is_err() {
+                Ok(LiveEvent::Lines(run)) => {
+                    if run.last < next {
+                        continue;
+                    }
+                    if run.first > next {
+                        // A gap: the store has what was missed.
+                        break;
+                    }
+                    let run = match run.from_seq(next) {
+                        Ok(run) => run,
+                        Err(e) => {
+                            let _ = tx.send(Err(internal(e))).await;
                             return;
                         }
+                    };
+                    next = run.last + 1;
+                    if tx.send(Ok(run)).await.is_err() {
+                        return;
                     }
                 }
                 Ok(LiveEvent::Ended) | Err(RecvError::Lagged(_)) => break,

@@ -15,6 +15,7 @@ pub mod follow;
 pub mod guard;
 pub mod hub;
 pub mod job;
+pub mod lanes;
 pub mod operator_service;
 pub mod rate;
 pub mod release;
@@ -142,13 +143,31 @@ pub async fn serve(
         .add_service(agents)
         .add_service(operators);
     let stop = shutdown.clone().cancelled_owned();
-    let server: futures::future::BoxFuture<'_, Result<(), tonic::transport::Error>> = match tls {
+    let server: futures::future::BoxFuture<'_, anyhow::Result<()>> = match tls {
         Some(acceptor) => {
-            let conns =
+            let (agents, operators) =
                 trust::accept::tls_incoming(listener, acceptor, core.clone(), shutdown.clone());
-            Box::pin(router.serve_with_incoming_shutdown(conns, stop))
+            let lane = lanes::OperatorLane::start().context("cannot start the operators' lane")?;
+            let operators = lane.spawn(
+                router
+                    .clone()
+                    .serve_with_incoming_shutdown(operators, shutdown.clone().cancelled_owned()),
+            );
+            let agents = router.serve_with_incoming_shutdown(agents, stop);
+            Box::pin(async move {
+                let (agents, operators) = tokio::join!(agents, operators);
+                agents?;
+                operators.context("the operators' lane failed")??;
+                drop(lane);
+                Ok(())
+            })
         }
-        None => Box::pin(router.serve_with_incoming_shutdown(incoming(listener), stop)),
+        None => Box::pin(async move {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), stop)
+                .await?;
+            Ok(())
+        }),
     };
     let ((), served) = tokio::join!(sweeper, server);
     served.context("the gRPC server failed")?;

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod git;
 pub mod job;
 pub mod limits;
+pub mod log_batch;
 pub mod secret;
 pub mod tls;
 
@@ -14,6 +15,8 @@ pub mod tls;
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("gantry.v1");
+
+    pub use crate::log_batch::LogBatch;
 
     /// The encoded descriptor set of every Gantry proto, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

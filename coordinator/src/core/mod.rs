@@ -231,8 +231,9 @@ impl Core {
                 ..line
             })
             .collect();
-        let fresh = self.store.append_logs(id, lines)?;
-        self.hub.publish(id, fresh);
+        if let Some(run) = self.store.append_logs(id, lines)? {
+            self.hub.publish(id, run);
+        }
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
 use gantry_shared::{proto, AgentName, AppName, EnvName, JobId};
 use prost::Message;
 
@@ -13,6 +14,7 @@ mod trust;
 pub use trust::IssuedCert;
 
 use crate::{
+    hub::Run,
     job::{AgentRecord, JobRecord},
     release::ReleaseRecord,
 };
@@ -79,6 +81,13 @@ fn log_key(job: JobId, seq: u64) -> [u8; 16] {
     key[..8].copy_from_slice(&job.get().to_be_bytes());
     key[8..].copy_from_slice(&seq.to_be_bytes());
     key
+}
+
+fn log_decode_error(job: JobId, e: prost::DecodeError) -> StoreError {
+    StoreError::Decode {
+        key: format!("log of job {job}"),
+        message: e.to_string(),
+    }
 }
 
 fn release_prefix(app: &AppName, env: &EnvName) -> Vec<u8> {
@@ -150,24 +159,24 @@ impl Store {
     }
 
     /// Appends `lines` (consecutive, in seq order) to `job`'s log, leaving
-    /// out those already stored; returns the new ones. A job's log is
-    /// append-only and gapless, so lines resent after a reconnect are
-    /// recognised by their seq and each line is stored exactly once. A batch
-    /// that would leave a gap is refused.
+    /// out those already stored; returns the new ones as one run, if any. A
+    /// job's log is append-only and gapless, so lines resent after a
+    /// reconnect are recognised by their seq and each line is stored exactly
+    /// once. A batch that would leave a gap is refused.
     pub fn append_logs(
         &self,
         job: JobId,
         lines: Vec<proto::LogLine>,
-    ) -> Result<Vec<proto::LogLine>, StoreError> {
+    ) -> Result<Option<Run>, StoreError> {
         let mut tails = self.log_tails.lock().expect("log tails lock");
         let last = match tails.get(&job) {
             Some(last) => *last,
             None => self.stored_last_seq(job)?,
         };
         let fresh: Vec<proto::LogLine> = lines.into_iter().filter(|l| l.seq > last).collect();
-        let Some(end) = fresh.last().map(|l| l.seq) else {
-            return Ok(fresh);
-        };
+        if fresh.is_empty() {
+            return Ok(None);
+        }
         let contiguous = fresh
             .iter()
             .enumerate()
@@ -179,10 +188,11 @@ impl Store {
                 got: fresh[0].seq,
             });
         }
-        let chunk = proto::LogBatch { lines: fresh };
-        self.logs.insert(log_key(job, end), chunk.encode_to_vec())?;
-        tails.insert(job, end);
-        Ok(chunk.lines)
+        let run = Run::of(&fresh);
+        self.logs
+            .insert(log_key(job, run.last), run.encoded.as_ref())?;
+        tails.insert(job, run.last);
+        Ok(Some(run))
     }
 
     /// Up to about `limit` stored lines of `job` with seq >= `from`, in order.
@@ -192,19 +202,48 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<Vec<proto::LogLine>, StoreError> {
-        // Chunks are keyed by their last seq: the first chunk holding
-        // `from` is the first whose key is >= it.
-        let range = log_key(job, from)..=log_key(job, u64::MAX);
         let mut out = Vec::new();
+        for run in self.log_runs(job, from, limit as u64)? {
+            out.extend(run.lines().map_err(|e| log_decode_error(job, e))?);
+        }
+        Ok(out)
+    }
+
+    /// Stored runs of `job` from seq `from` on, in order, as stored (the
+    /// first one cut to start at `from`), until they hold `limit` lines or
+    /// more.
+    pub fn log_runs(&self, job: JobId, from: u64, limit: u64) -> Result<Vec<Run>, StoreError> {
+        // Runs are keyed by their last seq: the first run holding `from` is
+        // the first whose key is >= it. The log is gapless, so a run starts
+        // just after the one before; only the first one is decoded, to
+        // learn where it starts.
+        let range = log_key(job, from)..=log_key(job, u64::MAX);
+        let mut out: Vec<Run> = Vec::new();
+        let mut count = 0;
         for entry in self.logs.range(range) {
-            let (_, bytes) = entry?;
-            let chunk =
-                proto::LogBatch::decode(bytes.as_ref()).map_err(|e| StoreError::Decode {
-                    key: format!("log of job {job}"),
-                    message: e.to_string(),
-                })?;
-            out.extend(chunk.lines.into_iter().filter(|l| l.seq >= from));
-            if out.len() >= limit {
+            let (key, bytes) = entry?;
+            let last = u64::from_be_bytes(key[8..16].try_into().expect("log keys are 16 bytes"));
+            let encoded = Bytes::copy_from_slice(&bytes);
+            let run = match out.last() {
+                Some(before) => Run {
+                    first: before.last + 1,
+                    last,
+                    encoded,
+                },
+                None => {
+                    let lines = proto::LogBatch::decode(encoded)
+                        .map_err(|e| log_decode_error(job, e))?
+                        .lines;
+                    let lines: Vec<_> = lines.into_iter().filter(|l| l.seq >= from).collect();
+                    if lines.is_empty() {
+                        continue;
+                    }
+                    Run::of(&lines)
+                }
+            };
+            count += run.lines_count();
+            out.push(run);
+            if count >= limit {
                 break;
             }
         }
@@ -334,11 +373,26 @@ mod tests {
         let batch = |seqs: std::ops::RangeInclusive<u64>| -> Vec<proto::LogLine> {
             seqs.map(|s| line(s, &format!("line {s}"))).collect()
         };
-        assert_eq!(store.append_logs(job, batch(1..=3)).unwrap().len(), 3);
+        assert_eq!(
+            store
+                .append_logs(job, batch(1..=3))
+                .unwrap()
+                .unwrap()
+                .lines_count(),
+            3
+        );
         // Resent after a reconnect, overlapping what is stored.
-        let fresh = store.append_logs(job, batch(2..=5)).unwrap();
-        assert_eq!(fresh.iter().map(|l| l.seq).collect::<Vec<_>>(), [4, 5]);
-        assert!(store.append_logs(job, batch(5..=5)).unwrap().is_empty());
+        let fresh = store.append_logs(job, batch(2..=5)).unwrap().unwrap();
+        let seqs = |run: &Run| {
+            run.lines()
+                .unwrap()
+                .iter()
+                .map(|l| l.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!((fresh.first, fresh.last), (4, 5));
+        assert_eq!(seqs(&fresh), [4, 5]);
+        assert!(store.append_logs(job, batch(5..=5)).unwrap().is_none());
         store.append_logs(other, batch(1..=1)).unwrap();
         // A gap is refused and changes nothing.
         assert!(store.append_logs(job, batch(7..=8)).is_err());
@@ -357,12 +411,28 @@ mod tests {
             .map(|l| l.seq)
             .collect();
         assert_eq!(from_middle, [2, 3, 4, 5]);
+        // Runs as stored: the first cut to start at `from`, the rest whole.
+        let runs = store.log_runs(job, 2, 100).unwrap();
+        let bounds: Vec<_> = runs.iter().map(|r| (r.first, r.last)).collect();
+        assert_eq!(bounds, [(2, 3), (4, 5)]);
+        assert_eq!(seqs(&runs[0]), [2, 3]);
+        assert_eq!(seqs(&runs[1]), [4, 5]);
+        // Reading stops once it holds the lines asked for.
+        assert_eq!(store.log_runs(job, 1, 2).unwrap().len(), 1);
+        assert!(store.log_runs(job, 6, 100).unwrap().is_empty());
         assert_eq!(store.last_seq(job).unwrap(), 5);
         assert_eq!(store.last_seq(JobId::new(9).unwrap()).unwrap(), 0);
         // A reopened store knows where each log ends.
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.append_logs(job, batch(5..=6)).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .append_logs(job, batch(5..=6))
+                .unwrap()
+                .unwrap()
+                .lines_count(),
+            1
+        );
         assert_eq!(store.last_seq(job).unwrap(), 6);
     }
 

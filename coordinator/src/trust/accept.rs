@@ -21,15 +21,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// tasks without bound.
 const MAX_HANDSHAKES: usize = 1024;
 
+/// Connections past the TLS handshake, as a stream for a tonic server.
+pub type Connections = ReceiverStream<std::io::Result<TlsStream<tokio::net::TcpStream>>>;
+
 /// Connections accepted on `listener` and past the TLS handshake, until
-/// `shutdown`.
+/// `shutdown`: (those that presented a client certificate, i.e. agents;
+/// the others, i.e. operators). See [`crate::lanes`].
 pub fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     core: Arc<Core>,
     shutdown: CancellationToken,
-) -> ReceiverStream<std::io::Result<TlsStream<tokio::net::TcpStream>>> {
-    let (tx, rx) = mpsc::channel(64);
+) -> (Connections, Connections) {
+    let (agents, agents_rx) = mpsc::channel(64);
+    let (operators, operators_rx) = mpsc::channel(64);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
@@ -38,7 +43,7 @@ pub fn tls_incoming(
             };
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tx.closed() => return,
+                _ = agents.closed() => return,
                 accepted = listener.accept() => accepted,
             };
             let (tcp, peer) = match accepted {
@@ -50,14 +55,18 @@ pub fn tls_incoming(
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
-            let tx = tx.clone();
+            let (agents, operators) = (agents.clone(), operators.clone());
             let core = core.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 drop(slot);
                 match handshake {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let lane = match tls.get_ref().1.peer_certificates() {
+                            Some(_) => agents,
+                            None => operators,
+                        };
+                        let _ = lane.send(Ok(tls)).await;
                     }
                     Ok(Err(e)) => {
                         let refused_cert = e
@@ -82,5 +91,8 @@ pub fn tls_incoming(
             });
         }
     });
-    ReceiverStream::new(rx)
+    (
+        ReceiverStream::new(agents_rx),
+        ReceiverStream::new(operators_rx),
+    )
 }
