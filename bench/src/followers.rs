@@ -123,18 +123,18 @@ impl Followers {
         followers: usize,
         slow: usize,
         api: Api,
-        niceness: libc::c_int,
+        idle: bool,
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(std::env::current_exe()?);
-        // SAFETY: the closure runs in the child between fork and exec and
-        // only makes one system call.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                if libc::setpriority(libc::PRIO_PROCESS, 0, niceness) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        if idle {
+            // SAFETY: the closure runs in the child between fork and exec
+            // and only makes one system call.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(
+                    &mut command,
+                    gantry_coordinator::lanes::idle_policy,
+                );
+            }
         }
         if let Some((token, ca)) = &coordinator.trust {
             command.env(TOKEN_VAR, token).env(CA_VAR, ca);
@@ -211,17 +211,12 @@ pub struct FanOut {
 /// `followers` clients and one slow one in a process of their own (none when
 /// `followers` is 0). The coordinator runs with TLS, as a fleet's does, so
 /// agents' and operators' connections take their own lanes.
-pub async fn fan_out(
-    lines: u64,
-    followers: usize,
-    api: Api,
-    niceness: libc::c_int,
-) -> anyhow::Result<FanOut> {
+pub async fn fan_out(lines: u64, followers: usize, api: Api, idle: bool) -> anyhow::Result<FanOut> {
     let coordinator = crate::Coordinator::start_with(true).await?;
     let mut process = match followers {
         0 => None,
         n => Some(tokio::task::block_in_place(|| {
-            Followers::start(&coordinator, n, 1, api, niceness)
+            Followers::start(&coordinator, n, 1, api, idle)
         })?),
     };
     let producer =

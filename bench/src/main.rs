@@ -541,33 +541,40 @@ async fn figure_tail(sizes: &Sizes) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The followers' niceness in the fan-out figure: real followers run on
-/// operators' machines, so on this one they take only the CPU the
-/// coordinator and the agent leave.
-const FOLLOWERS_NICENESS: libc::c_int = 19;
-
 async fn figure_fan_out(sizes: &Sizes) -> anyhow::Result<()> {
     let (fan, lines) = (sizes.fan, sizes.fan_lines);
+    // Real followers run on operators' machines; on this one their process
+    // runs under SCHED_IDLE, taking only the CPU the coordinator and the
+    // agent leave. The last series lets them compete at normal priority, as
+    // if operators tailed from the coordinator's own machine.
+    let series = [
+        (Api::Lines, "StreamJobLogs", true),
+        (Api::Runs, "FollowJobLogs", true),
+        (
+            Api::Runs,
+            "FollowJobLogs, followers at normal priority",
+            false,
+        ),
+    ];
     // A run of a few hundred milliseconds is at the mercy of the machine's
     // noise: repeat, interleaved, and compare medians.
     let mut alone = Vec::new();
-    let mut fanned = [Vec::new(), Vec::new()];
-    let apis = [(Api::Lines, "StreamJobLogs"), (Api::Runs, "FollowJobLogs")];
+    let mut fanned = series.map(|_| Vec::new());
     for _ in 0..sizes.fan_repeats {
-        let run = followers::fan_out(lines, 0, Api::Runs, 0)
+        let run = followers::fan_out(lines, 0, Api::Runs, true)
             .await
             .context("fan-out baseline")?;
         alone.push(run.producer);
-        for (runs, (api, _)) in fanned.iter_mut().zip(apis) {
+        for (runs, (api, _, idle)) in fanned.iter_mut().zip(series) {
             runs.push(
-                followers::fan_out(lines, fan, api, FOLLOWERS_NICENESS)
+                followers::fan_out(lines, fan, api, idle)
                     .await
                     .context("fan-out")?,
             );
         }
     }
     let alone = median(alone);
-    for (runs, (_, name)) in fanned.into_iter().zip(apis) {
+    for (runs, (_, name, _)) in fanned.into_iter().zip(series) {
         let producer = median(runs.iter().map(|r| r.producer).collect());
         let slowest = median(runs.iter().map(|r| r.slowest).collect());
         println!(

@@ -3,15 +3,18 @@
 //! Agents' connections (log ingestion, dispatch, heartbeats) run on the
 //! runtime `serve` was called on. Operators' connections (reads, log
 //! followers, `gantry logs`) run on a runtime of their own whose threads
-//! have a lower CPU priority. When the machine is busy the kernel gives the
-//! agents' threads the CPU first and followers take what is left, catching
-//! up from the store; when it is not, followers get all they can use.
+//! run under Linux's `SCHED_IDLE` policy: they get a core only when nothing
+//! else wants it, and a waking agent thread takes it from them at once.
+//! When the machine is busy the agents' work goes first and followers take
+//! what is left, catching up from the store; when it is not, followers get
+//! all they can use.
 //!
 //! Tokio shares a runtime's turns equally among its tasks, so on one
 //! runtime a hundred followers' connections would get a hundred turns for
 //! each one of the agent's; this is what the separate runtime fixes, and the
-//! lower priority keeps the two runtimes' threads from sharing the cores
-//! equally.
+//! policy keeps the two runtimes' threads from sharing the cores equally.
+//! A lock held by a lane thread cannot starve an agent thread for long: the
+//! agent thread waiting on it leaves its core idle, which is the lane's cue.
 //!
 //! A connection's lane is known after the TLS handshake: agents present a
 //! client certificate and operators do not. Without TLS (`plaintext`, only
@@ -21,12 +24,11 @@ use std::future::Future;
 
 use tracing::debug;
 
-/// The niceness of the operators' lane threads: weight 110 against 1,024
-/// for the agents' threads, so ingestion keeps about 90% of a contended
-/// core.
+/// The niceness of the operators' lane threads where `SCHED_IDLE` is
+/// refused: the lowest, weight 15 against 1,024 for the agents' threads.
 const OPERATOR_NICENESS: libc::c_int = 19;
 
-/// The operators' lane: a multi-threaded runtime of low-priority threads.
+/// The operators' lane: a multi-threaded runtime of idle-priority threads.
 pub struct OperatorLane {
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -68,14 +70,28 @@ impl Drop for OperatorLane {
     }
 }
 
-/// Lowers the calling thread's CPU priority (on Linux, niceness is per
-/// thread). Failing to is harmless: the lane still has its own turns.
-fn lower_priority() {
-    // SAFETY: setpriority only reads its integer arguments; `who` 0 is the
-    // calling thread.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, OPERATOR_NICENESS) };
-    if result != 0 {
-        debug!(error = %std::io::Error::last_os_error(), "cannot lower the operators' lane priority");
+/// Puts the calling thread under `SCHED_IDLE` (on Linux, the policy and
+/// the niceness are per thread), or at the lowest niceness if that is
+/// refused. Failing both is harmless: the lane still has its own turns.
+pub fn lower_priority() {
+    if let Err(e) = idle_policy() {
+        debug!(error = %e, "SCHED_IDLE refused; using niceness instead");
+        // SAFETY: setpriority only reads its integer arguments; `who` 0 is
+        // the calling thread.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, OPERATOR_NICENESS) } != 0 {
+            debug!(error = %std::io::Error::last_os_error(), "cannot lower the operators' lane priority");
+        }
+    }
+}
+
+/// Puts the calling thread (or, before exec, process) under `SCHED_IDLE`.
+pub fn idle_policy() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0
+    // is the calling thread.
+    match unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -84,18 +100,27 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn lane_threads_run_at_the_lower_priority() {
+    async fn lane_threads_run_at_idle_priority() {
         let lane = OperatorLane::start().unwrap();
-        let niceness = lane
+        let (policy, niceness) = lane
             .spawn(async {
-                // SAFETY: getpriority only reads its integer arguments.
-                unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+                // SAFETY: both only read their integer arguments.
+                unsafe {
+                    (
+                        libc::sched_getscheduler(0),
+                        libc::getpriority(libc::PRIO_PROCESS, 0),
+                    )
+                }
             })
             .await
             .unwrap();
-        // Only an unprivileged process that was already nicer can be
-        // above it.
-        assert!(niceness >= OPERATOR_NICENESS, "niceness {niceness}");
+        assert!(
+            policy == libc::SCHED_IDLE || niceness == OPERATOR_NICENESS,
+            "policy {policy}, niceness {niceness}"
+        );
+        // The caller's own thread is untouched.
+        // SAFETY: as above.
+        assert_ne!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_IDLE);
         let name = lane
             .spawn(async { std::thread::current().name().map(str::to_owned) })
             .await
