@@ -456,8 +456,8 @@ impl Sizes {
                 lines: 1_000_000,
                 tail_lines: 50_000,
                 fan: 100,
-                fan_lines: 200_000,
-                fan_repeats: 5,
+                fan_lines: 600_000,
+                fan_repeats: 3,
                 fleet: 1000,
                 window: 10,
                 jobs: 10_000,
@@ -575,12 +575,18 @@ async fn figure_fan_out(sizes: &Sizes) -> anyhow::Result<()> {
     }
     let alone = median(alone);
     for (runs, (_, name, _)) in fanned.into_iter().zip(series) {
-        let producer = median(runs.iter().map(|r| r.producer).collect());
+        let rates: Vec<f64> = runs.iter().map(|r| r.producer).collect();
+        let (low, high) = rates
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+        let producer = median(rates);
         let slowest = median(runs.iter().map(|r| r.slowest).collect());
         println!(
-            "fan-out, {lines} lines to {fan} followers on {name} and 1 slow one (TLS, median of {}): producer {producer:.0} lines/s vs {alone:.0} with none: {:.0}% (target >= 80%); slowest normal follower {slowest:.0} lines/s",
+            "fan-out, {lines} lines to {fan} followers on {name} and 1 slow one (TLS, median of {}): producer {producer:.0} lines/s vs {alone:.0} with none: {:.0}% (runs: {:.0}-{:.0}%; target >= 80%); slowest normal follower {slowest:.0} lines/s",
             sizes.fan_repeats,
             producer / alone * 100.0,
+            low / alone * 100.0,
+            high / alone * 100.0,
         );
     }
     Ok(())

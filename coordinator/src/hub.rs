@@ -14,10 +14,18 @@ use gantry_shared::{proto, JobId};
 use prost::Message;
 use tokio::sync::broadcast;
 
-/// Batches of lines buffered per job for followers (an agent sends up to a
-/// few hundred lines per batch, a slow producer one): at least a tenth of a
-/// second of slack before a follower reads from the store instead.
-const LIVE_BUFFER: usize = 1024;
+/// Runs buffered per followed job for the relay (an agent sends up to a
+/// few hundred lines per run, a slow producer one). The relay runs at the
+/// followers' low priority, so it may wait while a fast producer has the
+/// CPU: 2,048 runs of 512 lines hold about a million lines of slack (some
+/// 100 MiB of 100-byte lines, held only while the relay waits) before
+/// followers read the missed runs from the store instead.
+const RELAY_BUFFER: usize = 2048;
+
+/// Events buffered per followed job for its followers; the relay joins the
+/// runs waiting for it into one event of up to [`JOIN_BYTES`], so this holds
+/// at most 64 MiB, and a follower further behind reads from the store.
+const FOLLOWER_BUFFER: usize = 256;
 
 /// Consecutive lines of a job's log, encoded once as a `LogBatch` (the form
 /// they are stored in), so that every follower sends the same bytes.
@@ -48,6 +56,24 @@ impl Run {
     /// Its lines, decoded.
     pub fn lines(&self) -> Result<Vec<proto::LogLine>, prost::DecodeError> {
         Ok(proto::LogBatch::decode(self.encoded.clone())?.lines)
+    }
+
+    /// Consecutive runs as one (protobuf merges the lines of encoded
+    /// batches laid end to end); `runs` holds at least one.
+    pub fn joined(runs: Vec<Run>) -> Self {
+        if runs.len() == 1 {
+            return runs.into_iter().next().expect("one run");
+        }
+        let size = runs.iter().map(|r| r.encoded.len()).sum();
+        let mut encoded = bytes::BytesMut::with_capacity(size);
+        for run in &runs {
+            encoded.extend_from_slice(&run.encoded);
+        }
+        Self {
+            first: runs.first().map_or(0, |r| r.first),
+            last: runs.last().map_or(0, |r| r.last),
+            encoded: encoded.freeze(),
+        }
     }
 
     /// The part from seq `from` on (`from` within the run).
@@ -86,15 +112,16 @@ struct Channel {
 
 impl Channel {
     fn start() -> Self {
-        let (upstream, mut from_agent) = broadcast::channel(LIVE_BUFFER);
-        let downstream = broadcast::channel(LIVE_BUFFER).0;
+        let (upstream, mut from_agent) = broadcast::channel(RELAY_BUFFER);
+        let downstream = broadcast::channel(FOLLOWER_BUFFER).0;
         let to_followers = downstream.clone();
         // Ends when the channel is forgotten (upstream closes).
         tokio::spawn(async move {
             loop {
                 match from_agent.recv().await {
-                    Ok(event) => {
-                        let _ = to_followers.send(event);
+                    Ok(LiveEvent::Lines(run)) => relay_runs(run, &mut from_agent, &to_followers),
+                    Ok(LiveEvent::Ended) => {
+                        let _ = to_followers.send(LiveEvent::Ended);
                     }
                     // Runs the relay missed: the next run's first seq shows
                     // followers the gap, and they read it from the store.
@@ -107,6 +134,50 @@ impl Channel {
             upstream,
             downstream,
         }
+    }
+}
+
+/// Bytes of lines the relay joins into one event at most.
+const JOIN_BYTES: usize = 256 * 1024;
+
+/// Passes `run` on to the followers, joined with the runs already waiting
+/// behind it: when the relay runs late (the machine is busy taking lines
+/// in), followers get fewer, larger events, and each costs them a wake-up
+/// and a message. Nothing waits to be joined: an idle machine relays every
+/// run as it comes.
+fn relay_runs(
+    run: Run,
+    from_agent: &mut broadcast::Receiver<LiveEvent>,
+    to_followers: &broadcast::Sender<LiveEvent>,
+) {
+    let mut waiting = vec![run];
+    let mut size = waiting[0].encoded.len();
+    let mut ended = false;
+    while size < JOIN_BYTES {
+        match from_agent.try_recv() {
+            Ok(LiveEvent::Lines(next)) => {
+                if waiting.last().is_some_and(|r| r.last + 1 != next.first) {
+                    // Not consecutive (the agent resent, or a gap): apart.
+                    let _ = to_followers
+                        .send(LiveEvent::Lines(Run::joined(std::mem::take(&mut waiting))));
+                    size = 0;
+                }
+                size += next.encoded.len();
+                waiting.push(next);
+            }
+            Ok(LiveEvent::Ended) => {
+                ended = true;
+                break;
+            }
+            // Nothing more waiting, or missed runs (followers see the gap).
+            Err(_) => break,
+        }
+    }
+    if !waiting.is_empty() {
+        let _ = to_followers.send(LiveEvent::Lines(Run::joined(waiting)));
+    }
+    if ended {
+        let _ = to_followers.send(LiveEvent::Ended);
     }
 }
 
@@ -152,5 +223,74 @@ impl LogHub {
         {
             channels.remove(&job);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(seqs: std::ops::RangeInclusive<u64>) -> Run {
+        let lines: Vec<_> = seqs
+            .map(|seq| proto::LogLine {
+                seq,
+                text: format!("line {seq}"),
+                ..Default::default()
+            })
+            .collect();
+        Run::of(&lines)
+    }
+
+    fn seqs(event: LiveEvent) -> Vec<u64> {
+        match event {
+            LiveEvent::Lines(run) => {
+                let seqs: Vec<_> = run.lines().unwrap().iter().map(|l| l.seq).collect();
+                assert_eq!((run.first, run.last), (seqs[0], *seqs.last().unwrap()));
+                seqs
+            }
+            LiveEvent::Ended => Vec::new(),
+        }
+    }
+
+    // One thread: the relay runs only when the test awaits, so the runs
+    // published before are all waiting when it does.
+    #[tokio::test]
+    async fn runs_waiting_for_the_relay_reach_followers_joined_and_in_order() {
+        let hub = LogHub::default();
+        let job = JobId::new(1).unwrap();
+        let mut follower = hub.subscribe(job);
+        hub.publish(job, run(1..=2));
+        hub.publish(job, run(3..=3));
+        hub.publish(job, run(4..=6));
+        hub.end(job);
+        assert_eq!(seqs(follower.recv().await.unwrap()), [1, 2, 3, 4, 5, 6]);
+        assert!(matches!(follower.recv().await.unwrap(), LiveEvent::Ended));
+        // The channel is gone with the relay.
+        assert!(matches!(
+            follower.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn runs_that_do_not_follow_on_are_relayed_apart() {
+        let hub = LogHub::default();
+        let job = JobId::new(1).unwrap();
+        let mut follower = hub.subscribe(job);
+        hub.publish(job, run(1..=2));
+        hub.publish(job, run(5..=6));
+        assert_eq!(seqs(follower.recv().await.unwrap()), [1, 2]);
+        assert_eq!(seqs(follower.recv().await.unwrap()), [5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_run_is_relayed_at_once_when_nothing_waits_behind_it() {
+        let hub = LogHub::default();
+        let job = JobId::new(1).unwrap();
+        let mut follower = hub.subscribe(job);
+        hub.publish(job, run(1..=1));
+        assert_eq!(seqs(follower.recv().await.unwrap()), [1]);
+        hub.publish(job, run(2..=2));
+        assert_eq!(seqs(follower.recv().await.unwrap()), [2]);
     }
 }
