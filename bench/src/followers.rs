@@ -85,12 +85,22 @@ async fn follow(mut client: Client, job: u64, api: Api, slow: bool) -> anyhow::R
         from_seq: 1,
         follow: true,
     };
+    // Every line once, in order: each seq is the one after the last.
     let mut count = 0u64;
+    let mut seen = |line: &proto::LogLine| {
+        anyhow::ensure!(
+            line.seq == count + 1,
+            "line {} arrived after line {count}",
+            line.seq
+        );
+        count += 1;
+        Ok(())
+    };
     match api {
         Api::Lines => {
             let mut stream = client.stream_job_logs(request).await?.into_inner();
-            while stream.message().await?.is_some() {
-                count += 1;
+            while let Some(line) = stream.message().await? {
+                seen(&line)?;
                 if slow {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -99,7 +109,7 @@ async fn follow(mut client: Client, job: u64, api: Api, slow: bool) -> anyhow::R
         Api::Runs => {
             let mut stream = client.follow_job_logs(request).await?.into_inner();
             while let Some(batch) = stream.message().await? {
-                count += batch.lines.len() as u64;
+                batch.lines.iter().try_for_each(&mut seen)?;
                 if slow {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -231,7 +241,7 @@ pub async fn fan_out(lines: u64, followers: usize, api: Api, idle: bool) -> anyh
         None => producer_rate,
         Some(process) => {
             let (count, done) = process.finish()?;
-            anyhow::ensure!(count >= lines, "a follower saw {count} of {lines} lines");
+            anyhow::ensure!(count == lines, "a follower saw {count} of {lines} lines");
             lines as f64 / done.duration_since(start)?.as_secs_f64()
         }
     };

@@ -31,8 +31,9 @@ const CLIENT_RUNS: usize = 16;
 /// when the client is: none is held back to fill a message.
 const MESSAGE_RUNS: usize = 64;
 
-/// Bytes of lines per `FollowJobLogs` message at most (a single larger run
-/// still goes whole), well under clients' 4 MiB default message limit.
+/// Bytes of lines per `FollowJobLogs` message at most, well under clients'
+/// 4 MiB default message limit. A single larger run still goes whole: it
+/// came from an agent in one message under the same limit.
 const MESSAGE_BYTES: usize = 1 << 20;
 
 /// The log of `job` from `from` on, in the runs it was stored in (each

@@ -18,13 +18,14 @@ use tokio::sync::broadcast;
 /// few hundred lines per run, a slow producer one). The relay runs at the
 /// followers' low priority, so it may wait while a fast producer has the
 /// CPU: 2,048 runs of 512 lines hold about a million lines of slack (some
-/// 100 MiB of 100-byte lines, held only while the relay waits) before
+/// 100 MiB of 100-byte lines, held only while the relay waits; the bound
+/// is in runs, not bytes, so runs of long lines hold more) before
 /// followers read the missed runs from the store instead.
 const RELAY_BUFFER: usize = 2048;
 
 /// Events buffered per followed job for its followers; the relay joins the
-/// runs waiting for it into one event of up to [`JOIN_BYTES`], so this holds
-/// at most 64 MiB, and a follower further behind reads from the store.
+/// runs waiting for it into events of up to [`JOIN_BYTES`] (a single larger
+/// run goes alone), and a follower further behind reads from the store.
 const FOLLOWER_BUFFER: usize = 256;
 
 /// Consecutive lines of a job's log, encoded once as a `LogBatch` (the form
@@ -156,8 +157,10 @@ fn relay_runs(
     while size < JOIN_BYTES {
         match from_agent.try_recv() {
             Ok(LiveEvent::Lines(next)) => {
-                if waiting.last().is_some_and(|r| r.last + 1 != next.first) {
-                    // Not consecutive (the agent resent, or a gap): apart.
+                let apart = waiting.last().is_some_and(|r| r.last + 1 != next.first);
+                if apart || size + next.encoded.len() > JOIN_BYTES {
+                    // Not consecutive (the agent resent, or a gap), or too
+                    // much for one event: what waits goes first.
                     let _ = to_followers
                         .send(LiveEvent::Lines(Run::joined(std::mem::take(&mut waiting))));
                     size = 0;

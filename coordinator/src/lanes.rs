@@ -19,9 +19,23 @@
 //! A connection's lane is known after the TLS handshake: agents present a
 //! client certificate and operators do not. Without TLS (`plaintext`, only
 //! ever on loopback) every connection takes the agents' lane.
+//!
+//! Only the streams that follow logs do their work on the lane. Every other
+//! request of an operator's connection (deploys, cancels, approvals, joins)
+//! is run on the agents' runtime by [`OnMain`]: those take the locks and
+//! the store that ingestion needs, and fetch from git under a timeout, so
+//! they must not wait for an idle core.
 
-use std::future::Future;
+use std::{
+    convert::Infallible,
+    future::Future,
+    task::{Context, Poll},
+};
 
+use tonic::{
+    codegen::{http, BoxFuture, Service},
+    server::NamedService,
+};
 use tracing::debug;
 
 /// The niceness of the operators' lane threads where `SCHED_IDLE` is
@@ -70,6 +84,58 @@ impl Drop for OperatorLane {
     }
 }
 
+/// The methods whose work stays on the operators' lane: they stream logs
+/// to readers, which is all the lane is for.
+const LANE_METHODS: [&str; 3] = ["FollowJobLogs", "StreamJobLogs", "StreamAppLogs"];
+
+/// A gRPC service on the operators' lane whose requests, but for
+/// [`LANE_METHODS`], run on the agents' runtime.
+#[derive(Clone)]
+pub struct OnMain<S> {
+    inner: S,
+    main: tokio::runtime::Handle,
+}
+
+impl<S> OnMain<S> {
+    /// Wraps `inner`; `main` is the agents' runtime.
+    pub fn new(inner: S, main: tokio::runtime::Handle) -> Self {
+        Self { inner, main }
+    }
+}
+
+impl<S: NamedService> NamedService for OnMain<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for OnMain<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().rsplit('/').next().unwrap_or("");
+        let on_lane = LANE_METHODS.contains(&method);
+        let call = self.inner.call(request);
+        if on_lane {
+            return Box::pin(call);
+        }
+        let task = self.main.spawn(call);
+        Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                Ok(tonic::Status::internal(format!("the request's task failed: {e}")).into_http())
+            })
+        })
+    }
+}
+
 /// Puts the calling thread under `SCHED_IDLE` (on Linux, the policy and
 /// the niceness are per thread), or at the lowest niceness if that is
 /// refused. Failing both is harmless: the lane still has its own turns.
@@ -86,10 +152,14 @@ pub fn lower_priority() {
 
 /// Puts the calling thread (or, before exec, process) under `SCHED_IDLE`.
 pub fn idle_policy() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: an all-zero sched_param is valid (priority 0, which
+    // SCHED_IDLE requires).
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
+    // Threads this one starts (sled's, say) get the normal policy back.
+    let policy = libc::SCHED_IDLE | libc::SCHED_RESET_ON_FORK;
     // SAFETY: `param` is a valid sched_param for the call's duration; pid 0
     // is the calling thread.
-    match unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } {
+    match unsafe { libc::sched_setscheduler(0, policy, &param) } {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
     }
@@ -98,6 +168,52 @@ pub fn idle_policy() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A service that answers with the name of the thread that ran it.
+    #[derive(Clone)]
+    struct ThreadName;
+
+    impl Service<http::Request<()>> for ThreadName {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Infallible>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            Box::pin(async {
+                let name = std::thread::current().name().unwrap_or("").to_owned();
+                Ok(http::Response::builder()
+                    .header("thread", name)
+                    .body(tonic::body::Body::empty())
+                    .expect("a valid response"))
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn on_the_lane_only_log_streams_run_there() {
+        let lane = OperatorLane::start().unwrap();
+        let main = tokio::runtime::Handle::current();
+        let ran_on = |path: &'static str| {
+            let mut service = OnMain::new(ThreadName, main.clone());
+            lane.spawn(async move {
+                let request = http::Request::builder().uri(path).body(()).unwrap();
+                let response = service.call(request).await.unwrap();
+                response.headers()["thread"].to_str().unwrap().to_owned()
+            })
+        };
+        let follow = ran_on("/gantry.v1.OperatorService/FollowJobLogs")
+            .await
+            .unwrap();
+        assert_eq!(follow, "gantry-operators");
+        let deploy = ran_on("/gantry.v1.OperatorService/Deploy").await.unwrap();
+        assert_ne!(deploy, "gantry-operators");
+        let join = ran_on("/gantry.v1.AgentService/Join").await.unwrap();
+        assert_ne!(join, "gantry-operators");
+    }
 
     #[tokio::test]
     async fn lane_threads_run_at_idle_priority() {
@@ -115,7 +231,8 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            policy == libc::SCHED_IDLE || niceness == OPERATOR_NICENESS,
+            policy & !libc::SCHED_RESET_ON_FORK == libc::SCHED_IDLE
+                || niceness == OPERATOR_NICENESS,
             "policy {policy}, niceness {niceness}"
         );
         // The caller's own thread is untouched.

@@ -135,8 +135,18 @@ pub async fn serve(
     // Agents' liveness comes from their heartbeats and the lease; this ping
     // only finds dead connections of idle operator streams, so it is rare:
     // a thousand agents would otherwise cost a ping every 10 ms.
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(SERVER_KEEPALIVE))
+    let builder =
+        || tonic::transport::Server::builder().http2_keepalive_interval(Some(SERVER_KEEPALIVE));
+    // The operators' lane serves the same services, its requests but the
+    // log streams run here (see `lanes`).
+    let main = tokio::runtime::Handle::current();
+    let lane_router = builder()
+        .add_service(health_service.clone())
+        .add_service(reflection_v1.clone())
+        .add_service(reflection_v1alpha.clone())
+        .add_service(lanes::OnMain::new(agents.clone(), main.clone()))
+        .add_service(lanes::OnMain::new(operators.clone(), main));
+    let router = builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -148,14 +158,17 @@ pub async fn serve(
             let (agents, operators) =
                 trust::accept::tls_incoming(listener, acceptor, core.clone(), shutdown.clone());
             let lane = lanes::OperatorLane::start().context("cannot start the operators' lane")?;
+            // The lane stops with the agents' server, whichever way it ends.
+            let lane_stop = shutdown.child_token();
             let operators = lane.spawn(
-                router
-                    .clone()
-                    .serve_with_incoming_shutdown(operators, shutdown.clone().cancelled_owned()),
+                lane_router
+                    .serve_with_incoming_shutdown(operators, lane_stop.clone().cancelled_owned()),
             );
             let agents = router.serve_with_incoming_shutdown(agents, stop);
             Box::pin(async move {
-                let (agents, operators) = tokio::join!(agents, operators);
+                let agents = agents.await;
+                lane_stop.cancel();
+                let operators = operators.await;
                 agents?;
                 operators.context("the operators' lane failed")??;
                 drop(lane);
