@@ -6,6 +6,7 @@
 mod bare;
 mod deploy;
 mod followers;
+mod logs;
 mod process;
 mod sim;
 
@@ -17,6 +18,7 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use gantry_shared::{config::CoordinatorConfig, proto};
+use logs::{logs, Api, Producer};
 use sim::{Arrivals, Work};
 use tokio_util::sync::CancellationToken;
 
@@ -237,149 +239,6 @@ async fn dispatch(agents: usize, deploys: usize) -> anyhow::Result<(Duration, Du
         sim.abort();
     }
     Ok((percentile(&latencies, 0.5), percentile(&latencies, 0.99)))
-}
-
-/// What one log run with one follower measured.
-struct LogRun {
-    /// Lines per second at the follower (the producer's first line sent to
-    /// the follower's last line received).
-    rate: f64,
-    /// Emit-to-receive latency at the follower, p50 and p99.
-    p50: Duration,
-    p99: Duration,
-}
-
-/// How followers read: `StreamJobLogs` (a message per line) or
-/// `FollowJobLogs` (a message per run of lines).
-#[derive(Clone, Copy, PartialEq)]
-enum Api {
-    Lines,
-    Runs,
-}
-
-/// A simulated agent producing one job's log.
-struct Producer {
-    job: u64,
-    /// When the agent received the job.
-    start: Instant,
-    client: Client,
-    sim: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Producer {
-    /// Connects a simulated agent and deploys a job that prints `lines`
-    /// lines of 100 bytes, `per_sec` a second (0: as fast as it can).
-    async fn start(
-        coordinator: &Coordinator,
-        lines: u64,
-        per_sec: u64,
-        epoch: Instant,
-    ) -> anyhow::Result<Self> {
-        let arrivals = Arc::new(Arrivals::default());
-        let work = Work::Lines {
-            lines,
-            bytes: 100,
-            per_sec,
-        };
-        let sim = tokio::spawn(sim::agent(
-            coordinator.agent_endpoint("bench", "sim-0").await?,
-            "bench",
-            "sim-0".into(),
-            work,
-            arrivals.clone(),
-            epoch,
-        ));
-        let mut client = coordinator.client().await?;
-        connected(&mut client, 1).await?;
-        let request = proto::DeployRequest {
-            app: "app".into(),
-            env: "bench".into(),
-            branch: "main".into(),
-            ..Default::default()
-        };
-        let job = client.deploy(request).await?.into_inner().id;
-        let start = arrivals.wait(job).await;
-        Ok(Self {
-            job,
-            start,
-            client,
-            sim,
-        })
-    }
-
-    /// When the job's end was stored (then every line is).
-    async fn ended(&self) -> anyhow::Result<Instant> {
-        let mut client = self.client.clone();
-        loop {
-            let state = client
-                .get_job(proto::GetJobRequest { id: self.job })
-                .await?
-                .into_inner()
-                .state;
-            if state == proto::JobState::Succeeded as i32 {
-                return Ok(Instant::now());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    fn stop(self) {
-        self.sim.abort();
-    }
-}
-
-/// One job streaming `lines` lines through the coordinator, `per_sec` a
-/// second (0: as fast as the agent can), to one follower in this process.
-async fn logs(lines: u64, per_sec: u64, api: Api) -> anyhow::Result<LogRun> {
-    let coordinator = Coordinator::start().await?;
-    let epoch = Instant::now();
-    let mut client = coordinator.client().await?;
-    let producer = Producer::start(&coordinator, lines, per_sec, epoch).await?;
-    let request = proto::StreamJobLogsRequest {
-        job_id: producer.job,
-        from_seq: 1,
-        follow: true,
-    };
-    let mut latencies = Vec::new();
-    let mut count = 0u64;
-    // Each line's text starts with its send time, in µs since `epoch`.
-    let mut seen = |line: &proto::LogLine| {
-        count += 1;
-        if let Some(sent) = line
-            .text
-            .split(' ')
-            .next()
-            .and_then(|t| t.parse::<u128>().ok())
-        {
-            latencies.push(Duration::from_micros(
-                (epoch.elapsed().as_micros() - sent) as u64,
-            ));
-        }
-    };
-    match api {
-        Api::Lines => {
-            let mut stream = client.stream_job_logs(request).await?.into_inner();
-            while let Some(line) = stream.message().await? {
-                seen(&line);
-            }
-        }
-        Api::Runs => {
-            let mut stream = client.follow_job_logs(request).await?.into_inner();
-            while let Some(batch) = stream.message().await? {
-                batch.lines.iter().for_each(&mut seen);
-            }
-        }
-    }
-    let done = Instant::now();
-    anyhow::ensure!(count >= lines, "the follower saw {count} of {lines} lines");
-    latencies.sort();
-    let (start, _) = (producer.start, producer.stop());
-    coordinator.stop().await?;
-    Ok(LogRun {
-        rate: lines as f64 / (done - start).as_secs_f64(),
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
-    })
 }
 
 fn machine() -> String {
