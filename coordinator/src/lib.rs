@@ -55,6 +55,28 @@ fn incoming(
     })
 }
 
+/// How long a starting coordinator waits for the one before it, in this
+/// process or another that is still exiting, to let go of the database.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the store, waiting (up to [`STORE_LOCK_WAIT`]) while another
+/// coordinator still holds its lock.
+async fn open_store(dir: &std::path::Path) -> Result<store::Store, store::StoreError> {
+    let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match store::Store::open(dir) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                warn!(dir = %dir.display(), "the database is still locked by another coordinator; waiting");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     config: CoordinatorConfig,
@@ -65,7 +87,8 @@ pub async fn serve(
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let store = store::Store::open(&config.data_dir)
+    let store = open_store(&config.data_dir)
+        .await
         .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
     gantry_shared::tls::install_crypto_provider();
     let authority = match config.plaintext {
@@ -187,4 +210,25 @@ pub async fn serve(
     core.store.flush().await?;
     info!("coordinator stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_still_held_by_a_stopping_coordinator_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = store::Store::open(dir.path()).unwrap();
+        let opening = tokio::spawn({
+            let dir = dir.path().to_owned();
+            async move { open_store(&dir).await }
+        });
+        // The opener is refused while the store is held, and keeps trying.
+        tokio::task::yield_now().await;
+        assert!(!opening.is_finished());
+        drop(held);
+        let reopened = opening.await.unwrap().unwrap();
+        assert_eq!(reopened.next_job_id().unwrap().get(), 1);
+    }
 }
