@@ -85,17 +85,7 @@ impl Producer {
     /// When the job's end was stored (then every line is).
     pub async fn ended(&self) -> anyhow::Result<Instant> {
         let mut client = self.client.clone();
-        loop {
-            let state = client
-                .get_job(proto::GetJobRequest { id: self.job })
-                .await?
-                .into_inner()
-                .state;
-            if state == proto::JobState::Succeeded as i32 {
-                return Ok(Instant::now());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        crate::succeeded(&mut client, self.job, Duration::from_millis(1)).await
     }
 
     pub fn stop(self) {

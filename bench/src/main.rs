@@ -173,6 +173,22 @@ async fn connected(client: &mut Client, n: usize) -> anyhow::Result<()> {
     }
 }
 
+/// Waits, polling every `every`, until `job` has succeeded; returns when
+/// that was seen.
+async fn succeeded(client: &mut Client, job: u64, every: Duration) -> anyhow::Result<Instant> {
+    loop {
+        let state = client
+            .get_job(proto::GetJobRequest { id: job })
+            .await?
+            .into_inner()
+            .state;
+        if state == proto::JobState::Succeeded as i32 {
+            return Ok(Instant::now());
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -221,17 +237,7 @@ async fn dispatch(agents: usize, deploys: usize) -> anyhow::Result<(Duration, Du
         let arrived = arrivals.wait(job.id).await;
         latencies.push(arrived - sent);
         // The simulated agent finishes at once; wait for it so the next deploy is not queued behind it.
-        loop {
-            let state = client
-                .get_job(proto::GetJobRequest { id: job.id })
-                .await?
-                .into_inner()
-                .state;
-            if state == proto::JobState::Succeeded as i32 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
+        succeeded(&mut client, job.id, Duration::from_micros(200)).await?;
     }
     latencies.sort();
     coordinator.stop().await?;
