@@ -134,12 +134,15 @@ async fn attached(
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
 
     let mut heartbeat = DEFAULT_HEARTBEAT;
+    let lease = &link.runtime.lease;
     if let Some(proto::CoordinatorMessage {
         body: Some(proto::coordinator_message::Body::Registered(r)),
     }) = inbound.message().await?
     {
         heartbeat = Duration::from_millis(r.heartbeat_interval_ms.max(100));
+        lease.set_length(Duration::from_millis(r.lease_ms));
     }
+    lease.heard();
     info!(agent = %link.options.name, env = %link.options.env, "registered with the coordinator");
     *backoff = MIN_BACKOFF;
     link.spool.rewind();
@@ -165,6 +168,11 @@ async fn attached(
                 Some(msg) => handle(link, msg, &tx),
                 None => return Ok(()),
             },
+            _ = lease.asked() => {
+                if tx.send(message(proto::agent_message::Body::Heartbeat(proto::Heartbeat {}))).await.is_err() {
+                    return Ok(());
+                }
+            }
             _ = link.draining.cancelled(), if !drain_sent => {
                 drain_sent = true;
                 let _ = tx.send(message(proto::agent_message::Body::Drain(proto::Drain {}))).await;
@@ -212,6 +220,11 @@ fn coalesce(events: Vec<proto::JobEvent>) -> Vec<proto::JobEvent> {
 }
 
 fn handle(link: &Link, msg: proto::CoordinatorMessage, tx: &mpsc::Sender<proto::AgentMessage>) {
+    if let Some(proto::coordinator_message::Body::Heartbeat(_)) = msg.body {
+        link.runtime.lease.answered();
+        return;
+    }
+    link.runtime.lease.heard();
     match msg.body {
         Some(proto::coordinator_message::Body::Tail(ask)) => {
             let stop = link.tails.start(ask.request_id);
@@ -238,7 +251,9 @@ fn handle(link: &Link, msg: proto::CoordinatorMessage, tx: &mpsc::Sender<proto::
                 None => warn!(job = c.job_id, "cancel for a job this agent does not run"),
             }
         }
-        Some(proto::coordinator_message::Body::Registered(_)) | None => {}
+        Some(proto::coordinator_message::Body::Registered(_))
+        | Some(proto::coordinator_message::Body::Heartbeat(_))
+        | None => {}
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Runtime {
     pub build_path: String,
     /// The binary that runs app proxies.
     pub proxy_program: PathBuf,
+    /// The lease the coordinator holds this agent's jobs under.
+    pub lease: Arc<crate::lease::Lease>,
 }
 
 /// A job spec checked at the edge.
@@ -231,6 +233,7 @@ pub async fn run(rt: Arc<Runtime>, job: Job, report: Reporter, handle: JobHandle
         // checks out afresh anyway.
         let _ = std::fs::remove_dir_all(workspace_dir(&rt, &job));
     }
+    let _ = std::fs::remove_file(crate::leftovers::building_marker(&workspace_dir(&rt, &job)));
     info!(job = %job.id, app = %job.app, env = %job.env, state = state.as_str(), "job ended");
     report.finish(state, summary, deployed).await;
 }

@@ -12,6 +12,8 @@ pub mod health;
 pub mod install;
 pub mod job;
 pub mod join;
+pub mod lease;
+pub mod leftovers;
 pub mod proxy;
 pub mod report;
 pub mod spool;
@@ -94,6 +96,14 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
         .await
         .context("the agent needs the local Docker engine")?;
     let agent_id = agent_id(&options.work_dir)?;
+    let killed = leftovers::kill_orphaned_builds(&agent_id);
+    let cleared = leftovers::remove_unfinished_workspaces(&options.work_dir);
+    if killed + cleared > 0 {
+        info!(
+            killed,
+            cleared, "stopped builds and removed workspaces an earlier run of this agent left"
+        );
+    }
     let removed = docker::remove_unreleased(&docker, &agent_id).await?;
     if removed > 0 {
         info!(
@@ -117,6 +127,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
             Some(program) => program.clone(),
             None => std::env::current_exe().context("cannot find this binary's path")?,
         },
+        lease: Default::default(),
     });
     // Released apps keep their stable ports, even after a host reboot.
     proxy::client::reconcile(&runtime).await;
@@ -144,13 +155,15 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
     info!(agent = %name, env = %link.options.env, coordinator = %link.options.coordinator, "agent starting");
     let stop = CancellationToken::new();
     let mut connection = tokio::spawn(connection::maintain(link.clone(), stop.clone()));
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        ended = &mut connection => {
-            ended.context("the connection task failed")?;
-            anyhow::bail!("the connection task stopped by itself");
-        }
-    }
+    let watchdog = tokio::spawn(stop_jobs_past_the_lease(link.clone()));
+    let outcome = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        ended = &mut connection => ended
+            .context("the connection task failed")
+            .and_then(|()| anyhow::bail!("the connection task stopped by itself")),
+    };
+    watchdog.abort();
+    outcome?;
 
     info!(agent = %name, jobs = link.running.lock().expect("running lock").len(), "draining");
     link.tasks.close();
@@ -180,4 +193,23 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
     connection.await.context("the connection task failed")?;
     info!(agent = %name, "agent stopped");
     Ok(())
+}
+
+/// Stops the running jobs whenever the coordinator has not been heard for a
+/// whole lease: it has failed them as lost by then, and a deploy must not
+/// go on behind the operator's back. Each job removes what it created, so
+/// the release that was serving keeps serving.
+async fn stop_jobs_past_the_lease(link: Arc<connection::Link>) {
+    let lease = link.runtime.lease.clone();
+    loop {
+        lease.expired().await;
+        let lost = lease::LeaseLost(lease.length()).to_string();
+        for (job, handle) in link.running.lock().expect("running lock").iter() {
+            warn!(job = %job, agent = %link.options.name, "stopping a job: the lease ran out");
+            handle.stop(JobState::Failed, lost.clone());
+        }
+        // Until the coordinator is heard again, nothing new can start.
+        let mut heard = lease.heard_changes();
+        let _ = heard.changed().await;
+    }
 }

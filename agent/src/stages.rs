@@ -114,6 +114,13 @@ async fn build_release(
         .await;
 
     report.stage(Stage::Checkout).await;
+    // Says, until the job ends, that the workspace is being written; an
+    // agent that dies meanwhile removes the half-built tree when it starts.
+    let marker = crate::leftovers::building_marker(&workspace);
+    if let Some(parent) = marker.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&marker, job.id.to_string())?;
     if let Some(set) = job.set.clone() {
         let (from, expected) = (source.clone(), job.commit.clone());
         let merged = cancellable(
@@ -151,6 +158,7 @@ async fn build_release(
     let mut env: BTreeMap<String, String> = job.secrets.clone();
     env.extend(job.identity());
     env.insert("GANTRY_SERVER".into(), rt.agent.to_string());
+    env.insert(crate::leftovers::BUILD_MARK.into(), rt.agent_id.clone());
     env.insert("PATH".into(), rt.build_path.clone());
     env.insert(
         "HOME".into(),
@@ -276,6 +284,12 @@ async fn start_release(
             job.spec.health_path
         ))
         .await;
+    // What follows cannot be taken back: only with a word from the
+    // coordinator, given after this point, that it still holds the job.
+    cancellable(cancel, async { Ok(rt.lease.confirm().await?) }).await?;
+    if cancel.is_cancelled() {
+        return Err(Stop::Cancelled);
+    }
     docker::keep_running(&rt.docker, &container).await?;
 
     let url = match u16::try_from(job.spec.public_port).ok().filter(|p| *p > 0) {

@@ -102,6 +102,7 @@ impl proto::agent_service_server::AgentService for AgentService {
         let (outbox, rx) = mpsc::channel(AGENT_OUTBOX);
         let hello = proto::coordinator_message::Body::Registered(proto::Registered {
             heartbeat_interval_ms: self.core.config.heartbeat_secs * 1000,
+            lease_ms: self.core.config.agent_lease_secs * 1000,
         });
         outbox
             .try_send(Ok(proto::CoordinatorMessage { body: Some(hello) }))
@@ -213,16 +214,19 @@ async fn read_events(
         // Any message is a sign of life; once per batch is enough.
         core.touch(agent, session);
         let mut acks: HashMap<u64, u64> = HashMap::new();
+        let mut beat = false;
         let mut open = true;
         let mut applied = 0;
         loop {
             match next {
-                Some(Ok(msg)) => {
-                    if let Some((job, seq)) = handle(core, agent, session, msg) {
+                Some(Ok(msg)) => match handle(core, agent, session, msg) {
+                    Some(Applied::Event(job, seq)) => {
                         let acked = acks.entry(job).or_default();
                         *acked = (*acked).max(seq);
                     }
-                }
+                    Some(Applied::Heartbeat) => beat = true,
+                    None => {}
+                },
                 Some(Err(status)) => {
                     debug!(%status, "agent stream failed");
                     open = false;
@@ -259,33 +263,53 @@ async fn read_events(
                 }
             }
         }
+        // Answered after anything sent to this session before (a cancel
+        // above all): the agent commits a release only on an answer.
+        if beat {
+            let answer = proto::coordinator_message::Body::Heartbeat(proto::Heartbeat {});
+            if outbox
+                .send(Ok(proto::CoordinatorMessage { body: Some(answer) }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         if !open {
             return;
         }
     }
 }
 
-/// Applies one message; for a job event, returns (job, seq) to acknowledge.
-/// Refused events are acknowledged too: resending them cannot change the answer.
+/// What applying a message asks of the reader.
+enum Applied {
+    /// Acknowledge the job's events up to this seq.
+    Event(u64, u64),
+    /// Answer the heartbeat.
+    Heartbeat,
+}
+
+/// Applies one message. Refused events are acknowledged too: resending
+/// them cannot change the answer.
 fn handle(
     core: &Core,
     agent: &AgentName,
     session: u64,
     msg: proto::AgentMessage,
-) -> Option<(u64, u64)> {
+) -> Option<Applied> {
     match msg.body {
         Some(proto::agent_message::Body::JobEvent(event)) => {
             let (job, seq) = (event.job_id, event.seq);
             if let Err(e) = core.apply_event(agent, event) {
                 warn!(job, seq, error = %e, "job event refused");
             }
-            Some((job, seq))
+            Some(Applied::Event(job, seq))
         }
         Some(proto::agent_message::Body::Drain(_)) => {
             core.drain_agent(agent, session);
             None
         }
-        Some(proto::agent_message::Body::Heartbeat(_)) => None,
+        Some(proto::agent_message::Body::Heartbeat(_)) => Some(Applied::Heartbeat),
         Some(proto::agent_message::Body::Output(output)) => {
             core.tails.deliver(agent, output);
             None

@@ -21,6 +21,24 @@ pub const AGENT_OUTBOX: usize = 64;
 /// Sender half of an agent's stream.
 pub type Outbox = mpsc::Sender<Result<proto::CoordinatorMessage, Status>>;
 
+/// Tells the agent behind `outbox` to stop `job`. A cancel is never dropped
+/// for want of room: a full outbox (acknowledgements of a busy log stream)
+/// gets it as soon as there is room, and if the stream closes first the
+/// agent is told again when it reconnects (see `Core::attach_agent`).
+pub fn send_cancel(outbox: &Outbox, job: JobId) {
+    let msg = proto::CoordinatorMessage {
+        body: Some(proto::coordinator_message::Body::Cancel(proto::CancelJob {
+            job_id: job.get(),
+        })),
+    };
+    if let Err(mpsc::error::TrySendError::Full(msg)) = outbox.try_send(Ok(msg)) {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            let _ = outbox.send(msg).await;
+        });
+    }
+}
+
 /// An agent with an open stream.
 pub struct Session {
     /// Distinguishes this stream from an earlier one of the same agent.

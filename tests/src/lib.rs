@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 mod client;
 pub mod node_image;
+mod relay;
 mod secure;
 
 pub use client::*;
+pub use relay::Relay;
 pub use secure::Secure;
 
 pub use gantry_cli::commands::Client;
@@ -80,6 +82,8 @@ pub struct Harness {
     agents: Vec<(String, CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     /// TLS, users and policies; `None`: plaintext on loopback, no tokens.
     secure: Option<Secure>,
+    /// Top-level settings added to the config, e.g. `agent_lease_secs = 4`.
+    settings: String,
 }
 
 /// Logs for tests, once per process (RUST_LOG to see them).
@@ -148,6 +152,7 @@ impl Harness {
             coordinator: None,
             agents: Vec::new(),
             secure: None,
+            settings: String::new(),
         };
         harness.start_coordinator().await?;
         Ok(harness)
@@ -156,6 +161,7 @@ impl Harness {
     /// The config file text.
     pub fn config_text(&self, listen: std::net::SocketAddr) -> String {
         let mut text = format!("listen = \"{listen}\"\ndata_dir = \"data\"\n");
+        text += &self.settings;
         match &self.secure {
             None => text += "plaintext = true\n",
             Some(secure) => text += &secure.settings,
@@ -262,6 +268,23 @@ impl Harness {
     /// An agent's work dir.
     pub fn work_dir(&self, agent: &str) -> PathBuf {
         self.dir.path().join("agents").join(agent)
+    }
+
+    /// Restarts the coordinator with top-level `settings` added to its
+    /// config (e.g. `heartbeat_secs = 1\nagent_lease_secs = 4\n`).
+    pub async fn restart_with_settings(&mut self, settings: &str) -> anyhow::Result<()> {
+        self.stop_coordinator().await?;
+        self.settings = settings.to_owned();
+        self.start_coordinator().await
+    }
+
+    /// Starts an agent for `env` in this process that dials `url` (a
+    /// [`Relay`]) instead of the coordinator.
+    pub fn start_agent_through(&mut self, env: &str, name: &str, url: &str) -> anyhow::Result<()> {
+        let direct = std::mem::replace(&mut self.url, url.to_owned());
+        let started = self.start_agent(env, name);
+        self.url = direct;
+        started
     }
 
     /// Starts an agent for `env` in this process.

@@ -217,7 +217,9 @@ async fn an_agent_killed_mid_deploy_reconciles_when_it_returns() -> anyhow::Resu
     let id = start(&mut client, app, "dev", "feature/sick").await?;
     reach(&mut client, id, proto::Stage::Health).await?;
     agent.kill();
-    // The coordinator notices the broken stream a moment after the kill.
+    let killed = Instant::now();
+    // The coordinator notices the broken stream a moment after the kill,
+    // and the job says so within a second.
     eventually(
         "the job to say its agent is gone",
         Duration::from_secs(10),
@@ -233,6 +235,11 @@ async fn an_agent_killed_mid_deploy_reconciles_when_it_returns() -> anyhow::Resu
         },
     )
     .await?;
+    assert!(
+        killed.elapsed() < Duration::from_secs(1),
+        "the job said why after {:?}",
+        killed.elapsed()
+    );
 
     let _agent = h.spawn_agent_process("dev", "dev-1")?;
     let (_, done) = follow_to_end(&mut client, id).await?;
@@ -279,9 +286,8 @@ async fn an_agent_that_never_returns_is_marked_lost_within_20_seconds() -> anyho
     let scratch = tempfile::tempdir()?;
     let pid_file = scratch.path().join("build.pid");
     let mut test_app = TestApp::new(app);
-    // The build leads its own process group; the test kills the group at the
-    // end, since a SIGKILLed agent leaves it running (systemd's KillMode does
-    // that job on real servers).
+    // The build leads its own process group, which a SIGKILLed agent leaves
+    // running; the agent stops it when it starts again.
     test_app.build_command = format!("echo $$ > {}; echo waiting; sleep 600", pid_file.display());
     let h = Harness::start(&[test_app], &[("dev", &[])]).await?;
     let mut agent = h.spawn_agent_process("dev", "dev-1")?;
@@ -310,12 +316,39 @@ async fn an_agent_that_never_returns_is_marked_lost_within_20_seconds() -> anyho
         .into_inner()
         .agents;
     assert!(!agents[0].connected);
-    if let Some(pid) = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    {
-        // SAFETY: killing the orphaned build's process group, which this test started.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+
+    // Back again, the agent stops the build its dead process left running
+    // and removes the half-built workspace.
+    let build: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    assert!(
+        running(build),
+        "the orphaned build runs until the agent returns"
+    );
+    let _agent = h.spawn_agent_process("dev", "dev-1")?;
+    let stopped = eventually(
+        "the orphaned build to be stopped",
+        Duration::from_secs(30),
+        || async move { Ok((!running(build)).then_some(())) },
+    )
+    .await;
+    if stopped.is_err() {
+        // SAFETY: the orphaned build's process group, started by this test's agent.
+        unsafe { libc::kill(-build, libc::SIGKILL) };
     }
+    stopped?;
+    let workspace = h.work_dir("dev-1").join("workspaces").join("dev").join(app);
+    assert!(!workspace.exists(), "{} is left", workspace.display());
     h.shutdown().await
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
 }

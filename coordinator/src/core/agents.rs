@@ -7,13 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gantry_shared::{now_ms, proto, AgentName, JobId, JobState};
+use gantry_shared::{now_ms, AgentName, JobId, JobState};
 use tracing::{info, warn};
 
 use super::{names, Core};
 use crate::{
     error::Error,
-    fleet::{Outbox, Placement, Session},
+    fleet::{send_cancel, Outbox, Placement, Session},
     job::{AgentRecord, Approval},
 };
 
@@ -110,17 +110,18 @@ impl Core {
                     fleet.active.insert(stray, placement);
                     kept.insert(stray);
                 }
-                _ => {
-                    let msg = proto::coordinator_message::Body::Cancel(proto::CancelJob {
-                        job_id: stray.get(),
-                    });
-                    let _ = outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }));
-                }
+                _ => send_cancel(&outbox, stray),
             }
         }
         for job_id in &kept {
             if let Ok(mut job) = self.job(*job_id) {
-                job.reason = format!("running on agent {name}");
+                if job.cancel_requested {
+                    // The cancel may have gone down with the last stream.
+                    send_cancel(&outbox, *job_id);
+                    job.reason = format!("cancel requested; agent {name} is stopping it");
+                } else {
+                    job.reason = format!("running on agent {name}");
+                }
                 let _ = self.store.put_job(&job);
             }
         }

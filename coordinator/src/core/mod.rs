@@ -63,13 +63,18 @@ impl Core {
         let mut fleet = Fleet::default();
         let now = Instant::now();
         for job in store.jobs() {
-            let job = job?;
+            let mut job = job?;
             match job.state {
                 JobState::Queued => {
                     fleet.queued.insert(job.id);
                 }
                 state if state.is_active() => {
                     let agent = job.agent.clone().expect("active jobs have an agent");
+                    job.reason = format!(
+                        "the coordinator restarted; waiting up to {}s for agent {agent} to reconnect",
+                        config.agent_lease_secs
+                    );
+                    store.put_job(&job)?;
                     fleet.lost_since.insert(agent.clone(), now);
                     fleet.active.insert(
                         job.id,
@@ -128,12 +133,7 @@ impl Core {
             let session = job.agent.as_ref().and_then(|a| fleet.sessions.get(a));
             match (job.state, session) {
                 (state, Some(session)) if state.is_active() => {
-                    let msg = proto::coordinator_message::Body::Cancel(proto::CancelJob {
-                        job_id: id.get(),
-                    });
-                    let _ = session
-                        .outbox
-                        .try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }));
+                    crate::fleet::send_cancel(&session.outbox, id);
                     job.cancel_requested = true;
                     job.reason = format!(
                         "cancel requested; agent {} is stopping it",
@@ -141,11 +141,15 @@ impl Core {
                     );
                     self.store.put_job(&job)?;
                 }
-                _ => {
-                    job.transition(
-                        JobState::Cancelled,
-                        "cancelled by operator before it started",
-                    );
+                (state, _) => {
+                    let why = match &job.agent {
+                        Some(agent) if state.is_active() => format!(
+                            "cancelled by operator while agent {agent} was away; \
+                             it stops the job when it reconnects"
+                        ),
+                        _ => "cancelled by operator before it started".to_owned(),
+                    };
+                    job.transition(JobState::Cancelled, why);
                     self.store.put_job(&job)?;
                     fleet.queued.remove(&id);
                     fleet.release(id);

@@ -316,6 +316,19 @@ impl CoordinatorConfig {
                 "declare at least one [[environments]]".into(),
             ));
         }
+        let key = |name: &str| text.find(name).map_or(0..0, |at| at..at);
+        if self.heartbeat_secs == 0 {
+            let msg = "heartbeat_secs must be at least 1".to_owned();
+            return Err(invalid(key("heartbeat_secs"), msg));
+        }
+        if self.agent_lease_secs < 2 * self.heartbeat_secs {
+            let msg = format!(
+                "agent_lease_secs ({}) must be at least twice heartbeat_secs ({}), \
+                 or one late heartbeat fails an agent's jobs",
+                self.agent_lease_secs, self.heartbeat_secs
+            );
+            return Err(invalid(key("agent_lease_secs"), msg));
+        }
         let mut seen = HashSet::new();
         for env in &self.environments {
             if !seen.insert(env.name()) {
@@ -374,6 +387,10 @@ impl CoordinatorConfig {
                 (
                     app.build_timeout_secs == 0,
                     "build_timeout_secs must be at least 1",
+                ),
+                (
+                    app.deploy_timeout_secs == 0,
+                    "deploy_timeout_secs must be at least 1",
                 ),
                 (
                     app.keep_releases == 0,

@@ -62,6 +62,32 @@ fn a_bad_value_names_line_and_what_to_fix() {
 }
 
 #[test]
+fn heartbeats_and_the_lease_must_fit_together() {
+    let text = format!("heartbeat_secs = 5\nagent_lease_secs = 8\n{GOOD}");
+    let msg = parse(&text).unwrap_err().to_string();
+    assert!(msg.contains("line 2"), "{msg}");
+    assert!(
+        msg.contains("agent_lease_secs (8) must be at least twice heartbeat_secs (5)"),
+        "{msg}"
+    );
+    let text = format!("heartbeat_secs = 0\n{GOOD}");
+    let msg = parse(&text).unwrap_err().to_string();
+    assert!(
+        msg.contains("line 1") && msg.contains("heartbeat_secs must be at least 1"),
+        "{msg}"
+    );
+    let text = GOOD.replace(
+        "container_port = 8080",
+        "container_port = 8080\ndeploy_timeout_secs = 0",
+    );
+    let msg = parse(&text).unwrap_err().to_string();
+    assert!(
+        msg.contains("deploy_timeout_secs must be at least 1"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn cross_field_mistakes_name_the_entry_line() {
     let text = GOOD.replace("base_image = \"eclipse-temurin:17-jre\"", "");
     let msg = parse(&text).unwrap_err().to_string();

@@ -1,0 +1,191 @@
+//! The agent's side of its lease. The coordinator fails the jobs of an
+//! agent it has not heard from for a lease; an agent cut off from the
+//! coordinator for as long knows its jobs are failed, so it stops them
+//! itself, and it never switches traffic to a new release without a fresh
+//! word that the coordinator still holds its session. Together these keep a
+//! partition from leaving a release serving that the coordinator recorded
+//! as failed.
+
+use std::{sync::Mutex, time::Duration};
+
+use tokio::{
+    sync::{watch, Notify},
+    time::Instant,
+};
+
+/// The lease used until the coordinator names its own.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+
+/// When the agent last heard from the coordinator, and how long it may go
+/// without.
+pub struct Lease {
+    length: Mutex<Duration>,
+    /// Last message of any kind from the coordinator (`None`: never).
+    heard: watch::Sender<Option<Instant>>,
+    /// Last answer to a heartbeat.
+    answered: watch::Sender<Option<Instant>>,
+    /// Asks the connection for a heartbeat now.
+    ask: Notify,
+}
+
+/// Why a release was not committed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "agent lost: no word from the coordinator for more than {}s, so it has failed this job; \
+     the serving release was left alone",
+    .0.as_secs()
+)]
+pub struct LeaseLost(pub Duration);
+
+impl Default for Lease {
+    fn default() -> Self {
+        Self {
+            length: Mutex::new(DEFAULT_LEASE),
+            heard: watch::Sender::new(None),
+            answered: watch::Sender::new(None),
+            ask: Notify::new(),
+        }
+    }
+}
+
+impl Lease {
+    /// The lease the coordinator named (0 keeps the default).
+    pub fn set_length(&self, length: Duration) {
+        if !length.is_zero() {
+            *self.length.lock().expect("lease lock") = length;
+        }
+    }
+
+    /// The lease's length.
+    pub fn length(&self) -> Duration {
+        *self.length.lock().expect("lease lock")
+    }
+
+    /// A message came from the coordinator.
+    pub fn heard(&self) {
+        self.heard.send_replace(Some(Instant::now()));
+    }
+
+    /// The coordinator answered a heartbeat.
+    pub fn answered(&self) {
+        let now = Instant::now();
+        self.heard.send_replace(Some(now));
+        self.answered.send_replace(Some(now));
+    }
+
+    /// Follows the time of the last word from the coordinator.
+    pub fn heard_changes(&self) -> watch::Receiver<Option<Instant>> {
+        self.heard.subscribe()
+    }
+
+    /// Resolves when a heartbeat is wanted now (see [`Lease::confirm`]).
+    pub async fn asked(&self) {
+        self.ask.notified().await
+    }
+
+    /// When the lease runs out, counting from the last word (`None`: the
+    /// coordinator was never heard, so no job can be running).
+    fn expiry(&self) -> Option<Instant> {
+        let heard = (*self.heard.borrow())?;
+        Some(heard + self.length())
+    }
+
+    /// Resolves once the lease has run out: the coordinator has not been
+    /// heard for a whole lease. Waits again while it keeps being heard.
+    pub async fn expired(&self) {
+        let mut heard = self.heard.subscribe();
+        loop {
+            let expiry = self.expiry();
+            match expiry {
+                Some(at) if Instant::now() >= at => return,
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = heard.changed() => {}
+                    }
+                }
+                None => {
+                    let _ = heard.changed().await;
+                }
+            }
+        }
+    }
+
+    /// Waits for the coordinator to answer a heartbeat sent from now on,
+    /// which says it still holds this agent's session and jobs; fails once
+    /// the lease runs out first. A job calls it before the step that cannot
+    /// be taken back: switching traffic to its release.
+    pub async fn confirm(&self) -> Result<(), LeaseLost> {
+        let asked = Instant::now();
+        let mut answered = self.answered.subscribe();
+        self.ask.notify_one();
+        loop {
+            if (*answered.borrow_and_update()).is_some_and(|at| at >= asked) {
+                return Ok(());
+            }
+            // A word heard at all (a reconnect) pushes the expiry back; the
+            // confirmation itself needs a heartbeat's answer.
+            let at = self.expiry().unwrap_or(asked + self.length());
+            if Instant::now() >= at {
+                return Err(LeaseLost(self.length()));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = answered.changed() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_waits_for_an_answer_given_after_it_asked() {
+        let lease = std::sync::Arc::new(Lease::default());
+        lease.set_length(Duration::from_secs(10));
+        lease.answered();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let waiting = tokio::spawn({
+            let lease = lease.clone();
+            async move { lease.confirm().await }
+        });
+        // The connection is asked for a heartbeat; an answer from before
+        // the question does not count.
+        lease.asked().await;
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(!waiting.is_finished());
+        lease.answered();
+        assert!(waiting.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_is_refused_once_the_lease_runs_out_unanswered() {
+        let lease = Lease::default();
+        lease.set_length(Duration::from_secs(10));
+        lease.heard();
+        let started = Instant::now();
+        let err = lease.confirm().await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert!(err
+            .to_string()
+            .starts_with("agent lost: no word from the coordinator for more than 10s"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_expires_a_whole_lease_after_the_last_word() {
+        let lease = std::sync::Arc::new(Lease::default());
+        lease.set_length(Duration::from_secs(10));
+        lease.heard();
+        let started = Instant::now();
+        let expiry = tokio::spawn({
+            let lease = lease.clone();
+            async move { lease.expired().await }
+        });
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        lease.heard();
+        expiry.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(16));
+    }
+}

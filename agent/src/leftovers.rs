@@ -1,0 +1,129 @@
+//! What an agent that died (SIGKILL, a crash, a reboot) leaves on its host,
+//! found and removed when it starts again, before it takes work: the
+//! process groups of builds it was running, and the workspaces those builds
+//! were writing. Docker objects of unfinished jobs are removed by
+//! [`crate::docker::remove_unreleased`].
+
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+/// The variable every build runs with, naming the agent installation that
+/// started it; it is how an orphaned build is recognised.
+pub const BUILD_MARK: &str = "GANTRY_AGENT_ID";
+
+/// Kills the process group of every build this installation started that
+/// is still running (its parent died, so nothing else will). Returns how
+/// many groups were killed.
+pub fn kill_orphaned_builds(agent_id: &str) -> usize {
+    let mark = format!("{BUILD_MARK}={agent_id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut groups = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // Unreadable (another user's, or gone): not ours to stop.
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|var| var == mark.as_bytes()) {
+            // SAFETY: getpgid only reads the process table.
+            let group = unsafe { libc::getpgid(pid) };
+            if group > 1 {
+                groups.insert(group);
+            }
+        }
+    }
+    for group in &groups {
+        // SAFETY: signals a process group found above, which this agent's
+        // build started.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
+    groups.len()
+}
+
+/// The marker beside a workspace that says a job is writing it; it is
+/// removed when the job ends, and a marker found at start-up means the
+/// workspace holds a half-built tree.
+pub fn building_marker(workspace: &Path) -> PathBuf {
+    workspace.with_extension("building")
+}
+
+/// Removes the workspaces of builds an earlier run of the agent did not
+/// finish, under `work_dir/workspaces/<env>/`. Returns how many.
+pub fn remove_unfinished_workspaces(work_dir: &Path) -> usize {
+    let mut removed = 0;
+    let Ok(envs) = std::fs::read_dir(work_dir.join("workspaces")) else {
+        return 0;
+    };
+    for env in envs.flatten() {
+        let Ok(entries) = std::fs::read_dir(env.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let marker = entry.path();
+            if marker.extension().is_none_or(|e| e != "building") {
+                continue;
+            }
+            let workspace = marker.with_extension("");
+            if let Err(e) = std::fs::remove_dir_all(&workspace) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(workspace = %workspace.display(), error = %e, "cannot remove an unfinished workspace");
+                    continue;
+                }
+            }
+            let _ = std::fs::remove_file(&marker);
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_built_workspaces_are_removed_and_finished_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let envs = dir.path().join("workspaces").join("dev");
+        for app in ["shop", "cart"] {
+            std::fs::create_dir_all(envs.join(app).join("src")).unwrap();
+        }
+        std::fs::write(building_marker(&envs.join("shop")), "7").unwrap();
+        assert_eq!(remove_unfinished_workspaces(dir.path()), 1);
+        assert!(!envs.join("shop").exists());
+        assert!(!building_marker(&envs.join("shop")).exists());
+        assert!(envs.join("cart").join("src").exists());
+    }
+
+    #[test]
+    fn only_builds_carrying_this_agents_mark_are_killed() {
+        let spawn = |id: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", "sleep 600"])
+                .env(BUILD_MARK, id)
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        use std::os::unix::process::CommandExt;
+        let mut ours = spawn("agent-a");
+        let mut theirs = spawn("agent-b");
+        assert_eq!(kill_orphaned_builds("agent-a"), 1);
+        assert!(!ours.wait().unwrap().success());
+        assert!(
+            theirs.try_wait().unwrap().is_none(),
+            "another agent's build runs on"
+        );
+        theirs.kill().unwrap();
+        theirs.wait().unwrap();
+    }
+}
