@@ -179,12 +179,23 @@ async fn deploy_and_check(url: &str) -> anyhow::Result<()> {
     let (host, port) = health::host_port(&job.url).context("the job reported no URL")?;
     let (status, body) = health::http_get(&host, port, "/").await?;
     println!("\n==> GET {}/ answered {status}: {}", job.url, body.trim());
+    if status != 200 {
+        bail!("the deployed service answered {status} on {}/", job.url);
+    }
     let (status, _) = health::http_get(&host, port, sample::HEALTH_PATH).await?;
+    if status != 200 {
+        bail!(
+            "the deployed service answered {status} on its health URL {}{}",
+            job.url,
+            sample::HEALTH_PATH
+        );
+    }
     println!(
-        "==> {APP} is deployed to dev and healthy (GET {}{} -> {status})",
+        "==> {APP} is deployed to dev and healthy: {}{} answered 200",
         job.url,
         sample::HEALTH_PATH
     );
+    println!("==> open {}/ to see it", job.url);
     Ok(())
 }
 

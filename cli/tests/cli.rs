@@ -30,23 +30,86 @@ async fn remove_app(app: &str) {
     docker::remove_app_objects(&engine, app).await.unwrap();
 }
 
+/// Stops the test's services and removes its app's Docker objects when
+/// dropped, so a failing test leaves nothing behind.
+struct CleanUp(&'static str, CancellationToken);
+
+impl Drop for CleanUp {
+    fn drop(&mut self) {
+        self.1.cancel();
+        let app = self.0;
+        // Drop cannot await: a thread with its own runtime does the work.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(remove_app(app))
+        })
+        .join();
+    }
+}
+
+/// Runs the demo as a new user does, until it says how to stop it; then
+/// the printed URL is tried, and Ctrl-C (SIGINT) stops the demo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_deploys_checks_and_cleans_up() {
+async fn the_demo_deploys_checks_serves_and_cleans_up_on_ctrl_c() {
+    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let dir_arg = dir.path().join("demo");
-    let (code, out, err) = gantry(
-        "http://unused",
-        &[
-            "demo",
-            "--exit",
-            "--listen",
-            "127.0.0.1:0",
-            "--dir",
-            dir_arg.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir.path().join("demo"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gantry runs");
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut out = String::new();
+    let until_prompt = async {
+        while let Some(line) = lines.recv().await {
+            out += &line;
+            out += "\n";
+            if line.starts_with("Press Ctrl-C to stop") {
+                return true;
+            }
+        }
+        false
+    };
+    let prompted = tokio::time::timeout(std::time::Duration::from_secs(300), until_prompt).await;
+    let url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("==> open "))
+        .and_then(|l| l.strip_suffix("/ to see it"))
+        .map(str::to_owned);
+    let answer = match &url {
+        Some(url) => {
+            let (host, port) = gantry_agent::health::host_port(url).unwrap();
+            gantry_agent::health::http_get(&host, port, "/").await.ok()
+        }
+        None => None,
+    };
+    // Ctrl-C, whatever was seen, so a failed check leaves nothing running.
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    while let Ok(line) = lines.try_recv() {
+        out += &line;
+        out += "\n";
+    }
+
+    assert_eq!(prompted, Ok(true), "no prompt to stop:\n{out}");
     assert!(out.contains("==> build"), "the live log is shown:\n{out}");
     assert!(
         out.contains("answered 200: Hello from hello in dev at "),
@@ -56,6 +119,15 @@ async fn the_demo_deploys_checks_and_cleans_up() {
         out.contains("hello is deployed to dev and healthy"),
         "{out}"
     );
+    let (code, body) =
+        answer.unwrap_or_else(|| panic!("the printed URL {url:?} does not answer:\n{out}"));
+    assert_eq!(code, 200);
+    assert!(body.starts_with("Hello from hello in dev"), "{body}");
+    assert!(
+        status.success(),
+        "the demo ended with {status} after Ctrl-C:\n{out}"
+    );
+    assert!(out.contains("==> stopping the demo"), "{out}");
     let engine = docker::connect().await.unwrap();
     assert!(
         docker::containers(&engine, &[(docker::label::APP, "hello")])
@@ -95,6 +167,7 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
     let path = dir.path().join("coordinator.toml");
     std::fs::write(&path, config).unwrap();
     let shutdown = CancellationToken::new();
+    let _clean_up = CleanUp(app, shutdown.clone());
     let coordinator = tokio::spawn(gantry_coordinator::serve(
         CoordinatorConfig::load(&path).unwrap(),
         listener,
@@ -140,6 +213,9 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
     let (code, out, _) = gantry(&url, &["logs", "1"]).await;
     assert_eq!(code, 0);
     assert!(out.starts_with("==> fetch\n"), "{out}");
+    // Following an ended job prints the same whole log and returns.
+    let (code, followed, _) = gantry(&url, &["logs", "1", "-f"]).await;
+    assert_eq!((code, followed), (0, out));
     let (_, table, _) = gantry(&url, &["job", "1"]).await;
     assert!(
         table.contains("state: succeeded") && table.contains(&url_of_job),
@@ -233,9 +309,21 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
     );
 
     // A queued deploy can be detached from and cancelled.
-    let (code, out, _) = gantry(&url, &["deploy", "--app", app, "--env", "prod", "--detach"]).await;
+    let (code, out, err) =
+        gantry(&url, &["deploy", "--app", app, "--env", "prod", "--detach"]).await;
     assert_eq!(code, 0);
+    assert!(
+        err.contains("waiting: no agent connected for env prod"),
+        "{err}"
+    );
     let id = out.trim().to_owned();
+    let (code, out, _) = gantry(&url, &["job", &id]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("state: queued"), "{out}");
+    assert!(
+        out.contains("reason: no agent connected for env prod"),
+        "{out}"
+    );
     let (_, out, _) = gantry(&url, &["cancel", &id]).await;
     assert!(out.contains("cancelled"), "{out}");
 

@@ -105,3 +105,16 @@ pub fn assert_contiguous(lines: &[proto::LogLine]) {
         );
     }
 }
+
+/// Whether `pid` is a live process; a zombie (killed, not yet reaped by
+/// its new parent) is not.
+pub fn process_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}

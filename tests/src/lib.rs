@@ -49,6 +49,8 @@ pub struct TestApp {
     pub public_port: Option<u16>,
     /// User name and token for an authenticated remote.
     pub git_credentials: Option<(String, String)>,
+    /// The repository's own Dockerfile, instead of the JRE base image.
+    pub dockerfile: Option<String>,
 }
 
 impl TestApp {
@@ -64,6 +66,7 @@ impl TestApp {
             keep_releases: 5,
             public_port: None,
             git_credentials: None,
+            dockerfile: None,
         }
     }
 }
@@ -188,12 +191,15 @@ impl Harness {
                 .unwrap_or_else(|| format!("file://{}", self.remote(&app.name).display()));
             text += &format!(
                 "\n[[apps]]\nname = \"{}\"\nremote = \"{remote}\"\nbuild_command = '''{}'''\nartifact = \"{}\"\n\
-                 base_image = \"{}\"\ncontainer_port = {}\nhealth_path = \"{}\"\nhealth_timeout_secs = {}\n\
+                 {}\ncontainer_port = {}\nhealth_path = \"{}\"\nhealth_timeout_secs = {}\n\
                  build_timeout_secs = {}\ndeploy_timeout_secs = {}\nkeep_releases = {}\n",
                 app.name,
                 app.build_command,
                 sample::ARTIFACT,
-                jre_image::JRE_IMAGE,
+                match &app.dockerfile {
+                    Some(path) => format!("dockerfile = \"{path}\""),
+                    None => format!("base_image = \"{}\"", jre_image::JRE_IMAGE),
+                },
                 sample::PORT,
                 sample::HEALTH_PATH,
                 app.health_timeout_secs,
@@ -413,7 +419,11 @@ impl Harness {
     ) -> anyhow::Result<String> {
         let repo = git2::Repository::open(self.repo(app))?;
         checkout_branch(&repo, branch)?;
-        std::fs::write(self.repo(app).join(path), content)?;
+        let file = self.repo(app).join(path);
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(file, content)?;
         let commit = sample::commit_all(&repo, &format!("change {path}"))?;
         checkout_branch(&repo, "main")?;
         push_branch(&repo, branch)?;

@@ -321,14 +321,14 @@ async fn an_agent_that_never_returns_is_marked_lost_within_20_seconds() -> anyho
     // and removes the half-built workspace.
     let build: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
     assert!(
-        running(build),
+        process_running(build),
         "the orphaned build runs until the agent returns"
     );
     let _agent = h.spawn_agent_process("dev", "dev-1")?;
     let stopped = eventually(
         "the orphaned build to be stopped",
         Duration::from_secs(30),
-        || async move { Ok((!running(build)).then_some(())) },
+        || async move { Ok((!process_running(build)).then_some(())) },
     )
     .await;
     if stopped.is_err() {
@@ -339,16 +339,4 @@ async fn an_agent_that_never_returns_is_marked_lost_within_20_seconds() -> anyho
     let workspace = h.work_dir("dev-1").join("workspaces").join("dev").join(app);
     assert!(!workspace.exists(), "{} is left", workspace.display());
     h.shutdown().await
-}
-
-/// Whether `pid` is a live process (a zombie is not).
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit(')')
-                .next()
-                .map(|rest| rest.trim_start().to_owned())
-        })
-        .is_some_and(|rest| !rest.starts_with('Z'))
 }

@@ -400,6 +400,12 @@ impl CoordinatorConfig {
                     app.artifact.starts_with('/') || app.artifact.split('/').any(|p| p == ".."),
                     "artifact must be a path inside the workspace",
                 ),
+                (
+                    app.dockerfile.as_ref().is_some_and(|d| {
+                        d.trim().is_empty() || d.starts_with('/') || d.split('/').any(|p| p == "..")
+                    }),
+                    "dockerfile must be a path inside the repository, e.g. \"Dockerfile\"",
+                ),
             ];
             if let Some((_, msg)) = checks.iter().find(|(bad, _)| *bad) {
                 return Err(invalid(at, format!("app {name:?}: {msg}")));

@@ -77,6 +77,15 @@ fn heartbeats_and_the_lease_must_fit_together() {
         "{msg}"
     );
     let text = GOOD.replace(
+        "base_image = \"eclipse-temurin:17-jre\"",
+        "dockerfile = \"../../etc/Dockerfile\"",
+    );
+    let msg = parse(&text).unwrap_err().to_string();
+    assert!(
+        msg.contains("dockerfile must be a path inside the repository"),
+        "{msg}"
+    );
+    let text = GOOD.replace(
         "container_port = 8080",
         "container_port = 8080\ndeploy_timeout_secs = 0",
     );
