@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, error, info_span, warn, Instrument};
 
 use crate::{
     audit::AuditEntry,
@@ -21,6 +21,7 @@ use crate::{
     error::Error,
     fleet::{Outbox, AGENT_OUTBOX},
     job::AgentRecord,
+    store::StoreError,
 };
 
 /// The `gantry.v1.AgentService` implementation.
@@ -225,6 +226,12 @@ async fn read_events(
                         *acked = (*acked).max(seq);
                     }
                     Some(Applied::Heartbeat) => beat = true,
+                    // Not stored, so not acknowledged: end the session, and
+                    // the agent resends from this event when it reconnects.
+                    Some(Applied::Unstored) => {
+                        open = false;
+                        break;
+                    }
                     None => {}
                 },
                 Some(Err(status)) => {
@@ -287,6 +294,8 @@ enum Applied {
     Event(u64, u64),
     /// Answer the heartbeat.
     Heartbeat,
+    /// The store failed to take an event (disk full, I/O error).
+    Unstored,
 }
 
 /// Applies one message. Refused events are acknowledged too: resending
@@ -300,8 +309,13 @@ fn handle(
     match msg.body {
         Some(proto::agent_message::Body::JobEvent(event)) => {
             let (job, seq) = (event.job_id, event.seq);
-            if let Err(e) = core.apply_event(agent, event) {
-                warn!(job, seq, error = %e, "job event refused");
+            match core.apply_event(agent, event) {
+                Err(Error::Store(StoreError::Sled(e))) => {
+                    error!(job, seq, error = %e, "cannot store a job event; dropping the stream");
+                    return Some(Applied::Unstored);
+                }
+                Err(e) => warn!(job, seq, error = %e, "job event refused"),
+                Ok(()) => {}
             }
             Some(Applied::Event(job, seq))
         }

@@ -129,9 +129,11 @@ async fn jobs_past_their_timeouts_are_stopped_and_say_so() -> anyhow::Result<()>
     let mut slow_build = TestApp::new("e2e-build-timeout");
     slow_build.build_command = gated_build(&gates.path().join("never"));
     slow_build.build_timeout_secs = 2;
+    // Its second release never gets healthy, and the health check would
+    // wait longer than the whole deploy may take.
     let mut slow_deploy = TestApp::new("e2e-deploy-timeout");
-    slow_deploy.build_command = gated_build(&gates.path().join("never"));
-    slow_deploy.deploy_timeout_secs = 3;
+    slow_deploy.deploy_timeout_secs = 60;
+    slow_deploy.health_timeout_secs = 600;
     let mut h = Harness::start(&[slow_build, slow_deploy], &[("dev", &[])]).await?;
     h.start_agent("dev", "dev-1")?;
     let mut client = h.client().await?;
@@ -146,16 +148,28 @@ async fn jobs_past_their_timeouts_are_stopped_and_say_so() -> anyhow::Result<()>
         build.reason
     );
     assert!(texts(&lines).contains(&"waiting"));
+    nothing_left("e2e-build-timeout", build.id).await?;
 
-    let (_, whole) = deploy(&mut client, "e2e-deploy-timeout", "dev", "main").await?;
+    let (_, serving) = deploy(&mut client, "e2e-deploy-timeout", "dev", "main").await?;
+    assert_eq!(state(&serving), JobState::Succeeded, "{}", serving.reason);
+    h.commit_unhealthy("e2e-deploy-timeout", "feature/sick")?;
+    let (lines, whole) = deploy(&mut client, "e2e-deploy-timeout", "dev", "feature/sick").await?;
     assert_eq!(state(&whole), JobState::Failed);
     assert!(
         whole
             .reason
-            .starts_with("deploy timed out after 3s and was stopped"),
+            .starts_with("deploy timed out after 60s and was stopped"),
         "{}",
         whole.reason
     );
+    // It was stopped with its container started: that container and its
+    // image are gone, and the release before serves on.
+    assert!(
+        texts(&lines).contains(&"==> health"),
+        "stopped before the health check"
+    );
+    nothing_left("e2e-deploy-timeout", whole.id).await?;
+    assert!(get(&serving.url, "/").await?.1.starts_with("Hello v1"));
     let workspace = h
         .work_dir("dev-1")
         .join("workspaces/dev/e2e-deploy-timeout");
