@@ -6,7 +6,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use bytes::Bytes;
@@ -17,11 +20,14 @@ use tokio::sync::broadcast;
 /// Runs buffered per followed job for the relay (an agent sends up to a
 /// few hundred lines per run, a slow producer one). The relay runs at the
 /// followers' low priority, so it may wait while a fast producer has the
-/// CPU: 2,048 runs of 512 lines hold about a million lines of slack (some
-/// 100 MiB of 100-byte lines, held only while the relay waits; the bound
-/// is in runs, not bytes, so runs of long lines hold more) before
+/// CPU: 2,048 runs of 512 lines hold about a million lines of slack before
 /// followers read the missed runs from the store instead.
 const RELAY_BUFFER: usize = 2048;
+
+/// Bytes of runs waiting for one job's relay at most; past it a run is not
+/// relayed, and followers read it from the store. Bounds the memory a
+/// relay that runs late holds, whatever the length of the lines.
+const RELAY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Events buffered per followed job for its followers; the relay joins the
 /// runs waiting for it into events of up to [`JOIN_BYTES`] (a single larger
@@ -91,6 +97,29 @@ impl Run {
     }
 }
 
+/// A run on its way to the relay, counted in its channel's bytes in
+/// flight until the last copy of it is dropped (the relay has taken it,
+/// or the channel dropped it unread).
+#[derive(Debug)]
+struct InFlight {
+    run: Run,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.bytes
+            .fetch_sub(self.run.encoded.len(), Ordering::Relaxed);
+    }
+}
+
+/// What the agent's connection tells a job's relay.
+#[derive(Debug, Clone)]
+enum Upstream {
+    Lines(Arc<InFlight>),
+    Ended,
+}
+
 /// What followers of a job are told.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
@@ -107,8 +136,10 @@ pub enum LiveEvent {
 /// task however many follow, and waking the followers is work done on their
 /// side (see [`crate::lanes`]).
 struct Channel {
-    upstream: broadcast::Sender<LiveEvent>,
+    upstream: broadcast::Sender<Upstream>,
     downstream: broadcast::Sender<LiveEvent>,
+    /// Bytes of runs sent upstream that the relay has not taken yet.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Channel {
@@ -120,8 +151,12 @@ impl Channel {
         tokio::spawn(async move {
             loop {
                 match from_agent.recv().await {
-                    Ok(LiveEvent::Lines(run)) => relay_runs(run, &mut from_agent, &to_followers),
-                    Ok(LiveEvent::Ended) => {
+                    Ok(Upstream::Lines(sent)) => {
+                        let run = sent.run.clone();
+                        drop(sent);
+                        relay_runs(run, &mut from_agent, &to_followers)
+                    }
+                    Ok(Upstream::Ended) => {
                         let _ = to_followers.send(LiveEvent::Ended);
                     }
                     // Runs the relay missed: the next run's first seq shows
@@ -134,6 +169,7 @@ impl Channel {
         Self {
             upstream,
             downstream,
+            in_flight: Arc::default(),
         }
     }
 }
@@ -148,7 +184,7 @@ const JOIN_BYTES: usize = 256 * 1024;
 /// run as it comes.
 fn relay_runs(
     run: Run,
-    from_agent: &mut broadcast::Receiver<LiveEvent>,
+    from_agent: &mut broadcast::Receiver<Upstream>,
     to_followers: &broadcast::Sender<LiveEvent>,
 ) {
     let mut waiting = vec![run];
@@ -156,7 +192,9 @@ fn relay_runs(
     let mut ended = false;
     while size < JOIN_BYTES {
         match from_agent.try_recv() {
-            Ok(LiveEvent::Lines(next)) => {
+            Ok(Upstream::Lines(sent)) => {
+                let next = sent.run.clone();
+                drop(sent);
                 let apart = waiting.last().is_some_and(|r| r.last + 1 != next.first);
                 if apart || size + next.encoded.len() > JOIN_BYTES {
                     // Not consecutive (the agent resent, or a gap), or too
@@ -168,7 +206,7 @@ fn relay_runs(
                 size += next.encoded.len();
                 waiting.push(next);
             }
-            Ok(LiveEvent::Ended) => {
+            Ok(Upstream::Ended) => {
                 ended = true;
                 break;
             }
@@ -204,16 +242,27 @@ impl LogHub {
     /// Tells followers of `job` about a stored run (no-op when none follow).
     pub fn publish(&self, job: JobId, run: Run) {
         let channels = self.channels.lock().expect("hub lock");
-        if let Some(channel) = channels.get(&job) {
-            let _ = channel.upstream.send(LiveEvent::Lines(run));
+        let Some(channel) = channels.get(&job) else {
+            return;
+        };
+        let size = run.encoded.len();
+        if channel.in_flight.load(Ordering::Relaxed) + size > RELAY_BYTES {
+            // The relay is that far behind: the next run it gets shows
+            // followers the gap, and they read this one from the store.
+            return;
         }
+        channel.in_flight.fetch_add(size, Ordering::Relaxed);
+        let bytes = channel.in_flight.clone();
+        let _ = channel
+            .upstream
+            .send(Upstream::Lines(Arc::new(InFlight { run, bytes })));
     }
 
     /// Tells followers that `job` ended and forgets its channel.
     pub fn end(&self, job: JobId) {
         let removed = self.channels.lock().expect("hub lock").remove(&job);
         if let Some(channel) = removed {
-            let _ = channel.upstream.send(LiveEvent::Ended);
+            let _ = channel.upstream.send(Upstream::Ended);
         }
     }
 
@@ -295,5 +344,36 @@ mod tests {
         assert_eq!(seqs(follower.recv().await.unwrap()), [1]);
         hub.publish(job, run(2..=2));
         assert_eq!(seqs(follower.recv().await.unwrap()), [2]);
+    }
+
+    #[tokio::test]
+    async fn a_relay_far_behind_holds_no_more_than_its_byte_budget() {
+        let hub = LogHub::default();
+        let job = JobId::new(1).unwrap();
+        let mut follower = hub.subscribe(job);
+        let mib = |seq: u64| {
+            Run::of(&[proto::LogLine {
+                seq,
+                text: "x".repeat(1024 * 1024),
+                ..Default::default()
+            }])
+        };
+        // One thread: the relay cannot run until the test awaits.
+        for seq in 1..=70 {
+            hub.publish(job, mib(seq));
+        }
+        let in_flight = |hub: &LogHub| {
+            let channels = hub.channels.lock().unwrap();
+            channels[&job].in_flight.load(Ordering::Relaxed)
+        };
+        assert!(in_flight(&hub) <= RELAY_BYTES, "{}", in_flight(&hub));
+        let relayed = RELAY_BYTES / mib(1).encoded.len();
+        for seq in 1..=relayed as u64 {
+            assert_eq!(seqs(follower.recv().await.unwrap()), [seq]);
+        }
+        assert_eq!(in_flight(&hub), 0);
+        // Followers see the runs left out as a gap, and read them from the store.
+        hub.publish(job, mib(71));
+        assert_eq!(seqs(follower.recv().await.unwrap()), [71]);
     }
 }
