@@ -1,12 +1,14 @@
 //! What an agent that died (SIGKILL, a crash, a reboot) leaves on its host,
 //! found and removed when it starts again, before it takes work: the
 //! process groups of builds it was running, and the workspaces those builds
-//! were writing. Docker objects of unfinished jobs are removed by
-//! [`crate::docker::remove_unreleased`].
+//! were writing, and the images of jobs it did not finish. Their containers
+//! are removed by [`crate::docker::remove_unreleased`].
 
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
+
+use crate::docker;
 
 /// The variable every build runs with, naming the agent installation that
 /// started it; it is how an orphaned build is recognised.
@@ -84,6 +86,32 @@ pub fn remove_unfinished_workspaces(work_dir: &Path) -> usize {
         }
     }
     removed
+}
+
+/// Removes the images of `jobs` (jobs an earlier run of this agent did not
+/// finish) that no container uses: built before the job's container was
+/// started, they would otherwise stay. Called after [`docker::remove_unreleased`],
+/// so a container still there is a released one, and its image is kept.
+pub async fn remove_unfinished_images(
+    docker: &bollard::Docker,
+    agent_id: &str,
+    jobs: &[String],
+) -> Result<usize, docker::DockerError> {
+    let mut removed = 0;
+    for job in jobs {
+        let scope = [
+            (docker::label::AGENT_ID, agent_id),
+            (docker::label::JOB, job.as_str()),
+        ];
+        if !docker::containers(docker, &scope).await?.is_empty() {
+            continue;
+        }
+        for (id, _) in docker::images(docker, &scope).await? {
+            docker::remove_image(docker, &id).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -104,15 +104,18 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
             cleared, "stopped builds and removed workspaces an earlier run of this agent left"
         );
     }
-    let removed = docker::remove_unreleased(&docker, &agent_id).await?;
-    if removed > 0 {
-        info!(
-            removed,
-            "removed containers of jobs an earlier run of this agent did not finish"
-        );
-    }
     let spool = spool::Spool::open(&options.work_dir.join("spool"))
         .with_context(|| format!("cannot open the spool in {}", options.work_dir.display()))?;
+    let removed = docker::remove_unreleased(&docker, &agent_id).await?;
+    let unfinished: Vec<String> = spool.unfinished().iter().map(|j| j.to_string()).collect();
+    let images = leftovers::remove_unfinished_images(&docker, &agent_id, &unfinished).await?;
+    if removed + images > 0 {
+        info!(
+            removed,
+            images,
+            "removed containers and images of jobs an earlier run of this agent did not finish"
+        );
+    }
     let runtime = Arc::new(job::Runtime {
         docker,
         work_dir: options.work_dir.clone(),

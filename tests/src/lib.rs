@@ -13,11 +13,14 @@ use gantry_shared::{config::CoordinatorConfig, AgentName, EnvName};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+mod cleanup;
 mod client;
 pub mod node_image;
 mod relay;
 mod secure;
 
+use cleanup::stop_proxies;
+pub use cleanup::{remove_app_objects, KillOnDrop};
 pub use client::*;
 pub use relay::Relay;
 pub use secure::Secure;
@@ -481,52 +484,6 @@ impl Drop for Harness {
         });
         let _ = cleanup.join();
     }
-}
-
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves
-/// no process behind.
-pub struct KillOnDrop(pub std::process::Child);
-
-impl KillOnDrop {
-    /// SIGKILLs it now and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Stops every app proxy the agents under `agents` started (they run
-/// detached from the agents, by design, so the test must end them).
-fn stop_proxies(agents: &std::path::Path) {
-    use std::io::Write;
-    let Ok(dirs) = std::fs::read_dir(agents) else {
-        return;
-    };
-    for agent in dirs.flatten() {
-        let Ok(files) = std::fs::read_dir(agent.path().join("proxies")) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let path = file.path();
-            if path.extension().is_some_and(|e| e == "sock") {
-                if let Ok(mut socket) = std::os::unix::net::UnixStream::connect(&path) {
-                    let _ = socket.write_all(b"stop\n");
-                }
-            }
-        }
-    }
-}
-
-/// Removes every container and image labelled with `app`.
-pub async fn remove_app_objects(app: &str) -> anyhow::Result<()> {
-    let engine = docker::connect().await?;
-    Ok(docker::remove_app_objects(&engine, app).await?)
 }
 
 /// Pushes `branch` of the working clone `repo` to its bare remote

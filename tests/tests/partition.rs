@@ -443,11 +443,18 @@ async fn agents_cut_off_from_the_coordinator_lose_nothing() -> anyhow::Result<()
         .await?
         .1
         .starts_with("Release one"));
-    let agents_now = client
-        .list_agents(proto::ListAgentsRequest {})
-        .await?
-        .into_inner()
-        .agents;
-    assert!(agents_now.iter().all(|a| a.connected), "{agents_now:?}");
+    // And it dials the coordinator again on its own.
+    eventually("test-1 to reconnect", Duration::from_secs(90), || {
+        let mut client = client.clone();
+        async move {
+            let agents = client
+                .list_agents(proto::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+            Ok(agents.iter().all(|a| a.connected).then_some(()))
+        }
+    })
+    .await?;
     Ok(())
 }

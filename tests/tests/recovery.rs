@@ -274,6 +274,9 @@ async fn an_agent_killed_mid_deploy_reconciles_when_it_returns() -> anyhow::Resu
         },
     )
     .await?;
+    nothing_left(app, id).await?;
+    let workspace = h.work_dir("dev-1").join("workspaces").join("dev").join(app);
+    assert!(!workspace.exists(), "{} is left", workspace.display());
     assert!(
         get(&good.url, "/").await?.1.starts_with("Hello v1"),
         "the release serves on"
