@@ -169,7 +169,7 @@ async fn attached(
                 None => return Ok(()),
             },
             _ = lease.asked() => {
-                if tx.send(message(proto::agent_message::Body::Heartbeat(proto::Heartbeat {}))).await.is_err() {
+                if tx.send(heartbeat_message(true)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -178,7 +178,10 @@ async fn attached(
                 let _ = tx.send(message(proto::agent_message::Body::Drain(proto::Drain {}))).await;
             }
             _ = beat.tick() => {
-                if tx.send(message(proto::agent_message::Body::Heartbeat(proto::Heartbeat {}))).await.is_err() {
+                // An agent with jobs asks for an answer: it keeps the lease
+                // under them known to be held (see `crate::lease`).
+                let holds_jobs = !link.running.lock().expect("running lock").is_empty();
+                if tx.send(heartbeat_message(holds_jobs)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -186,6 +189,12 @@ async fn attached(
             _ = link.spool.added() => {}
         }
     }
+}
+
+fn heartbeat_message(answer: bool) -> proto::AgentMessage {
+    message(proto::agent_message::Body::Heartbeat(proto::Heartbeat {
+        answer,
+    }))
 }
 
 /// Merges runs of consecutive log-line events of one job into one event

@@ -101,7 +101,7 @@ pub async fn agent(
         loop {
             tick.tick().await;
             if beats
-                .send(up(Up::Heartbeat(proto::Heartbeat {})))
+                .send(up(Up::Heartbeat(proto::Heartbeat::default())))
                 .await
                 .is_err()
             {

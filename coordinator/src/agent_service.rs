@@ -273,7 +273,8 @@ async fn read_events(
         // Answered after anything sent to this session before (a cancel
         // above all): the agent commits a release only on an answer.
         if beat {
-            let answer = proto::coordinator_message::Body::Heartbeat(proto::Heartbeat {});
+            let answer =
+                proto::coordinator_message::Body::Heartbeat(proto::Heartbeat { answer: false });
             if outbox
                 .send(Ok(proto::CoordinatorMessage { body: Some(answer) }))
                 .await
@@ -292,7 +293,7 @@ async fn read_events(
 enum Applied {
     /// Acknowledge the job's events up to this seq.
     Event(u64, u64),
-    /// Answer the heartbeat.
+    /// Answer the heartbeat (it asked).
     Heartbeat,
     /// The store failed to take an event (disk full, I/O error).
     Unstored,
@@ -323,7 +324,10 @@ fn handle(
             core.drain_agent(agent, session);
             None
         }
-        Some(proto::agent_message::Body::Heartbeat(_)) => Some(Applied::Heartbeat),
+        Some(proto::agent_message::Body::Heartbeat(beat)) if beat.answer => {
+            Some(Applied::Heartbeat)
+        }
+        Some(proto::agent_message::Body::Heartbeat(_)) => None,
         Some(proto::agent_message::Body::Output(output)) => {
             core.tails.deliver(agent, output);
             None
