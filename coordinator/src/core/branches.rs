@@ -37,13 +37,13 @@ pub struct Resolved {
 /// request is answered Unavailable rather than held.
 pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One lock per app mirror: git2 must not have two fetches write one
-/// repository at once.
+/// Each app's mirror, opened once and kept, behind one lock per app: git2
+/// must not have two fetches write one repository at once.
 #[derive(Default)]
-pub struct MirrorLocks(Mutex<HashMap<AppName, Arc<Mutex<()>>>>);
+pub struct MirrorLocks(Mutex<HashMap<AppName, Arc<Mutex<Option<Mirror>>>>>);
 
 impl MirrorLocks {
-    fn of(&self, app: &AppName) -> Arc<Mutex<()>> {
+    fn of(&self, app: &AppName) -> Arc<Mutex<Option<Mirror>>> {
         let mut locks = self.0.lock().expect("mirror locks poisoned");
         locks.entry(app.clone()).or_default().clone()
     }
@@ -91,13 +91,17 @@ impl Core {
         };
         let fail = unavailable.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let _held = lock.lock().expect("mirror lock poisoned");
-            let mirror = Mirror::open(&dir, &remote, creds).map_err(|e| fail(e.to_string()))?;
-            let fetched = mirror.fetch().map_err(|e| fail(e.to_string()))?;
+            let mut held = lock.lock().expect("mirror lock poisoned");
+            let mirror = match held.take() {
+                Some(mirror) => mirror,
+                None => Mirror::open(&dir, &remote, creds).map_err(|e| fail(e.to_string()))?,
+            };
+            let mirror = &*held.insert(mirror);
+            let fetched = mirror.refresh().map_err(|e| fail(e.to_string()))?;
             if fetched.received_objects > 0 {
                 info!(app = %name, objects = fetched.received_objects, "mirror refreshed");
             }
-            work(&mirror)
+            work(mirror)
         });
         tokio::time::timeout(REMOTE_TIMEOUT, task)
             .await

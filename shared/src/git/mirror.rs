@@ -25,7 +25,7 @@ const MIN_ABBREVIATED_ID: usize = 7;
 const FULL_ID: usize = 40;
 
 /// What a fetch did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fetched {
     /// Objects received from the remote in this fetch (0 when up to date).
     pub received_objects: usize,
@@ -147,6 +147,44 @@ impl Mirror {
             received_objects: stats.received_objects(),
             received_bytes: stats.received_bytes(),
         })
+    }
+
+    /// Brings the mirror up to date as [`Mirror::fetch`] does, but first
+    /// lists the remote's branches and fetches only if one differs from the
+    /// mirror's: a listing reads refs and writes nothing, where a fetch
+    /// also negotiates and rewrites the mirror's refs.
+    pub fn refresh(&self) -> Result<Fetched, GitError> {
+        let attempts = RefCell::new(AuthAttempts::default());
+        let mut callbacks = git2::RemoteCallbacks::new();
+        callbacks
+            .credentials(|_url, user, allowed| self.credentials.answer(&attempts, user, allowed));
+        let mut remote = self
+            .repo
+            .remote_anonymous(&self.remote)
+            .map_err(|e| self.remote_failure("reading the remote URL", &e, &attempts))?;
+        let listed = remote
+            .connect_auth(git2::Direction::Fetch, Some(callbacks), None)
+            .and_then(|connection| {
+                Ok(connection
+                    .list()?
+                    .iter()
+                    .filter(|head| head.name().starts_with("refs/heads/"))
+                    .map(|head| (head.name().to_owned(), head.oid()))
+                    .collect::<std::collections::BTreeMap<_, _>>())
+            })
+            .map_err(|e| self.remote_failure("listing the remote's branches", &e, &attempts))?;
+        let doing = || "listing the mirror's branches".to_owned();
+        let mut ours = std::collections::BTreeMap::new();
+        for reference in self.repo.references_glob("refs/heads/*").doing(doing)? {
+            let reference = reference.doing(doing)?;
+            if let (Ok(name), Some(oid)) = (reference.name(), reference.target()) {
+                ours.insert(name.to_owned(), oid);
+            }
+        }
+        if listed == ours {
+            return Ok(Fetched::default());
+        }
+        self.fetch()
     }
 
     /// Every branch in the mirror (as of the last fetch), sorted by name.

@@ -166,6 +166,13 @@ fn fetch_lists_every_branch_and_is_incremental() {
 
     let again = mirror.fetch().unwrap();
     assert_eq!(again.received_objects, 0, "{again:?}");
+    // With nothing new, a refresh only lists the remote: it fetches
+    // nothing, so FETCH_HEAD is not rewritten.
+    let fetch_head = || std::fs::metadata(path.join("FETCH_HEAD")).unwrap().modified().unwrap();
+    let before = fetch_head();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(mirror.refresh().unwrap().received_objects, 0);
+    assert_eq!(fetch_head(), before, "a refresh with nothing new fetched");
 
     let next = remote.commit(
         "main",
@@ -175,7 +182,7 @@ fn fetch_lists_every_branch_and_is_incremental() {
         ALICE,
         EPOCH + 180,
     );
-    let fetched = mirror.fetch().unwrap();
+    let fetched = mirror.refresh().unwrap();
     // The commit, its tree and the new blob.
     assert!((1..=5).contains(&fetched.received_objects), "{fetched:?}");
     assert_eq!(
@@ -191,7 +198,7 @@ fn fetch_lists_every_branch_and_is_incremental() {
         .unwrap()
         .delete()
         .unwrap();
-    mirror.fetch().unwrap();
+    mirror.refresh().unwrap();
     let reopened = Mirror::open(&path, &remote.url(), Credentials::default()).unwrap();
     let names: Vec<_> = reopened
         .branches()
