@@ -1,10 +1,11 @@
 //! The agent's side of its lease. The coordinator fails the jobs of an
-//! agent it has not heard from for a lease; an agent cut off from the
-//! coordinator for as long knows its jobs are failed, so it stops them
-//! itself, and it never switches traffic to a new release without a fresh
-//! word that the coordinator still holds its session. Together these keep a
-//! partition from leaving a release serving that the coordinator recorded
-//! as failed.
+//! agent it has not heard from for a lease. The agent never switches
+//! traffic to a new release without a fresh word that the coordinator still
+//! holds its session, which keeps a partition from leaving a release
+//! serving that the coordinator recorded as failed. And an agent cut off
+//! for twice the lease knows its jobs were failed, so it stops them itself
+//! (the second lease leaves room for a coordinator restart and the agent's
+//! reconnect backoff, so a restart never costs a running job).
 
 use std::{sync::Mutex, time::Duration};
 
@@ -13,13 +14,13 @@ use tokio::{
     time::Instant,
 };
 
-/// The lease used until the coordinator names its own.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
-
 /// When the agent last heard from the coordinator, and how long it may go
 /// without.
 pub struct Lease {
-    length: Mutex<Duration>,
+    /// The coordinator's lease; `None` until it names one, and from a
+    /// coordinator that holds none (an older version): then nothing waits
+    /// for it and nothing is stopped for want of it.
+    length: Mutex<Option<Duration>>,
     /// Last message of any kind from the coordinator (`None`: never).
     heard: watch::Sender<Option<Instant>>,
     /// Last answer to a heartbeat.
@@ -28,7 +29,8 @@ pub struct Lease {
     ask: Notify,
 }
 
-/// Why a release was not committed.
+/// Why a job was stopped, or a release not committed: no word from the
+/// coordinator for this long (twice its lease).
 #[derive(Debug, thiserror::Error)]
 #[error(
     "agent lost: no word from the coordinator for more than {}s, so it has failed this job; \
@@ -40,7 +42,7 @@ pub struct LeaseLost(pub Duration);
 impl Default for Lease {
     fn default() -> Self {
         Self {
-            length: Mutex::new(DEFAULT_LEASE),
+            length: Mutex::new(None),
             heard: watch::Sender::new(None),
             answered: watch::Sender::new(None),
             ask: Notify::new(),
@@ -49,16 +51,15 @@ impl Default for Lease {
 }
 
 impl Lease {
-    /// The lease the coordinator named (0 keeps the default).
+    /// The lease the coordinator named (zero: it holds none).
     pub fn set_length(&self, length: Duration) {
-        if !length.is_zero() {
-            *self.length.lock().expect("lease lock") = length;
-        }
+        *self.length.lock().expect("lease lock") = Some(length).filter(|l| !l.is_zero());
     }
 
-    /// The lease's length.
-    pub fn length(&self) -> Duration {
-        *self.length.lock().expect("lease lock")
+    /// How long the agent goes without a word before it stops its jobs:
+    /// twice the coordinator's lease (`None`: it never does).
+    pub fn patience(&self) -> Option<Duration> {
+        self.length.lock().expect("lease lock").map(|l| l * 2)
     }
 
     /// A message came from the coordinator.
@@ -83,15 +84,16 @@ impl Lease {
         self.ask.notified().await
     }
 
-    /// When the lease runs out, counting from the last word (`None`: the
-    /// coordinator was never heard, so no job can be running).
+    /// When patience runs out, counting from the last word (`None`: the
+    /// coordinator was never heard, so no job can be running, or it holds
+    /// no lease).
     fn expiry(&self) -> Option<Instant> {
         let heard = (*self.heard.borrow())?;
-        Some(heard + self.length())
+        Some(heard + self.patience()?)
     }
 
-    /// Resolves once the lease has run out: the coordinator has not been
-    /// heard for a whole lease. Waits again while it keeps being heard.
+    /// Resolves once the coordinator has not been heard for twice its
+    /// lease. Waits again while it keeps being heard.
     pub async fn expired(&self) {
         let mut heard = self.heard.subscribe();
         loop {
@@ -113,9 +115,12 @@ impl Lease {
 
     /// Waits for the coordinator to answer a heartbeat sent from now on,
     /// which says it still holds this agent's session and jobs; fails once
-    /// the lease runs out first. A job calls it before the step that cannot
+    /// patience runs out first. A job calls it before the step that cannot
     /// be taken back: switching traffic to its release.
     pub async fn confirm(&self) -> Result<(), LeaseLost> {
+        let Some(patience) = self.patience() else {
+            return Ok(());
+        };
         let asked = Instant::now();
         let mut answered = self.answered.subscribe();
         self.ask.notify_one();
@@ -125,9 +130,9 @@ impl Lease {
             }
             // A word heard at all (a reconnect) pushes the expiry back; the
             // confirmation itself needs a heartbeat's answer.
-            let at = self.expiry().unwrap_or(asked + self.length());
+            let at = self.expiry().unwrap_or(asked + patience);
             if Instant::now() >= at {
-                return Err(LeaseLost(self.length()));
+                return Err(LeaseLost(patience));
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {}
@@ -167,14 +172,14 @@ mod tests {
         lease.heard();
         let started = Instant::now();
         let err = lease.confirm().await.unwrap_err();
-        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
         assert!(err
             .to_string()
-            .starts_with("agent lost: no word from the coordinator for more than 10s"));
+            .starts_with("agent lost: no word from the coordinator for more than 20s"));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_lease_expires_a_whole_lease_after_the_last_word() {
+    async fn patience_runs_out_twice_the_lease_after_the_last_word() {
         let lease = std::sync::Arc::new(Lease::default());
         lease.set_length(Duration::from_secs(10));
         lease.heard();
@@ -186,6 +191,16 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(6)).await;
         lease.heard();
         expiry.await.unwrap();
-        assert_eq!(started.elapsed(), Duration::from_secs(16));
+        assert_eq!(started.elapsed(), Duration::from_secs(26));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_coordinator_that_holds_no_lease_is_never_waited_for() {
+        let lease = Lease::default();
+        lease.set_length(Duration::ZERO);
+        lease.heard();
+        assert!(lease.confirm().await.is_ok());
+        let expired = tokio::time::timeout(Duration::from_secs(3600), lease.expired()).await;
+        assert!(expired.is_err(), "nothing is stopped for want of a lease");
     }
 }

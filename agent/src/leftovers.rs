@@ -23,6 +23,8 @@ pub fn kill_orphaned_builds(agent_id: &str) -> usize {
         return 0;
     };
     let mut groups = std::collections::BTreeSet::new();
+    // SAFETY: getpgrp only reads this process's group.
+    let own_group = unsafe { libc::getpgrp() };
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -38,7 +40,9 @@ pub fn kill_orphaned_builds(agent_id: &str) -> usize {
         if environ.split(|b| *b == 0).any(|var| var == mark.as_bytes()) {
             // SAFETY: getpgid only reads the process table.
             let group = unsafe { libc::getpgid(pid) };
-            if group > 1 {
+            // Never this agent's own group (an agent started from a build
+            // would carry the mark too).
+            if group > 1 && group != own_group {
                 groups.insert(group);
             }
         }

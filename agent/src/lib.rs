@@ -108,7 +108,13 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
         .with_context(|| format!("cannot open the spool in {}", options.work_dir.display()))?;
     let removed = docker::remove_unreleased(&docker, &agent_id).await?;
     let unfinished: Vec<String> = spool.unfinished().iter().map(|j| j.to_string()).collect();
-    let images = leftovers::remove_unfinished_images(&docker, &agent_id, &unfinished).await?;
+    // A Docker refusal here must not keep the agent from starting.
+    let images = leftovers::remove_unfinished_images(&docker, &agent_id, &unfinished)
+        .await
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "cannot remove images of unfinished jobs");
+            0
+        });
     if removed + images > 0 {
         info!(
             removed,
@@ -198,15 +204,18 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
     Ok(())
 }
 
-/// Stops the running jobs whenever the coordinator has not been heard for a
-/// whole lease: it has failed them as lost by then, and a deploy must not
+/// Stops the running jobs whenever the coordinator has not been heard for
+/// twice its lease: it has failed them as lost by then, and a deploy must not
 /// go on behind the operator's back. Each job removes what it created, so
 /// the release that was serving keeps serving.
 async fn stop_jobs_past_the_lease(link: Arc<connection::Link>) {
     let lease = link.runtime.lease.clone();
     loop {
         lease.expired().await;
-        let lost = lease::LeaseLost(lease.length()).to_string();
+        let Some(patience) = lease.patience() else {
+            continue;
+        };
+        let lost = lease::LeaseLost(patience).to_string();
         for (job, handle) in link.running.lock().expect("running lock").iter() {
             warn!(job = %job, agent = %link.options.name, "stopping a job: the lease ran out");
             handle.stop(JobState::Failed, lost.clone());

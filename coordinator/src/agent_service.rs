@@ -3,14 +3,12 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    pin::Pin,
     sync::Arc,
 };
 
-use futures::{FutureExt, Stream};
+use futures::FutureExt;
 use gantry_shared::{now_ms, proto, AgentName, EnvName, JobId};
-use tokio::sync::mpsc;
-use tokio_stream::{wrappers::ReceiverStream, StreamExt};
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, error, info_span, warn, Instrument};
@@ -19,7 +17,7 @@ use crate::{
     audit::AuditEntry,
     core::Core,
     error::Error,
-    fleet::{Outbox, AGENT_OUTBOX},
+    fleet::{OutStream, Outbox},
     job::AgentRecord,
     store::StoreError,
 };
@@ -36,8 +34,6 @@ impl AgentService {
         Self { core, shutdown }
     }
 }
-
-type OutStream = Pin<Box<dyn Stream<Item = Result<proto::CoordinatorMessage, Status>> + Send>>;
 
 /// Validates an agent's introduction at the edge.
 fn registration(reg: proto::Register) -> Result<(AgentRecord, BTreeSet<JobId>), Error> {
@@ -100,10 +96,10 @@ impl proto::agent_service_server::AgentService for AgentService {
             checked?;
         }
         let agent = record.name.clone();
-        let (outbox, rx) = mpsc::channel(AGENT_OUTBOX);
+        let (outbox, stream) = Outbox::new();
         let hello = proto::coordinator_message::Body::Registered(proto::Registered {
-            heartbeat_interval_ms: self.core.config.heartbeat_secs * 1000,
-            lease_ms: self.core.config.agent_lease_secs * 1000,
+            heartbeat_interval_ms: self.core.config.heartbeat_secs.saturating_mul(1000),
+            lease_ms: self.core.config.agent_lease_secs.saturating_mul(1000),
         });
         outbox
             .try_send(Ok(proto::CoordinatorMessage { body: Some(hello) }))
@@ -131,7 +127,7 @@ impl proto::agent_service_server::AgentService for AgentService {
         );
         // The stream ends when the session's outbox is dropped: on detach,
         // which the reader does at shutdown too.
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     async fn join(

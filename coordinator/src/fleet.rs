@@ -18,24 +18,68 @@ use crate::job::{AgentRecord, JobRecord};
 /// queue marks the agent as unable to take more work rather than growing.
 pub const AGENT_OUTBOX: usize = 64;
 
-/// Sender half of an agent's stream.
-pub type Outbox = mpsc::Sender<Result<proto::CoordinatorMessage, Status>>;
+/// One message to an agent.
+pub type Message = Result<proto::CoordinatorMessage, Status>;
 
-/// Tells the agent behind `outbox` to stop `job`. A cancel is never dropped
-/// for want of room: a full outbox (acknowledgements of a busy log stream)
-/// gets it as soon as there is room, and if the stream closes first the
-/// agent is told again when it reconnects (see `Core::attach_agent`).
-pub fn send_cancel(outbox: &Outbox, job: JobId) {
-    let msg = proto::CoordinatorMessage {
-        body: Some(proto::coordinator_message::Body::Cancel(proto::CancelJob {
-            job_id: job.get(),
-        })),
-    };
-    if let Err(mpsc::error::TrySendError::Full(msg)) = outbox.try_send(Ok(msg)) {
-        let outbox = outbox.clone();
-        tokio::spawn(async move {
-            let _ = outbox.send(msg).await;
-        });
+/// What an agent's stream sends: messages in a bounded queue, and cancels
+/// in a lane of their own, unbounded and sent ahead of anything queued.
+/// A cancel is therefore never dropped for want of room (a busy log
+/// stream fills the queue with acknowledgements), and it always reaches
+/// the agent before any heartbeat answer queued after it: the agent
+/// commits a release only on such an answer (see `gantry_agent::lease`).
+#[derive(Clone)]
+pub struct Outbox {
+    messages: mpsc::Sender<Message>,
+    cancels: mpsc::UnboundedSender<Message>,
+}
+
+/// A message was not queued: no room, or the stream has ended.
+#[derive(Debug)]
+pub struct NotQueued;
+
+/// The stream an [`Outbox`] feeds.
+pub type OutStream = std::pin::Pin<Box<dyn futures::Stream<Item = Message> + Send>>;
+
+impl Outbox {
+    /// A new outbox and the stream of what it sends.
+    pub fn new() -> (Self, OutStream) {
+        use futures::stream::{select_with_strategy, PollNext};
+        use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+        let (messages, queued) = mpsc::channel(AGENT_OUTBOX);
+        let (cancels, cancelled) = mpsc::unbounded_channel();
+        let stream = select_with_strategy(
+            UnboundedReceiverStream::new(cancelled),
+            ReceiverStream::new(queued),
+            |_: &mut ()| PollNext::Left,
+        );
+        (Self { messages, cancels }, Box::pin(stream))
+    }
+
+    /// Queues `message` unless the queue is full.
+    pub fn try_send(&self, message: Message) -> Result<(), NotQueued> {
+        self.messages.try_send(message).map_err(|_| NotQueued)
+    }
+
+    /// Queues `message`, waiting for room.
+    pub async fn send(&self, message: Message) -> Result<(), NotQueued> {
+        self.messages.send(message).await.map_err(|_| NotQueued)
+    }
+
+    /// Room left in the queue.
+    pub fn capacity(&self) -> usize {
+        self.messages.capacity()
+    }
+
+    /// Tells the agent to stop `job`, ahead of everything queued. If the
+    /// stream closes first, the agent is told again when it reconnects
+    /// (see `Core::attach_agent`).
+    pub fn cancel(&self, job: JobId) {
+        let msg = proto::CoordinatorMessage {
+            body: Some(proto::coordinator_message::Body::Cancel(proto::CancelJob {
+                job_id: job.get(),
+            })),
+        };
+        let _ = self.cancels.send(Ok(msg));
     }
 }
 

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::{names, Core};
 use crate::{
     error::Error,
-    fleet::{send_cancel, Outbox, Placement, Session},
+    fleet::{Outbox, Placement, Session},
     job::{AgentRecord, Approval},
 };
 
@@ -110,14 +110,14 @@ impl Core {
                     fleet.active.insert(stray, placement);
                     kept.insert(stray);
                 }
-                _ => send_cancel(&outbox, stray),
+                _ => outbox.cancel(stray),
             }
         }
         for job_id in &kept {
             if let Ok(mut job) = self.job(*job_id) {
                 if job.cancel_requested {
                     // The cancel may have gone down with the last stream.
-                    send_cancel(&outbox, *job_id);
+                    outbox.cancel(*job_id);
                     job.reason = format!("cancel requested; agent {name} is stopping it");
                 } else {
                     job.reason = format!("running on agent {name}");

@@ -133,7 +133,7 @@ impl Core {
             let session = job.agent.as_ref().and_then(|a| fleet.sessions.get(a));
             match (job.state, session) {
                 (state, Some(session)) if state.is_active() => {
-                    crate::fleet::send_cancel(&session.outbox, id);
+                    session.outbox.cancel(id);
                     job.cancel_requested = true;
                     job.reason = format!(
                         "cancel requested; agent {} is stopping it",

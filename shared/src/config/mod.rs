@@ -321,7 +321,7 @@ impl CoordinatorConfig {
             let msg = "heartbeat_secs must be at least 1".to_owned();
             return Err(invalid(key("heartbeat_secs"), msg));
         }
-        if self.agent_lease_secs < 2 * self.heartbeat_secs {
+        if self.agent_lease_secs < self.heartbeat_secs.saturating_mul(2) {
             let msg = format!(
                 "agent_lease_secs ({}) must be at least twice heartbeat_secs ({}), \
                  or one late heartbeat fails an agent's jobs",
