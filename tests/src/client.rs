@@ -118,3 +118,22 @@ pub fn process_running(pid: i32) -> bool {
         })
         .is_some_and(|rest| !rest.starts_with('Z'))
 }
+
+/// Waits until agent `name` is connected to the coordinator.
+pub async fn wait_connected(client: &Client, name: &str, deadline: Duration) -> anyhow::Result<()> {
+    eventually(&format!("{name} to connect"), deadline, || {
+        let (mut client, name) = (client.clone(), name.to_owned());
+        async move {
+            let agents = client
+                .list_agents(proto::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+            Ok(agents
+                .iter()
+                .any(|a| a.name == name && a.connected)
+                .then_some(()))
+        }
+    })
+    .await
+}

@@ -114,21 +114,7 @@ async fn an_agent_cut_off_past_its_lease_stops_its_deploy_and_never_switches() -
     // Healed: the agent comes back holding nothing, the job stays as the
     // coordinator ended it, and release 1 still serves.
     relay.thaw();
-    eventually("the agent to reconnect", Duration::from_secs(60), || {
-        let mut client = client.clone();
-        async move {
-            let agents = client
-                .list_agents(proto::ListAgentsRequest {})
-                .await?
-                .into_inner()
-                .agents;
-            Ok(agents
-                .iter()
-                .any(|a| a.name == "dev-1" && a.connected)
-                .then_some(()))
-        }
-    })
-    .await?;
+    wait_connected(&client, "dev-1", Duration::from_secs(60)).await?;
     let after = job(&mut client, id).await?;
     assert_eq!(
         (state(&after), after.reason),

@@ -304,27 +304,7 @@ async fn agents_come_back_on_their_own_after_the_coordinator_restarts() -> anyho
     let app = "e2e-reconnect";
     let mut h = Harness::start(&[TestApp::new(app)], &[("dev", &[])]).await?;
     h.start_agent("dev", "dev-1")?;
-    let mut client = h.client().await?;
-    let connected = |client: &mut Client| {
-        let mut client = client.clone();
-        async move {
-            let agents = client
-                .list_agents(proto::ListAgentsRequest {})
-                .await?
-                .into_inner()
-                .agents;
-            anyhow::Ok(
-                agents
-                    .first()
-                    .filter(|a| a.connected)
-                    .map(|a| a.name.clone()),
-            )
-        }
-    };
-    eventually("dev-1 to connect", Duration::from_secs(10), || {
-        connected(&mut client)
-    })
-    .await?;
+    wait_connected(&h.client().await?, "dev-1", Duration::from_secs(10)).await?;
 
     h.stop_coordinator().await?;
     h.start_coordinator().await?;
@@ -339,11 +319,7 @@ async fn agents_come_back_on_their_own_after_the_coordinator_restarts() -> anyho
         1,
         "agents seen are remembered across the restart"
     );
-    let name = eventually("dev-1 to reconnect", Duration::from_secs(15), || {
-        connected(&mut client)
-    })
-    .await?;
-    assert_eq!(name, "dev-1");
+    wait_connected(&client, "dev-1", Duration::from_secs(15)).await?;
 
     let (_, job) = deploy(&mut client, app, "dev", "main").await?;
     assert_eq!(state(&job), JobState::Succeeded, "{}", job.reason);
