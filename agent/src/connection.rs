@@ -135,12 +135,16 @@ async fn attached(
 
     let mut heartbeat = DEFAULT_HEARTBEAT;
     let lease = &link.runtime.lease;
-    if let Some(proto::CoordinatorMessage {
-        body: Some(proto::coordinator_message::Body::Registered(r)),
-    }) = inbound.message().await?
-    {
-        heartbeat = Duration::from_millis(r.heartbeat_interval_ms.max(100));
-        lease.set_length(Duration::from_millis(r.lease_ms));
+    match inbound.message().await? {
+        Some(proto::CoordinatorMessage {
+            body: Some(proto::coordinator_message::Body::Registered(r)),
+        }) => {
+            heartbeat = Duration::from_millis(r.heartbeat_interval_ms.max(100));
+            lease.set_length(Duration::from_millis(r.lease_ms));
+        }
+        // Never dropped, whatever came first.
+        Some(other) => handle(link, other, &tx),
+        None => return Ok(()),
     }
     lease.heard();
     info!(agent = %link.options.name, env = %link.options.env, "registered with the coordinator");

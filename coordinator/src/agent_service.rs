@@ -101,9 +101,7 @@ impl proto::agent_service_server::AgentService for AgentService {
             heartbeat_interval_ms: self.core.config.heartbeat_secs.saturating_mul(1000),
             lease_ms: self.core.config.agent_lease_secs.saturating_mul(1000),
         });
-        outbox
-            .try_send(Ok(proto::CoordinatorMessage { body: Some(hello) }))
-            .expect("a new outbox has room");
+        outbox.hello(Ok(proto::CoordinatorMessage { body: Some(hello) }));
         let closed = CancellationToken::new();
         let session = self.core.attach_agent(
             record,

@@ -70,6 +70,12 @@ impl Outbox {
         self.messages.capacity()
     }
 
+    /// Sends the session's first message, `Registered`: ahead of everything,
+    /// cancels included, as the agent expects.
+    pub fn hello(&self, message: Message) {
+        let _ = self.cancels.send(message);
+    }
+
     /// Tells the agent to stop `job`, ahead of everything queued. If the
     /// stream closes first, the agent is told again when it reconnects
     /// (see `Core::attach_agent`).
