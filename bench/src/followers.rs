@@ -35,6 +35,9 @@ pub struct FollowerArgs {
     /// Follow with `FollowJobLogs` (runs of lines) instead of `StreamJobLogs`.
     #[arg(long)]
     pub runs: bool,
+    /// Run under `SCHED_IDLE`.
+    #[arg(long)]
+    pub idle: bool,
 }
 
 fn unix_micros() -> u128 {
@@ -135,16 +138,13 @@ impl Followers {
         api: Api,
         idle: bool,
     ) -> anyhow::Result<Self> {
+        // The process lowers its own priority (`--idle`): setting it here,
+        // between fork and exec, would make Command fork this process,
+        // which hosts the coordinator, and every page the coordinator then
+        // writes to would fault once, copy-on-write, during the run.
         let mut command = Command::new(std::env::current_exe()?);
         if idle {
-            // SAFETY: the closure runs in the child between fork and exec
-            // and only makes one system call.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(
-                    &mut command,
-                    gantry_coordinator::lanes::idle_policy,
-                );
-            }
+            command.arg("--idle");
         }
         if let Some((token, ca)) = &coordinator.trust {
             command.env(TOKEN_VAR, token).env(CA_VAR, ca);

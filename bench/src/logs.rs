@@ -11,7 +11,7 @@ use gantry_shared::proto;
 use crate::{
     connected, percentile,
     sim::{self, Arrivals, Work},
-    Client, Coordinator,
+    Coordinator,
 };
 
 /// What one log run with one follower measured.
@@ -37,7 +37,7 @@ pub struct Producer {
     pub job: u64,
     /// When the agent received the job.
     pub start: Instant,
-    client: Client,
+    arrivals: Arc<Arrivals>,
     sim: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -77,15 +77,17 @@ impl Producer {
         Ok(Self {
             job,
             start,
-            client,
+            arrivals,
             sim,
         })
     }
 
-    /// When the job's end was stored (then every line is).
+    /// When the coordinator told the agent the job's end was stored (then
+    /// every line is).
     pub async fn ended(&self) -> anyhow::Result<Instant> {
-        let mut client = self.client.clone();
-        crate::succeeded(&mut client, self.job, Duration::from_millis(1)).await
+        tokio::time::timeout(Duration::from_secs(600), self.arrivals.stored(self.job))
+            .await
+            .map_err(|_| anyhow::anyhow!("job {} did not end within 10 minutes", self.job))
     }
 
     pub fn stop(self) {

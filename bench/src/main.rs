@@ -325,7 +325,7 @@ impl Sizes {
                 tail_lines: 50_000,
                 fan: 100,
                 fan_lines: 600_000,
-                fan_repeats: 3,
+                fan_repeats: 5,
                 fleet: 1000,
                 window: 10,
                 jobs: 10_000,
@@ -335,9 +335,19 @@ impl Sizes {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.followers_process.is_some() && args.follower_args.idle {
+        // Before the runtime starts, so that its threads inherit the policy.
+        gantry_coordinator::lanes::idle_policy().context("SCHED_IDLE for the followers")?;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(config) = args.coordinator_process {
         return process::serve(&config).await;
     }

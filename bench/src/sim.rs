@@ -25,24 +25,59 @@ pub enum Work {
     },
 }
 
-/// Shared by the bench and its agents: when each job's assignment arrived.
+/// Shared by the bench and its agents: when each job's assignment arrived,
+/// and when the coordinator acknowledged its end.
 #[derive(Default)]
 pub struct Arrivals {
     /// Job id -> arrival time.
     pub at: Mutex<HashMap<u64, Instant>>,
-    /// Wakes waiters on every arrival.
+    /// Job id -> the seq of its last event, once the agent sent it.
+    last_event: Mutex<HashMap<u64, u64>>,
+    /// Job id -> when the coordinator acknowledged its last event.
+    stored: Mutex<HashMap<u64, Instant>>,
+    /// Wakes waiters on every arrival and every stored end.
     pub notify: Notify,
 }
 
 impl Arrivals {
     /// Waits until `job` was assigned; returns when.
     pub async fn wait(&self, job: u64) -> Instant {
+        self.wait_in(&self.at, job).await
+    }
+
+    /// Waits until the coordinator acknowledged `job`'s end to its agent,
+    /// which it does once the end and every line before it are stored;
+    /// returns when. The agent's own connection tells, so no reader's
+    /// polling weighs on the run or delays the answer.
+    pub async fn stored(&self, job: u64) -> Instant {
+        self.wait_in(&self.stored, job).await
+    }
+
+    async fn wait_in(&self, map: &Mutex<HashMap<u64, Instant>>, job: u64) -> Instant {
         loop {
             let notified = self.notify.notified();
-            if let Some(at) = self.at.lock().expect("arrivals lock").get(&job) {
+            if let Some(at) = map.lock().expect("arrivals lock").get(&job) {
                 return *at;
             }
             notified.await;
+        }
+    }
+
+    /// The coordinator acknowledged `job`'s events up to `seq`.
+    fn acked(&self, job: u64, seq: u64) {
+        let last = self
+            .last_event
+            .lock()
+            .expect("arrivals lock")
+            .get(&job)
+            .copied();
+        if last.is_some_and(|last| seq >= last) {
+            self.stored
+                .lock()
+                .expect("arrivals lock")
+                .entry(job)
+                .or_insert_with(Instant::now);
+            self.notify.notify_waiters();
         }
     }
 }
@@ -111,8 +146,13 @@ pub async fn agent(
     });
     let _stop_beating = AbortOnDrop(heartbeat);
     while let Some(msg) = inbound.message().await? {
-        let Some(Down::Assign(spec)) = msg.body else {
-            continue;
+        let spec = match msg.body {
+            Some(Down::Assign(spec)) => spec,
+            Some(Down::Ack(ack)) => {
+                arrivals.acked(ack.job_id, ack.seq);
+                continue;
+            }
+            _ => continue,
         };
         let job = spec.job_id;
         arrivals
@@ -121,13 +161,19 @@ pub async fn agent(
             .expect("arrivals lock")
             .insert(job, Instant::now());
         arrivals.notify.notify_waiters();
-        let tx = tx.clone();
-        tokio::spawn(async move { run_job(job, work, tx, epoch).await });
+        let (tx, arrivals) = (tx.clone(), arrivals.clone());
+        tokio::spawn(async move { run_job(job, work, tx, &arrivals, epoch).await });
     }
     Ok(())
 }
 
-async fn run_job(job: u64, work: Work, tx: mpsc::Sender<proto::AgentMessage>, epoch: Instant) {
+async fn run_job(
+    job: u64,
+    work: Work,
+    tx: mpsc::Sender<proto::AgentMessage>,
+    arrivals: &Arrivals,
+    epoch: Instant,
+) {
     let mut seq = 1;
     let _ = tx
         .send(event(
@@ -172,6 +218,11 @@ async fn run_job(job: u64, work: Work, tx: mpsc::Sender<proto::AgentMessage>, ep
         }
     }
     seq += 1;
+    arrivals
+        .last_event
+        .lock()
+        .expect("arrivals lock")
+        .insert(job, seq);
     let done = proto::JobFinished {
         state: proto::JobState::Succeeded as i32,
         summary: "bench".into(),

@@ -155,11 +155,13 @@ pub fn idle_policy() -> std::io::Result<()> {
     // SAFETY: an all-zero sched_param is valid (priority 0, which
     // SCHED_IDLE requires).
     let param: libc::sched_param = unsafe { std::mem::zeroed() };
-    // Threads this one starts (sled's, say) get the normal policy back.
-    let policy = libc::SCHED_IDLE | libc::SCHED_RESET_ON_FORK;
+    // Threads and processes this one starts inherit the policy
+    // (`SCHED_RESET_ON_FORK` would not change that: it resets only real-time
+    // policies and negative niceness), so only the lane's own threads and
+    // the bench's followers process call this.
     // SAFETY: `param` is a valid sched_param for the call's duration; pid 0
     // is the calling thread.
-    match unsafe { libc::sched_setscheduler(0, policy, &param) } {
+    match unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
     }
@@ -231,8 +233,7 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            policy & !libc::SCHED_RESET_ON_FORK == libc::SCHED_IDLE
-                || niceness == OPERATOR_NICENESS,
+            policy == libc::SCHED_IDLE || niceness == OPERATOR_NICENESS,
             "policy {policy}, niceness {niceness}"
         );
         // The caller's own thread is untouched.
