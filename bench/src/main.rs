@@ -4,6 +4,7 @@
 //! so CI keeps the suite from rotting; docs/PERFORMANCE.md records full runs.
 
 mod bare;
+mod coordinator;
 mod deploy;
 mod followers;
 mod logs;
@@ -17,10 +18,10 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
-use gantry_shared::{config::CoordinatorConfig, proto};
+use coordinator::Coordinator;
+use gantry_shared::proto;
 use logs::{logs, Api, Producer};
 use sim::{Arrivals, Work};
-use tokio_util::sync::CancellationToken;
 
 /// Gantry's benchmark suite.
 #[derive(Parser)]
@@ -45,115 +46,6 @@ struct Args {
 }
 
 type Client = gantry_cli::commands::Client;
-
-/// A coordinator serving on loopback over a scratch data dir.
-struct Coordinator {
-    url: String,
-    /// With TLS: the operator's API token and the CA certificate (PEM).
-    trust: Option<(String, String)>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    dir: tempfile::TempDir,
-}
-
-impl Coordinator {
-    /// Plain gRPC, as on a single machine.
-    async fn start() -> anyhow::Result<Self> {
-        Self::start_with(false).await
-    }
-
-    /// With `tls`, as a fleet runs it: agents on mutual TLS with enrolled
-    /// certificates, operators on TLS with an API token.
-    async fn start_with(tls: bool) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let repo = dir.path().join("repo");
-        empty_repo(&repo)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let mut trust = None;
-        let (mut plaintext, mut users) = ("plaintext = true\n", String::new());
-        if tls {
-            gantry_coordinator::trust::ca::init(&dir.path().join("data").join("tls"), &[])?;
-            let token = gantry_coordinator::trust::ca::new_api_token();
-            plaintext = "";
-            users = format!(
-                "[[users]]\nname = \"bench\"\nroles = [\"ops\"]\ntoken_sha256 = \"{}\"\n",
-                gantry_shared::tls::fingerprint(token.as_bytes())
-            );
-            let ca = std::fs::read_to_string(dir.path().join("data").join("tls").join("ca.pem"))?;
-            trust = Some((token, ca));
-        }
-        // The bench's client polls and deploys far past what one operator
-        // may (600 requests a minute by default): it measures the
-        // coordinator, not its rate limit.
-        let text = format!(
-            "{plaintext}rate_limit_per_minute = 1000000000\ndata_dir = \"data\"\nlisten = \"{}\"\n[[environments]]\nname = \"bench\"\n[[environments]]\nname = \"idle\"\n[[apps]]\nname = \"app\"\nremote = \"{}\"\n\
-             build_command = \"true\"\nartifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n{users}",
-            listener.local_addr()?,
-            repo.display()
-        );
-        let path = dir.path().join("coordinator.toml");
-        std::fs::write(&path, text)?;
-        let config = CoordinatorConfig::load(&path)?;
-        let scheme = if tls { "https" } else { "http" };
-        let url = format!("{scheme}://{}", listener.local_addr()?);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(gantry_coordinator::serve(
-            config,
-            listener,
-            shutdown.clone(),
-        ));
-        Ok(Self {
-            url,
-            trust,
-            shutdown,
-            task,
-            dir,
-        })
-    }
-
-    async fn client(&self) -> anyhow::Result<Client> {
-        let (token, ca) = self.trust.clone().unzip();
-        gantry_cli::commands::connect_with(&self.url, token, ca).await
-    }
-
-    /// How agent `name` of `env` dials in: with TLS, enrolled first as
-    /// `gantry-agent join` does.
-    async fn agent_endpoint(
-        &self,
-        env: &str,
-        name: &str,
-    ) -> anyhow::Result<tonic::transport::Endpoint> {
-        if self.trust.is_none() {
-            return Ok(tonic::transport::Endpoint::from_shared(self.url.clone())?);
-        }
-        let tls = self.dir.path().join("data").join("tls");
-        let token = gantry_coordinator::trust::Authority::load(&tls)?.enroll(
-            gantry_shared::EnvName::new(env)?,
-            gantry_shared::AgentName::new(name)?,
-            Duration::from_secs(600),
-        );
-        let dir = self.dir.path().join("agents").join(name);
-        gantry_agent::join::join(&self.url, &token.to_string(), &dir).await?;
-        gantry_agent::join::agent_endpoint(&self.url, Some(&dir))
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.task.await?
-    }
-}
-
-/// A repository with one empty commit on `main`: the bench app's remote.
-fn empty_repo(path: &std::path::Path) -> anyhow::Result<()> {
-    let git = git2::Repository::init_opts(
-        path,
-        git2::RepositoryInitOptions::new().initial_head("main"),
-    )?;
-    let tree = git.find_tree(git.index()?.write_tree()?)?;
-    let sig = git2::Signature::now("bench", "bench@example.com")?;
-    git.commit(Some("HEAD"), &sig, &sig, "empty", &tree, &[])?;
-    Ok(())
-}
 
 /// Waits until `n` agents are connected.
 async fn connected(client: &mut Client, n: usize) -> anyhow::Result<()> {
@@ -430,7 +322,7 @@ async fn figure_fan_out(sizes: &Sizes) -> anyhow::Result<()> {
         (Api::Runs, "FollowJobLogs", true),
         (
             Api::Runs,
-            "FollowJobLogs, followers at normal priority",
+            "FollowJobLogs, followers at normal priority (for information: their decoding competes for this machine's cores)",
             false,
         ),
     ];

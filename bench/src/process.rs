@@ -45,7 +45,7 @@ fn config(dir: &Path, data: &Path) -> anyhow::Result<(std::path::PathBuf, String
         .port();
     let repo = dir.join("repo");
     if !repo.exists() {
-        crate::empty_repo(&repo)?;
+        crate::coordinator::empty_repo(&repo)?;
     }
     let text = format!(
         "plaintext = true\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[[environments]]\nname = \"bench\"\n\

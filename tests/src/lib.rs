@@ -18,6 +18,7 @@ mod client;
 pub mod node_image;
 mod relay;
 mod secure;
+pub mod trust;
 
 use cleanup::stop_proxies;
 pub use cleanup::{remove_app_objects, KillOnDrop};
