@@ -13,7 +13,10 @@ use std::{
 use gantry_shared::{limits::MAX_GRPC_MESSAGE_BYTES, proto, JobId, JobState, Redactor};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -87,7 +90,7 @@ fn message(body: proto::agent_message::Body) -> proto::AgentMessage {
 }
 
 async fn session(
-    link: &Link,
+    link: &Arc<Link>,
     stop: &CancellationToken,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
@@ -98,7 +101,7 @@ async fn session(
 }
 
 async fn attached(
-    link: &Link,
+    link: &Arc<Link>,
     stop: &CancellationToken,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
@@ -151,6 +154,18 @@ async fn attached(
     *backoff = MIN_BACKOFF;
     link.spool.rewind();
 
+    // The coordinator's messages are handled as they come, whatever the
+    // sending below waits for: a cancel or a heartbeat's answer never
+    // waits behind a backlog of log lines on a slow stream.
+    let mut reader = {
+        let (link, tx) = (link.clone(), tx.clone());
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            while let Some(msg) = inbound.message().await? {
+                handle(&link, msg, &tx);
+            }
+            Ok::<_, tonic::Status>(())
+        }))
+    };
     let mut beat = tokio::time::interval(heartbeat);
     let mut drain_sent = false;
     loop {
@@ -168,10 +183,7 @@ async fn attached(
         tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
-            msg = inbound.message() => match msg? {
-                Some(msg) => handle(link, msg, &tx),
-                None => return Ok(()),
-            },
+            read = &mut reader => return Ok(read??),
             _ = lease.asked() => {
                 if tx.send(heartbeat_message(true)).await.is_err() {
                     return Ok(());

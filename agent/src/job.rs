@@ -2,7 +2,12 @@
 //! image, deploy, health. A failure at any stage removes what this job
 //! created and leaves the release that was serving untouched.
 
-use std::{collections::BTreeMap, collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use bollard::Docker;
 use gantry_shared::{proto, AgentName, AppName, BranchName, EnvName, JobId, JobState};
@@ -35,6 +40,24 @@ pub struct Runtime {
     pub proxy_program: PathBuf,
     /// The lease the coordinator holds this agent's jobs under.
     pub lease: Arc<crate::lease::Lease>,
+    /// Whose turn it is in each workspace.
+    pub turns: Turns,
+}
+
+/// One job at a time per workspace, that is per (app, env) on this agent.
+/// The coordinator deploys an (app, env) one job at a time, but a job it
+/// has already ended (cancelled while this agent was away, or lost with
+/// it) may still be stopping here when the next one arrives; the next one
+/// waits until it has stopped and cleaned up, or its stop would remove the
+/// workspace and containers the next one is using.
+#[derive(Default)]
+pub struct Turns(std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Turns {
+    fn of(&self, workspace: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.0.lock().expect("turns lock");
+        turns.entry(workspace.to_owned()).or_default().clone()
+    }
 }
 
 /// A job spec checked at the edge.
@@ -190,6 +213,25 @@ impl<E: std::fmt::Display> From<E> for Stop {
 
 /// Runs `job` to its end and reports the outcome.
 pub async fn run(rt: Arc<Runtime>, job: Job, report: Reporter, handle: JobHandle) {
+    let turn = rt.turns.of(&workspace_dir(&rt, &job));
+    let _turn = match turn.clone().try_lock_owned() {
+        Ok(turn) => turn,
+        Err(_) => {
+            let msg = format!(
+                "waiting for an earlier job of {} in {} to stop on this server: it still holds the workspace",
+                job.app, job.env
+            );
+            report.system(msg).await;
+            tokio::select! {
+                turn = turn.lock_owned() => turn,
+                _ = handle.token.cancelled() => {
+                    let (state, summary) = handle.outcome();
+                    report.finish(state, summary, None).await;
+                    return;
+                }
+            }
+        }
+    };
     info!(job = %job.id, app = %job.app, env = %job.env, commit = %job.commit, "job started");
     let limit = Duration::from_secs(job.spec.deploy_timeout_secs.max(1));
     let work = stages::run(&rt, &job, &report, &handle.token);

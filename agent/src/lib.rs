@@ -137,6 +137,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
             None => std::env::current_exe().context("cannot find this binary's path")?,
         },
         lease: Default::default(),
+        turns: Default::default(),
     });
     // Released apps keep their stable ports, even after a host reboot.
     proxy::client::reconcile(&runtime).await;
