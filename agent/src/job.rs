@@ -226,6 +226,7 @@ pub async fn run(rt: Arc<Runtime>, job: Job, report: Reporter, handle: JobHandle
                 turn = turn.lock_owned() => turn,
                 _ = handle.token.cancelled() => {
                     let (state, summary) = handle.outcome();
+                    info!(job = %job.id, app = %job.app, env = %job.env, state = state.as_str(), "job ended before its turn");
                     report.finish(state, summary, None).await;
                     return;
                 }
