@@ -1,7 +1,8 @@
 //! The CLI's commands against a coordinator's operator API.
 
+use crate::{say, tell};
 use anyhow::Context;
-use gantry_shared::{proto, JobState};
+use gantry_shared::{proto, url::CoordinatorUrl, JobState};
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::{codegen::InterceptedService, transport::Channel};
@@ -53,7 +54,8 @@ pub async fn connect_with(
     ca_pem: Option<String>,
 ) -> anyhow::Result<Client> {
     gantry_shared::tls::install_crypto_provider();
-    if token.is_some() && !url.starts_with("https://") && !is_loopback_url(url) {
+    let parsed = CoordinatorUrl::parse(url)?;
+    if token.is_some() && !parsed.tls && !parsed.is_loopback() {
         anyhow::bail!(
             "refusing to send an API token in the clear to {url}; use the coordinator's https:// address"
         );
@@ -61,7 +63,7 @@ pub async fn connect_with(
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid coordinator address {url:?}"))?
         .connect_timeout(std::time::Duration::from_secs(5));
-    if url.starts_with("https://") {
+    if parsed.tls {
         let ca = ca_pem.with_context(|| {
             format!("{url} uses TLS: run `gantry login --coordinator {url} --ca ca.pem --token TOKEN` first")
         })?;
@@ -91,16 +93,6 @@ pub async fn connect_with(
     )
 }
 
-/// Whether `url` names this machine (an API token may go there in the clear).
-fn is_loopback_url(url: &str) -> bool {
-    gantry_shared::tls::url_host_port(url).is_some_and(|(host, _)| {
-        host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    })
-}
-
 /// `gantry apps`
 pub async fn apps(client: &mut Client, format: Format) -> anyhow::Result<()> {
     let apps = client
@@ -113,7 +105,7 @@ pub async fn apps(client: &mut Client, format: Format) -> anyhow::Result<()> {
             .iter()
             .map(|a| json!({"name": a.name, "remote": a.remote, "default_branch": a.default_branch, "build_command": a.build_command, "artifact": a.artifact, "base_image": a.base_image, "dockerfile": a.dockerfile, "container_port": a.container_port, "health_path": a.health_path}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        say!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = apps
@@ -133,7 +125,7 @@ pub async fn apps(client: &mut Client, format: Format) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    output::table(&["APP", "BRANCH", "REMOTE", "IMAGE", "PORT"], &rows);
+    output::table(&["APP", "BRANCH", "REMOTE", "IMAGE", "PORT"], &rows)?;
     Ok(())
 }
 
@@ -149,7 +141,7 @@ pub async fn envs(client: &mut Client, format: Format) -> anyhow::Result<()> {
             .iter()
             .map(|e| json!({"name": e.name, "variables": e.variable_names, "connected_agents": e.connected_agents}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        say!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = envs
@@ -162,7 +154,7 @@ pub async fn envs(client: &mut Client, format: Format) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    output::table(&["ENV", "AGENTS", "VARIABLES"], &rows);
+    output::table(&["ENV", "AGENTS", "VARIABLES"], &rows)?;
     Ok(())
 }
 
@@ -178,7 +170,7 @@ pub async fn agents(client: &mut Client, format: Format) -> anyhow::Result<()> {
             .iter()
             .map(|a| json!({"name": a.name, "env": a.env, "connected": a.connected, "labels": a.labels, "capacity": a.capacity, "version": a.version, "last_seen_ms": a.last_seen_ms, "running_jobs": a.running_jobs, "releases": a.releases}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        say!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = agents
@@ -213,7 +205,7 @@ pub async fn agents(client: &mut Client, format: Format) -> anyhow::Result<()> {
             "LAST SEEN",
         ],
         &rows,
-    );
+    )?;
     Ok(())
 }
 
@@ -233,7 +225,7 @@ pub async fn jobs(
     let jobs = client.list_jobs(request).await?.into_inner().jobs;
     if format == Format::Json {
         let list: Vec<_> = jobs.iter().map(output::job_json).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        say!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = jobs
@@ -258,7 +250,7 @@ pub async fn jobs(
             "JOB", "APP", "ENV", "BRANCH", "COMMIT", "STATE", "STAGE", "AGENT", "CREATED", "REASON",
         ],
         &rows,
-    );
+    )?;
     Ok(())
 }
 
@@ -269,15 +261,15 @@ pub async fn job(client: &mut Client, id: u64, format: Format) -> anyhow::Result
         .await?
         .into_inner();
     if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&output::job_json(&job))?);
+        say!("{}", serde_json::to_string_pretty(&output::job_json(&job))?)?;
         return Ok(());
     }
-    print_job(&job);
+    print_job(&job)?;
     Ok(())
 }
 
 /// A job for people, one field per line.
-pub fn print_job(job: &proto::Job) {
+pub fn print_job(job: &proto::Job) -> std::io::Result<()> {
     let fields = [
         ("job", job.id.to_string()),
         ("app", job.app.clone()),
@@ -300,8 +292,10 @@ pub fn print_job(job: &proto::Job) {
         ("reason", job.reason.clone()),
     ];
     for (name, value) in fields.iter().filter(|(_, v)| !v.is_empty()) {
-        println!("{name:>10}: {}", value.replace('\n', "\n            "));
+        let lines: Vec<_> = value.split('\n').map(output::printable).collect();
+        say!("{name:>10}: {}", lines.join("\n            "))?;
     }
+    Ok(())
 }
 
 /// `gantry logs JOB [-f]`: prints the log; returns the job's final record when following.
@@ -320,8 +314,8 @@ pub async fn logs(
     while let Some(batch) = stream.next().await {
         for line in batch?.lines {
             match format {
-                Format::Json => println!("{}", output::line_json(&line)),
-                Format::Table => println!("{}", line.text),
+                Format::Json => say!("{}", output::line_json(&line))?,
+                Format::Table => say!("{}", output::printable(&line.text))?,
             }
         }
     }
@@ -374,10 +368,10 @@ pub async fn follow_job(
     format: Format,
 ) -> anyhow::Result<bool> {
     match format {
-        Format::Json if detach => println!("{}", output::job_json(&job)),
+        Format::Json if detach => say!("{}", output::job_json(&job))?,
         Format::Json => {}
         Format::Table => {
-            eprintln!(
+            tell!(
                 "job {} {}: {} {} -> {} ({})",
                 job.id,
                 output::state(&job),
@@ -387,28 +381,28 @@ pub async fn follow_job(
                 output::short(&job.commit)
             );
             if JobState::from_proto(job.state) == Some(JobState::Queued) {
-                eprintln!("waiting: {}", job.reason);
+                tell!("waiting: {}", job.reason);
             }
         }
     }
     if detach {
         if format == Format::Table {
-            println!("{}", job.id);
+            say!("{}", job.id)?;
         }
         return Ok(true);
     }
     let done = logs(client, job.id, true, format).await?;
     match format {
-        Format::Json => println!("{}", output::job_json(&done)),
+        Format::Json => say!("{}", output::job_json(&done))?,
         Format::Table => {
-            eprintln!(
+            tell!(
                 "job {} {}: {}",
                 done.id,
                 output::state(&done),
                 done.reason.lines().next().unwrap_or_default()
             );
             if !done.url.is_empty() {
-                eprintln!("url: {}", done.url);
+                tell!("url: {}", done.url);
             }
         }
     }
@@ -422,31 +416,8 @@ pub async fn cancel(client: &mut Client, id: u64, format: Format) -> anyhow::Res
         .await?
         .into_inner();
     match format {
-        Format::Json => println!("{}", output::job_json(&job)),
-        Format::Table => println!("job {} {}: {}", job.id, output::state(&job), job.reason),
+        Format::Json => say!("{}", output::job_json(&job))?,
+        Format::Table => say!("job {} {}: {}", job.id, output::state(&job), job.reason)?,
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_go_in_the_clear_only_to_this_machine() {
-        for url in [
-            "http://127.0.0.1:7700",
-            "http://localhost:7700",
-            "http://[::1]:7700/",
-        ] {
-            assert!(is_loopback_url(url), "{url}");
-        }
-        for url in [
-            "http://10.0.0.5:7700",
-            "http://gantry.example.com",
-            "http://127.0.0.1.evil.com",
-        ] {
-            assert!(!is_loopback_url(url), "{url}");
-        }
-    }
 }

@@ -4,6 +4,7 @@
 //! while showing the live log, checks the container answers, and prints
 //! its URL. Ctrl-C stops everything and removes what the demo deployed.
 
+use crate::{say, tell};
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{bail, Context};
@@ -64,14 +65,14 @@ health_timeout_secs = 60
 /// Runs the demo.
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let dir = std::path::absolute(&options.dir)?;
-    println!("==> checking Docker");
+    say!("==> checking Docker")?;
     let engine = docker::connect()
         .await
         .context("the demo needs a running Docker engine")?;
-    println!(
+    say!(
         "==> building the base image {} from this machine's JDK (first run only)",
         jre_image::JRE_IMAGE
-    );
+    )?;
     jre_image::ensure(&engine).await?;
 
     let repo = dir.join("repos").join(APP);
@@ -86,11 +87,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     // Gantry fetches from (and creates branches on) a bare remote, as on a
     // git server; commit in the working clone and push to try a change.
     sample::push_to_bare(&git2::Repository::open(&repo)?, &remote, "main")?;
-    println!(
+    say!(
         "==> created the sample Java service in {} (main at {})",
         repo.display(),
         &commit[..10]
-    );
+    )?;
 
     let listener = match TcpListener::bind(options.listen).await {
         Ok(l) => l,
@@ -127,27 +128,29 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         tls_dir: None,
     };
     services.spawn(gantry_agent::run(agent, shutdown.clone()));
-    println!("==> coordinator at {url}, agent dev-1 for env dev; deploying {APP} main -> dev\n");
+    // From here on a closed stdout must not skip the clean-up below.
+    say!("==> coordinator at {url}, agent dev-1 for env dev; deploying {APP} main -> dev\n").ok();
 
     let outcome = tokio::select! {
         done = deploy_and_check(&url) => done,
         stopped = services.join_next() => Err(anyhow::anyhow!("a demo service stopped early: {stopped:?}")),
     };
     if outcome.is_ok() && !options.exit {
-        println!("\nGantry is running. In another terminal try:");
-        println!("  export GANTRY_COORDINATOR={url}");
-        println!("  gantry jobs; gantry agents; gantry deploy --app {APP} --env dev --branch main");
-        println!("Press Ctrl-C to stop; the demo then removes the containers it deployed.");
+        say!("\nGantry is running. In another terminal try:").ok();
+        say!("  export GANTRY_COORDINATOR={url}").ok();
+        say!("  gantry jobs; gantry agents; gantry deploy --app {APP} --env dev --branch main")
+            .ok();
+        say!("Press Ctrl-C to stop; the demo then removes the containers it deployed.").ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
-            stopped = services.join_next() => eprintln!("a demo service stopped: {stopped:?}"),
+            stopped = services.join_next() => tell!("a demo service stopped: {stopped:?}"),
         }
     }
-    println!("==> stopping the demo");
+    say!("==> stopping the demo").ok();
     shutdown.cancel();
     while let Some(done) = services.join_next().await {
         if let Ok(Err(e)) = done {
-            eprintln!("warning: {e:#}");
+            tell!("warning: {e:#}");
         }
     }
     remove_demo_objects(&engine).await?;
@@ -178,7 +181,7 @@ async fn deploy_and_check(url: &str) -> anyhow::Result<()> {
     let job = jobs.first().context("the deployed job is missing")?;
     let (host, port) = health::host_port(&job.url).context("the job reported no URL")?;
     let (status, body) = health::http_get(&host, port, "/").await?;
-    println!("\n==> GET {}/ answered {status}: {}", job.url, body.trim());
+    say!("\n==> GET {}/ answered {status}: {}", job.url, body.trim())?;
     if status != 200 {
         bail!("the deployed service answered {status} on {}/", job.url);
     }
@@ -190,12 +193,12 @@ async fn deploy_and_check(url: &str) -> anyhow::Result<()> {
             sample::HEALTH_PATH
         );
     }
-    println!(
+    say!(
         "==> {APP} is deployed to dev and healthy: {}{} answered 200",
         job.url,
         sample::HEALTH_PATH
-    );
-    println!("==> open {}/ to see it", job.url);
+    )?;
+    say!("==> open {}/ to see it", job.url)?;
     Ok(())
 }
 

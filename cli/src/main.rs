@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use gantry_cli::{
     commands::{self, DeployArgs},
     demo::{self, DemoOptions},
-    output::Format,
-    releases, trust,
+    output::{self, Format},
+    releases, tell, trust,
 };
 use gantry_shared::JobId;
 
@@ -256,10 +256,11 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
-                Some(status) => eprintln!("error: {} ({:?})", status.message(), status.code()),
-                None => eprintln!("error: {e:#}"),
+                Some(status) => tell!("error: {} ({:?})", status.message(), status.code()),
+                None => tell!("error: {e:#}"),
             }
             ExitCode::from(2)
         }

@@ -3,6 +3,57 @@
 use gantry_shared::{proto, JobState, Stage};
 use serde_json::{json, Value};
 
+/// Writes a line to standard output. A closed pipe (`gantry logs JOB | head`)
+/// comes back as an `io::Error` of kind `BrokenPipe` for the caller to
+/// return with `?`; `main` then ends quietly with status 0, as git does.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// Writes a line to standard error, for progress and warnings; a closed
+/// stderr is no reason to stop (the next line to stdout says so if it is).
+#[macro_export]
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// Whether `error` is a write to a closed standard output.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `text` with every control character but tab shown as `\xNN` (or
+/// `\u{NN}` past ASCII), so a build's output cannot move the cursor, retitle
+/// the terminal or hide lines from the person reading it.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.into();
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => shown.push(c),
+            c if c.is_control() && (c as u32) < 0x80 => {
+                shown.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => shown.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => shown.push(c),
+        }
+    }
+    shown.into()
+}
+
 /// The output format chosen with `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -13,7 +64,7 @@ pub enum Format {
 }
 
 /// Prints rows under `headers`, each column as wide as its widest cell.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -26,12 +77,13 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        say!("{}", padded.join("  ").trim_end())
     };
-    line(headers.iter().map(|h| h.to_string()).collect());
+    line(headers.iter().map(|h| h.to_string()).collect())?;
     for row in rows {
-        line(row.clone());
+        line(row.clone())?;
     }
+    Ok(())
 }
 
 /// A job's state as a word.
@@ -139,5 +191,18 @@ mod tests {
         assert_eq!(super::time(0), "-");
         assert_eq!(super::time(1_795_000_000_000), "2026-11-18 11:06:40");
         assert_eq!(super::time(951_782_400_000), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn terminal_escapes_are_shown_not_obeyed() {
+        assert_eq!(super::printable("plain\ttext é"), "plain\ttext é");
+        assert_eq!(
+            super::printable("\u{1b}]0;owned\u{7}red"),
+            "\\x1b]0;owned\\x07red"
+        );
+        assert_eq!(
+            super::printable("a\rb\u{7f}\u{9b}c"),
+            "a\\x0db\\x7f\\u{9b}c"
+        );
     }
 }

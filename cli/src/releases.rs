@@ -1,6 +1,7 @@
 //! The CLI's view of environments as a platform: releases, rollback, what
 //! an environment runs, how two differ, and the remote's branches.
 
+use crate::say;
 use gantry_shared::proto;
 use serde_json::{json, Value};
 
@@ -39,7 +40,7 @@ pub async fn releases(
     let releases = client.list_releases(request).await?.into_inner().releases;
     if format == Format::Json {
         let list: Vec<_> = releases.iter().map(release_json).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        say!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = releases
@@ -66,7 +67,7 @@ pub async fn releases(
             "RELEASE", "JOB", "BRANCHES", "COMMIT", "IMAGE", "KEPT", "BY", "RELEASED",
         ],
         &rows,
-    );
+    )?;
     Ok(())
 }
 
@@ -103,13 +104,13 @@ pub async fn env_show(
             "current": state.current.as_ref().map(release_json),
             "pending": state.pending.iter().map(output::job_json).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        say!("{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(());
     }
     match &state.current {
-        None => println!("{} in {}: nothing released yet", state.app, state.env),
+        None => say!("{} in {}: nothing released yet", state.app, state.env)?,
         Some(r) => {
-            println!(
+            say!(
                 "{} in {}: release {} (job {}, {} by {})",
                 state.app,
                 state.env,
@@ -117,28 +118,28 @@ pub async fn env_show(
                 r.job,
                 output::time(r.created_ms),
                 r.requested_by
-            );
+            )?;
             if let Some(base) = &r.base {
-                println!("  base    {} {}", output::short(&base.commit), base.branch);
+                say!("  base    {} {}", output::short(&base.commit), base.branch)?;
             }
             for b in &r.branches {
-                println!("  branch  {} {}", output::short(&b.commit), b.branch);
+                say!("  branch  {} {}", output::short(&b.commit), b.branch)?;
             }
-            println!("  commit  {}", r.commit);
-            println!("  image   {}", r.image);
+            say!("  commit  {}", r.commit)?;
+            say!("  image   {}", r.image)?;
             for s in &r.servers {
-                println!("  server  {} {} {}", s.agent, s.container, s.url);
+                say!("  server  {} {} {}", s.agent, s.container, s.url)?;
             }
         }
     }
     for job in &state.pending {
-        println!(
+        say!(
             "  pending job {} {}: {} ({})",
             job.id,
             output::state(job),
             job.branch,
             job.reason
-        );
+        )?;
     }
     Ok(())
 }
@@ -166,11 +167,11 @@ pub async fn diff(
             .iter()
             .map(|d| json!({"branch": d.branch, "from_commit": d.from_commit, "to_commit": d.to_commit}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        say!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     if branches.is_empty() {
-        println!("{from_env} and {to_env} run the same branches at the same commits");
+        say!("{from_env} and {to_env} run the same branches at the same commits")?;
         return Ok(());
     }
     let cell = |c: &str| {
@@ -187,7 +188,7 @@ pub async fn diff(
     output::table(
         &["BRANCH", &from_env.to_uppercase(), &to_env.to_uppercase()],
         &rows,
-    );
+    )?;
     Ok(())
 }
 
@@ -210,11 +211,11 @@ pub async fn app_logs(
     let mut stream = client.stream_app_logs(request).await?.into_inner();
     while let Some(line) = stream.message().await? {
         match format {
-            Format::Json => println!(
+            Format::Json => say!(
                 "{}",
                 json!({"server": line.server, "stream": output::stream_name(line.stream), "text": line.text})
-            ),
-            Format::Table => println!("[{}] {}", line.server, line.text),
+            )?,
+            Format::Table => say!("[{}] {}", line.server, output::printable(&line.text))?,
         }
     }
     Ok(())
@@ -230,7 +231,7 @@ pub async fn branches(client: &mut Client, app: String, format: Format) -> anyho
     let branches = client.list_branches(request).await?.into_inner().branches;
     if format == Format::Json {
         let list: Vec<_> = branches.iter().map(branch_json).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        say!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = branches
@@ -245,7 +246,7 @@ pub async fn branches(client: &mut Client, app: String, format: Format) -> anyho
             ]
         })
         .collect();
-    output::table(&["BRANCH", "COMMIT", "AUTHOR", "TIME", "SUBJECT"], &rows);
+    output::table(&["BRANCH", "COMMIT", "AUTHOR", "TIME", "SUBJECT"], &rows)?;
     Ok(())
 }
 
@@ -264,13 +265,13 @@ pub async fn create_branch(
     };
     let branch = client.create_branch(request).await?.into_inner();
     match format {
-        Format::Json => println!("{}", branch_json(&branch)),
-        Format::Table => println!(
+        Format::Json => say!("{}", branch_json(&branch))?,
+        Format::Table => say!(
             "created {} at {} \"{}\"",
             branch.name,
             output::short(&branch.commit),
             branch.subject
-        ),
+        )?,
     }
     Ok(())
 }

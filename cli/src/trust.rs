@@ -1,6 +1,7 @@
 //! `gantry login`, `whoami`, `approve`, `reject`, `audit` and
 //! `agent revoke`.
 
+use crate::say;
 use std::path::Path;
 
 use gantry_shared::proto;
@@ -15,12 +16,12 @@ use crate::{
 /// `gantry login`
 pub async fn login(coordinator: &str, token: String, ca: Option<&Path>) -> anyhow::Result<()> {
     let me = login::login(coordinator, token, ca).await?;
-    println!(
+    say!(
         "logged in to {coordinator} as {} ({}); saved in {}",
         me.name,
         roles(&me.roles),
         login::config_dir().join("credentials.toml").display()
-    );
+    )?;
     Ok(())
 }
 
@@ -35,14 +36,14 @@ fn roles(roles: &[String]) -> String {
 pub async fn whoami(client: &mut Client, format: Format) -> anyhow::Result<()> {
     let me = client.who_am_i(proto::WhoAmIRequest {}).await?.into_inner();
     match format {
-        Format::Json => println!(
+        Format::Json => say!(
             "{}",
             json!({"name": me.name, "roles": me.roles, "deploy": me.deploy, "approve": me.approve})
-        ),
+        )?,
         Format::Table => {
-            println!("{} ({})", me.name, roles(&me.roles));
-            println!("  deploys to: {}", list(&me.deploy));
-            println!("  approves:   {}", list(&me.approve));
+            say!("{} ({})", me.name, roles(&me.roles))?;
+            say!("  deploys to: {}", list(&me.deploy))?;
+            say!("  approves:   {}", list(&me.approve))?;
         }
     }
     Ok(())
@@ -73,8 +74,8 @@ pub async fn decide(
     }
     .into_inner();
     match format {
-        Format::Json => println!("{}", output::job_json(&job)),
-        Format::Table => print_job(&job),
+        Format::Json => say!("{}", output::job_json(&job))?,
+        Format::Table => print_job(&job)?,
     }
     Ok(())
 }
@@ -91,7 +92,7 @@ pub async fn audit(client: &mut Client, limit: u32, format: Format) -> anyhow::R
             .iter()
             .map(|e| json!({"seq": e.seq, "at_ms": e.at_ms, "who": e.who, "peer": e.peer, "action": e.action, "target": e.target, "allowed": e.allowed, "detail": e.detail}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        say!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = entries
@@ -114,7 +115,7 @@ pub async fn audit(client: &mut Client, limit: u32, format: Format) -> anyhow::R
             "SEQ", "WHEN", "WHO", "FROM", "ACTION", "TARGET", "OUTCOME", "DETAIL",
         ],
         &rows,
-    );
+    )?;
     Ok(())
 }
 
@@ -124,9 +125,9 @@ pub async fn revoke(client: &mut Client, name: String) -> anyhow::Result<()> {
         .revoke_agent(proto::RevokeAgentRequest { name: name.clone() })
         .await?
         .into_inner();
-    println!(
+    say!(
         "revoked agent {name}: certificates {}; it is disconnected and will be refused",
         revoked.serials.join(", ")
-    );
+    )?;
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod log_batch;
 pub mod secret;
 pub mod tls;
+pub mod url;
 
 /// Code generated from `proto/gantry/v1/*.proto`.
 pub mod proto {

@@ -262,36 +262,11 @@ pub fn with_tls(
     endpoint.tls_config(tls)
 }
 
-/// Splits an `https://host:port` URL into host and port (default 7700).
+/// Splits an `https://host:port` URL into host and port (default 7700);
+/// `None` for anything [`crate::url::CoordinatorUrl`] refuses or plain http.
 pub fn host_port(url: &str) -> Option<(String, u16)> {
-    url.strip_prefix("https://")?;
-    let (host, port) = url_host_port(url)?;
-    let port = match port {
-        Some(port) => port.parse().ok()?,
-        None => 7700,
-    };
-    Some((host.to_owned(), port))
-}
-
-/// The host (without IPv6 brackets) and the port text, if any, of a
-/// `scheme://host[:port][/...]` URL; `None` when it has no host.
-pub fn url_host_port(url: &str) -> Option<(&str, Option<&str>)> {
-    let (_, rest) = url.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (host, after) = v6.split_once(']')?;
-            match after {
-                "" => (host, None),
-                _ => (host, Some(after.strip_prefix(':')?)),
-            }
-        }
-        None => match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
-    };
-    (!host.is_empty()).then_some((host, port))
+    let url = crate::url::CoordinatorUrl::parse(url).ok()?;
+    url.tls.then_some((url.host, url.port))
 }
 
 #[cfg(test)]
@@ -343,5 +318,6 @@ mod tests {
         assert_eq!(host_port("https://"), None);
         assert_eq!(host_port("https://:7700"), None);
         assert_eq!(host_port("https://[::1]x"), None);
+        assert_eq!(host_port("https://c.example:7700@evil.example"), None);
     }
 }

@@ -8,6 +8,7 @@ use gantry_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_grpc_client_uses_the_operator_api() -> anyhow::Result<()> {
+    let python = grpc_python()?;
     let app = "e2e-python";
     let mut secure = Secure::default();
     let token = secure.user("py", &["ops"]);
@@ -17,7 +18,7 @@ async fn a_python_grpc_client_uses_the_operator_api() -> anyhow::Result<()> {
     let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
     let addr = h.url.trim_start_matches("https://").to_owned();
     let ca = h.tls_dir().join("ca.pem");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(python)
         .arg(script)
         .args([&addr, protos, app])
         .arg(&ca)
@@ -26,7 +27,7 @@ async fn a_python_grpc_client_uses_the_operator_api() -> anyhow::Result<()> {
         .await?;
     assert!(
         out.status.success(),
-        "the Python client failed (pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection):\n{}",
+        "the Python client failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout)?;
