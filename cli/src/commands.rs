@@ -4,7 +4,6 @@ use crate::{say, tell};
 use anyhow::Context;
 use gantry_shared::{proto, url::CoordinatorUrl, JobState};
 use serde_json::json;
-use tokio_stream::StreamExt;
 use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::output::{self, Format};
@@ -298,32 +297,7 @@ pub fn print_job(job: &proto::Job) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `gantry logs JOB [-f]`: prints the log; returns the job's final record when following.
-pub async fn logs(
-    client: &mut Client,
-    id: u64,
-    follow: bool,
-    format: Format,
-) -> anyhow::Result<proto::Job> {
-    let request = proto::StreamJobLogsRequest {
-        job_id: id,
-        from_seq: 1,
-        follow,
-    };
-    let mut stream = client.follow_job_logs(request).await?.into_inner();
-    while let Some(batch) = stream.next().await {
-        for line in batch?.lines {
-            match format {
-                Format::Json => say!("{}", output::line_json(&line))?,
-                Format::Table => say!("{}", output::printable(&line.text))?,
-            }
-        }
-    }
-    Ok(client
-        .get_job(proto::GetJobRequest { id })
-        .await?
-        .into_inner())
-}
+pub use crate::follow::logs;
 
 /// What `gantry deploy` asks for.
 pub struct DeployArgs {

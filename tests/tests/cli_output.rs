@@ -4,6 +4,7 @@
 
 use std::process::{Command, Stdio};
 
+use anyhow::Context;
 use gantry_shared::JobState;
 use gantry_tests::*;
 
@@ -93,6 +94,97 @@ async fn the_cli_survives_closed_pipes_hostile_output_and_tricky_addresses() -> 
     assert!(
         err.contains("carries user information before an @"),
         "{err}"
+    );
+    h.shutdown().await
+}
+
+/// Lines of `child`'s stdout, as they come, on a channel.
+fn stdout_lines(child: &mut std::process::Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_carries_on_across_a_coordinator_restart() -> anyhow::Result<()> {
+    let app = "e2e-cli-follow";
+    let gate = tempfile::tempdir()?;
+    let open = gate.path().join("open");
+    let mut test_app = TestApp::new(app);
+    // Half the lines, a wait for the test, the other half, then the build.
+    test_app.build_command = format!(
+        "seq 1 50 && while [ ! -e {} ]; do sleep 0.1; done && seq 51 100 && {}",
+        open.display(),
+        test_app.build_command
+    );
+    let mut h = Harness::start(&[test_app], &[("dev", &[])]).await?;
+    h.start_agent("dev", "dev-1")?;
+    let mut client = h.client().await?;
+    let job = client
+        .deploy(gantry_shared::proto::DeployRequest {
+            app: app.into(),
+            env: "dev".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+
+    let mut follower = KillOnDrop(
+        Command::new(node_image::bin_dir()?.join("gantry"))
+            .env("GANTRY_COORDINATOR", &h.url)
+            .args(["logs", &job.id.to_string(), "-f"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = stdout_lines(&mut follower.0);
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEPLOY_DEADLINE;
+    while seen.last().map(String::as_str) != Some("50") {
+        let line = tokio::time::timeout_at(deadline, lines.recv()).await?;
+        seen.push(line.context("the follower ended before line 50")?);
+    }
+
+    // The coordinator goes away; the rest of the build runs while it is down
+    // (the agent spools its lines), then it comes back on the same address.
+    h.stop_coordinator().await?;
+    std::fs::write(&open, "")?;
+    h.start_coordinator().await?;
+
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = follower.0.wait();
+        let mut err = String::new();
+        if let Some(mut stderr) = follower.0.stderr.take() {
+            std::io::Read::read_to_string(&mut stderr, &mut err).ok();
+        }
+        (status, err)
+    });
+    let (status, err) = tokio::time::timeout_at(deadline, exit).await??;
+    while let Ok(line) = lines.try_recv() {
+        seen.push(line);
+    }
+    assert!(status?.success(), "the follower failed: {err}");
+    assert!(err.contains("lost the coordinator"), "{err}");
+    assert!(err.contains("reconnected; resuming at line"), "{err}");
+    let numbers: Vec<&str> = seen
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.parse::<u32>().is_ok())
+        .collect();
+    let expected: Vec<String> = (1..=100).map(|n| n.to_string()).collect();
+    assert_eq!(numbers, expected, "every line once, in order");
+    assert!(
+        seen.last().is_some_and(|l| l.starts_with("==> succeeded")),
+        "{seen:?}"
     );
     h.shutdown().await
 }
