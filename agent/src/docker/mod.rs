@@ -4,20 +4,22 @@
 //! `gantry.app`, `gantry.env`, `gantry.job`, `gantry.commit` and
 //! `gantry.agent`, so cleanup finds it by label.
 
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
 use bollard::{
     models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum},
     query_parameters::{
-        BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
-        ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-        RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+        CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+        LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+        StopContainerOptionsBuilder,
     },
     Docker,
 };
 use futures::StreamExt;
 
-use crate::report::{Reporter, Tail};
+mod image;
+
+pub use image::{build_image, generated_dockerfile, label_instruction, ImageSource};
 
 /// Label keys on every object Gantry creates.
 pub mod label {
@@ -82,92 +84,6 @@ pub async fn connect() -> Result<Docker, DockerError> {
         .negotiate_version()
         .await
         .map_err(engine("negotiating the Docker API version"))
-}
-
-/// How the image is made.
-pub enum ImageSource<'a> {
-    /// A generated Dockerfile: `FROM base`, the jar copied in, run with `java -jar`.
-    Base {
-        /// The base image.
-        image: &'a str,
-        /// The built jar.
-        artifact: &'a Path,
-        /// The app's port, for EXPOSE.
-        port: u16,
-    },
-    /// The repo's own Dockerfile, built with the whole workspace as context.
-    Dockerfile {
-        /// The workspace.
-        workspace: &'a Path,
-        /// The Dockerfile's path in it.
-        path: &'a str,
-    },
-}
-
-/// The generated Dockerfile for [`ImageSource::Base`].
-pub fn generated_dockerfile(base: &str, port: u16) -> String {
-    format!(
-        "FROM {base}\nWORKDIR /app\nCOPY app.jar /app/app.jar\nEXPOSE {port}\n\
-         ENTRYPOINT [\"java\", \"-jar\", \"/app/app.jar\"]\n"
-    )
-}
-
-fn context_tar(source: &ImageSource<'_>) -> std::io::Result<(Vec<u8>, String)> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let dockerfile = match source {
-        ImageSource::Base {
-            image,
-            artifact,
-            port,
-        } => {
-            let text = generated_dockerfile(image, *port);
-            let mut header = tar::Header::new_gnu();
-            header.set_size(text.len() as u64);
-            header.set_mode(0o644);
-            tar.append_data(&mut header, "Dockerfile", text.as_bytes())?;
-            tar.append_path_with_name(artifact, "app.jar")?;
-            "Dockerfile".to_owned()
-        }
-        ImageSource::Dockerfile { workspace, path } => {
-            tar.append_dir_all(".", workspace)?;
-            (*path).to_owned()
-        }
-    };
-    Ok((tar.into_inner()?, dockerfile))
-}
-
-/// Builds `tag` from `source`, streaming the builder's output to `report`.
-pub async fn build_image(
-    docker: &Docker,
-    source: ImageSource<'_>,
-    tag: &str,
-    labels: &HashMap<String, String>,
-    report: &Reporter,
-) -> Result<(), DockerError> {
-    let (tar, dockerfile) = context_tar(&source).map_err(DockerError::Context)?;
-    let options = BuildImageOptionsBuilder::default()
-        .dockerfile(&dockerfile)
-        .t(tag)
-        .labels(labels)
-        .rm(true)
-        .forcerm(true)
-        .build();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
-    let mut tail = Tail::default();
-    while let Some(item) = stream.next().await {
-        let info =
-            item.map_err(|e| DockerError::Build(format!("{e}; last lines:\n{}", tail.joined())))?;
-        if let Some(text) = info.stream {
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                tail.push(line);
-                report.system(line.to_owned()).await;
-            }
-        }
-        if let Some(detail) = info.error_detail {
-            return Err(DockerError::Build(detail.message.unwrap_or_default()));
-        }
-    }
-    Ok(())
 }
 
 /// What a new container needs.
