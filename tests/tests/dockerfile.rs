@@ -42,6 +42,9 @@ async fn an_app_with_its_own_dockerfile_builds_in_a_clean_environment() -> anyho
         gantry_cli::jre_image::JRE_IMAGE
     );
     h.commit_file(app, "main", "deploy/Dockerfile", &dockerfile)?;
+    // What the repo's .dockerignore names stays out of the build context.
+    h.commit_file(app, "main", "secret.txt", "not for the image\n")?;
+    h.commit_file(app, "main", ".dockerignore", "# local only\nsecret.txt\n*.md\n")?;
     h.start_agent("dev", "dev-1")?;
     let mut client = h.client().await?;
 
@@ -67,6 +70,18 @@ async fn an_app_with_its_own_dockerfile_builds_in_a_clean_environment() -> anyho
     assert_eq!(labels.get(docker::label::JOB), Some(&job.id.to_string()));
     let all = texts(&lines).join("\n");
     assert!(all.contains("COPY target/app.jar /srv/app.jar"), "{all}");
+    assert!(get(&job.url, "/").await?.1.starts_with("Hello v1"));
+
+    // A Dockerfile that asks for an ignored file fails to build, saying so,
+    // and the release that was serving goes on serving.
+    let leaky = dockerfile.replace(
+        "EXPOSE 8080\n",
+        "COPY secret.txt /srv/secret.txt\nEXPOSE 8080\n",
+    );
+    h.commit_file(app, "main", "deploy/Dockerfile", &leaky)?;
+    let (_, failed) = deploy(&mut client, app, "dev", "main").await?;
+    assert_eq!(state(&failed), JobState::Failed, "{}", failed.reason);
+    assert!(failed.reason.contains("secret.txt"), "{}", failed.reason);
     assert!(get(&job.url, "/").await?.1.starts_with("Hello v1"));
     h.shutdown().await
 }

@@ -7,7 +7,10 @@ use std::{collections::HashMap, path::Path};
 use bollard::{query_parameters::BuildImageOptionsBuilder, Docker};
 use futures::StreamExt;
 
-use super::DockerError;
+use super::{
+    context::{self, ChunkWriter},
+    DockerError,
+};
 use crate::report::{Reporter, Tail};
 
 /// How the image is made.
@@ -64,24 +67,16 @@ pub fn label_instruction(labels: &HashMap<String, String>) -> String {
     format!("LABEL {}\n", pairs.join(" "))
 }
 
-/// The build context and the Dockerfile in it, with `labels` on one line at
-/// the end (so on the final stage of a multi-stage Dockerfile).
-fn context_tar(
+/// The Dockerfile handed to the builder: the generated one or the repo's
+/// own, with `labels` on one line at the end (so on the final stage of a
+/// multi-stage Dockerfile).
+fn dockerfile_text(
     source: &ImageSource<'_>,
     labels: &HashMap<String, String>,
-) -> std::io::Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut dockerfile = match source {
-        ImageSource::Base {
-            image,
-            artifact,
-            port,
-        } => {
-            tar.append_path_with_name(artifact, "app.jar")?;
-            generated_dockerfile(image, *port)
-        }
+) -> std::io::Result<String> {
+    let mut text = match source {
+        ImageSource::Base { image, port, .. } => generated_dockerfile(image, *port),
         ImageSource::Dockerfile { workspace, path } => {
-            tar.append_dir_all(".", workspace)?;
             let mut own = std::fs::read_to_string(workspace.join(path)).map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
@@ -95,13 +90,50 @@ fn context_tar(
         }
     };
     if !labels.is_empty() {
-        dockerfile += &label_instruction(labels);
+        text += &label_instruction(labels);
     }
-    let mut header = tar::Header::new_gnu();
-    header.set_size(dockerfile.len() as u64);
-    header.set_mode(0o644);
-    tar.append_data(&mut header, CONTEXT_DOCKERFILE, dockerfile.as_bytes())?;
-    tar.into_inner()
+    Ok(text)
+}
+
+/// What goes into the build context, owned, for the packing thread.
+type Packer = Box<dyn FnOnce(&mut tar::Builder<ChunkWriter>) -> std::io::Result<()> + Send>;
+
+/// How to pack the context of `source` with `dockerfile` in it: the jar
+/// alone for a generated Dockerfile; the checkout less its `.dockerignore`
+/// for the repo's own.
+fn packer(source: &ImageSource<'_>, dockerfile: String) -> std::io::Result<Packer> {
+    let add_dockerfile = move |tar: &mut tar::Builder<ChunkWriter>| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(dockerfile.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, CONTEXT_DOCKERFILE, dockerfile.as_bytes())
+    };
+    Ok(match source {
+        ImageSource::Base { artifact, .. } => {
+            let artifact = artifact.to_path_buf();
+            Box::new(move |tar| {
+                tar.append_path_with_name(&artifact, "app.jar")?;
+                add_dockerfile(tar)
+            })
+        }
+        ImageSource::Dockerfile { workspace, .. } => {
+            let ignore = match std::fs::read_to_string(workspace.join(context::IGNORE_FILE)) {
+                Ok(text) => context::Ignore::parse(&text).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("the checkout's {}: {e}", context::IGNORE_FILE),
+                    )
+                })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => context::Ignore::default(),
+                Err(e) => return Err(e),
+            };
+            let workspace = workspace.to_path_buf();
+            Box::new(move |tar| {
+                context::append_checkout(tar, &workspace, &ignore)?;
+                add_dockerfile(tar)
+            })
+        }
+    })
 }
 
 /// Builds `tag` from `source`, streaming the builder's output to `report`.
@@ -112,14 +144,17 @@ pub async fn build_image(
     labels: &HashMap<String, String>,
     report: &Reporter,
 ) -> Result<(), DockerError> {
-    let tar = context_tar(&source, labels).map_err(DockerError::Context)?;
+    let pack = dockerfile_text(&source, labels)
+        .and_then(|text| packer(&source, text))
+        .map_err(DockerError::Context)?;
+    let body = bollard::body_try_stream(context::stream_tar(pack));
     let options = BuildImageOptionsBuilder::default()
         .dockerfile(CONTEXT_DOCKERFILE)
         .t(tag)
         .rm(true)
         .forcerm(true)
         .build();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
+    let mut stream = docker.build_image(options, None, Some(body));
     let mut tail = Tail::default();
     while let Some(item) = stream.next().await {
         let info =
@@ -163,24 +198,15 @@ mod tests {
             path: "Dockerfile",
         };
         let labels = HashMap::from([("gantry.app".to_owned(), "shop".to_owned())]);
-        let tar = context_tar(&source, &labels).unwrap();
-        let mut archive = tar::Archive::new(tar.as_slice());
-        let mut text = String::new();
-        for entry in archive.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            if entry.path().unwrap().ends_with(CONTEXT_DOCKERFILE) {
-                std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
-            }
-        }
         assert_eq!(
-            text,
+            dockerfile_text(&source, &labels).unwrap(),
             "FROM a AS build\nFROM b\nLABEL \"gantry.app\"=\"shop\"\n"
         );
         let missing = ImageSource::Dockerfile {
             workspace: dir.path(),
             path: "docker/Dockerfile",
         };
-        let err = context_tar(&missing, &labels).unwrap_err().to_string();
+        let err = dockerfile_text(&missing, &labels).unwrap_err().to_string();
         assert!(
             err.starts_with("cannot read the app's Dockerfile docker/Dockerfile"),
             "{err}"

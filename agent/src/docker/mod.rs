@@ -17,6 +17,7 @@ use bollard::{
 };
 use futures::StreamExt;
 
+mod context;
 mod image;
 
 pub use image::{build_image, generated_dockerfile, label_instruction, ImageSource};
