@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::release::ServerRelease;
 
+pub mod machine;
+
 /// A branch and the commit it resolved to when a request was accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BranchCommit {

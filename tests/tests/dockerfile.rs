@@ -44,7 +44,12 @@ async fn an_app_with_its_own_dockerfile_builds_in_a_clean_environment() -> anyho
     h.commit_file(app, "main", "deploy/Dockerfile", &dockerfile)?;
     // What the repo's .dockerignore names stays out of the build context.
     h.commit_file(app, "main", "secret.txt", "not for the image\n")?;
-    h.commit_file(app, "main", ".dockerignore", "# local only\nsecret.txt\n*.md\n")?;
+    h.commit_file(
+        app,
+        "main",
+        ".dockerignore",
+        "# local only\nsecret.txt\n*.md\n",
+    )?;
     h.start_agent("dev", "dev-1")?;
     let mut client = h.client().await?;
 
