@@ -266,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
                 listen,
                 control,
                 state,
+                max_connections: proxy::limits::MAX_CONNECTIONS,
             };
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
