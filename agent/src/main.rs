@@ -18,13 +18,21 @@ use gantry_shared::{
 use tokio_util::sync::CancellationToken;
 
 /// The Gantry agent: runs deploy jobs on this server for one environment.
+///
+/// Without a subcommand it runs in the foreground from [`Flags`]. Those are
+/// always parsed (clap counts a flag read from its variable as given, so an
+/// optional group of them would be "present" whenever `GANTRY_COORDINATOR`
+/// is set, and then demand `--env` of every subcommand); every field is
+/// optional or defaulted, so a variable never makes a subcommand fail, and
+/// flags typed before a subcommand are still refused
+/// (`args_conflicts_with_subcommands` looks only at the command line).
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    flags: Option<Flags>,
+    flags: Flags,
 }
 
 #[derive(Subcommand)]
@@ -88,7 +96,9 @@ struct TargetArgs {
     no_systemctl: bool,
 }
 
-/// Everything an agent is started with.
+/// Everything an agent is started with. The environment and name are
+/// checked when the config is made, not by clap, so that a malformed
+/// `GANTRY_ENV` only matters where it is used.
 #[derive(Args)]
 struct Flags {
     /// The coordinator's URL.
@@ -98,12 +108,12 @@ struct Flags {
         default_value = "http://127.0.0.1:7700"
     )]
     coordinator: String,
-    /// The environment this server belongs to.
+    /// The environment this server belongs to (required).
     #[arg(long, env = "GANTRY_ENV")]
-    env: EnvName,
-    /// This agent's unique name.
+    env: Option<String>,
+    /// This agent's unique name (required).
     #[arg(long, env = "GANTRY_AGENT_NAME")]
-    name: AgentName,
+    name: Option<String>,
     /// Where mirrors, workspaces and the spool live.
     #[arg(long, env = "GANTRY_WORK_DIR", default_value = "/var/lib/gantry-agent")]
     work_dir: PathBuf,
@@ -132,6 +142,14 @@ struct Flags {
 
 impl Flags {
     fn into_config(self) -> anyhow::Result<AgentConfig> {
+        let (Some(env), Some(name)) = (self.env, self.name) else {
+            bail!(
+                "give --env and --name (or GANTRY_ENV and GANTRY_AGENT_NAME), \
+                 or `run --config FILE`; see --help"
+            );
+        };
+        let env = EnvName::new(env).context("--env (GANTRY_ENV)")?;
+        let name = AgentName::new(name).context("--name (GANTRY_AGENT_NAME)")?;
         let mut labels = BTreeMap::new();
         for label in &self.labels {
             let Some((k, v)) = label.split_once('=') else {
@@ -144,8 +162,8 @@ impl Flags {
         }
         Ok(AgentConfig {
             coordinator: self.coordinator,
-            env: self.env,
-            name: self.name,
+            env,
+            name,
             work_dir: self.work_dir,
             capacity: self.capacity,
             publish_ip: self.publish_ip,
@@ -250,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
                 listen,
                 control,
                 state,
+                max_connections: proxy::limits::MAX_CONNECTIONS,
             };
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
@@ -259,8 +278,7 @@ async fn main() -> anyhow::Result<()> {
             });
             return proxy::serve(options, shutdown).await;
         }
-        (None, Some(flags)) => flags.into_config()?,
-        (None, None) => bail!("give --env and --name (or `run --config FILE`); see --help"),
+        (None, flags) => flags.into_config()?,
     };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

@@ -2,6 +2,7 @@
 //! none answers, and tell it where to route and what to drain.
 
 use std::{
+    ffi::OsString,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -42,6 +43,74 @@ pub enum ProxyError {
         /// Its log file.
         log: String,
     },
+}
+
+/// The agent's variables a proxy is given: only the log filter. Nothing
+/// else is inherited, so no variable of the agent's (`GANTRY_ENV`,
+/// `GANTRY_COORDINATOR`, ...) can change how the proxy reads its command
+/// line, and nothing the agent holds (a token in its environment) reaches it.
+pub const PROXY_VARIABLES: &[&str] = &["RUST_LOG"];
+
+/// How one proxy process is started: the program, its arguments and its
+/// whole environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// The `gantry-agent` binary.
+    pub program: PathBuf,
+    /// `proxy --listen ... --control ... --state ...`.
+    pub args: Vec<OsString>,
+    /// Every variable it gets; it inherits none.
+    pub env: Vec<(String, String)>,
+}
+
+/// The launch of the proxy listening on `listen`, with the agent's
+/// variables read through `agent_var` (`std::env::var`, or a test's map).
+pub fn launch(
+    program: &Path,
+    listen: &str,
+    control: &Path,
+    state: &Path,
+    agent_var: impl Fn(&str) -> Option<String>,
+) -> Launch {
+    Launch {
+        program: program.to_owned(),
+        args: vec![
+            "proxy".into(),
+            "--listen".into(),
+            listen.into(),
+            "--control".into(),
+            control.into(),
+            "--state".into(),
+            state.into(),
+        ],
+        env: PROXY_VARIABLES
+            .iter()
+            .filter_map(|name| Some((name.to_string(), agent_var(name)?)))
+            .collect(),
+    }
+}
+
+impl Launch {
+    /// The command: an empty environment plus [`Launch::env`], stdin closed,
+    /// in a session of its own, so signals to the agent (or its terminal)
+    /// never reach it and it is not the agent's child to reap.
+    pub fn command(&self) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(&self.program);
+        command
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        // SAFETY: setsid is async-signal-safe and touches no memory.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        command
+    }
 }
 
 /// A running proxy, reached through its control socket.
@@ -116,7 +185,8 @@ impl Proxy {
     }
 
     /// The proxy of (env, app) on `listen`: the running one, or a new
-    /// detached `program proxy ...` process that outlives this agent.
+    /// detached `program proxy ...` process ([`launch`]) that outlives this
+    /// agent.
     pub async fn ensure(
         program: &Path,
         work_dir: &Path,
@@ -140,27 +210,17 @@ impl Proxy {
             .append(true)
             .open(&log)
             .map_err(io)?;
-        let mut command = std::process::Command::new(program);
+        let launch = launch(
+            program,
+            &format!("{listen}:{port}"),
+            &proxy.socket,
+            &state,
+            |name| std::env::var(name).ok(),
+        );
+        let mut command = launch.command();
         command
-            .arg("proxy")
-            .arg("--listen")
-            .arg(format!("{listen}:{port}"))
-            .arg("--control")
-            .arg(&proxy.socket)
-            .arg("--state")
-            .arg(&state)
-            .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(io)?)
             .stderr(log_file);
-        // Its own session: signals to the agent (or its terminal) never
-        // reach it, and it is not the agent's child to reap.
-        use std::os::unix::process::CommandExt;
-        unsafe {
-            command.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
         let mut child = command.spawn().map_err(io)?;
         let until = tokio::time::Instant::now() + START_TIMEOUT;
         while tokio::time::Instant::now() < until {
@@ -230,5 +290,67 @@ pub async fn reconcile(rt: &crate::job::Runtime) {
         if let Err(e) = routed.await {
             tracing::warn!(app = %app, env = %env, error = %e, "cannot restore the app's proxy");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_gets_its_arguments_and_the_log_filter_and_no_other_variable() {
+        let agent_env = |name: &str| match name {
+            "RUST_LOG" => Some("debug".to_owned()),
+            "GANTRY_COORDINATOR" | "GANTRY_ENV" | "GANTRY_AGENT_NAME" | "GANTRY_WORK_DIR" => {
+                Some("set".to_owned())
+            }
+            _ => None,
+        };
+        let started = launch(
+            Path::new("/usr/local/bin/gantry-agent"),
+            "0.0.0.0:8080",
+            Path::new("/w/proxies/prod-shop.sock"),
+            Path::new("/w/proxies/prod-shop.route"),
+            agent_env,
+        );
+        assert_eq!(started.program, Path::new("/usr/local/bin/gantry-agent"));
+        let args: Vec<&str> = started.args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "proxy",
+                "--listen",
+                "0.0.0.0:8080",
+                "--control",
+                "/w/proxies/prod-shop.sock",
+                "--state",
+                "/w/proxies/prod-shop.route"
+            ]
+        );
+        assert_eq!(started.env, [("RUST_LOG".to_owned(), "debug".to_owned())]);
+        let without_filter = launch(
+            Path::new("gantry-agent"),
+            "127.0.0.1:1",
+            Path::new("s"),
+            Path::new("r"),
+            |_| None,
+        );
+        assert!(without_filter.env.is_empty());
+    }
+
+    #[test]
+    fn the_command_inherits_no_variable() {
+        // A child that prints its environment shows what the command gives;
+        // this test process has PATH, HOME and the rest.
+        let printed = Launch {
+            program: "/usr/bin/env".into(),
+            args: Vec::new(),
+            env: vec![("RUST_LOG".into(), "info".into())],
+        }
+        .command()
+        .output()
+        .expect("env runs");
+        let text = String::from_utf8_lossy(&printed.stdout);
+        assert_eq!(text.lines().collect::<Vec<_>>(), ["RUST_LOG=info"]);
     }
 }

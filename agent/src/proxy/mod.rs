@@ -9,10 +9,15 @@
 //! The agent drives it over a Unix socket with one-line commands (see
 //! [`control`]); the current route is also written to a state file, so a
 //! restarted proxy comes back serving the same release.
+//!
+//! It faces whoever reaches the stable port, so what one client may hold is
+//! bounded ([`limits`]), and what it forwards is cleaned ([`headers`]).
 
 pub mod client;
 mod control;
 mod forward;
+pub mod headers;
+pub mod limits;
 
 use std::{
     collections::HashMap,
@@ -25,9 +30,16 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, Semaphore},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
+
+/// How often a proxy at its connection cap says so in its log, so a flood
+/// shows without writing a line per refused connection.
+const FULL_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where a proxy listens and is controlled.
 #[derive(Debug, Clone)]
@@ -38,6 +50,9 @@ pub struct ProxyOptions {
     pub control: PathBuf,
     /// The file holding the current route across restarts.
     pub state: PathBuf,
+    /// Client connections served at once ([`limits::MAX_CONNECTIONS`];
+    /// lowered to what the open-files limit allows).
+    pub max_connections: usize,
 }
 
 /// One container the proxy forwards to, with its requests in flight.
@@ -164,18 +179,40 @@ pub async fn serve(options: ProxyOptions, shutdown: CancellationToken) -> anyhow
     let _ = std::fs::remove_file(&options.control);
     let control = tokio::net::UnixListener::bind(&options.control)
         .with_context(|| format!("cannot bind control socket {}", options.control.display()))?;
-    info!(listen = %options.listen, control = %options.control.display(), "proxy serving");
+    let open_files = limits::raise_open_files();
+    let cap = limits::connection_cap(options.max_connections, open_files);
+    if cap < options.max_connections {
+        warn!(
+            cap,
+            open_files, "the open-files limit allows fewer connections than wanted"
+        );
+    }
+    info!(listen = %options.listen, control = %options.control.display(), cap, "proxy serving");
+    let permits = Arc::new(Semaphore::new(cap));
+    let mut warned_full: Option<tokio::time::Instant> = None;
     let tasks = TaskTracker::new();
     let client = forward::client();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    tasks.spawn(forward::connection(stream, router.clone(), client.clone()));
+                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let _ = stream.set_nodelay(true);
+                        tasks.spawn(forward::connection(stream, peer, router.clone(), client.clone(), permit));
+                    }
+                    Err(_) => {
+                        forward::refuse_busy(stream);
+                        if warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                            warn!(cap, "connection cap reached; new connections are answered 503");
+                            warned_full = Some(tokio::time::Instant::now());
+                        }
+                    }
+                },
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(limits::ACCEPT_BACKOFF).await;
                 }
-                Err(e) => warn!(error = %e, "accept failed"),
             },
             accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
