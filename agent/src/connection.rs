@@ -20,6 +20,7 @@ use tokio_util::{
 use tracing::{info, warn};
 
 use crate::{
+    batch,
     job::{self, Job, JobHandle, Runtime},
     report::Reporter,
     spool::{Spool, SEND_BATCH},
@@ -169,14 +170,10 @@ async fn attached(
     let mut beat = tokio::time::interval(heartbeat);
     let mut drain_sent = false;
     loop {
-        let batch = link.spool.take_unsent(SEND_BATCH)?;
+        let batch = take_unsent(&link.spool).await?;
         let more = batch.len() == SEND_BATCH;
-        for event in coalesce(batch) {
-            if tx
-                .send(message(proto::agent_message::Body::JobEvent(event)))
-                .await
-                .is_err()
-            {
+        for message in batch::job_events(batch) {
+            if tx.send(message).await.is_err() {
                 return Ok(());
             }
         }
@@ -207,41 +204,21 @@ async fn attached(
     }
 }
 
+/// The next batch of spooled events, synced to disk off the runtime.
+async fn take_unsent(spool: &Spool) -> std::io::Result<Vec<proto::JobEvent>> {
+    if !spool.has_unsent() {
+        return Ok(Vec::new());
+    }
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || spool.take_unsent(SEND_BATCH))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 fn heartbeat_message(answer: bool) -> proto::AgentMessage {
     message(proto::agent_message::Body::Heartbeat(proto::Heartbeat {
         answer,
     }))
-}
-
-/// Merges runs of consecutive log-line events of one job into one event
-/// carrying a [`proto::LogBatch`], numbered with the run's last seq: the
-/// coordinator stores the run in one write and acknowledges it as a whole,
-/// which acknowledges every event of the run.
-fn coalesce(events: Vec<proto::JobEvent>) -> Vec<proto::JobEvent> {
-    use proto::job_event::Body;
-    let mut out: Vec<proto::JobEvent> = Vec::with_capacity(events.len());
-    for event in events {
-        let Some(Body::Log(line)) = event.body else {
-            out.push(event);
-            continue;
-        };
-        match out.last_mut() {
-            Some(proto::JobEvent {
-                job_id,
-                seq,
-                body: Some(Body::Lines(batch)),
-            }) if *job_id == event.job_id => {
-                batch.lines.push(line);
-                *seq = event.seq;
-            }
-            _ => out.push(proto::JobEvent {
-                job_id: event.job_id,
-                seq: event.seq,
-                body: Some(Body::Lines(proto::LogBatch::from(vec![line]))),
-            }),
-        }
-    }
-    out
 }
 
 fn handle(link: &Link, msg: proto::CoordinatorMessage, tx: &mpsc::Sender<proto::AgentMessage>) {
@@ -325,47 +302,4 @@ fn start_job(link: &Link, spec: proto::JobSpec) {
         job::run(runtime, job, report, handle).await;
         running.lock().expect("running lock").remove(&id);
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::job_event::Body;
-
-    fn log(job: u64, seq: u64) -> proto::JobEvent {
-        let line = proto::LogLine {
-            seq,
-            ..Default::default()
-        };
-        proto::JobEvent {
-            job_id: job,
-            seq,
-            body: Some(Body::Log(line)),
-        }
-    }
-
-    #[test]
-    fn runs_of_lines_travel_as_one_event_numbered_by_their_last() {
-        let stage = proto::JobEvent {
-            job_id: 1,
-            seq: 3,
-            body: Some(Body::Stage(proto::Stage::Build as i32)),
-        };
-        let events = vec![log(1, 1), log(1, 2), stage, log(1, 4), log(2, 1), log(1, 5)];
-        let merged = coalesce(events);
-        let shape: Vec<(u64, u64, usize)> = merged
-            .iter()
-            .map(|e| {
-                let lines = match &e.body {
-                    Some(Body::Lines(b)) => b.lines.len(),
-                    _ => 0,
-                };
-                (e.job_id, e.seq, lines)
-            })
-            .collect();
-        assert_eq!(
-            shape,
-            [(1, 2, 2), (1, 3, 0), (1, 4, 1), (2, 1, 1), (1, 5, 1)]
-        );
-    }
 }

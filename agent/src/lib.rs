@@ -4,6 +4,7 @@
 //!
 //! [`run`] takes a shutdown token, so tests and the demo run agents in-process.
 
+pub mod batch;
 pub mod build;
 pub mod connection;
 pub mod docker;
@@ -143,6 +144,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
     proxy::client::reconcile(&runtime).await;
     // Jobs an earlier run of this agent died in: say how they ended.
     for job in spool.unfinished() {
+        // Numbered on from the job's last spooled line (see `spool`).
         let report = report::Reporter::new(job, spool.clone());
         report
             .finish(

@@ -5,13 +5,13 @@
 
 use std::{
     collections::VecDeque,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
 };
 
-use gantry_shared::{limits::cap_log_line, now_ms, proto, JobId, JobState, Redactor, Stage};
+use gantry_shared::{
+    limits::{cap_log_line, cap_text, MAX_FIELD_BYTES, MAX_SUMMARY_BYTES},
+    now_ms, proto, JobId, JobState, Redactor, Stage,
+};
 
 use crate::spool::Spool;
 
@@ -27,25 +27,28 @@ pub use proto::LogStream as Stream;
 pub struct Reporter {
     job: JobId,
     spool: Spool,
-    seq: Arc<AtomicU64>,
     stage: Arc<Mutex<Option<Stage>>>,
     /// The job's secrets, replaced by `***` in every line and summary.
     redactor: Redactor,
 }
 
 impl Reporter {
-    /// A reporter for `job` writing into `spool`.
+    /// A reporter for `job` writing into `spool`; its lines are numbered
+    /// on from the last one the spool holds for the job (a restarted agent
+    /// continues the log, it does not start it again).
     pub fn new(job: JobId, spool: Spool) -> Self {
         Self::starting_at(job, spool, 1)
     }
 
-    /// A reporter whose first log line is `first_seq`: a job rolled over
-    /// several servers has one log, which each server continues.
+    /// A reporter whose first log line is `first_seq` at the earliest: a
+    /// job rolled over several servers has one log, which each continues.
     pub fn starting_at(job: JobId, spool: Spool, first_seq: u64) -> Self {
+        if let Err(e) = spool.begin(job, first_seq) {
+            tracing::error!(job = %job, error = %e, "cannot write to the spool");
+        }
         Self {
             job,
             spool,
-            seq: Arc::new(AtomicU64::new(first_seq.saturating_sub(1))),
             stage: Arc::new(Mutex::new(None)),
             redactor: Redactor::default(),
         }
@@ -75,8 +78,9 @@ impl Reporter {
     pub async fn line(&self, stream: Stream, text: impl Into<String>) {
         let stage = (*self.stage.lock().expect("stage lock"))
             .map_or(proto::Stage::Unspecified, Stage::to_proto);
+        // Numbered by the spool, in the order the lines are spooled.
         let line = proto::LogLine {
-            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            seq: 0,
             timestamp_ms: now_ms(),
             stage: stage as i32,
             stream: stream as i32,
@@ -93,15 +97,16 @@ impl Reporter {
     /// Ends the job; nothing may follow.
     pub async fn finish(&self, state: JobState, summary: String, deployed: Option<Deployed>) {
         let deployed = deployed.unwrap_or_default();
-        let summary = self.redactor.redact(summary);
+        let summary = cap_text(self.redactor.redact(summary), MAX_SUMMARY_BYTES);
         self.system(format!("==> {}: {summary}", state.as_str()))
             .await;
+        // Capped so the event always fits a message (see `crate::batch`).
         let done = proto::JobFinished {
             state: state.to_proto() as i32,
             summary,
-            url: deployed.url,
-            image: deployed.image,
-            container: deployed.container,
+            url: cap_text(deployed.url, MAX_FIELD_BYTES),
+            image: cap_text(deployed.image, MAX_FIELD_BYTES),
+            container: cap_text(deployed.container, MAX_FIELD_BYTES),
         };
         self.send(proto::job_event::Body::Finished(done)).await;
     }

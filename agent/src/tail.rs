@@ -5,15 +5,11 @@
 use std::{collections::HashMap, sync::Mutex};
 
 use futures::StreamExt;
-use gantry_shared::{now_ms, proto};
+use gantry_shared::{limits::cap_log_line, now_ms, proto};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{docker, docker::label, job::Runtime};
-
-/// Lines sent per message: enough to make a burst cheap, few enough that
-/// a quiet app's lines are not held back (each chunk Docker gives is sent).
-const LINES_PER_MESSAGE: usize = 256;
+use crate::{batch, docker, docker::label, job::Runtime};
 
 /// Open tails of this agent, by request id, with what stops them.
 #[derive(Default)]
@@ -112,13 +108,13 @@ pub async fn run(
             .map(|line| proto::LogLine {
                 timestamp_ms: now_ms(),
                 stream: stream as i32,
-                text: line.to_owned(),
+                text: cap_log_line(line.to_owned()),
                 ..Default::default()
             })
             .collect();
-        for batch in lines.chunks(LINES_PER_MESSAGE) {
+        for group in batch::output_groups(lines) {
             if tx
-                .send(output(id, batch.to_vec(), false, String::new()))
+                .send(output(id, group, false, String::new()))
                 .await
                 .is_err()
             {

@@ -13,13 +13,33 @@ pub const TRUNCATED_MARKER: &str = " [... line truncated by gantry]";
 /// few kilobytes; 4 MiB leaves room without letting one peer exhaust memory.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Largest message an agent sends, in encoded bytes: a quarter of
+/// [`MAX_GRPC_MESSAGE_BYTES`], so whatever a message carries around its
+/// payload never brings it near the cap, and large enough that a batch of
+/// typical lines (about 100 bytes each) is bounded by count, not size.
+pub const MAX_AGENT_MESSAGE_BYTES: usize = MAX_GRPC_MESSAGE_BYTES / 4;
+
+/// Longest job summary an agent sends: room for a failure's last lines
+/// (20 cut lines of [`MAX_LOG_LINE_BYTES`]) and the words around them.
+pub const MAX_SUMMARY_BYTES: usize = 256 * 1024;
+
+/// Longest name-like field an agent sends (a release's URL, image and
+/// container): each is made from configured names and a port, far shorter.
+pub const MAX_FIELD_BYTES: usize = 4 * 1024;
+
 /// Cuts `text` to at most [`MAX_LOG_LINE_BYTES`] (on a character boundary),
 /// marking the cut so a reader knows the line is incomplete.
-pub fn cap_log_line(mut text: String) -> String {
-    if text.len() <= MAX_LOG_LINE_BYTES {
+pub fn cap_log_line(text: String) -> String {
+    cap_text(text, MAX_LOG_LINE_BYTES)
+}
+
+/// Cuts `text` to at most `max` bytes (on a character boundary, `max` at
+/// least the marker's length), ending it with [`TRUNCATED_MARKER`].
+pub fn cap_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
         return text;
     }
-    let mut end = MAX_LOG_LINE_BYTES - TRUNCATED_MARKER.len();
+    let mut end = max.saturating_sub(TRUNCATED_MARKER.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }

@@ -35,6 +35,18 @@ pub enum StoreError {
         /// The first new seq offered.
         got: u64,
     },
+    /// A line sent again under a stored seq but with other content: the
+    /// sender numbered two lines alike, and the stored one is kept.
+    #[error(
+        "line {seq} of job {job} is stored with other content; the batch is refused \
+         (the agent numbered two lines alike)"
+    )]
+    Conflict {
+        /// The job.
+        job: JobId,
+        /// The first seq whose line differs.
+        seq: u64,
+    },
     /// A stored record could not be decoded (written by another version?).
     #[error("stored record {key} cannot be decoded: {message}")]
     Decode {
@@ -162,7 +174,8 @@ impl Store {
     /// out those already stored; returns the new ones as one run, if any. A
     /// job's log is append-only and gapless, so lines resent after a
     /// reconnect are recognised by their seq and each line is stored exactly
-    /// once. A batch that would leave a gap is refused.
+    /// once. A batch that would leave a gap, or that repeats a stored seq
+    /// with other content, is refused and changes nothing.
     pub fn append_logs(
         &self,
         job: JobId,
@@ -173,7 +186,17 @@ impl Store {
             Some(last) => *last,
             None => self.stored_last_seq(job)?,
         };
-        let fresh: Vec<proto::LogLine> = lines.into_iter().filter(|l| l.seq > last).collect();
+        let (fresh, resent): (Vec<proto::LogLine>, Vec<proto::LogLine>) =
+            lines.into_iter().partition(|l| l.seq > last);
+        if let Some(first) = resent.first() {
+            let stored = self.logs(job, first.seq, resent.len())?;
+            let differs = resent
+                .iter()
+                .find(|line| stored.iter().any(|s| s.seq == line.seq && s != *line));
+            if let Some(line) = differs {
+                return Err(StoreError::Conflict { job, seq: line.seq });
+            }
+        }
         if fresh.is_empty() {
             return Ok(None);
         }
@@ -396,6 +419,13 @@ mod tests {
         store.append_logs(other, batch(1..=1)).unwrap();
         // A gap is refused and changes nothing.
         assert!(store.append_logs(job, batch(7..=8)).is_err());
+        // So is a stored seq sent again with other content.
+        let reused = vec![line(5, "another line 5"), line(6, "line 6")];
+        assert_eq!(
+            store.append_logs(job, reused).unwrap_err().to_string(),
+            "line 5 of job 7 is stored with other content; the batch is refused \
+             (the agent numbered two lines alike)"
+        );
 
         let texts: Vec<_> = store
             .logs(job, 0, 100)

@@ -1,0 +1,359 @@
+//! The agent's spool: every job event is appended to a file on disk before
+//! it is sent, and forgotten only when the coordinator acknowledges it. After
+//! any reconnect, sending resumes from the first unacknowledged event; after
+//! an agent restart, spooled events are loaded and sent again. The
+//! coordinator applies each (job, seq) once, so resending is always safe.
+//!
+//! The spool numbers each job's events and log lines, and keeps the numbers
+//! on disk with the acknowledged seq (see [`frame::Mark`]): a restarted agent
+//! neither resends what the coordinator has nor reuses a seq it has.
+//! Everything is synced to disk before it is sent, one sync per batch.
+//! Each job's files are a run of segments ([`segment`]); acknowledged ones
+//! are deleted, and a corrupt frame costs only itself.
+
+mod frame;
+mod segment;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use gantry_shared::{proto, JobId};
+use tokio::sync::Notify;
+use tracing::warn;
+
+use segment::JobSpool;
+pub use segment::{LOST_LINE, SEGMENT_BYTES};
+
+/// Unacknowledged events held per job before its producer waits. While the
+/// coordinator is away, a build printing faster than this fills it and then
+/// blocks on its pipe instead of growing the agent's memory without bound.
+pub const MAX_UNACKED: usize = 50_000;
+
+/// Unacknowledged bytes held per job before its producer waits: the same
+/// bound for long lines (50,000 cut lines would be 400 MiB).
+pub const MAX_UNACKED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Events handed to the connection per batch (the connection splits them
+/// into messages by size).
+pub const SEND_BATCH: usize = 512;
+
+#[derive(Default)]
+struct Inner {
+    jobs: BTreeMap<JobId, JobSpool>,
+}
+
+impl Inner {
+    fn job(&mut self, dir: &Path, job: JobId) -> std::io::Result<&mut JobSpool> {
+        Ok(match self.jobs.entry(job) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(JobSpool::create(dir, job, 1)?)
+            }
+        })
+    }
+}
+
+/// Shared by the job reporters (producers) and the connection (consumer).
+#[derive(Clone)]
+pub struct Spool {
+    dir: PathBuf,
+    inner: Arc<Mutex<Inner>>,
+    /// Wakes the connection when events are added.
+    added: Arc<Notify>,
+    /// Wakes producers when acknowledgements free space.
+    freed: Arc<Notify>,
+}
+
+impl Spool {
+    /// Opens the spool in `dir`, loading what an earlier run left unacknowledged.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut found: BTreeMap<JobId, Vec<u64>> = BTreeMap::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            match segment::parse_name(name) {
+                Some((job, number)) => found.entry(job).or_default().push(number),
+                None if name.ends_with(".spool") => warn!(
+                    file = %path.display(),
+                    "ignoring a spool file of an agent version before segments"
+                ),
+                None => {}
+            }
+        }
+        let mut inner = Inner::default();
+        for (job, numbers) in found {
+            inner.jobs.insert(job, JobSpool::load(dir, job, numbers)?);
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            inner: Arc::new(Mutex::new(inner)),
+            added: Arc::new(Notify::new()),
+            freed: Arc::new(Notify::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("spool lock poisoned")
+    }
+
+    /// Makes `job`'s next log line `first_line` at the earliest: a job
+    /// rolled over several servers has one log, which each continues.
+    pub fn begin(&self, job: JobId, first_line: u64) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        let spool = inner.job(&self.dir, job)?;
+        if first_line > spool.mark.next_line {
+            spool.mark.next_line = first_line;
+            spool.write_mark()?;
+        }
+        Ok(())
+    }
+
+    /// Appends an event of `job`, waiting while the job has too many
+    /// unacknowledged events. A log line is numbered here, after the last
+    /// one the job spooled, whatever its `seq` says.
+    pub async fn push(&self, job: JobId, body: proto::job_event::Body) -> std::io::Result<()> {
+        loop {
+            let freed = self.freed.notified();
+            {
+                let mut inner = self.lock();
+                let spool = inner.job(&self.dir, job)?;
+                if spool.unacked.len() < MAX_UNACKED && spool.unacked_bytes < MAX_UNACKED_BYTES {
+                    let mut body = body;
+                    if let proto::job_event::Body::Log(line) = &mut body {
+                        line.seq = spool.mark.next_line;
+                    }
+                    let event = proto::JobEvent {
+                        job_id: job.get(),
+                        seq: spool.mark.next_seq,
+                        body: Some(body),
+                    };
+                    spool.append(&self.dir, event)?;
+                    drop(inner);
+                    self.added.notify_one();
+                    return Ok(());
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// Waits until events may be waiting to be sent.
+    pub async fn added(&self) {
+        self.added.notified().await;
+    }
+
+    /// Makes every unacknowledged event due again (a new connection).
+    pub fn rewind(&self) {
+        for spool in self.lock().jobs.values_mut() {
+            spool.sent = 0;
+        }
+        self.added.notify_one();
+    }
+
+    /// Whether events wait that this connection has not been handed.
+    pub fn has_unsent(&self) -> bool {
+        self.lock()
+            .jobs
+            .values()
+            .any(|s| s.unacked.back().is_some_and(|e| e.seq > s.sent))
+    }
+
+    /// Up to `max` events not yet handed to this connection, synced to disk
+    /// first (one sync per file for the whole batch) so nothing is sent that
+    /// the spool could lose, and no seq the coordinator has is used again.
+    /// It waits for the disk: call it off the runtime (`spawn_blocking`).
+    pub fn take_unsent(&self, max: usize) -> std::io::Result<Vec<proto::JobEvent>> {
+        let mut out = Vec::new();
+        let (mut files, mut new_files) = (Vec::new(), false);
+        {
+            let mut inner = self.lock();
+            for spool in inner.jobs.values_mut() {
+                if out.len() >= max {
+                    break;
+                }
+                let sent = spool.sent;
+                let start = spool.unacked.partition_point(|e| e.seq <= sent);
+                let end = spool.unacked.len().min(start + (max - out.len()));
+                if start >= end {
+                    continue;
+                }
+                files.extend(spool.files_to_sync()?);
+                new_files |= std::mem::take(&mut spool.new_files);
+                spool.sent = spool.unacked[end - 1].seq;
+                out.extend(spool.unacked.range(start..end).cloned());
+            }
+        }
+        // Outside the lock: producers go on writing while the disk syncs.
+        for file in files {
+            file.sync_data()?;
+        }
+        if new_files {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(out)
+    }
+
+    /// The coordinator stored `job`'s events up to `seq`: forget them, and
+    /// the whole job once its last event is acknowledged.
+    pub fn ack(&self, job: JobId, seq: u64) {
+        let mut inner = self.lock();
+        let Some(spool) = inner.jobs.get_mut(&job) else {
+            return;
+        };
+        let recorded = spool.ack(seq);
+        if spool.finished && spool.unacked.is_empty() {
+            let done = inner.jobs.remove(&job).expect("present above");
+            if let Err(e) = done.remove() {
+                warn!(job = %job, error = %e, "cannot remove a finished spool file");
+            }
+        } else if let Err(e) = recorded {
+            warn!(job = %job, error = %e, "cannot record an acknowledgement; its events may be sent again");
+        }
+        drop(inner);
+        self.freed.notify_waiters();
+    }
+
+    /// Whether every event of every job has been acknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.lock().jobs.values().all(|s| s.unacked.is_empty())
+    }
+
+    /// Events of all jobs held in memory until acknowledged.
+    pub fn pending(&self) -> usize {
+        self.lock().jobs.values().map(|s| s.unacked.len()).sum()
+    }
+
+    /// Jobs with spooled events whose end is not spooled: they died with an
+    /// earlier agent process.
+    pub fn unfinished(&self) -> Vec<JobId> {
+        self.lock()
+            .jobs
+            .iter()
+            .filter(|(_, s)| !s.finished)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(text: &str) -> proto::job_event::Body {
+        proto::job_event::Body::Log(proto::LogLine {
+            text: text.into(),
+            ..Default::default()
+        })
+    }
+
+    fn seqs(events: &[proto::JobEvent]) -> Vec<u64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn events_survive_a_restart_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobId::new(3).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        for i in 0..5 {
+            spool.push(job, log(&format!("line {i}"))).await.unwrap();
+        }
+        let sent = spool.take_unsent(100).unwrap();
+        assert_eq!(seqs(&sent), [1, 2, 3, 4, 5]);
+        assert!(
+            spool.take_unsent(100).unwrap().is_empty(),
+            "nothing is sent twice on one connection"
+        );
+        spool.ack(job, 2);
+
+        // A new connection resends what is unacknowledged.
+        spool.rewind();
+        assert_eq!(
+            spool.take_unsent(100).unwrap().first().map(|e| e.seq),
+            Some(3)
+        );
+
+        // A new process finds what is not acknowledged, and numbers on.
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.unfinished(), [job]);
+        spool
+            .push(
+                job,
+                proto::job_event::Body::Finished(proto::JobFinished::default()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(seqs(&spool.take_unsent(100).unwrap()), [3, 4, 5, 6]);
+        spool.ack(job, 6);
+        assert!(spool.is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "a finished, acknowledged job leaves no file"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_off_and_writing_goes_on_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobId::new(1).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.push(job, log("whole")).await.unwrap();
+        spool.take_unsent(10).unwrap();
+        drop(spool);
+        let path = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let whole = std::fs::metadata(&path).unwrap().len();
+        let mut torn = std::fs::read(&path).unwrap();
+        torn.extend_from_slice(&frame::event(&proto::JobEvent::default())[..9]);
+        std::fs::write(&path, torn).unwrap();
+
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+        spool.push(job, log("next")).await.unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        let texts: Vec<String> = spool
+            .take_unsent(10)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.body {
+                Some(proto::job_event::Body::Log(l)) => Some(l.text),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, ["whole", "next"]);
+    }
+
+    #[tokio::test]
+    async fn segments_roll_and_acknowledged_ones_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobId::new(9).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let text = "x".repeat(64 * 1024);
+        let count = 3 * SEGMENT_BYTES / text.len() as u64;
+        for _ in 0..count {
+            spool.push(job, log(&text)).await.unwrap();
+        }
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(files() >= 3, "{} segments", files());
+        spool.take_unsent(usize::MAX).unwrap();
+        spool.ack(job, count - 1);
+        assert_eq!(files(), 1, "only the newest segment is kept");
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(seqs(&spool.take_unsent(usize::MAX).unwrap()), [count]);
+    }
+}

@@ -1,0 +1,282 @@
+//! One job's spool on disk: a run of segment files `<job>-<n>.seg`, each a
+//! sequence of [frames](super::frame). Events are appended to the newest
+//! segment; once it holds [`SEGMENT_BYTES`] the next event starts a new one,
+//! which opens with a [`Mark`] of where the job stands. A segment whose
+//! events are all acknowledged is deleted, so a job's files hold its
+//! unacknowledged events plus at most about two segments of acknowledged
+//! ones, however long the job runs.
+
+use std::{
+    collections::VecDeque,
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Write},
+    path::{Path, PathBuf},
+};
+
+use gantry_shared::{now_ms, proto, JobId};
+use prost::Message;
+use tracing::warn;
+
+use super::frame::{self, Mark, Record};
+
+/// Size at which a job's newest segment is closed and a new one begun:
+/// acknowledged events cost at most about two segments of disk, and a large
+/// backlog (64 MiB) is a handful of files.
+pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Put in the place of a log line whose spool frame was corrupt, so the
+/// job's log shows the loss and keeps its numbering.
+pub const LOST_LINE: &str =
+    "[gantry: a line of this job's output was lost: the agent's spool copy of it was corrupt]";
+
+/// A segment file.
+struct Segment {
+    number: u64,
+    path: PathBuf,
+    /// Highest event seq written to it (its mark's, if it has no events).
+    last_seq: u64,
+}
+
+/// A job's spool: its files, and its unacknowledged events in memory.
+pub struct JobSpool {
+    /// Oldest first; never empty. The newest is the one written to.
+    segments: VecDeque<Segment>,
+    writer: BufWriter<File>,
+    /// Bytes in the newest segment.
+    written: u64,
+    /// Closed segments not yet synced to disk.
+    unsynced: Vec<File>,
+    /// A segment file was created since the directory was last synced.
+    pub new_files: bool,
+    /// Events not yet acknowledged, in seq order.
+    pub unacked: VecDeque<proto::JobEvent>,
+    /// Their encoded size.
+    pub unacked_bytes: usize,
+    /// The acknowledged seq and the seqs to number on from.
+    pub mark: Mark,
+    /// Highest seq handed to the current connection.
+    pub sent: u64,
+    /// The job's last event (JobFinished) is spooled.
+    pub finished: bool,
+}
+
+fn segment_path(dir: &Path, job: JobId, number: u64) -> PathBuf {
+    dir.join(format!("{job}-{number:010}.seg"))
+}
+
+/// The job and segment number a file name stands for, if it is a segment.
+pub fn parse_name(name: &str) -> Option<(JobId, u64)> {
+    let (job, number) = name.strip_suffix(".seg")?.split_once('-')?;
+    Some((job.parse().ok()?, number.parse().ok()?))
+}
+
+fn create(dir: &Path, job: JobId, number: u64, mark: &Mark) -> io::Result<(File, u64)> {
+    let path = segment_path(dir, job, number);
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
+    let bytes = frame::mark(mark);
+    file.write_all(&bytes)?;
+    Ok((file, bytes.len() as u64))
+}
+
+impl JobSpool {
+    /// A new job's spool, numbering its lines from `next_line`.
+    pub fn create(dir: &Path, job: JobId, next_line: u64) -> io::Result<Self> {
+        let mark = Mark {
+            acked: 0,
+            next_seq: 1,
+            next_line,
+        };
+        let (file, written) = create(dir, job, 0, &mark)?;
+        Ok(Self {
+            segments: VecDeque::from([Segment {
+                number: 0,
+                path: segment_path(dir, job, 0),
+                last_seq: 0,
+            }]),
+            writer: BufWriter::new(file),
+            written,
+            unsynced: Vec::new(),
+            new_files: true,
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
+            mark,
+            sent: 0,
+            finished: false,
+        })
+    }
+
+    /// Reads a job's segments (`numbers`, any order) back: what is not
+    /// acknowledged, and the seqs to number on from. Bad frames are
+    /// skipped; a lost log line is replaced by [`LOST_LINE`].
+    pub fn load(dir: &Path, job: JobId, mut numbers: Vec<u64>) -> io::Result<Self> {
+        numbers.sort_unstable();
+        let mut mark = Mark {
+            acked: 0,
+            next_seq: 1,
+            next_line: 1,
+        };
+        let (mut unacked, mut segments) = (VecDeque::new(), VecDeque::new());
+        let (mut finished, mut good_end) = (false, 0);
+        for &number in &numbers {
+            let path = segment_path(dir, job, number);
+            let bytes = std::fs::read(&path)?;
+            let parsed = frame::parse(&bytes);
+            if parsed.bad_regions > 0 {
+                warn!(job = %job, file = %path.display(), regions = parsed.bad_regions,
+                    "skipped corrupt records in the spool");
+            }
+            for record in parsed.records {
+                match record {
+                    Record::Mark(m) => {
+                        mark.acked = mark.acked.max(m.acked);
+                        mark.next_seq = mark.next_seq.max(m.next_seq);
+                        mark.next_line = mark.next_line.max(m.next_line);
+                    }
+                    Record::Event(event) if event.seq >= mark.next_seq => {
+                        if let Some(proto::job_event::Body::Log(line)) = &event.body {
+                            let lost = (mark.next_seq..event.seq).zip(mark.next_line..line.seq);
+                            unacked.extend(lost.map(|(seq, line)| lost_line(job, seq, line)));
+                            mark.next_line = mark.next_line.max(line.seq + 1);
+                        }
+                        finished |= matches!(event.body, Some(proto::job_event::Body::Finished(_)));
+                        mark.next_seq = event.seq + 1;
+                        unacked.push_back(event);
+                    }
+                    Record::Event(_) => {}
+                }
+                while unacked.front().is_some_and(|e| e.seq <= mark.acked) {
+                    unacked.pop_front();
+                }
+            }
+            segments.push_back(Segment {
+                number,
+                path,
+                last_seq: mark.next_seq - 1,
+            });
+            good_end = parsed.good_end as u64;
+        }
+        let newest = segments.back().expect("a job is listed for its segments");
+        // A torn tail (the agent died mid-write) is cut off: it was never sent.
+        let file = OpenOptions::new().append(true).open(&newest.path)?;
+        file.set_len(good_end)?;
+        for segment in &segments {
+            // Sent again soon: on disk first, as anything sent must be.
+            File::open(&segment.path)?.sync_data()?;
+        }
+        Ok(Self {
+            segments,
+            writer: BufWriter::new(file),
+            written: good_end,
+            unsynced: Vec::new(),
+            new_files: false,
+            unacked_bytes: unacked.iter().map(Message::encoded_len).sum(),
+            unacked,
+            mark,
+            sent: 0,
+            finished,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends `event` (numbered by the caller from [`JobSpool::mark`]).
+    pub fn append(&mut self, dir: &Path, event: proto::JobEvent) -> io::Result<()> {
+        if self.written >= SEGMENT_BYTES {
+            self.roll(dir, JobId::new(event.job_id).map_err(io::Error::other)?)?;
+        }
+        self.write(&frame::event(&event))?;
+        self.mark.next_seq = event.seq + 1;
+        if let Some(proto::job_event::Body::Log(line)) = &event.body {
+            self.mark.next_line = line.seq + 1;
+        }
+        self.finished |= matches!(event.body, Some(proto::job_event::Body::Finished(_)));
+        self.segments.back_mut().expect("never empty").last_seq = event.seq;
+        self.unacked_bytes += event.encoded_len();
+        self.unacked.push_back(event);
+        Ok(())
+    }
+
+    /// Closes the newest segment and begins the next.
+    fn roll(&mut self, dir: &Path, job: JobId) -> io::Result<()> {
+        self.writer.flush()?;
+        let number = self.segments.back().expect("never empty").number + 1;
+        let (file, written) = create(dir, job, number, &self.mark)?;
+        let old = std::mem::replace(&mut self.writer, BufWriter::new(file));
+        self.unsynced
+            .push(old.into_inner().map_err(|e| e.into_error())?);
+        self.written = written;
+        self.new_files = true;
+        self.segments.push_back(Segment {
+            number,
+            path: segment_path(dir, job, number),
+            last_seq: self.mark.next_seq - 1,
+        });
+        Ok(())
+    }
+
+    /// Writes where the job stands now.
+    pub fn write_mark(&mut self) -> io::Result<()> {
+        let mark = self.mark;
+        self.write(&frame::mark(&mark))
+    }
+
+    /// The files to sync before what was written is sent: written data
+    /// reaches the kernel now, and the returned handles reach the disk.
+    pub fn files_to_sync(&mut self) -> io::Result<Vec<File>> {
+        self.writer.flush()?;
+        let mut files = std::mem::take(&mut self.unsynced);
+        files.push(self.writer.get_ref().try_clone()?);
+        Ok(files)
+    }
+
+    /// Forgets events up to `seq`: records that on disk (in the kernel's
+    /// cache; a lost mark means events sent again, which the coordinator
+    /// applies once) and deletes segments that hold nothing else.
+    pub fn ack(&mut self, seq: u64) -> io::Result<()> {
+        while self.unacked.front().is_some_and(|e| e.seq <= seq) {
+            let event = self.unacked.pop_front().expect("checked");
+            self.unacked_bytes -= event.encoded_len();
+        }
+        if seq <= self.mark.acked {
+            return Ok(());
+        }
+        self.mark.acked = seq;
+        self.write_mark()?;
+        self.writer.flush()?;
+        while self.segments.len() > 1 && self.segments[0].last_seq <= seq {
+            let done = self.segments.pop_front().expect("checked");
+            std::fs::remove_file(&done.path)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every file of the job.
+    pub fn remove(self) -> io::Result<()> {
+        drop(self.writer);
+        for segment in self.segments {
+            std::fs::remove_file(&segment.path)?;
+        }
+        Ok(())
+    }
+}
+
+fn lost_line(job: JobId, seq: u64, line: u64) -> proto::JobEvent {
+    proto::JobEvent {
+        job_id: job.get(),
+        seq,
+        body: Some(proto::job_event::Body::Log(proto::LogLine {
+            seq: line,
+            timestamp_ms: now_ms(),
+            stream: proto::LogStream::System as i32,
+            text: LOST_LINE.into(),
+            ..Default::default()
+        })),
+    }
+}
