@@ -354,11 +354,13 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::StreamAppLogsRequest>,
     ) -> Result<Response<TailStream>, Status> {
-        self.core.caller(&request, "read")?;
+        let who = self.core.caller(&request, "read")?;
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let env = required("env", req.env, EnvName::new)?;
-        let stream = self.core.tail_app(app, env, req.follow, req.tail)?;
+        let stream = self
+            .core
+            .tail_app(&who.name, app, env, req.follow, req.tail)?;
         Ok(Response::new(stream))
     }
 
