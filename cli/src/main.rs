@@ -183,7 +183,8 @@ enum Command {
     },
     /// The audit trail, newest first.
     Audit {
-        /// At most this many entries.
+        /// At most this many entries (read from the coordinator a page at
+        /// a time, so any number fits).
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },

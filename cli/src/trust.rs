@@ -80,13 +80,25 @@ pub async fn decide(
     Ok(())
 }
 
-/// `gantry audit`
+/// `gantry audit`: the newest `limit` entries, read a page at a time (the
+/// coordinator answers a few hundred per call, each page under the
+/// message cap), then printed together.
 pub async fn audit(client: &mut Client, limit: u32, format: Format) -> anyhow::Result<()> {
-    let entries = client
-        .list_audit(proto::ListAuditRequest { limit })
-        .await?
-        .into_inner()
-        .entries;
+    let mut entries = Vec::new();
+    let mut before_seq = 0;
+    while (entries.len() as u64) < u64::from(limit) {
+        let request = proto::ListAuditRequest {
+            limit: limit - entries.len() as u32,
+            before_seq,
+        };
+        let page = client.list_audit(request).await?.into_inner();
+        let got = page.entries.len();
+        entries.extend(page.entries);
+        before_seq = page.next_before_seq;
+        if before_seq == 0 || got == 0 {
+            break;
+        }
+    }
     if format == Format::Json {
         let list: Vec<_> = entries
             .iter()

@@ -22,6 +22,11 @@ use crate::{
     store::StoreError,
 };
 
+/// Time an agent has to send `Register` after opening its stream: an
+/// agent sends it at once, so this only ends streams that never will,
+/// each holding a task and a connection's stream slot.
+pub const REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The `gantry.v1.AgentService` implementation.
 pub struct AgentService {
     core: Arc<Core>,
@@ -67,9 +72,14 @@ impl proto::agent_service_server::AgentService for AgentService {
             None => None,
         };
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no Register within {}s of opening the stream; an agent's first message must be Register",
+                    REGISTER_TIMEOUT.as_secs()
+                ))
+            })??
             .ok_or_else(|| Status::invalid_argument("the stream closed before Register"))?;
         let Some(proto::agent_message::Body::Register(reg)) = first.body else {
             return Err(Status::invalid_argument(

@@ -3,9 +3,9 @@
 
 use gantry_shared::{now_ms, proto};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::core::Core;
+use crate::{core::Core, error::Error};
 
 /// One audited action or refused attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,8 +88,56 @@ impl AuditEntry {
     }
 }
 
+/// Most entries one `ListAudit` answer holds. An entry's fields are cut
+/// to 80 + 64 + 32 + 200 + 512 characters, so one encodes to at most
+/// ~3.6 KB (four bytes a character); 500 keep a page under 2 MB, half the
+/// 4 MiB message cap, whatever the trail holds.
+pub const MAX_AUDIT_PAGE: usize = 500;
+
+/// Entries a `ListAudit` that names no limit gets.
+pub const DEFAULT_AUDIT_PAGE: usize = 100;
+
+/// One page of the trail, newest first.
+#[derive(Debug)]
+pub struct AuditPage {
+    /// The entries.
+    pub entries: Vec<AuditEntry>,
+    /// When older entries remain: the seq to read on from (exclusive).
+    pub next_before_seq: Option<u64>,
+}
+
 impl Core {
-    /// Appends `entry` to the trail and to the log.
+    /// Up to `limit` entries (0: [`DEFAULT_AUDIT_PAGE`], at most
+    /// [`MAX_AUDIT_PAGE`]) older than `before_seq` (0: from the newest).
+    pub fn audit_page(&self, before_seq: u64, limit: u32) -> Result<AuditPage, Error> {
+        let limit = match limit {
+            0 => DEFAULT_AUDIT_PAGE,
+            n => usize::try_from(n)
+                .unwrap_or(MAX_AUDIT_PAGE)
+                .min(MAX_AUDIT_PAGE),
+        };
+        let before = (before_seq != 0).then_some(before_seq);
+        let (entries, more) = self.store.audit(before, limit)?;
+        let next_before_seq = entries.last().filter(|_| more).map(|e| e.seq);
+        Ok(AuditPage {
+            entries,
+            next_before_seq,
+        })
+    }
+
+    /// Appends `entry` to the trail and flushes the store, so that an
+    /// operator who has been answered (a deploy accepted, a request
+    /// refused) finds the entry after a crash. The flush runs on sled's
+    /// flusher, off the runtime's threads; concurrent ones share a write.
+    pub async fn audit_durably(&self, entry: AuditEntry) {
+        self.audit(entry);
+        if let Err(e) = self.store.flush().await {
+            error!(error = %e, "cannot flush the audit trail to disk");
+        }
+    }
+
+    /// Appends `entry` to the trail and to the log; on disk within sled's
+    /// flush interval (see [`Core::audit_durably`] for before an answer).
     pub fn audit(&self, entry: AuditEntry) {
         if entry.allowed {
             info!(who = %entry.who, peer = %entry.peer, action = %entry.action, target = %entry.target, detail = %entry.detail, "audit");

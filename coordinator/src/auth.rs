@@ -17,7 +17,10 @@ use gantry_shared::{
 };
 use tonic::Request;
 
-use crate::{error::Error, rate::RateLimiter};
+use crate::{
+    error::Error,
+    rate::{Limited, RateLimiter},
+};
 
 /// The request header naming the person asking in open (tokenless) mode.
 pub const USER_HEADER: &str = "gantry-user";
@@ -129,12 +132,21 @@ pub struct Auth {
     requests: RateLimiter<String>,
     /// Failed authentications per address.
     failures: RateLimiter<IpAddr>,
+    /// Failed authentications from all addresses together.
+    failures_everywhere: RateLimiter<()>,
 }
 
 /// Failed authentications one address may make per minute before it is
 /// held back: a person mistyping a token never gets near it, a token
 /// guesser (or a flood of audit entries) is stopped.
 pub const FAILED_AUTH_PER_MINUTE: u32 = 30;
+
+/// Failed authentications all addresses together may make per minute
+/// before every further one is held back: a team mistyping tokens stays
+/// far below it, while a guesser rotating through addresses (each under
+/// [`FAILED_AUTH_PER_MINUTE`]) gets no more refusals audited, and no more
+/// store writes, than this.
+pub const FAILED_AUTH_PER_MINUTE_ALL: u32 = 120;
 
 /// The peer address of `request`, or "unknown".
 pub fn peer<T>(request: &Request<T>) -> String {
@@ -160,7 +172,23 @@ impl Auth {
             per_minute: config.rate_limit_per_minute,
             requests: RateLimiter::new(config.rate_limit_per_minute),
             failures: RateLimiter::new(FAILED_AUTH_PER_MINUTE),
+            failures_everywhere: RateLimiter::new(FAILED_AUTH_PER_MINUTE_ALL),
         }
+    }
+
+    /// Counts one failed authentication from `ip` against its address's
+    /// bucket and then the shared one; the refusal names whichever is dry.
+    fn count_failure(&self, ip: Option<IpAddr>) -> Result<(), (Limited, String)> {
+        if let Some(ip) = ip {
+            self.failures
+                .take(&address_key(ip))
+                .map_err(|limited| (limited, format!("from {ip}")))?;
+        }
+        self.failures_everywhere.take(&()).map_err(|limited| {
+            let from =
+                format!("from all addresses (more than {FAILED_AUTH_PER_MINUTE_ALL} a minute)");
+            (limited, from)
+        })
     }
 
     /// Counts a failed authentication (a bad join token, a connection
@@ -168,12 +196,9 @@ impl Auth {
     /// the address has failed [`FAILED_AUTH_PER_MINUTE`] times in a minute,
     /// then once per minute.
     pub fn failure_worth_auditing(&self, peer: Option<std::net::SocketAddr>) -> bool {
-        match peer {
-            Some(addr) => match self.failures.take(&address_key(addr.ip())) {
-                Ok(()) => true,
-                Err(limited) => limited.first,
-            },
-            None => true,
+        match self.count_failure(peer.map(|a| a.ip())) {
+            Ok(()) => true,
+            Err((limited, _)) => limited.first,
         }
     }
 
@@ -207,12 +232,13 @@ impl Auth {
             // Tokens are 256 random bits, so guessing is hopeless; what a
             // flood of bad tokens could do is flood the audit trail. Past
             // the limit an address's failures are audited once per minute.
+            // A guesser rotating addresses meets the shared bound.
             let ip = request.remote_addr().map(|a| a.ip());
-            if let (Err(refused), Some(ip)) = (&user, ip) {
-                if let Err(limited) = self.failures.take(&address_key(ip)) {
+            if let Err(refused) = &user {
+                if let Err((limited, from)) = self.count_failure(ip) {
                     return Err(Error::Throttled {
                         message: format!(
-                            "{refused}; too many failed authentications from {ip}, retry in {}s",
+                            "{refused}; too many failed authentications {from}, retry in {}s",
                             limited.retry_secs
                         ),
                         who: "anonymous".into(),
@@ -321,6 +347,7 @@ mod tests {
             per_minute,
             requests: RateLimiter::new(per_minute),
             failures: RateLimiter::new(FAILED_AUTH_PER_MINUTE),
+            failures_everywhere: RateLimiter::new(FAILED_AUTH_PER_MINUTE_ALL),
         }
     }
 
@@ -346,16 +373,7 @@ mod tests {
     #[test]
     fn an_address_sending_bad_tokens_is_throttled_but_good_tokens_pass() {
         let auth = auth(600);
-        let from = |token: &str| {
-            let mut request = with_token(token);
-            request
-                .extensions_mut()
-                .insert(tonic::transport::server::TcpConnectInfo {
-                    local_addr: None,
-                    remote_addr: Some("10.0.0.7:5000".parse().unwrap()),
-                });
-            request
-        };
+        let from = |token: &str| from_address(token, "10.0.0.7:5000");
         for _ in 0..FAILED_AUTH_PER_MINUTE {
             let err = auth.authenticate(&from("guess")).unwrap_err();
             assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
@@ -374,6 +392,47 @@ mod tests {
             "{next}"
         );
         assert_eq!(auth.authenticate(&from("t0ken")).unwrap().name, "alice");
+    }
+
+    /// A request with `token` as tonic hands it over from `addr`.
+    fn from_address(token: &str, addr: &str) -> Request<()> {
+        let mut request = with_token(token);
+        request
+            .extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(addr.parse().unwrap()),
+            });
+        request
+    }
+
+    #[test]
+    fn bad_tokens_from_rotating_addresses_meet_the_shared_bound() {
+        let auth = auth(600);
+        let total = FAILED_AUTH_PER_MINUTE_ALL + 30;
+        let mut throttled = Vec::new();
+        // One or two guesses per loopback address: each address stays far
+        // under its own bound.
+        for n in 0..total {
+            let addr = format!("127.0.0.{}:40000", 1 + n % 200);
+            match auth.authenticate(&from_address("guess", &addr)) {
+                Err(Error::Unauthenticated(_)) => {}
+                Err(e @ Error::Throttled { .. }) => throttled.push(e.to_string()),
+                other => panic!("guess {n}: {other:?}"),
+            }
+        }
+        assert_eq!(throttled.len(), 30, "{throttled:?}");
+        assert!(
+            throttled[0].contains("too many failed authentications from all addresses"),
+            "{}",
+            throttled[0]
+        );
+        // The shared bound holds back failures only: a good token passes.
+        // A refused certificate from yet another address is not audited
+        // (the dry spell's first refusal was).
+        let alice = auth.authenticate(&from_address("t0ken", "127.0.0.250:1"));
+        assert_eq!(alice.unwrap().name, "alice");
+        assert!(!auth.failure_worth_auditing(Some("127.0.0.251:1".parse().unwrap())));
     }
 
     #[test]

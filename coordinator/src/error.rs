@@ -110,6 +110,9 @@ pub enum Error {
         /// The first refusal since the bucket ran dry: audit this one only.
         first: bool,
     },
+    /// A bound on something held open (streams, tails) is reached.
+    #[error("{0}")]
+    TooMany(String),
 }
 
 impl Error {
@@ -130,7 +133,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::Throttled { .. } => Code::ResourceExhausted,
+            Error::Throttled { .. } | Error::TooMany(_) => Code::ResourceExhausted,
             Error::Store(_) | Error::Git(_) => Code::Internal,
         }
     }

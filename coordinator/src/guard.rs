@@ -18,25 +18,30 @@ pub fn field(value: &str) -> String {
 }
 
 impl Core {
-    /// Who sent `request` for `action`; a refusal is audited.
-    pub fn caller<T>(&self, request: &Request<T>, action: &str) -> Result<Principal, Error> {
-        self.auth.authenticate(request).inspect_err(|e| {
-            // A throttled caller is audited once per dry spell, so a flood
-            // of requests cannot flood the trail.
-            let who = match e {
-                Error::Throttled { first: false, .. } => return,
-                Error::Throttled { who, .. } => who.as_str(),
-                _ => "anonymous",
-            };
-            self.audit(AuditEntry::new(
-                who,
-                crate::auth::peer(request),
-                action,
-                "",
-                false,
-                refusal(e),
-            ));
-        })
+    /// Who sent `request` for `action`; a refusal is audited, and on disk
+    /// before the caller hears of it.
+    pub async fn caller<T>(&self, request: &Request<T>, action: &str) -> Result<Principal, Error> {
+        let e = match self.auth.authenticate(request) {
+            Ok(principal) => return Ok(principal),
+            Err(e) => e,
+        };
+        // A throttled caller is audited once per dry spell, so a flood
+        // of requests cannot flood the trail.
+        let who = match &e {
+            Error::Throttled { first: false, .. } => return Err(e),
+            Error::Throttled { who, .. } => who.clone(),
+            _ => "anonymous".to_owned(),
+        };
+        let entry = AuditEntry::new(
+            who,
+            crate::auth::peer(request),
+            action,
+            "",
+            false,
+            refusal(&e),
+        );
+        self.audit_durably(entry).await;
+        Err(e)
     }
 
     /// PermissionDenied unless the policy lets `who` do `check`.
@@ -47,8 +52,9 @@ impl Core {
         }
     }
 
-    /// Audits the outcome of `who`'s `action` on `target`, and returns it.
-    pub fn audited<R>(
+    /// Audits the outcome of `who`'s `action` on `target`, and returns it
+    /// once the entry is on disk.
+    pub async fn audited<R>(
         &self,
         who: &Principal,
         action: &str,
@@ -60,9 +66,8 @@ impl Core {
             Ok(value) => (true, describe(value)),
             Err(e) => (false, refusal(e)),
         };
-        self.audit(AuditEntry::new(
-            &who.name, &who.peer, action, target, allowed, detail,
-        ));
+        let entry = AuditEntry::new(&who.name, &who.peer, action, target, allowed, detail);
+        self.audit_durably(entry).await;
         result
     }
 }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    audit::AuditEntry,
     auth::Action,
     core::Core,
     error::{redact_url, Error},
@@ -57,7 +58,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::ListAppsRequest>,
     ) -> Result<Response<proto::ListAppsResponse>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let apps = self
             .core
             .config
@@ -82,7 +83,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::ListEnvironmentsRequest>,
     ) -> Result<Response<proto::ListEnvironmentsResponse>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let connected = self.core.connected();
         let agents = self.core.store.agents().map_err(Error::from)?;
         let environments = self
@@ -109,7 +110,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::ListAgentsRequest>,
     ) -> Result<Response<proto::ListAgentsResponse>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let connected = self.core.connected();
         let mut agents: Vec<proto::Agent> = self
             .core
@@ -143,7 +144,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::DeployRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let who = self.core.caller(&request, "deploy")?;
+        let who = self.core.caller(&request, "deploy").await?;
         let req = request.into_inner();
         let target = format!("app {} env {}", field(&req.app), field(&req.env));
         let job = async {
@@ -155,7 +156,8 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         .await;
         let job = self
             .core
-            .audited(&who, "deploy", &target, job, |j| format!("job {}", j.id))?;
+            .audited(&who, "deploy", &target, job, |j| format!("job {}", j.id))
+            .await?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
@@ -163,7 +165,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let id = JobId::new(request.into_inner().id).map_err(Error::from)?;
         Ok(Response::new(self.job_proto(id)?))
     }
@@ -172,7 +174,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let req = request.into_inner();
         let app = optional(req.app, AppName::new)?;
         let env = optional(req.env, EnvName::new)?;
@@ -200,7 +202,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let who = self.core.caller(&request, "cancel")?;
+        let who = self.core.caller(&request, "cancel").await?;
         let raw = request.into_inner().id;
         let job = async {
             let id = JobId::new(raw)?;
@@ -217,7 +219,8 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let target = format!("job {raw}");
         let job = self
             .core
-            .audited(&who, "cancel", &target, job, |j| j.reason.clone())?;
+            .audited(&who, "cancel", &target, job, |j| j.reason.clone())
+            .await?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
@@ -225,7 +228,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::RollbackRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let who = self.core.caller(&request, "rollback")?;
+        let who = self.core.caller(&request, "rollback").await?;
         let req = request.into_inner();
         let target = format!(
             "app {} env {} to {}",
@@ -244,7 +247,8 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         .await;
         let job = self
             .core
-            .audited(&who, "rollback", &target, job, |j| format!("job {}", j.id))?;
+            .audited(&who, "rollback", &target, job, |j| format!("job {}", j.id))
+            .await?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 
@@ -252,7 +256,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::ListReleasesRequest>,
     ) -> Result<Response<proto::ListReleasesResponse>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let env = required("env", req.env, EnvName::new)?;
@@ -269,7 +273,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::GetEnvironmentStateRequest>,
     ) -> Result<Response<proto::EnvironmentState>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let env = required("env", req.env, EnvName::new)?;
@@ -290,7 +294,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::DiffEnvironmentsRequest>,
     ) -> Result<Response<proto::DiffEnvironmentsResponse>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let from = required("from_env", req.from_env, EnvName::new)?;
@@ -312,7 +316,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::ListBranchesRequest>,
     ) -> Result<Response<proto::ListBranchesResponse>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let app = required("app", request.into_inner().app, AppName::new)?;
         let branches = self.core.branches(&app).await?;
         Ok(Response::new(proto::ListBranchesResponse { branches }))
@@ -322,7 +326,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::CreateBranchRequest>,
     ) -> Result<Response<proto::Branch>, Status> {
-        let who = self.core.caller(&request, "create-branch")?;
+        let who = self.core.caller(&request, "create-branch").await?;
         let req = request.into_inner();
         let target = format!("app {} branch {}", field(&req.app), field(&req.name));
         let branch = async {
@@ -344,7 +348,8 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             .core
             .audited(&who, "create-branch", &target, branch, |b| {
                 format!("created at {}", b.commit)
-            })?;
+            })
+            .await?;
         Ok(Response::new(branch))
     }
 
@@ -354,11 +359,13 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::StreamAppLogsRequest>,
     ) -> Result<Response<TailStream>, Status> {
-        self.core.caller(&request, "read")?;
+        let who = self.core.caller(&request, "read").await?;
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let env = required("env", req.env, EnvName::new)?;
-        let stream = self.core.tail_app(app, env, req.follow, req.tail)?;
+        let stream = self
+            .core
+            .tail_app(&who.name, app, env, req.follow, req.tail)?;
         Ok(Response::new(stream))
     }
 
@@ -368,7 +375,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::StreamJobLogsRequest>,
     ) -> Result<Response<BatchStream>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let (id, from, follow) = self.log_request(request.into_inner())?;
         let stream =
             follow::job_log_batches(self.core.clone(), id, from, follow, self.shutdown.clone());
@@ -381,7 +388,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::StreamJobLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
-        self.core.caller(&request, "read")?;
+        self.core.caller(&request, "read").await?;
         let (id, from, follow) = self.log_request(request.into_inner())?;
         let stream = follow::job_logs(self.core.clone(), id, from, follow, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
@@ -405,7 +412,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::RevokeAgentRequest>,
     ) -> Result<Response<proto::RevokeAgentResponse>, Status> {
-        let who = self.core.caller(&request, "revoke")?;
+        let who = self.core.caller(&request, "revoke").await?;
         let raw = request.into_inner().name;
         let target = format!("agent {}", field(&raw));
         let revoked = (|| {
@@ -418,7 +425,8 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             .audited(&who, "revoke", &target, revoked, |certs| {
                 let serials: Vec<&str> = certs.iter().map(|c| c.serial.as_str()).collect();
                 format!("certificates {}", serials.join(", "))
-            })?;
+            })
+            .await?;
         let serials = revoked.into_iter().map(|c| c.serial).collect();
         Ok(Response::new(proto::RevokeAgentResponse { serials }))
     }
@@ -427,26 +435,26 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<proto::ListAuditRequest>,
     ) -> Result<Response<proto::ListAuditResponse>, Status> {
-        let who = self.core.caller(&request, "read-audit")?;
+        let who = self.core.caller(&request, "read-audit").await?;
         let permitted = self.core.permit(&who, Action::Admin);
         self.core
             .audited(&who, "read-audit", "audit trail", permitted, |_| {
                 String::new()
-            })?;
-        let limit = match request.into_inner().limit {
-            0 => 100,
-            n => n.min(10_000) as usize,
-        };
-        let entries = self.core.store.audit(limit).map_err(Error::from)?;
-        let entries = entries.iter().map(|e| e.to_proto()).collect();
-        Ok(Response::new(proto::ListAuditResponse { entries }))
+            })
+            .await?;
+        let req = request.into_inner();
+        let page = self.core.audit_page(req.before_seq, req.limit)?;
+        Ok(Response::new(proto::ListAuditResponse {
+            entries: page.entries.iter().map(AuditEntry::to_proto).collect(),
+            next_before_seq: page.next_before_seq.unwrap_or(0),
+        }))
     }
 
     async fn who_am_i(
         &self,
         request: Request<proto::WhoAmIRequest>,
     ) -> Result<Response<proto::WhoAmIResponse>, Status> {
-        let who = self.core.caller(&request, "read")?;
+        let who = self.core.caller(&request, "read").await?;
         let config = &self.core.config;
         let envs = |approve: bool| {
             let check = |e| match approve {
@@ -477,7 +485,7 @@ impl OperatorService {
         approve: bool,
     ) -> Result<Response<proto::Job>, Status> {
         let action = if approve { "approve" } else { "reject" };
-        let who = self.core.caller(&request, action)?;
+        let who = self.core.caller(&request, action).await?;
         let req = request.into_inner();
         let target = format!("job {}", req.job_id);
         let job = async {
@@ -493,9 +501,12 @@ impl OperatorService {
                 .await
         }
         .await;
-        let job = self.core.audited(&who, action, &target, job, |j| {
-            format!("{} {} {}", j.app, j.env, j.approval.describe())
-        })?;
+        let job = self
+            .core
+            .audited(&who, action, &target, job, |j| {
+                format!("{} {} {}", j.app, j.env, j.approval.describe())
+            })
+            .await?;
         Ok(Response::new(self.job_proto(job.id)?))
     }
 }

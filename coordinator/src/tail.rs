@@ -14,10 +14,22 @@ use gantry_shared::{proto, AgentName};
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::error::Error;
+
 /// Lines buffered per operator stream. Container output is not stored, so
 /// when a reader falls this far behind, lines are dropped and the reader is
 /// told how many: a slow terminal never stalls an agent's stream.
 pub const TAIL_BUFFER: usize = 1024;
+
+/// Tails one user may have open at once: a person watches a handful of
+/// services side by side; a script opening hundreds (each a `docker logs
+/// -f` on every server of the environment) is refused.
+pub const MAX_TAILS_PER_USER: usize = 8;
+
+/// Tails one server may be asked to answer at once, whoever asks: each is
+/// a `docker logs -f` process on it and a share of its stream to us, so
+/// readers together cannot load a production host without bound.
+pub const MAX_TAILS_PER_AGENT: usize = 32;
 
 /// Sender half of one operator's stream.
 pub type TailSender = mpsc::Sender<Result<proto::AppLogLine, Status>>;
@@ -29,6 +41,8 @@ struct Tail {
     /// Servers that have not ended their part.
     waiting: BTreeSet<AgentName>,
     dropped: u64,
+    /// Who asked for it, counted against [`MAX_TAILS_PER_USER`].
+    user: String,
 }
 
 /// The open tails, by request id.
@@ -39,22 +53,41 @@ pub struct Tails {
 }
 
 impl Tails {
-    /// Registers a tail answered by `servers`; returns its request id.
+    /// Registers `user`'s tail answered by `servers`; returns its request
+    /// id, or TooMany when the user or one of the servers has as many open
+    /// as it may.
     pub fn open(
         &self,
+        user: &str,
         tx: TailSender,
         servers: BTreeSet<AgentName>,
         redactor: gantry_shared::Redactor,
-    ) -> u64 {
+    ) -> Result<u64, Error> {
+        let mut open = self.open.lock().expect("tails lock");
+        let users = open.values().filter(|t| t.user == user).count();
+        if users >= MAX_TAILS_PER_USER {
+            return Err(Error::TooMany(format!(
+                "{user} already has {users} container-log tails open, the most one user may (MAX_TAILS_PER_USER = {MAX_TAILS_PER_USER}); end one (Ctrl-C a `gantry logs --app`) and try again"
+            )));
+        }
+        for server in &servers {
+            let busy = open.values().filter(|t| t.waiting.contains(server)).count();
+            if busy >= MAX_TAILS_PER_AGENT {
+                return Err(Error::TooMany(format!(
+                    "server {server} already answers {busy} container-log tails, the most one server may (MAX_TAILS_PER_AGENT = {MAX_TAILS_PER_AGENT}); try again when some have ended"
+                )));
+            }
+        }
         let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let tail = Tail {
             tx,
             redactor,
             waiting: servers,
             dropped: 0,
+            user: user.to_owned(),
         };
-        self.open.lock().expect("tails lock").insert(id, tail);
-        id
+        open.insert(id, tail);
+        Ok(id)
     }
 
     /// Forgets a tail (its reader went away); returns the servers still

@@ -60,10 +60,24 @@ pub fn client_cert(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// The audit trail as seen by `client`.
+/// The newest 1,000 entries of the audit trail as seen by `client`, read
+/// a page at a time.
 pub async fn audit(client: &mut Client) -> anyhow::Result<Vec<proto::AuditEntry>> {
-    let request = proto::ListAuditRequest { limit: 1000 };
-    Ok(client.list_audit(request).await?.into_inner().entries)
+    let mut entries = Vec::new();
+    let mut before_seq = 0;
+    while entries.len() < 1000 {
+        let request = proto::ListAuditRequest {
+            limit: 1000 - entries.len() as u32,
+            before_seq,
+        };
+        let page = client.list_audit(request).await?.into_inner();
+        entries.extend(page.entries);
+        before_seq = page.next_before_seq;
+        if before_seq == 0 {
+            break;
+        }
+    }
+    Ok(entries)
 }
 
 /// Waits for an audit entry matching `found`.

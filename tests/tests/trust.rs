@@ -409,7 +409,10 @@ async fn each_role_does_what_its_policy_allows_and_prod_waits_for_another_ops_ap
 
     // The audit trail: admins only, and it holds the refusals.
     let err = as_alice
-        .list_audit(proto::ListAuditRequest { limit: 10 })
+        .list_audit(proto::ListAuditRequest {
+            limit: 10,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);

@@ -21,9 +21,10 @@ pub const MAX_TAIL: u32 = 10_000;
 
 impl Core {
     /// Streams the output of (app, env)'s running containers from every
-    /// connected server of the environment.
+    /// connected server of the environment, for `user`.
     pub fn tail_app(
         self: &Arc<Self>,
+        user: &str,
         app: AppName,
         env: EnvName,
         follow: bool,
@@ -49,7 +50,9 @@ impl Core {
                 "no agent of environment {env} is connected, so no server can send the output of {app}"
             )));
         }
-        let id = self.tails.open(tx, servers.clone(), self.redactor_of(&env));
+        let id = self
+            .tails
+            .open(user, tx, servers.clone(), self.redactor_of(&env))?;
         for server in &servers {
             let ask = proto::coordinator_message::Body::Tail(proto::TailContainer {
                 request_id: id,

@@ -37,17 +37,28 @@ impl Store {
         Ok(seq)
     }
 
-    /// The newest `limit` audit entries, newest first.
-    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        self.audit
-            .iter()
-            .rev()
+    /// The newest `limit` audit entries older than `before` (all when
+    /// `None`), newest first, and whether older ones remain.
+    pub fn audit(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
+        let range = match before {
+            Some(seq) => self.audit.range(..seq.to_be_bytes()),
+            None => self.audit.range::<[u8; 8], _>(..),
+        };
+        let mut older = range.rev();
+        let entries = older
+            .by_ref()
             .take(limit)
             .map(|kv| {
                 let (key, value) = kv?;
                 decode_json(&format!("audit {key:?}"), &value)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = older.next().transpose()?.is_some();
+        Ok((entries, more))
     }
 
     /// Marks the join token `nonce` used; false when it was used before.
