@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // LogBatch is written by hand (src/log_batch.rs) so that runs of
     // lines can be sent as encoded once.
+    // Every service decodes with `codec::GantryCodec`, so bytes that are
+    // not a message are the sender's error (InvalidArgument), not Internal.
     tonic_prost_build::configure()
+        .codec_path("crate::codec::GantryCodec")
         .extern_path(".gantry.v1.LogBatch", "crate::log_batch::LogBatch")
         .compile_fds(fds)?;
     Ok(())

@@ -2,7 +2,7 @@
 //! messages are converted here and handed to [`Core`].
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -17,7 +17,7 @@ use crate::{
     audit::AuditEntry,
     core::Core,
     error::Error,
-    fleet::{OutStream, Outbox},
+    fleet::{OutStream, Outbox, Sender},
     job::AgentRecord,
     store::StoreError,
 };
@@ -106,6 +106,11 @@ impl proto::agent_service_server::AgentService for AgentService {
             checked?;
         }
         let agent = record.name.clone();
+        let sender = Sender {
+            agent: record.name.clone(),
+            env: record.env.clone(),
+            certificate: identity.as_ref().map(|i| i.serial.clone()),
+        };
         let (outbox, stream) = Outbox::new();
         let hello = proto::coordinator_message::Body::Registered(proto::Registered {
             heartbeat_interval_ms: self.core.config.heartbeat_secs.saturating_mul(1000),
@@ -128,7 +133,12 @@ impl proto::agent_service_server::AgentService for AgentService {
         // shutdown, and then detaches the agent; it owns nothing else.
         tokio::spawn(
             async move {
-                read_events(&core, &agent, session, inbound, &outbox, &shutdown, &closed).await;
+                let from = Origin {
+                    sender: &sender,
+                    peer: &peer,
+                    session,
+                };
+                read_events(&core, &from, inbound, &outbox, &shutdown, &closed).await;
                 core.detach_agent(&agent, session);
             }
             .instrument(span),
@@ -198,18 +208,34 @@ impl AgentService {
 /// flush per line.
 const ACK_BATCH: usize = 1024;
 
+/// Refusals of events for jobs a session does not hold that are audited,
+/// at most one per job: enough to show what a session tried, too few for
+/// a hostile agent to fill the trail.
+const MAX_AUDITED_REFUSALS: usize = 16;
+
+/// The session a reader applies events from.
+struct Origin<'a> {
+    /// Who the session's certificate says it is.
+    sender: &'a Sender,
+    /// Its address, for the audit trail.
+    peer: &'a str,
+    /// Its id.
+    session: u64,
+}
+
 /// Applies what the agent sends, in batches: every event of a batch is
 /// applied, the store is flushed once, and then each job's highest seq is
 /// acknowledged, so an acknowledged event is always on disk.
 async fn read_events(
     core: &Core,
-    agent: &AgentName,
-    session: u64,
+    from: &Origin<'_>,
     mut inbound: Streaming<proto::AgentMessage>,
     outbox: &Outbox,
     shutdown: &CancellationToken,
     closed: &CancellationToken,
 ) {
+    let (agent, session) = (&from.sender.agent, from.session);
+    let mut refused = HashSet::new();
     loop {
         let mut next = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -224,7 +250,7 @@ async fn read_events(
         let mut applied = 0;
         loop {
             match next {
-                Some(Ok(msg)) => match handle(core, agent, session, msg) {
+                Some(Ok(msg)) => match handle(core, from, &mut refused, msg) {
                     Some(Applied::Event(job, seq)) => {
                         let acked = acks.entry(job).or_default();
                         *acked = (*acked).max(seq);
@@ -304,20 +330,37 @@ enum Applied {
 }
 
 /// Applies one message. Refused events are acknowledged too: resending
-/// them cannot change the answer.
+/// them cannot change the answer. An event for a job the session does
+/// not hold is audited (the first for each job, up to
+/// [`MAX_AUDITED_REFUSALS`] jobs in `refused`).
 fn handle(
     core: &Core,
-    agent: &AgentName,
-    session: u64,
+    from: &Origin<'_>,
+    refused: &mut HashSet<u64>,
     msg: proto::AgentMessage,
 ) -> Option<Applied> {
+    let (agent, session) = (&from.sender.agent, from.session);
     match msg.body {
         Some(proto::agent_message::Body::JobEvent(event)) => {
             let (job, seq) = (event.job_id, event.seq);
-            match core.apply_event(agent, event) {
+            match core.apply_event(from.sender, event) {
                 Err(Error::Store(StoreError::Sled(e))) => {
                     error!(job, seq, error = %e, "cannot store a job event; dropping the stream");
                     return Some(Applied::Unstored);
+                }
+                Err(e @ Error::NotHolder(_)) => {
+                    warn!(job, seq, error = %e, "job event refused");
+                    if refused.len() < MAX_AUDITED_REFUSALS && refused.insert(job) {
+                        let certificate = from.sender.certificate.as_deref().unwrap_or("none");
+                        core.audit(AuditEntry::new(
+                            format!("agent:{agent}"),
+                            from.peer,
+                            "agent-event",
+                            format!("job {job}"),
+                            false,
+                            format!("{e} (certificate {certificate}); refused, nothing changed"),
+                        ));
+                    }
                 }
                 Err(e) => warn!(job, seq, error = %e, "job event refused"),
                 Ok(()) => {}

@@ -99,6 +99,9 @@ pub enum Error {
     /// Valid credentials, but the policy does not allow this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// An agent's session sent an event for a job it does not hold.
+    #[error("{0}")]
+    NotHolder(String),
     /// Too many requests from one caller, or too many failed
     /// authentications from one address.
     #[error("{message}")]
@@ -132,7 +135,7 @@ impl Error {
             | Error::MergeConflict { .. } => Code::FailedPrecondition,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Unauthenticated(_) => Code::Unauthenticated,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::PermissionDenied(_) | Error::NotHolder(_) => Code::PermissionDenied,
             Error::Throttled { .. } | Error::TooMany(_) => Code::ResourceExhausted,
             Error::Store(_) | Error::Git(_) => Code::Internal,
         }

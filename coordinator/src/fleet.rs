@@ -105,6 +105,33 @@ pub struct Session {
     pub draining: bool,
     /// Fired when the session is dropped, so its reader stops at once.
     pub closed: tokio_util::sync::CancellationToken,
+    /// The serial of the certificate it attached with (`None`: plaintext).
+    pub certificate: Option<String>,
+}
+
+/// Who sends a session's events: what its certificate (or, in plaintext,
+/// its registration) says it is. A job's events count only from the
+/// sender that holds the job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sender {
+    /// The agent's name.
+    pub agent: AgentName,
+    /// Its environment.
+    pub env: EnvName,
+    /// The serial of its certificate (`None`: plaintext).
+    pub certificate: Option<String>,
+}
+
+impl Sender {
+    /// Whether this sender is the holder that `agent`, `env` and
+    /// `certificate` describe. A holder recorded without a certificate (by
+    /// a coordinator before this check existed, or in plaintext) is known
+    /// by its name and environment alone.
+    pub fn is(&self, agent: &AgentName, env: &EnvName, certificate: Option<&str>) -> bool {
+        &self.agent == agent
+            && &self.env == env
+            && certificate.is_none_or(|c| self.certificate.as_deref() == Some(c))
+    }
 }
 
 /// An active (assigned or running) job's placement.
@@ -116,6 +143,15 @@ pub struct Placement {
     pub env: EnvName,
     /// The agent holding it.
     pub agent: AgentName,
+    /// The serial of the certificate that agent's session attached with.
+    pub certificate: Option<String>,
+}
+
+impl Placement {
+    /// Whether `sender` is the session that holds this job.
+    pub fn held_by(&self, sender: &Sender) -> bool {
+        sender.is(&self.agent, &self.env, self.certificate.as_deref())
+    }
 }
 
 /// What the placement pass decided for one queued job.

@@ -153,6 +153,10 @@ pub struct JobRecord {
     pub reason: String,
     /// The agent it was given to.
     pub agent: Option<AgentName>,
+    /// The serial of the certificate that agent attached with when it was
+    /// given the job: only that session's events count.
+    #[serde(default)]
+    pub certificate: Option<String>,
     /// Creation time, ms since the epoch.
     pub created_ms: i64,
     /// Last state change, ms since the epoch.
@@ -213,6 +217,7 @@ impl JobRecord {
             stage: None,
             reason: "waiting to be placed".into(),
             agent: None,
+            certificate: None,
             created_ms: now_ms,
             updated_ms: now_ms,
             url: String::new(),

@@ -2,6 +2,7 @@
 //! domain types that validate on construction, and the coordinator's
 //! configuration.
 
+pub mod codec;
 pub mod config;
 pub mod domain;
 pub mod git;

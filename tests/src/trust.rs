@@ -93,3 +93,91 @@ pub async fn audited(
     })
     .await
 }
+
+/// An agent speaking the protocol by hand over a held stream: what a
+/// modified agent could send, message by message.
+pub struct RawAgent {
+    tx: tokio::sync::mpsc::Sender<proto::AgentMessage>,
+    inbound: tonic::Streaming<proto::CoordinatorMessage>,
+}
+
+impl RawAgent {
+    /// Attaches over `endpoint` and registers as `name` of `env`, holding
+    /// nothing; returns once the coordinator answered `Registered`.
+    pub async fn attach(
+        endpoint: tonic::transport::Endpoint,
+        env: &str,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        let channel = endpoint.connect().await?;
+        let mut client = proto::agent_service_client::AgentServiceClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // The coordinator answers the call only once Register has come.
+        let register = proto::Register {
+            name: name.into(),
+            env: env.into(),
+            capacity: 1,
+            ..Default::default()
+        };
+        let body = proto::agent_message::Body::Register(register);
+        tx.send(proto::AgentMessage { body: Some(body) }).await?;
+        let mut agent = Self {
+            tx,
+            inbound: client
+                .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner(),
+        };
+        let first = agent.next().await?;
+        anyhow::ensure!(
+            matches!(first, proto::coordinator_message::Body::Registered(_)),
+            "the coordinator answered {first:?} to Register"
+        );
+        Ok(agent)
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, body: proto::agent_message::Body) -> anyhow::Result<()> {
+        let msg = proto::AgentMessage { body: Some(body) };
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| anyhow::anyhow!("the stream is closed"))
+    }
+
+    /// Sends `body` as event `seq` of `job`.
+    pub async fn event(
+        &mut self,
+        job: u64,
+        seq: u64,
+        body: proto::job_event::Body,
+    ) -> anyhow::Result<()> {
+        let event = proto::JobEvent {
+            job_id: job,
+            seq,
+            body: Some(body),
+        };
+        self.send(proto::agent_message::Body::JobEvent(event)).await
+    }
+
+    /// The next message the coordinator sends, within 30 s.
+    pub async fn next(&mut self) -> anyhow::Result<proto::coordinator_message::Body> {
+        let msg = tokio::time::timeout(Duration::from_secs(30), self.inbound.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("nothing from the coordinator within 30 s"))??
+            .ok_or_else(|| anyhow::anyhow!("the coordinator closed the stream"))?;
+        msg.body
+            .ok_or_else(|| anyhow::anyhow!("an empty message from the coordinator"))
+    }
+
+    /// Reads until the coordinator acknowledges `job`'s events up to `seq`.
+    pub async fn acked(&mut self, job: u64, seq: u64) -> anyhow::Result<()> {
+        loop {
+            if let proto::coordinator_message::Body::Ack(ack) = self.next().await? {
+                if ack.job_id == job && ack.seq >= seq {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

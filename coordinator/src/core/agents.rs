@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::{names, Core};
 use crate::{
     error::Error,
-    fleet::{Outbox, Placement, Session},
+    fleet::{Outbox, Placement, Sender, Session},
     job::{AgentRecord, Approval},
 };
 
@@ -70,10 +70,15 @@ impl Core {
         // Jobs we gave this agent that it no longer holds were lost with its
         // previous process: fail them, never replay them.
         let mut kept = BTreeSet::new();
+        let sender = Sender {
+            agent: name.clone(),
+            env: record.env.clone(),
+            certificate: certificate.map(str::to_owned),
+        };
         let ours: Vec<JobId> = fleet
             .jobs_of(&name)
             .into_iter()
-            .filter(|id| fleet.active.get(id).is_some_and(|p| p.env == record.env))
+            .filter(|id| fleet.active.get(id).is_some_and(|p| p.held_by(&sender)))
             .collect();
         for job_id in ours {
             if running.contains(&job_id) {
@@ -100,12 +105,14 @@ impl Core {
                 {
                     job.transition(JobState::Assigned, format!("assigned to agent {name}"));
                     job.agent = Some(name.clone());
+                    job.certificate = sender.certificate.clone();
                     self.store.put_job(&job)?;
                     fleet.queued.remove(&stray);
                     let placement = Placement {
                         app: job.app,
                         env: job.env,
                         agent: name.clone(),
+                        certificate: sender.certificate.clone(),
                     };
                     fleet.active.insert(stray, placement);
                     kept.insert(stray);
@@ -137,6 +144,7 @@ impl Core {
                 last_seen: Instant::now(),
                 draining: false,
                 closed,
+                certificate: sender.certificate,
             },
         );
         self.place_queued(&mut fleet);

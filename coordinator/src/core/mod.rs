@@ -26,7 +26,7 @@ pub use deploy::BranchRequest;
 use crate::{
     auth::Auth,
     error::Error,
-    fleet::{Decision, Fleet, Placement},
+    fleet::{Decision, Fleet, Placement, Sender},
     hub::LogHub,
     job::{Approval, BranchCommit, JobKind, JobRecord, RollStep},
     release::{retained_images, ReleaseRecord, ServerRelease},
@@ -82,6 +82,7 @@ impl Core {
                             app: job.app,
                             env: job.env,
                             agent,
+                            certificate: job.certificate,
                         },
                     );
                 }
@@ -163,29 +164,43 @@ impl Core {
         self.job(id)
     }
 
-    /// Applies one event an agent sent about a job it holds.
-    pub fn apply_event(&self, agent: &AgentName, event: proto::JobEvent) -> Result<(), Error> {
+    /// Applies one event an agent's session sent about a job it holds.
+    /// Events about a job that `sender` never held (another agent's, or
+    /// one of the same name in another environment or with another
+    /// certificate) are refused with [`Error::NotHolder`] and change
+    /// nothing.
+    pub fn apply_event(&self, sender: &Sender, event: proto::JobEvent) -> Result<(), Error> {
         let id = JobId::new(event.job_id)?;
         let Some(body) = event.body else {
             return Err(Error::InvalidArgument("job event without a body".into()));
         };
+        let agent = &sender.agent;
         let mut fleet = self.fleet();
-        let holds = fleet.active.get(&id).is_some_and(|p| &p.agent == agent);
-        // Lines of a job that ended while its agent was away (lost, or the
-        // agent restarted) are still its log: keep them. Other events of an
-        // ended job change nothing.
-        let ran_it = holds
-            || matches!(
+        let holds = fleet.active.get(&id).is_some_and(|p| p.held_by(sender));
+        if !holds {
+            // Lines of a job that ended while its agent was away (lost, or
+            // the agent restarted) are still its log: keep them. Other
+            // events of an ended job change nothing.
+            let job = self.store.job(id)?;
+            let ran_it = job.as_ref().is_some_and(|j| {
+                j.agent
+                    .as_ref()
+                    .is_some_and(|a| sender.is(a, &j.env, j.certificate.as_deref()))
+            });
+            if !ran_it {
+                return Err(Error::NotHolder(format!(
+                    "agent {agent} of env {} sent an event for job {id}, which it does not hold",
+                    sender.env
+                )));
+            }
+            if !matches!(
                 &body,
                 proto::job_event::Body::Log(_) | proto::job_event::Body::Lines(_)
-            ) && self
-                .store
-                .job(id)?
-                .is_some_and(|j| j.agent.as_ref() == Some(agent));
-        if !ran_it {
-            return Err(Error::FailedPrecondition(format!(
-                "job {id} is not held by agent {agent}"
-            )));
+            ) {
+                return Err(Error::FailedPrecondition(format!(
+                    "job {id} is no longer held by agent {agent}"
+                )));
+            }
         }
         match body {
             proto::job_event::Body::Log(line) => {
@@ -215,7 +230,8 @@ impl Core {
                             done.state
                         ))
                     })?;
-                let summary = self.redactor_of_job(id)?.redact(done.summary.clone());
+                let done = redact_finished(&self.redactor_of_job(id)?, done);
+                let summary = done.summary.clone();
                 self.end_step(&mut fleet, id, state, summary, Some(done));
                 self.place_queued(&mut fleet);
             }
@@ -432,6 +448,18 @@ impl Core {
             .values()
             .map(|s| (s.record.name.clone(), s.jobs.iter().copied().collect()))
             .collect()
+    }
+}
+
+/// `done` with each of its texts redacted: whatever an agent sends is
+/// treated as able to carry a secret.
+fn redact_finished(redactor: &Redactor, done: proto::JobFinished) -> proto::JobFinished {
+    proto::JobFinished {
+        state: done.state,
+        summary: redactor.redact(done.summary),
+        url: redactor.redact(done.url),
+        image: redactor.redact(done.image),
+        container: redactor.redact(done.container),
     }
 }
 

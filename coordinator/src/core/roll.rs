@@ -99,12 +99,14 @@ impl Core {
         }
         session.jobs.insert(job.id);
         job.agent = Some(agent.clone());
+        job.certificate = session.certificate.clone();
         fleet.active.insert(
             job.id,
             Placement {
                 app: job.app.clone(),
                 env: job.env.clone(),
                 agent: agent.clone(),
+                certificate: job.certificate.clone(),
             },
         );
         info!(job = %job.id, app = %job.app, env = %job.env, agent = %agent, ?kind, "step assigned");

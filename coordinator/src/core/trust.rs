@@ -5,7 +5,12 @@ use gantry_shared::{now_ms, proto, tls::JoinToken, AgentName};
 use tracing::info;
 
 use super::Core;
-use crate::{error::Error, job::AgentRecord, store::IssuedCert, trust::AgentIdentity};
+use crate::{
+    error::Error,
+    job::AgentRecord,
+    store::{IssuedCert, Refusal},
+    trust::AgentIdentity,
+};
 
 /// Largest certificate request accepted: a P-256 or RSA-4096 request is
 /// well under 4 KiB.
@@ -32,37 +37,36 @@ impl Core {
                 "the certificate request is over {MAX_CSR_BYTES} bytes"
             )));
         }
-        // A name belongs to one environment; enrolling it again in the same
-        // one replaces its earlier certificates (a reinstalled host).
-        let earlier = self.store.certs_of(&token.name)?;
-        if let Some(other) = earlier
-            .iter()
-            .find(|c| c.revoked_ms.is_none() && c.env != token.env)
-        {
-            return Err(Error::FailedPrecondition(format!(
-                "agent {} is enrolled in {} already; revoke it there first (gantry agent revoke {})",
-                token.name, other.env, token.name
-            )));
-        }
         let (certificate_pem, serial) = authority
             .sign_agent(csr_pem, &token.env, &token.name)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        if !self.store.use_join_token(&token.nonce, now_ms())? {
-            return Err(Error::Unauthenticated(format!(
-                "the join token for {} was used already; make a new one with `gantry-coordinator agent enroll`",
-                token.name
-            )));
-        }
-        if earlier.iter().any(|c| c.revoked_ms.is_none()) {
-            self.revoke(&token.name)?;
-        }
-        self.store.put_cert(&IssuedCert {
+        // A name belongs to one environment; enrolling it again in the same
+        // one replaces its earlier certificates (a reinstalled host). The
+        // store checks and records in one step, so two environments racing
+        // for one name never both win.
+        let cert = IssuedCert {
             serial: serial.clone(),
             name: token.name.clone(),
             env: token.env.clone(),
             issued_ms: now_ms(),
             revoked_ms: None,
-        })?;
+        };
+        match self.store.enrol(&cert, &token.nonce)? {
+            Ok(replaced) if !replaced.is_empty() => self.cut_off(&token.name),
+            Ok(_) => {}
+            Err(Refusal::EnrolledElsewhere(other)) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "agent {} is enrolled in {other} already; revoke it there first (gantry agent revoke {})",
+                    token.name, token.name
+                )))
+            }
+            Err(Refusal::TokenUsed) => {
+                return Err(Error::Unauthenticated(format!(
+                    "the join token for {} was used already; make a new one with `gantry-coordinator agent enroll`",
+                    token.name
+                )))
+            }
+        }
         info!(agent = %token.name, env = %token.env, serial = %serial, "agent enrolled");
         Ok(proto::JoinResponse {
             certificate_pem,
@@ -113,12 +117,18 @@ impl Core {
                 "every certificate of agent {name} is revoked already"
             )));
         }
-        let session = fleet.sessions.get(name).map(|s| s.id);
         drop(fleet);
+        self.cut_off(name);
+        info!(agent = %name, certificates = revoked.len(), "agent revoked");
+        Ok(revoked)
+    }
+
+    /// Closes the stream of agent `name`, whose certificates were just
+    /// revoked.
+    fn cut_off(&self, name: &AgentName) {
+        let session = self.fleet().sessions.get(name).map(|s| s.id);
         if let Some(session) = session {
             self.detach_agent(name, session);
         }
-        info!(agent = %name, certificates = revoked.len(), "agent revoked");
-        Ok(revoked)
     }
 }

@@ -11,7 +11,7 @@ use prost::Message;
 
 mod trust;
 
-pub use trust::IssuedCert;
+pub use trust::{IssuedCert, Refusal};
 
 use crate::{
     hub::Run,
@@ -84,6 +84,9 @@ pub struct Store {
     audit_lock: std::sync::Arc<std::sync::Mutex<()>>,
     /// Certificate serial (hex) -> JSON [`trust::IssuedCert`].
     certs: sled::Tree,
+    /// Held by every change to `certs`, so an enrolment's check of the
+    /// name's other certificates and its insert are one step.
+    cert_lock: std::sync::Arc<std::sync::Mutex<()>>,
     /// Nonce of each join token redeemed -> when (ms, big-endian).
     used_tokens: sled::Tree,
 }
@@ -129,6 +132,7 @@ impl Store {
             audit: db.open_tree("audit")?,
             audit_lock: Default::default(),
             certs: db.open_tree("certs")?,
+            cert_lock: Default::default(),
             used_tokens: db.open_tree("used_tokens")?,
             db,
         })

@@ -22,6 +22,15 @@ pub struct IssuedCert {
     pub revoked_ms: Option<i64>,
 }
 
+/// Why an enrolment was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The name holds an unrevoked certificate of this other environment.
+    EnrolledElsewhere(EnvName),
+    /// The join token was redeemed before.
+    TokenUsed,
+}
+
 impl Store {
     /// Appends `entry` to the audit trail, numbering it; returns its seq.
     pub fn append_audit(&self, mut entry: AuditEntry) -> Result<u64, StoreError> {
@@ -61,23 +70,42 @@ impl Store {
         Ok((entries, more))
     }
 
-    /// Marks the join token `nonce` used; false when it was used before.
-    pub fn use_join_token(&self, nonce: &str, now_ms: i64) -> Result<bool, StoreError> {
+    /// Records `cert`, issued for a join token with `nonce`, as one step
+    /// with the checks that allow it: the name holds no unrevoked
+    /// certificate of another environment, and the token was not redeemed
+    /// before. Then the token is marked used, the name's earlier
+    /// certificates (of the same environment: a reinstalled host) are
+    /// revoked and returned, and `cert` is stored. Concurrent enrolments of
+    /// one name in two environments cannot both pass: the check and the
+    /// insert run under one lock, which every change to the certificates
+    /// takes.
+    pub fn enrol(
+        &self,
+        cert: &IssuedCert,
+        nonce: &str,
+    ) -> Result<Result<Vec<IssuedCert>, Refusal>, StoreError> {
+        let _one_step = self.cert_lock.lock().expect("certificate lock");
+        let earlier = self.certs_of(&cert.name)?;
+        if let Some(other) = earlier
+            .iter()
+            .find(|c| c.revoked_ms.is_none() && c.env != cert.env)
+        {
+            return Ok(Err(Refusal::EnrolledElsewhere(other.env.clone())));
+        }
         let previous = self.used_tokens.compare_and_swap(
             nonce.as_bytes(),
             None as Option<&[u8]>,
-            Some(&now_ms.to_be_bytes()[..]),
+            Some(&cert.issued_ms.to_be_bytes()[..]),
         )?;
+        if previous.is_err() {
+            return Ok(Err(Refusal::TokenUsed));
+        }
         self.used_tokens.flush()?;
-        Ok(previous.is_ok())
-    }
-
-    /// Records a certificate issued.
-    pub fn put_cert(&self, cert: &IssuedCert) -> Result<(), StoreError> {
+        let replaced = self.revoke_unlocked(&cert.name, cert.issued_ms)?;
         let bytes = serde_json::to_vec(cert).expect("certificate records serialize");
         self.certs.insert(cert.serial.as_bytes(), bytes)?;
         self.certs.flush()?;
-        Ok(())
+        Ok(Ok(replaced))
     }
 
     /// The certificate with `serial`, if this coordinator issued it.
@@ -103,6 +131,16 @@ impl Store {
 
     /// Revokes every unrevoked certificate of `name`; returns them.
     pub fn revoke_certs(
+        &self,
+        name: &AgentName,
+        now_ms: i64,
+    ) -> Result<Vec<IssuedCert>, StoreError> {
+        let _one_step = self.cert_lock.lock().expect("certificate lock");
+        self.revoke_unlocked(name, now_ms)
+    }
+
+    /// As [`Store::revoke_certs`], for a caller holding the certificate lock.
+    fn revoke_unlocked(
         &self,
         name: &AgentName,
         now_ms: i64,

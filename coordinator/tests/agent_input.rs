@@ -1,0 +1,233 @@
+//! What an agent sends is input like any other: every text of a finished
+//! job passes the environment's redactor before it is stored or shown, and
+//! bytes that are not a message are the sender's error (`InvalidArgument`),
+//! on the agent's stream as on the operator API.
+
+mod common;
+
+use bytes::{Buf, BufMut};
+use gantry_shared::{config::CoordinatorConfig, proto};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
+    Code, Status,
+};
+
+const SECRET: &str = "pw-4c3b2a1f0e";
+
+/// A coordinator on loopback (plaintext) with app `shop` and env `dev`,
+/// whose secret is [`SECRET`]; its URL, shutdown and task.
+async fn coordinator(
+    dir: &std::path::Path,
+) -> (
+    String,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let repo = dir.join("repo");
+    common::repo_with_one_commit(&repo);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let path = dir.join("coordinator.toml");
+    let config = format!(
+        "plaintext = true\nlisten = \"{addr}\"\n\
+         [[environments]]\nname = \"dev\"\n[environments.secrets]\nDB_PASSWORD = \"{SECRET}\"\n\
+         [[apps]]\nname = \"shop\"\nremote = \"{}\"\nbuild_command = \"true\"\n\
+         artifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n",
+        repo.display()
+    );
+    std::fs::write(&path, config).unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(gantry_coordinator::serve(
+        CoordinatorConfig::load(&path).unwrap(),
+        listener,
+        shutdown.clone(),
+    ));
+    (format!("http://{addr}"), shutdown, server)
+}
+
+fn up(body: proto::agent_message::Body) -> proto::AgentMessage {
+    proto::AgentMessage { body: Some(body) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_text_of_a_finished_job_is_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, shutdown, server) = coordinator(dir.path()).await;
+    let mut agent = proto::agent_service_client::AgentServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let register = proto::Register {
+        name: "dev-1".into(),
+        env: "dev".into(),
+        capacity: 1,
+        ..Default::default()
+    };
+    tx.send(up(proto::agent_message::Body::Register(register)))
+        .await
+        .unwrap();
+    let mut inbound = agent
+        .attach(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    inbound.message().await.unwrap().expect("registered");
+    let mut client = proto::operator_service_client::OperatorServiceClient::connect(url)
+        .await
+        .unwrap();
+    let deploy = proto::DeployRequest {
+        app: "shop".into(),
+        env: "dev".into(),
+        ..Default::default()
+    };
+    let job = client.deploy(deploy).await.unwrap().into_inner().id;
+    inbound.message().await.unwrap().expect("assignment");
+
+    // An agent that missed the secret in every field it sends.
+    let done = proto::JobFinished {
+        state: proto::JobState::Succeeded as i32,
+        summary: format!("serving with {SECRET}"),
+        url: format!("http://127.0.0.1:8080/?key={SECRET}"),
+        image: format!("shop:{SECRET}"),
+        container: format!("gantry-shop-{SECRET}"),
+    };
+    let stage = proto::job_event::Body::Stage(proto::Stage::Deploy as i32);
+    for (seq, body) in [(1, stage), (2, proto::job_event::Body::Finished(done))] {
+        let event = proto::JobEvent {
+            job_id: job,
+            seq,
+            body: Some(body),
+        };
+        tx.send(up(proto::agent_message::Body::JobEvent(event)))
+            .await
+            .unwrap();
+    }
+    let acked = loop {
+        let msg = inbound.message().await.unwrap().expect("an ack");
+        match msg.body {
+            Some(proto::coordinator_message::Body::Ack(ack)) if ack.seq == 2 => break ack,
+            _ => {}
+        }
+    };
+    assert_eq!((acked.job_id, acked.seq), (job, 2));
+
+    let shown = client
+        .get_job(proto::GetJobRequest { id: job })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.url, "http://127.0.0.1:8080/?key=***");
+    assert_eq!(shown.image, "shop:***");
+    assert_eq!(shown.reason, "serving with ***");
+    let releases = client
+        .list_releases(proto::ListReleasesRequest {
+            app: "shop".into(),
+            env: "dev".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(releases.releases.len(), 1);
+    let everything = format!("{shown:?} {releases:?}");
+    assert!(!everything.contains(SECRET), "{everything}");
+    assert!(everything.contains("gantry-shop-***"), "{everything}");
+
+    shutdown.cancel();
+    drop(tx);
+    server.await.unwrap().unwrap();
+}
+
+/// Sends its bytes as they are; reads nothing back.
+#[derive(Default)]
+struct Garbage;
+
+impl Codec for Garbage {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = Garbage;
+    type Decoder = Garbage;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Garbage
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Garbage
+    }
+}
+
+impl Encoder for Garbage {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Garbage {
+    type Item = ();
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
+        buf.advance(buf.remaining());
+        Ok(Some(()))
+    }
+}
+
+/// Not a protobuf message: a varint that never ends.
+const NOT_A_MESSAGE: [u8; 3] = [0xff, 0xff, 0xff];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_a_message_are_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, shutdown, server) = coordinator(dir.path()).await;
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+
+    grpc.ready().await.unwrap();
+    let path = PathAndQuery::from_static("/gantry.v1.OperatorService/Deploy");
+    let request = tonic::Request::new(NOT_A_MESSAGE.to_vec());
+    let err = grpc.unary(request, path, Garbage).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("not a valid DeployRequest"),
+        "{}",
+        err.message()
+    );
+
+    grpc.ready().await.unwrap();
+    let path = PathAndQuery::from_static("/gantry.v1.AgentService/Attach");
+    let stream = futures::stream::iter([NOT_A_MESSAGE.to_vec()]);
+    let err = grpc
+        .streaming(tonic::Request::new(stream), path, Garbage)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("not a valid AgentMessage"),
+        "{}",
+        err.message()
+    );
+
+    // Nothing was created, and the coordinator still serves.
+    let mut client = proto::operator_service_client::OperatorServiceClient::new(channel);
+    let jobs = client
+        .list_jobs(proto::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(jobs.jobs.is_empty(), "{jobs:?}");
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
