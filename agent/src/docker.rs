@@ -114,6 +114,10 @@ pub fn generated_dockerfile(base: &str, port: u16) -> String {
 
 fn context_tar(source: &ImageSource<'_>) -> std::io::Result<(Vec<u8>, String)> {
     let mut tar = tar::Builder::new(Vec::new());
+    // Links go in as links, as Docker's own context does: a link the build
+    // made (`target/app.jar -> /etc/shadow`) must not bring in what the
+    // build user cannot read.
+    tar.follow_symlinks(false);
     let dockerfile = match source {
         ImageSource::Base {
             image,

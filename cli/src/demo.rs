@@ -125,6 +125,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         drain_grace: gantry_agent::DEFAULT_DRAIN_GRACE,
         proxy_program: None,
         tls_dir: None,
+        build_user: None,
     };
     services.spawn(gantry_agent::run(agent, shutdown.clone()));
     println!("==> coordinator at {url}, agent dev-1 for env dev; deploying {APP} main -> dev\n");
