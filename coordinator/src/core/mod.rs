@@ -403,7 +403,8 @@ impl Core {
             job_id: job.id.get(),
             app: Some(proto::AppSpec {
                 name: app.name().to_string(),
-                remote: app.remote.clone(),
+                // A password in the URL is the coordinator's credential too.
+                remote: gantry_shared::git::without_password(&app.remote),
                 build_command: app.build_command.clone(),
                 artifact: app.artifact.clone(),
                 base_image: app.base_image.clone().unwrap_or_default(),
