@@ -102,6 +102,14 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
     let build_user = match &options.build_user {
         Some(name) => {
             let user = build_user::BuildUser::lookup(name)?;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if me != 0 && me != user.uid {
+                anyhow::bail!(
+                    "only an agent running as root can run builds as {name}; \
+                     drop build_user to run them as this agent's own user"
+                );
+            }
             build_user::lock_down(&options.work_dir, options.env.as_str()).with_context(|| {
                 format!(
                     "cannot make {} private to the agent",
