@@ -17,7 +17,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{Reporter, Stream, Tail};
+use crate::{
+    build_user::BuildUser,
+    report::{Reporter, Stream, Tail},
+};
 
 /// Between SIGTERM and SIGKILL when a build is stopped: long enough for a
 /// build tool to remove its lock files, short enough for cancel to feel quick.
@@ -58,16 +61,20 @@ pub enum BuildError {
     },
 }
 
-/// Runs `command` with `sh -c` in `dir` with exactly `env`, streaming its output.
+/// Runs `command` with `sh -c` in `dir` with exactly `env`, as `user`
+/// (its uid and group, no supplementary groups) when given, streaming its
+/// output.
 pub async fn run(
     command: &str,
     dir: &Path,
     env: &BTreeMap<String, String>,
-    timeout: Duration,
-    cancel: &CancellationToken,
+    user: Option<&BuildUser>,
+    limits: (Duration, &CancellationToken),
     report: &Reporter,
 ) -> Result<(), BuildError> {
-    let mut child = Command::new("sh")
+    let (timeout, cancel) = limits;
+    let mut build = Command::new("sh");
+    build
         .arg("-c")
         .arg(command)
         .current_dir(dir)
@@ -77,9 +84,12 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(BuildError::Spawn)?;
+        .kill_on_drop(true);
+    if let Some(user) = user {
+        // Dropping from root also drops root's supplementary groups.
+        build.uid(user.uid).gid(user.gid);
+    }
+    let mut child = build.spawn().map_err(BuildError::Spawn)?;
     let pgid = child.id().expect("a just-spawned child has a pid") as i32;
     let (tx, mut lines) = mpsc::channel(LINE_BUFFER);
     let readers = [

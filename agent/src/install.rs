@@ -17,6 +17,11 @@ pub const UNIT_NAME: &str = "gantry-agent.service";
 /// Where units installed by an administrator live.
 pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
 
+/// The user an installed agent's builds run as: a system user of their
+/// own, in no group but its own, so a build reaches neither Docker nor
+/// the agent's keys.
+pub const DEFAULT_BUILD_USER: &str = "gantry-build";
+
 /// Where the files go and whether to talk to systemd.
 pub struct Target {
     /// The agent config file.
@@ -87,8 +92,30 @@ pub fn install(config: &AgentConfig, binary: &Path, target: &Target) -> anyhow::
     )
     .with_context(|| format!("cannot write {}", unit.display()))?;
     if target.systemctl {
+        if let Some(user) = &config.build_user {
+            ensure_user(user)?;
+        }
         systemctl(&["daemon-reload"])?;
         systemctl(&["enable", "--now", UNIT_NAME])?;
+    }
+    Ok(())
+}
+
+/// Creates the system user `name` (with its own group and a home for
+/// build caches) unless it exists.
+fn ensure_user(name: &str) -> anyhow::Result<()> {
+    if crate::build_user::BuildUser::lookup(name).is_ok() {
+        return Ok(());
+    }
+    let home = format!("/var/lib/{name}");
+    let status = Command::new("useradd")
+        .args(["--system", "--user-group", "--create-home", "--home-dir"])
+        .arg(&home)
+        .args(["--shell", "/usr/sbin/nologin", name])
+        .status()
+        .with_context(|| format!("cannot run useradd to create build user {name}"))?;
+    if !status.success() {
+        bail!("useradd {name} failed with {status}; create the user or pass --build-user");
     }
     Ok(())
 }

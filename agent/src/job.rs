@@ -42,6 +42,8 @@ pub struct Runtime {
     pub lease: Arc<crate::lease::Lease>,
     /// Whose turn it is in each workspace.
     pub turns: Turns,
+    /// The user builds run as (`None`: the agent's own).
+    pub build_user: Option<crate::build_user::BuildUser>,
 }
 
 /// One job at a time per workspace, that is per (app, env) on this agent.

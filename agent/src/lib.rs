@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod build;
+pub mod build_user;
 pub mod connection;
 pub mod docker;
 pub mod git;
@@ -66,6 +67,8 @@ pub struct AgentOptions {
     /// Where `gantry-agent join` wrote the certificate, for an https://
     /// coordinator (`None`: /etc/gantry/tls).
     pub tls_dir: Option<PathBuf>,
+    /// The unprivileged user builds run as (`None`: the agent's own user).
+    pub build_user: Option<String>,
 }
 
 /// This installation's identity: made once and kept in the work dir, so it
@@ -97,6 +100,34 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
         .await
         .context("the agent needs the local Docker engine")?;
     let agent_id = agent_id(&options.work_dir)?;
+    let build_user = match &options.build_user {
+        Some(name) => {
+            let user = build_user::BuildUser::lookup(name)?;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if me != 0 && me != user.uid {
+                anyhow::bail!(
+                    "only an agent running as root can run builds as {name}; \
+                     drop build_user to run them as this agent's own user"
+                );
+            }
+            build_user::lock_down(&options.work_dir, options.env.as_str()).with_context(|| {
+                format!(
+                    "cannot make {} private to the agent",
+                    options.work_dir.display()
+                )
+            })?;
+            info!(user = %user.name, uid = user.uid, "builds run as an unprivileged user");
+            Some(user)
+        }
+        None => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            if unsafe { libc::geteuid() } == 0 {
+                warn!("builds run as root: set build_user (--build-user) to an unprivileged user");
+            }
+            None
+        }
+    };
     let killed = leftovers::kill_orphaned_builds(&agent_id);
     let cleared = leftovers::remove_unfinished_workspaces(&options.work_dir);
     if killed + cleared > 0 {
@@ -139,6 +170,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
         },
         lease: Default::default(),
         turns: Default::default(),
+        build_user,
     });
     // Released apps keep their stable ports, even after a host reboot.
     proxy::client::reconcile(&runtime).await;

@@ -138,6 +138,10 @@ struct Flags {
     /// Where `join` wrote the certificate (for an https:// coordinator).
     #[arg(long, env = "GANTRY_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// The unprivileged user builds run as (install: gantry-build, which
+    /// it creates; otherwise the agent's own user).
+    #[arg(long)]
+    build_user: Option<String>,
 }
 
 impl Flags {
@@ -171,6 +175,7 @@ impl Flags {
             public_host: self.public_host,
             drain_grace_secs: self.drain_grace_secs,
             tls_dir: self.tls_dir,
+            build_user: self.build_user,
             labels,
         })
     }
@@ -192,6 +197,7 @@ fn options(config: AgentConfig) -> AgentOptions {
         drain_grace: Duration::from_secs(config.drain_grace_secs),
         proxy_program: None,
         tls_dir: config.tls_dir,
+        build_user: config.build_user,
     }
 }
 
@@ -208,7 +214,10 @@ async fn main() -> anyhow::Result<()> {
     let config = match (cli.command, cli.flags) {
         (Some(Command::Run { config }), _) => AgentConfig::load(&config)?,
         (Some(Command::Install { flags, target }), _) => {
-            let config = flags.into_config()?;
+            let mut config = flags.into_config()?;
+            config
+                .build_user
+                .get_or_insert_with(|| install::DEFAULT_BUILD_USER.to_owned());
             let binary = std::env::current_exe().context("cannot find this binary's path")?;
             let target = Target {
                 config_path: target.config,

@@ -88,8 +88,8 @@ async fn build_release(
         mirror: rt.work_dir.join("mirrors").join(format!("{}.git", job.app)),
         remote: job.spec.remote.clone(),
         credentials: Credentials {
-            username: Some(job.spec.git_username.clone()).filter(|u| !u.is_empty()),
-            token: Some(job.spec.git_token.clone()).filter(|t| !t.is_empty()),
+            username: Some(job.spec.fetch_username.clone()).filter(|u| !u.is_empty()),
+            token: Some(job.spec.fetch_token.clone()).filter(|t| !t.is_empty()),
             ssh_key: None,
         },
     });
@@ -143,6 +143,15 @@ async fn build_release(
         blocking(move || git::checkout(&source, &commit, &dir)),
     )
     .await?;
+    if let Some(user) = rt.build_user.clone() {
+        let dir = workspace.clone();
+        tokio::task::spawn_blocking(move || crate::build_user::hand_over(&dir, &user))
+            .await
+            .map_err(|e| Stop::Failed(format!("handing the workspace over failed: {e}")))?
+            .map_err(|e| {
+                Stop::Failed(format!("cannot hand the workspace to the build user: {e}"))
+            })?;
+    }
     report
         .system(format!(
             "checked out {} \"{}\" by {} into {}",
@@ -160,10 +169,11 @@ async fn build_release(
     env.insert("GANTRY_SERVER".into(), rt.agent.to_string());
     env.insert(crate::leftovers::BUILD_MARK.into(), rt.agent_id.clone());
     env.insert("PATH".into(), rt.build_path.clone());
-    env.insert(
-        "HOME".into(),
-        std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
-    );
+    let home = match &rt.build_user {
+        Some(user) => user.home.display().to_string(),
+        None => std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+    };
+    env.insert("HOME".into(), home);
     env.insert("LANG".into(), "C.UTF-8".into());
     if let Ok(java_home) = std::env::var("JAVA_HOME") {
         env.insert("JAVA_HOME".into(), java_home);
@@ -174,8 +184,8 @@ async fn build_release(
         &job.spec.build_command,
         &workspace,
         &env,
-        timeout,
-        cancel,
+        rt.build_user.as_ref(),
+        (timeout, cancel),
         report,
     )
     .await

@@ -48,6 +48,9 @@ async fn install_run_sigterm_uninstall() {
             "prod-7",
         ])
         .args(["--label", "zone=a", "--drain-grace-secs", "30"])
+        // The default, gantry-build, is created by install only where it
+        // runs systemctl; this host has nobody.
+        .args(["--build-user", "nobody"])
         .arg("--work-dir")
         .arg(&work)
         .arg("--config")
@@ -84,6 +87,7 @@ async fn install_run_sigterm_uninstall() {
         "{config}"
     );
     assert!(config.contains("zone = \"a\""), "{config}");
+    assert!(config.contains("build_user = \"nobody\""), "{config}");
     assert_eq!(
         std::fs::metadata(&etc).unwrap().permissions().mode() & 0o777,
         0o600

@@ -70,6 +70,7 @@ pub async fn overhead() -> anyhow::Result<(Deploy, Deploy)> {
         drain_grace: gantry_agent::DEFAULT_DRAIN_GRACE,
         proxy_program: None,
         tls_dir: None,
+        build_user: None,
     };
     let agent = tokio::spawn(gantry_agent::run(agent, stop.clone()));
     let mut client = gantry_cli::commands::connect_with(&url, None, None).await?;

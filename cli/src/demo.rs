@@ -126,6 +126,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         drain_grace: gantry_agent::DEFAULT_DRAIN_GRACE,
         proxy_program: None,
         tls_dir: None,
+        build_user: None,
     };
     services.spawn(gantry_agent::run(agent, shutdown.clone()));
     // From here on a closed stdout must not skip the clean-up below.

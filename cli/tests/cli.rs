@@ -187,6 +187,7 @@ async fn deploy_follows_the_log_and_exits_by_the_outcome() {
         drain_grace: gantry_agent::DEFAULT_DRAIN_GRACE,
         proxy_program: None,
         tls_dir: None,
+        build_user: None,
     };
     let agent = tokio::spawn(gantry_agent::run(agent, shutdown.clone()));
 

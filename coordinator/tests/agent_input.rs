@@ -1,7 +1,9 @@
-//! What an agent sends is input like any other: every text of a finished
-//! job passes the environment's redactor before it is stored or shown, and
-//! bytes that are not a message are the sender's error (`InvalidArgument`),
-//! on the agent's stream as on the operator API.
+//! What crosses the agent's stream: a job sent to an agent carries the
+//! app's read-only fetch credential, never the coordinator's push
+//! credential; what an agent sends is input like any other: every text of
+//! a finished job passes the environment's redactor before it is stored or
+//! shown, and bytes that are not a message are the sender's error
+//! (`InvalidArgument`), on the agent's stream as on the operator API.
 
 mod common;
 
@@ -18,10 +20,26 @@ use tonic::{
 
 const SECRET: &str = "pw-4c3b2a1f0e";
 
+/// The coordinator's own token, which can push.
+const PUSH_TOKEN: &str = "push-token-7a6b5c";
+
+/// Apps whose remote needs the push token: one with it alone, one with a
+/// distinct fetch credential, dev's secret `DB_PASSWORD` (the test's
+/// secret doubles as the read-only token).
+const CREDENTIAL_APPS: &str = "\
+[[apps]]\nname = \"push-only\"\nremote = \"REMOTE\"\nbuild_command = \"true\"\n\
+artifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n\
+git_username = \"bot\"\ngit_token = \"PUSH\"\n\
+[[apps]]\nname = \"fetch-too\"\nremote = \"REMOTE\"\nbuild_command = \"true\"\n\
+artifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n\
+git_username = \"bot\"\ngit_token = \"PUSH\"\n\
+[apps.fetch_credentials]\nusername = \"reader\"\ntoken_secret = \"DB_PASSWORD\"\n";
+
 /// A coordinator on loopback (plaintext) with app `shop` and env `dev`,
 /// whose secret is [`SECRET`]; its URL, shutdown and task.
 async fn coordinator(
     dir: &std::path::Path,
+    more_apps: &str,
 ) -> (
     String,
     CancellationToken,
@@ -36,8 +54,11 @@ async fn coordinator(
         "plaintext = true\nlisten = \"{addr}\"\n\
          [[environments]]\nname = \"dev\"\n[environments.secrets]\nDB_PASSWORD = \"{SECRET}\"\n\
          [[apps]]\nname = \"shop\"\nremote = \"{}\"\nbuild_command = \"true\"\n\
-         artifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n",
-        repo.display()
+         artifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n{}",
+        repo.display(),
+        more_apps
+            .replace("REMOTE", &repo.display().to_string())
+            .replace("PUSH", PUSH_TOKEN)
     );
     std::fs::write(&path, config).unwrap();
     let shutdown = CancellationToken::new();
@@ -56,7 +77,7 @@ fn up(body: proto::agent_message::Body) -> proto::AgentMessage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_text_of_a_finished_job_is_redacted() {
     let dir = tempfile::tempdir().unwrap();
-    let (url, shutdown, server) = coordinator(dir.path()).await;
+    let (url, shutdown, server) = coordinator(dir.path(), "").await;
     let mut agent = proto::agent_service_client::AgentServiceClient::connect(url.clone())
         .await
         .unwrap();
@@ -142,6 +163,76 @@ async fn every_text_of_a_finished_job_is_redacted() {
     server.await.unwrap().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_carries_the_fetch_credential_never_the_push_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, shutdown, server) = coordinator(dir.path(), CREDENTIAL_APPS).await;
+    let mut agent = proto::agent_service_client::AgentServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let register = proto::Register {
+        name: "dev-1".into(),
+        env: "dev".into(),
+        capacity: 2,
+        ..Default::default()
+    };
+    tx.send(up(proto::agent_message::Body::Register(register)))
+        .await
+        .unwrap();
+    let mut inbound = agent
+        .attach(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    inbound.message().await.unwrap().expect("registered");
+    let mut client = proto::operator_service_client::OperatorServiceClient::connect(url)
+        .await
+        .unwrap();
+    let mut specs = std::collections::BTreeMap::new();
+    for app in ["push-only", "fetch-too"] {
+        let deploy = proto::DeployRequest {
+            app: app.into(),
+            env: "dev".into(),
+            ..Default::default()
+        };
+        client.deploy(deploy).await.unwrap();
+        let spec = loop {
+            let msg = inbound.message().await.unwrap().expect("an assignment");
+            if let Some(proto::coordinator_message::Body::Assign(spec)) = msg.body {
+                break spec;
+            }
+        };
+        specs.insert(app, spec);
+    }
+    for (app, spec) in &specs {
+        let everything = format!("{spec:?}");
+        assert!(
+            !everything.contains(PUSH_TOKEN),
+            "{app}: the push token went to the agent: {everything}"
+        );
+    }
+    let push_only = specs["push-only"].app.clone().unwrap();
+    assert_eq!(
+        (
+            push_only.fetch_username.as_str(),
+            push_only.fetch_token.as_str()
+        ),
+        ("", "")
+    );
+    let fetch_too = specs["fetch-too"].app.clone().unwrap();
+    assert_eq!(
+        (
+            fetch_too.fetch_username.as_str(),
+            fetch_too.fetch_token.as_str()
+        ),
+        ("reader", SECRET)
+    );
+    shutdown.cancel();
+    drop(tx);
+    server.await.unwrap().unwrap();
+}
+
 /// Sends its bytes as they are; reads nothing back.
 #[derive(Default)]
 struct Garbage;
@@ -187,7 +278,7 @@ const NOT_A_MESSAGE: [u8; 3] = [0xff, 0xff, 0xff];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_that_are_not_a_message_are_invalid_argument() {
     let dir = tempfile::tempdir().unwrap();
-    let (url, shutdown, server) = coordinator(dir.path()).await;
+    let (url, shutdown, server) = coordinator(dir.path(), "").await;
     let channel = tonic::transport::Endpoint::from_shared(url)
         .unwrap()
         .connect()

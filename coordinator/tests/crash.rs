@@ -115,6 +115,7 @@ async fn two_hundred_thousand_lines_survive_three_sigkills_of_the_coordinator() 
         drain_grace: Duration::from_secs(5),
         proxy_program: None,
         tls_dir: None,
+        build_user: None,
     };
     let agent = tokio::spawn(gantry_agent::run(agent, shutdown.clone()));
 

@@ -1,7 +1,8 @@
 """A git smart-HTTP server for tests: `git http-backend` behind HTTP Basic
 authentication, so Gantry's remote credentials are exercised against a real
-server. Usage: git_http_server.py ROOT PORT USER TOKEN. It prints "ready"
-once listening, and serves until killed.
+server. Usage: git_http_server.py ROOT PORT USER TOKEN [READER READ_TOKEN].
+USER may fetch and push; READER, when given, may fetch only (a push is
+403). It prints "ready" once listening, and serves until killed.
 """
 
 import base64
@@ -12,6 +13,12 @@ import sys
 
 ROOT, PORT, USER, TOKEN = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 EXPECTED = "Basic " + base64.b64encode(f"{USER}:{TOKEN}".encode()).decode()
+READER = sys.argv[5:7]
+READ_ONLY = (
+    "Basic " + base64.b64encode(f"{READER[0]}:{READER[1]}".encode()).decode()
+    if len(READER) == 2
+    else None
+)
 BACKEND = os.path.join(
     subprocess.check_output(["git", "--exec-path"], text=True).strip(),
     "git-http-backend",
@@ -38,7 +45,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def serve(self):
         data = self.body() if self.command == "POST" else b""
-        if self.headers.get("Authorization") != EXPECTED:
+        given = self.headers.get("Authorization")
+        if READ_ONLY is not None and given == READ_ONLY:
+            if "git-receive-pack" in self.path:
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        elif given != EXPECTED:
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="git"')
             self.send_header("Content-Length", "0")

@@ -13,6 +13,7 @@ use gantry_shared::{config::CoordinatorConfig, AgentName, EnvName};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+mod app;
 mod cleanup;
 mod client;
 pub mod node_image;
@@ -20,6 +21,7 @@ mod relay;
 mod secure;
 pub mod trust;
 
+pub use app::TestApp;
 use cleanup::stop_proxies;
 pub use cleanup::{remove_app_objects, KillOnDrop};
 pub use client::*;
@@ -31,49 +33,6 @@ pub use gantry_cli::commands::Client;
 /// Longest a deploy of the sample app may take in a test (a cold JVM build
 /// and image build on a loaded 2-core machine take well under a minute).
 pub const DEPLOY_DEADLINE: Duration = Duration::from_secs(240);
-
-/// An app a test deploys.
-#[derive(Clone)]
-pub struct TestApp {
-    /// Its name; unique per test, so tests never touch each other's objects.
-    pub name: String,
-    /// Its build command (default: the sample's).
-    pub build_command: String,
-    /// Its health timeout.
-    pub health_timeout_secs: u64,
-    /// Its remote (default: the repository the harness creates).
-    pub remote: Option<String>,
-    /// Its build timeout.
-    pub build_timeout_secs: u64,
-    /// Its whole-job timeout.
-    pub deploy_timeout_secs: u64,
-    /// Images kept per environment.
-    pub keep_releases: usize,
-    /// The stable port served by Gantry's proxy, if any.
-    pub public_port: Option<u16>,
-    /// User name and token for an authenticated remote.
-    pub git_credentials: Option<(String, String)>,
-    /// The repository's own Dockerfile, instead of the JRE base image.
-    pub dockerfile: Option<String>,
-}
-
-impl TestApp {
-    /// The sample app under `name`.
-    pub fn new(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            build_command: sample::BUILD_COMMAND.to_owned(),
-            health_timeout_secs: 60,
-            remote: None,
-            build_timeout_secs: 600,
-            deploy_timeout_secs: 900,
-            keep_releases: 5,
-            public_port: None,
-            git_credentials: None,
-            dockerfile: None,
-        }
-    }
-}
 
 /// A running coordinator with its agents, repositories and data.
 pub struct Harness {
@@ -217,6 +176,11 @@ impl Harness {
             if let Some(port) = app.public_port {
                 text += &format!("public_port = {port}\ndrain_timeout_secs = 20\n");
             }
+            if let Some((user, secret)) = &app.fetch_credentials {
+                text += &format!(
+                    "[apps.fetch_credentials]\nusername = \"{user}\"\ntoken_secret = \"{secret}\"\n"
+                );
+            }
         }
         if let Some(secure) = &self.secure {
             text += &secure.users;
@@ -309,7 +273,18 @@ impl Harness {
         name: &str,
         drain_grace: Duration,
     ) -> anyhow::Result<()> {
-        self.start_agent_at(env, name, drain_grace, None)
+        self.start_agent_at(env, name, drain_grace, None, None)
+    }
+
+    /// Starts an agent for `env` whose builds run as `build_user`.
+    pub fn start_agent_as(
+        &mut self,
+        env: &str,
+        name: &str,
+        build_user: &str,
+    ) -> anyhow::Result<()> {
+        let grace = gantry_agent::DEFAULT_DRAIN_GRACE;
+        self.start_agent_at(env, name, grace, None, Some(build_user.to_owned()))
     }
 
     /// Starts an agent that dials with the certificate in `tls_dir`.
@@ -319,7 +294,13 @@ impl Harness {
         name: &str,
         tls_dir: PathBuf,
     ) -> anyhow::Result<()> {
-        self.start_agent_at(env, name, gantry_agent::DEFAULT_DRAIN_GRACE, Some(tls_dir))
+        self.start_agent_at(
+            env,
+            name,
+            gantry_agent::DEFAULT_DRAIN_GRACE,
+            Some(tls_dir),
+            None,
+        )
     }
 
     fn start_agent_at(
@@ -328,6 +309,7 @@ impl Harness {
         name: &str,
         drain_grace: Duration,
         tls_dir: Option<PathBuf>,
+        build_user: Option<String>,
     ) -> anyhow::Result<()> {
         let options = AgentOptions {
             coordinator: self.url.clone(),
@@ -342,6 +324,7 @@ impl Harness {
             drain_grace,
             proxy_program: Some(node_image::bin_dir()?.join("gantry-agent")),
             tls_dir,
+            build_user,
         };
         let token = CancellationToken::new();
         let task = tokio::spawn(gantry_agent::run(options, token.clone()));

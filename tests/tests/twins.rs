@@ -121,15 +121,24 @@ async fn a_dev_session_cannot_report_on_a_prod_job_its_name_once_held() -> anyho
     client
         .revoke_agent(proto::RevokeAgentRequest { name: name.into() })
         .await?;
+
+    // The same name, enrolled in dev now: the prod session that held the
+    // job is gone for good, so the job fails.
+    let mut dev =
+        RawAgent::attach(endpoint(h.join_agent("dev", name).await?)?, "dev", name).await?;
     let before = client
         .get_job(proto::GetJobRequest { id: job.id })
         .await?
         .into_inner();
-    assert_eq!(state(&before), JobState::Assigned, "{}", before.reason);
-
-    // The same name, enrolled in dev now, reports the prod job done.
-    let mut dev =
-        RawAgent::attach(endpoint(h.join_agent("dev", name).await?)?, "dev", name).await?;
+    assert_eq!(state(&before), JobState::Failed, "{}", before.reason);
+    assert!(
+        before
+            .reason
+            .contains("the session that held this job is gone"),
+        "{}",
+        before.reason
+    );
+    // It reports the prod job done.
     use proto::job_event::Body;
     dev.event(job.id, 1, Body::Stage(proto::Stage::Build as i32))
         .await?;
@@ -154,10 +163,10 @@ async fn a_dev_session_cannot_report_on_a_prod_job_its_name_once_held() -> anyho
         .get_job(proto::GetJobRequest { id: job.id })
         .await?
         .into_inner();
-    assert_eq!(state(&after), JobState::Assigned, "{}", after.reason);
+    assert_eq!(state(&after), JobState::Failed, "{}", after.reason);
     assert_eq!(
-        (after.stage, &after.url, &after.image),
-        (before.stage, &before.url, &before.image)
+        (after.stage, &after.reason, &after.url, &after.image),
+        (before.stage, &before.reason, &before.url, &before.image)
     );
     let request = proto::StreamJobLogsRequest {
         job_id: job.id,

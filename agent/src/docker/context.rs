@@ -124,6 +124,10 @@ where
             buf: Vec::with_capacity(CHUNK),
             tx: tx.clone(),
         });
+        // Links go in as links, as Docker's own context does: a link the
+        // build made (`target/app.jar -> /etc/shadow`) must not bring in
+        // what the build user cannot read.
+        tar.follow_symlinks(false);
         let packed = pack(&mut tar).and_then(|()| tar.into_inner()?.flush());
         if let Err(e) = packed {
             let _ = tx.blocking_send(Err(e));

@@ -75,23 +75,27 @@ impl Core {
             env: record.env.clone(),
             certificate: certificate.map(str::to_owned),
         };
-        let ours: Vec<JobId> = fleet
-            .jobs_of(&name)
-            .into_iter()
-            .filter(|id| fleet.active.get(id).is_some_and(|p| p.held_by(&sender)))
-            .collect();
-        for job_id in ours {
-            if running.contains(&job_id) {
+        for job_id in fleet.jobs_of(&name) {
+            let held = fleet
+                .active
+                .get(&job_id)
+                .is_some_and(|p| p.held_by(&sender));
+            let why = if !held {
+                // Given to a session of this name that is gone for good
+                // (its certificate revoked, or the name now serving another
+                // environment): it can never report this job again.
+                format!(
+                    "agent {name} is now connected for env {} with another certificate; \
+                     the session that held this job is gone",
+                    record.env
+                )
+            } else if running.contains(&job_id) {
                 kept.insert(job_id);
+                continue;
             } else {
-                self.end_step(
-                    &mut fleet,
-                    job_id,
-                    JobState::Failed,
-                    format!("agent {name} restarted and no longer runs this job"),
-                    None,
-                );
-            }
+                format!("agent {name} restarted and no longer runs this job")
+            };
+            self.end_step(&mut fleet, job_id, JobState::Failed, why, None);
         }
         // Jobs it holds that we do not consider its own: a job still queued
         // here was assigned just before a crash lost the record of it, so

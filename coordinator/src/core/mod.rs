@@ -8,7 +8,8 @@ use std::{
 };
 
 use gantry_shared::{
-    config::CoordinatorConfig, proto, AgentName, JobId, JobState, Redactor, Stage,
+    config::{fetch_token, CoordinatorConfig},
+    proto, AgentName, JobId, JobState, Redactor, Stage,
 };
 use tracing::{info, warn};
 
@@ -387,6 +388,12 @@ impl Core {
         let app = self.config.app(&job.app)?;
         let env = self.config.environment(&job.env)?;
         let keep_images = retained_images(releases, app.keep_releases.saturating_sub(1));
+        // The read-only credential of this environment; the app's own
+        // `git_token` can push and stays here.
+        let (fetch_username, fetch_token) = match fetch_token(app, env) {
+            Some((username, token)) => (username.unwrap_or_default(), token),
+            None => Default::default(),
+        };
         let set = job.base.as_ref().map(|base| proto::BranchSet {
             base: Some(base.to_proto()),
             branches: job.branches.iter().map(BranchCommit::to_proto).collect(),
@@ -396,7 +403,8 @@ impl Core {
             job_id: job.id.get(),
             app: Some(proto::AppSpec {
                 name: app.name().to_string(),
-                remote: app.remote.clone(),
+                // A password in the URL is the coordinator's credential too.
+                remote: gantry_shared::git::without_password(&app.remote),
                 build_command: app.build_command.clone(),
                 artifact: app.artifact.clone(),
                 base_image: app.base_image.clone().unwrap_or_default(),
@@ -408,12 +416,8 @@ impl Core {
                 deploy_timeout_secs: app.deploy_timeout_secs,
                 public_port: app.public_port.map_or(0, |p| p.get().into()),
                 drain_timeout_secs: app.drain_timeout_secs,
-                git_username: app.git_username.clone().unwrap_or_default(),
-                git_token: app
-                    .git_token
-                    .as_ref()
-                    .map(|t| t.expose().to_owned())
-                    .unwrap_or_default(),
+                fetch_username,
+                fetch_token,
             }),
             env: job.env.to_string(),
             env_vars: env.variables.clone().into_iter().collect(),

@@ -70,6 +70,10 @@ pub struct AgentConfig {
     /// an https:// coordinator. Default `/etc/gantry/tls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_dir: Option<PathBuf>,
+    /// The unprivileged user builds run as (`install` writes
+    /// `gantry-build`). Default: the agent's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_user: Option<String>,
     /// Labels shown by `gantry agents`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -127,6 +131,7 @@ mod tests {
             public_host: Some("prod-1.example.com".into()),
             drain_grace_secs: 60,
             tls_dir: Some("/etc/gantry/tls".into()),
+            build_user: Some("gantry-build".into()),
             labels: BTreeMap::from([("zone".into(), "a".into())]),
         };
         let text = config.to_toml();

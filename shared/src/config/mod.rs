@@ -17,8 +17,10 @@ use toml::Spanned;
 use crate::domain::{AppName, BranchName, EnvName};
 
 pub mod agent;
+pub mod fetch;
 pub mod trust;
 
+pub use fetch::{fetch_token, FetchCredential, FetchCredentials};
 pub use trust::UserConfig;
 
 /// A configuration file that could not be used; the message names the file,
@@ -216,10 +218,15 @@ pub struct AppConfig {
     /// User name for an HTTPS token, or for SSH when the URL names none.
     #[serde(default)]
     pub git_username: Option<String>,
-    /// HTTPS token or password for the remote. Sent to agents inside the
-    /// jobs that fetch, never shown in output, logs or the API.
+    /// HTTPS token or password for the remote, used by the coordinator
+    /// alone (it lists, resolves and creates branches); never sent to an
+    /// agent, shown in output, logs or the API.
     #[serde(default)]
     pub git_token: Option<crate::Secret>,
+    /// What agents fetch the remote with: a read-only credential, per
+    /// environment if need be. Default: none, agents fetch without.
+    #[serde(default)]
+    pub fetch_credentials: Option<FetchCredentials>,
     /// SSH private key file, on the coordinator's host, for ssh:// remotes.
     #[serde(default)]
     pub git_ssh_key: Option<PathBuf>,
@@ -355,6 +362,7 @@ impl CoordinatorConfig {
             }
         }
         self.validate_trust(&invalid)?;
+        self.validate_fetch(&invalid)?;
         let mut seen = HashSet::new();
         for app in &self.apps {
             let at = app.name.span();
@@ -409,69 +417,6 @@ impl CoordinatorConfig {
             ];
             if let Some((_, msg)) = checks.iter().find(|(bad, _)| *bad) {
                 return Err(invalid(at, format!("app {name:?}: {msg}")));
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_trust(
-        &self,
-        invalid: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
-    ) -> Result<(), ConfigError> {
-        if self.plaintext && !self.listen.ip().is_loopback() {
-            let msg = format!(
-                "plaintext = true is allowed only on a loopback address, and listen is {}; \
-                 run `gantry-coordinator ca init` and drop plaintext, or listen on 127.0.0.1",
-                self.listen
-            );
-            return Err(invalid(0..0, msg));
-        }
-        if self.rate_limit_per_minute == 0 {
-            return Err(invalid(
-                0..0,
-                "rate_limit_per_minute must be at least 1".into(),
-            ));
-        }
-        for env in &self.environments {
-            let roles = env
-                .deploy
-                .iter()
-                .chain(env.rollback_roles())
-                .chain(&env.approve);
-            if let Some(bad) = roles.clone().find(|r| !trust::is_role_name(r)) {
-                let msg = format!("environment {}: {bad:?} is not a valid role name (use lowercase letters, digits and '-')", env.name());
-                return Err(invalid(env.name.span(), msg));
-            }
-        }
-        let mut names = HashSet::new();
-        let mut hashes = HashSet::new();
-        for user in &self.users {
-            let at = user.name.span();
-            let name = user.name.get_ref();
-            if !trust::is_role_name(name) {
-                let msg = format!(
-                    "user {name:?}: use lowercase letters, digits and '-', starting with a letter"
-                );
-                return Err(invalid(at, msg));
-            }
-            if !names.insert(name) {
-                return Err(invalid(at, format!("user {name:?} is declared twice")));
-            }
-            if !trust::is_sha256_hex(&user.token_sha256) {
-                let msg = format!("user {name:?}: token_sha256 must be 64 lowercase hex digits, as printed by `gantry-coordinator token new`");
-                return Err(invalid(at, msg));
-            }
-            if !hashes.insert(&user.token_sha256) {
-                return Err(invalid(
-                    at,
-                    format!("user {name:?} has the same token as another user"),
-                ));
-            }
-            if let Some(bad) = user.roles.iter().find(|r| !trust::is_role_name(r)) {
-                return Err(invalid(
-                    at,
-                    format!("user {name:?}: {bad:?} is not a valid role name"),
-                ));
             }
         }
         Ok(())

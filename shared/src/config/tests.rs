@@ -179,3 +179,38 @@ fn plaintext_off_loopback_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn fetch_credentials_name_a_secret_of_every_environment_they_apply_to() {
+    let with = |fetch: &str, secrets: &str| {
+        GOOD.replace(
+            "name = \"prod\"\n",
+            &format!("name = \"prod\"\n[environments.secrets]\n{secrets}\n"),
+        ) + fetch
+    };
+    let fetch = "[apps.fetch_credentials]\nusername = \"reader\"\ntoken_secret = \"READ\"\n";
+    // dev has no READ: refused, naming the secret and the environment.
+    let msg = parse(&with(fetch, "READ = \"r\"")).unwrap_err().to_string();
+    assert!(
+        msg.contains("\"READ\"") && msg.contains("environment dev"),
+        "{msg}"
+    );
+    // Only prod fetches with a credential: dev fetches without.
+    let only_prod = "[apps.fetch_credentials.env.prod]\ntoken_secret = \"READ\"\n";
+    let c = parse(&with(only_prod, "READ = \"r\"")).unwrap();
+    let app = &c.apps[0];
+    assert_eq!(fetch::fetch_token(app, &c.environments[0]), None);
+    assert_eq!(
+        fetch::fetch_token(app, &c.environments[1]),
+        Some((None, "r".to_owned()))
+    );
+    let typo = "[apps.fetch_credentials.env.prd]\ntoken_secret = \"READ\"\n";
+    let msg = parse(&with(typo, "READ = \"r\"")).unwrap_err().to_string();
+    assert!(
+        msg.contains("env.prd names no configured environment"),
+        "{msg}"
+    );
+    let unknown = "[apps.fetch_credentials]\ntoken = \"x\"\n";
+    let msg = parse(&with(unknown, "")).unwrap_err().to_string();
+    assert!(msg.contains("unknown field `token`"), "{msg}");
+}

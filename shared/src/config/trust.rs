@@ -1,8 +1,12 @@
 //! The trust part of `coordinator.toml`: operators, their roles, and what
 //! each environment lets each role do.
 
+use std::collections::HashSet;
+
 use serde::Deserialize;
 use toml::Spanned;
+
+use super::CoordinatorConfig;
 
 /// Roles that deploy to an environment whose policy names none: ops only,
 /// so a new environment is closed until someone opens it on purpose.
@@ -50,4 +54,71 @@ pub fn is_sha256_hex(hash: &str) -> bool {
         && hash
             .chars()
             .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+}
+
+impl CoordinatorConfig {
+    /// The trust settings are sound: plaintext only on loopback, valid
+    /// role names, unique users with well-formed token hashes.
+    pub(super) fn validate_trust(
+        &self,
+        invalid: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
+    ) -> Result<(), super::ConfigError> {
+        if self.plaintext && !self.listen.ip().is_loopback() {
+            let msg = format!(
+                "plaintext = true is allowed only on a loopback address, and listen is {}; \
+                 run `gantry-coordinator ca init` and drop plaintext, or listen on 127.0.0.1",
+                self.listen
+            );
+            return Err(invalid(0..0, msg));
+        }
+        if self.rate_limit_per_minute == 0 {
+            return Err(invalid(
+                0..0,
+                "rate_limit_per_minute must be at least 1".into(),
+            ));
+        }
+        for env in &self.environments {
+            let roles = env
+                .deploy
+                .iter()
+                .chain(env.rollback_roles())
+                .chain(&env.approve);
+            if let Some(bad) = roles.clone().find(|r| !is_role_name(r)) {
+                let msg = format!("environment {}: {bad:?} is not a valid role name (use lowercase letters, digits and '-')", env.name());
+                return Err(invalid(env.name.span(), msg));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut hashes = HashSet::new();
+        for user in &self.users {
+            let at = user.name.span();
+            let name = user.name.get_ref();
+            if !is_role_name(name) {
+                let msg = format!(
+                    "user {name:?}: use lowercase letters, digits and '-', starting with a letter"
+                );
+                return Err(invalid(at, msg));
+            }
+            if !names.insert(name) {
+                return Err(invalid(at, format!("user {name:?} is declared twice")));
+            }
+            if !is_sha256_hex(&user.token_sha256) {
+                let msg = format!("user {name:?}: token_sha256 must be 64 lowercase hex digits, as printed by `gantry-coordinator token new`");
+                return Err(invalid(at, msg));
+            }
+            if !hashes.insert(&user.token_sha256) {
+                return Err(invalid(
+                    at,
+                    format!("user {name:?} has the same token as another user"),
+                ));
+            }
+            if let Some(bad) = user.roles.iter().find(|r| !is_role_name(r)) {
+                return Err(invalid(
+                    at,
+                    format!("user {name:?}: {bad:?} is not a valid role name"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -211,6 +211,22 @@ impl Credentials {
     }
 }
 
+/// `url` without the password of its userinfo (`scheme://user:pw@host/..`
+/// becomes `scheme://user@host/..`): what a remote URL that holds the
+/// coordinator's own credential may be given to others as. A URL without
+/// one is returned as it is.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = rest[..at].split(':').next().unwrap_or_default();
+    format!("{scheme}://{user}@{}", &rest[at + 1..])
+}
+
 /// Removes credentials (`user:token@`) from every URL in `text`, so a URL or a
 /// message that quotes one can be shown or logged. Everything between `://`
 /// and the last `@` of the URL is replaced, which errs on the side of hiding.

@@ -438,3 +438,23 @@ fn redaction_hides_credentials_holding_a_quote() {
     };
     assert_eq!(credentials.redact("ababab"), "***");
 }
+
+#[test]
+fn a_url_given_to_others_keeps_its_user_and_loses_its_password() {
+    assert_eq!(
+        super::without_password("https://bot:s3cret@git.example.com/shop.git"),
+        "https://bot@git.example.com/shop.git"
+    );
+    assert_eq!(
+        super::without_password("https://bot:it's:@x@git.example.com/a@b.git"),
+        "https://bot@git.example.com/a@b.git"
+    );
+    for plain in [
+        "https://git.example.com/shop.git",
+        "ssh://git@host/shop.git",
+        "file:///srv/shop.git",
+        "/srv/shop.git",
+    ] {
+        assert_eq!(super::without_password(plain), plain);
+    }
+}
