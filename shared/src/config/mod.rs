@@ -158,6 +158,11 @@ pub struct CoordinatorConfig {
     /// ResourceExhausted. Default 600.
     #[serde(default = "trust::default_rate_limit_per_minute")]
     pub rate_limit_per_minute: u32,
+    /// Connections one address (an IPv6 /64) may hold open at once; more
+    /// are closed as they arrive. Raise it when many agents or operators
+    /// reach the coordinator through one NAT. Default 256.
+    #[serde(default = "trust::default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
 }
 
 /// One environment: its own servers, domain and middleware.
@@ -430,6 +435,12 @@ impl CoordinatorConfig {
             return Err(invalid(
                 0..0,
                 "rate_limit_per_minute must be at least 1".into(),
+            ));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(invalid(
+                0..0,
+                "max_connections_per_address must be at least 1".into(),
             ));
         }
         for env in &self.environments {

@@ -15,6 +15,13 @@ pub fn default_admin_roles() -> Vec<String> {
     vec!["ops".into()]
 }
 
+/// Connections one address may hold: an agent holds one, a `gantry`
+/// command one, and a hundred log followers on one workstation fit twice
+/// over, while one host cannot take the descriptors of thousands.
+pub fn default_max_connections_per_address() -> usize {
+    256
+}
+
 /// Requests per minute one operator may make: a person or a script polling
 /// every second stays well under it; a runaway loop is stopped.
 pub fn default_rate_limit_per_minute() -> u32 {

@@ -1,0 +1,320 @@
+//! What one peer address may hold of the listener, and the connection type
+//! handed to the gRPC server: a TLS stream that must start speaking HTTP/2
+//! within [`PREFACE_TIMEOUT`] and is closed after [`IDLE_TIMEOUT`] without
+//! a request in flight.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    time::{Instant, Sleep},
+};
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+
+/// Time from the end of the TLS handshake to the client's first bytes of
+/// HTTP/2 (its preface): clients send it with their last handshake flight,
+/// so 5 s is generous, and a connection that says nothing is let go soon.
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time a connection may stay open with no request in flight: an agent
+/// always holds its stream open and a `gantry` command's connection lives
+/// as long as the command, so only connections nobody uses are closed
+/// (a client reconnects on its next call).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Handshakes one address (an IPv6 /64) may have in progress at once: an
+/// office behind one NAT reconnecting together fits, and one host holding
+/// thousands of silent connections holds this many handshake slots, not
+/// all of them.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
+
+/// Connections and handshakes held by each peer address, and the
+/// requests in flight on each connection.
+pub struct PerAddress {
+    /// Most connections (in handshake or past it) one address may hold.
+    max_connections: usize,
+    held: Mutex<HashMap<IpAddr, Held>>,
+    /// Each open connection's requests, by its peer's address and port.
+    connections: Mutex<HashMap<SocketAddr, Arc<Activity>>>,
+}
+
+#[derive(Default)]
+struct Held {
+    connections: usize,
+    handshakes: usize,
+}
+
+/// Why a connection was refused at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The address holds as many connections as it may.
+    Connections(usize),
+    /// The address has as many handshakes in progress as it may.
+    Handshakes(usize),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Connections(n) => write!(f, "the address holds {n} connections, the most it may (max_connections_per_address)"),
+            Refusal::Handshakes(n) => write!(f, "the address has {n} TLS handshakes in progress, the most it may (MAX_HANDSHAKES_PER_ADDRESS)"),
+        }
+    }
+}
+
+impl PerAddress {
+    /// At most `max_connections` connections per address.
+    pub fn new(max_connections: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_connections,
+            held: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a connection slot and a handshake slot for `ip`, or says
+    /// which bound it is at.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<(Slot, Slot), Refusal> {
+        let key = crate::auth::address_key(ip);
+        let mut held = self.held.lock().expect("per-address lock");
+        let entry = held.entry(key).or_default();
+        if entry.connections >= self.max_connections {
+            return Err(Refusal::Connections(self.max_connections));
+        }
+        if entry.handshakes >= MAX_HANDSHAKES_PER_ADDRESS {
+            return Err(Refusal::Handshakes(MAX_HANDSHAKES_PER_ADDRESS));
+        }
+        entry.connections += 1;
+        entry.handshakes += 1;
+        let slot = |handshake| Slot {
+            key,
+            handshake,
+            table: self.clone(),
+        };
+        Ok((slot(false), slot(true)))
+    }
+
+    /// The request counter of the connection from `peer`, if it is one of
+    /// ours.
+    pub fn activity(&self, peer: SocketAddr) -> Option<Arc<Activity>> {
+        let connections = self.connections.lock().expect("connections lock");
+        connections.get(&peer).cloned()
+    }
+
+    fn release(&self, key: IpAddr, handshake: bool) {
+        let mut held = self.held.lock().expect("per-address lock");
+        if let Some(entry) = held.get_mut(&key) {
+            match handshake {
+                true => entry.handshakes = entry.handshakes.saturating_sub(1),
+                false => entry.connections = entry.connections.saturating_sub(1),
+            }
+            if entry.connections == 0 && entry.handshakes == 0 {
+                held.remove(&key);
+            }
+        }
+    }
+}
+
+/// A connection's or a handshake's place in its address's count, given
+/// back when dropped.
+pub struct Slot {
+    key: IpAddr,
+    handshake: bool,
+    table: Arc<PerAddress>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.table.release(self.key, self.handshake);
+    }
+}
+
+/// The requests in flight on one connection, and since when it has had
+/// none.
+pub struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    /// Counts a request until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// When the connection becomes idle too long to keep; `None` while a
+    /// request is in flight.
+    fn idle_deadline(&self) -> Option<Instant> {
+        match self.in_flight.load(Ordering::SeqCst) {
+            0 => Some(*self.idle_since.lock().expect("activity lock") + IDLE_TIMEOUT),
+            _ => None,
+        }
+    }
+}
+
+/// One request in flight: from its call until its response body is gone.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut since = self.0.idle_since.lock().expect("activity lock");
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *since = Instant::now();
+        }
+    }
+}
+
+/// A connection past its TLS handshake, as the gRPC server reads it. A
+/// read fails with `TimedOut` (and the server closes the connection) when
+/// no byte came within [`PREFACE_TIMEOUT`] of the handshake, or when no
+/// request has been in flight for [`IDLE_TIMEOUT`].
+pub struct Guarded {
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    /// Whether the client has sent anything yet.
+    spoke: bool,
+    opened: Instant,
+    activity: Arc<Activity>,
+    table: Arc<PerAddress>,
+    timer: Pin<Box<Sleep>>,
+    _slot: Slot,
+}
+
+impl Guarded {
+    /// Wraps `tls` from `peer`, holding its address's connection `slot`.
+    pub fn new(
+        tls: TlsStream<TcpStream>,
+        peer: SocketAddr,
+        slot: Slot,
+        table: Arc<PerAddress>,
+    ) -> Self {
+        let opened = Instant::now();
+        let activity = Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since: Mutex::new(opened),
+        });
+        table
+            .connections
+            .lock()
+            .expect("connections lock")
+            .insert(peer, activity.clone());
+        Self {
+            tls,
+            peer,
+            spoke: false,
+            opened,
+            activity,
+            table,
+            timer: Box::pin(tokio::time::sleep_until(opened + PREFACE_TIMEOUT)),
+            _slot: slot,
+        }
+    }
+
+    /// The moment the connection is to be closed, and why.
+    fn deadline(&self) -> Option<(Instant, &'static str)> {
+        match self.spoke {
+            false => Some((self.opened + PREFACE_TIMEOUT, "no HTTP/2 preface in time")),
+            true => self
+                .activity
+                .idle_deadline()
+                .map(|at| (at, "idle: no request in flight for too long")),
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let mut connections = self.table.connections.lock().expect("connections lock");
+        if connections
+            .get(&self.peer)
+            .is_some_and(|a| Arc::ptr_eq(a, &self.activity))
+        {
+            connections.remove(&self.peer);
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        if let Poll::Ready(read) = Pin::new(&mut this.tls).poll_read(cx, buf) {
+            this.spoke |= buf.filled().len() > before;
+            return Poll::Ready(read);
+        }
+        let Some((at, why)) = this.deadline() else {
+            return Poll::Pending;
+        };
+        if this.timer.deadline() != at {
+            this.timer.as_mut().reset(at);
+        }
+        match this.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Guarded {
+    type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tls.connect_info()
+    }
+}
+
+impl Guarded {
+    /// Whether the client presented a certificate (an agent).
+    pub fn has_client_certificate(&self) -> bool {
+        self.tls.get_ref().1.peer_certificates().is_some()
+    }
+}
