@@ -318,3 +318,117 @@ impl Guarded {
         self.tls.get_ref().1.peer_certificates().is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[test]
+    fn an_address_past_its_bounds_is_refused_and_its_slots_come_back() {
+        let table = PerAddress::new(MAX_HANDSHAKES_PER_ADDRESS + 1);
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let handshaking: Vec<_> = (0..MAX_HANDSHAKES_PER_ADDRESS)
+            .map(|_| table.admit(ip).unwrap())
+            .collect();
+        let refused = table.admit(ip).err();
+        assert_eq!(
+            refused,
+            Some(Refusal::Handshakes(MAX_HANDSHAKES_PER_ADDRESS))
+        );
+        // Another address is not held back by this one.
+        let other = table.admit(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
+        assert!(other.is_ok());
+        // Past their handshakes, the connections still count.
+        let connections: Vec<_> = handshaking.into_iter().map(|(held, _)| held).collect();
+        let last = table.admit(ip).unwrap();
+        let refused = table.admit(ip).err();
+        assert_eq!(
+            refused,
+            Some(Refusal::Connections(MAX_HANDSHAKES_PER_ADDRESS + 1))
+        );
+        drop((connections, last, other));
+        assert!(table.held.lock().unwrap().is_empty());
+    }
+
+    /// A TLS connection over loopback, its server end wrapped as the
+    /// listener wraps it; and the client end.
+    async fn connection(
+        table: &Arc<PerAddress>,
+    ) -> (Guarded, tokio_rustls::client::TlsStream<TcpStream>) {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+        gantry_shared::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        crate::trust::ca::init(dir.path(), &[]).unwrap();
+        let authority = crate::trust::Authority::load(dir.path()).unwrap();
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(authority.server_config().unwrap()));
+        let ca = std::fs::read(dir.path().join(gantry_shared::tls::files::CA_CERT)).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&ca).unwrap())
+            .unwrap();
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (server, client) = tokio::join!(
+            async {
+                let (tcp, peer) = listener.accept().await.unwrap();
+                (acceptor.accept(tcp).await.unwrap(), peer)
+            },
+            async {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let name = ServerName::try_from("localhost").unwrap();
+                connector.connect(name, tcp).await.unwrap()
+            }
+        );
+        let (tls, peer) = server;
+        let (slot, handshake) = table.admit(peer.ip()).unwrap();
+        drop(handshake);
+        (Guarded::new(tls, peer, slot, table.clone()), client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_speaks_is_closed_after_the_preface_timeout() {
+        let table = PerAddress::new(4);
+        let (mut conn, _client) = connection(&table).await;
+        let opened = Instant::now();
+        let read = tokio::time::timeout(PREFACE_TIMEOUT * 2, conn.read(&mut [0; 8])).await;
+        let err = read.expect("a silent connection is closed").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("no HTTP/2 preface"), "{err}");
+        assert!(opened.elapsed() >= PREFACE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_kept_while_a_request_runs_and_closed_when_idle() {
+        let table = PerAddress::new(4);
+        let (mut conn, mut client) = connection(&table).await;
+        client.write_all(b"PRI").await.unwrap();
+        client.flush().await.unwrap();
+        let mut buf = [0; 8];
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 3);
+        let peer = conn.peer;
+        let request = table.activity(peer).unwrap().begin();
+        // A request in flight (a stream that runs for hours): never idle.
+        let waited = tokio::time::timeout(IDLE_TIMEOUT * 3, conn.read(&mut buf)).await;
+        assert!(waited.is_err(), "closed while a request ran: {waited:?}");
+        drop(request);
+        let idle_from = Instant::now();
+        let read = tokio::time::timeout(IDLE_TIMEOUT * 2, conn.read(&mut buf)).await;
+        let err = read.expect("an idle connection is closed").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("idle"), "{err}");
+        assert!(idle_from.elapsed() >= IDLE_TIMEOUT);
+        // Closed, it gives its place back.
+        drop(conn);
+        assert!(table.activity(peer).is_none());
+        assert!(table.held.lock().unwrap().is_empty());
+    }
+}
