@@ -130,6 +130,12 @@ pub struct Secure {
 
 /// Starts a TLS coordinator (`ca init`, one agent enrolled and joined).
 pub async fn secure() -> Secure {
+    secure_with(None).await
+}
+
+/// As [`secure`], the coordinator limited to `open_files` descriptors
+/// when given.
+pub async fn secure_with(open_files: Option<u64>) -> Secure {
     gantry_shared::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -158,7 +164,26 @@ pub async fn secure() -> Secure {
     };
     admin(&["ca", "init"]);
     let token = admin(&["agent", "enroll", "--env", "dev", "--name", AGENT]);
-    let running = Running::start(&path, port);
+    let mut command = Command::new(bin());
+    command.arg("--config").arg(&path);
+    if let Some(limit) = open_files {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure only calls setrlimit, which is
+        // async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                match libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+    }
+    let running = Running::start_with(&mut command, port);
     let url = format!("https://127.0.0.1:{port}");
     let agent_dir = dir.path().join("agent-tls");
     gantry_agent::join::join(&url, token.trim(), &agent_dir)
@@ -302,4 +327,17 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
+}
+
+/// CPU time process `pid` has used (user and system), from
+/// /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads its argument.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
 }
