@@ -350,6 +350,13 @@ impl Store {
         self.db.flush_async().await?;
         Ok(())
     }
+
+    /// Flushes everything to disk, blocking the calling thread until it
+    /// is done: for the blocking pool (see [`crate::Core::audit_durably`]).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
