@@ -256,6 +256,11 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Checked first too, so that a peer that never stops sending
+        // (pings, window updates) without a request is closed all the same.
+        if let Some((_, why)) = this.deadline().filter(|(at, _)| *at <= Instant::now()) {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
+        }
         let before = buf.filled().len();
         if let Poll::Ready(read) = Pin::new(&mut this.tls).poll_read(cx, buf) {
             this.spoke |= buf.filled().len() > before;
@@ -430,5 +435,25 @@ mod tests {
         drop(conn);
         assert!(table.activity(peer).is_none());
         assert!(table.held.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_keeps_sending_without_a_request_is_closed_when_idle() {
+        let table = PerAddress::new(4);
+        let (mut conn, mut client) = connection(&table).await;
+        let opened = Instant::now();
+        let mut buf = [0; 8];
+        let err = loop {
+            client.write_all(b"x").await.unwrap();
+            client.flush().await.unwrap();
+            if let Err(e) = conn.read(&mut buf).await {
+                break e;
+            }
+            tokio::time::advance(IDLE_TIMEOUT / 10).await;
+            assert!(opened.elapsed() < IDLE_TIMEOUT * 2, "still open");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("idle"), "{err}");
+        assert!(opened.elapsed() >= IDLE_TIMEOUT);
     }
 }
