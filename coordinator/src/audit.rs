@@ -127,12 +127,17 @@ impl Core {
 
     /// Appends `entry` to the trail and flushes the store, so that an
     /// operator who has been answered (a deploy accepted, a request
-    /// refused) finds the entry after a crash. The flush runs on sled's
-    /// flusher, off the runtime's threads; concurrent ones share a write.
+    /// refused) finds the entry after a crash. The flush runs on the
+    /// blocking pool, off the runtime's threads. (Not sled's
+    /// `flush_async`: under a flood of refusals some of its flushes were
+    /// seen not to finish until the request timed out.)
     pub async fn audit_durably(&self, entry: AuditEntry) {
         self.audit(entry);
-        if let Err(e) = self.store.flush().await {
-            error!(error = %e, "cannot flush the audit trail to disk");
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush_blocking()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "cannot flush the audit trail to disk"),
+            Err(e) => error!(error = %e, "the audit trail's flush failed"),
         }
     }
 

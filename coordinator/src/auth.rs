@@ -202,6 +202,14 @@ impl Auth {
         }
     }
 
+    /// Whether `request` carries what [`Auth::authenticate`] accepts (a
+    /// known token; nothing in open mode), counted against no rate: a
+    /// look at the headers, before the body is read.
+    pub fn identifies<T>(&self, request: &Request<T>) -> bool {
+        self.open
+            || bearer(request).is_ok_and(|t| self.users.contains_key(&fingerprint(t.as_bytes())))
+    }
+
     /// Whether callers need no token.
     pub fn is_open(&self) -> bool {
         self.open
@@ -275,7 +283,7 @@ impl Auth {
 
 /// The key failures are counted under: the address, or for IPv6 its /64,
 /// since one host commonly holds a whole /64.
-fn address_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {

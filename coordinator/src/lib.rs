@@ -9,6 +9,7 @@ pub mod agent_service;
 pub mod audit;
 pub mod auth;
 pub mod core;
+pub mod edge;
 pub mod error;
 pub mod fleet;
 pub mod follow;
@@ -34,6 +35,28 @@ use tracing::{info, warn};
 
 /// HTTP/2 ping interval on every connection (see `serve`).
 const SERVER_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Time a peer has to answer a ping before its connection is closed: a
+/// live peer answers within a round trip, so a dead or stalled one frees
+/// its connection within this much after its ping.
+const SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Streams one connection may have open at once (the common gRPC
+/// default). An agent uses a few, a `gantry` command one or two, and each
+/// log follower has a connection of its own; past this, a client's new
+/// streams wait for its old ones, so one connection cannot hold unbounded
+/// per-stream state.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
+/// Longest a request may take to be answered (its response headers; a
+/// stream may then run as long as it runs). The slowest legitimate ones
+/// fetch from or push to git under a 60 s timeout; a request whose body
+/// never comes is ended after this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Largest header block a request may send: a token and a few names need
+/// well under a kilobyte.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 pub use crate::core::Core;
 
@@ -158,8 +181,17 @@ pub async fn serve(
     // Agents' liveness comes from their heartbeats and the lease; this ping
     // only finds dead connections of idle operator streams, so it is rare:
     // a thousand agents would otherwise cost a ping every 10 ms.
-    let builder =
-        || tonic::transport::Server::builder().http2_keepalive_interval(Some(SERVER_KEEPALIVE));
+    let per_address = trust::conn::PerAddress::new(core.config.max_connections_per_address);
+    let edge = edge::EdgeLayer::new(core.clone(), tls.is_some().then(|| per_address.clone()));
+    let builder = || {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(SERVER_KEEPALIVE))
+            .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .timeout(REQUEST_TIMEOUT)
+            .layer(edge.clone())
+    };
     // The operators' lane serves the same services, its requests but the
     // log streams run here (see `lanes`).
     let main = tokio::runtime::Handle::current();
@@ -178,8 +210,13 @@ pub async fn serve(
     let stop = shutdown.clone().cancelled_owned();
     let server: futures::future::BoxFuture<'_, anyhow::Result<()>> = match tls {
         Some(acceptor) => {
-            let (agents, operators) =
-                trust::accept::tls_incoming(listener, acceptor, core.clone(), shutdown.clone());
+            let (agents, operators) = trust::accept::tls_incoming(
+                listener,
+                acceptor,
+                core.clone(),
+                per_address,
+                shutdown.clone(),
+            );
             let lane = lanes::OperatorLane::start().context("cannot start the operators' lane")?;
             // The lane stops with the agents' server, whichever way it ends.
             let lane_stop = shutdown.child_token();

@@ -377,6 +377,13 @@ impl Store {
         self.db.flush_async().await?;
         Ok(())
     }
+
+    /// Flushes everything to disk, blocking the calling thread until it
+    /// is done: for the blocking pool (see [`crate::Core::audit_durably`]).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -474,7 +481,20 @@ mod tests {
     fn job_ids_keep_increasing_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let first = Store::open(dir.path()).unwrap().next_job_id().unwrap();
-        let second = Store::open(dir.path()).unwrap().next_job_id().unwrap();
+        // sled lets go of its lock when its flusher thread has stopped,
+        // a moment after the drop: wait for it as `serve` does.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let reopened = loop {
+            match Store::open(dir.path()) {
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened.unwrap(),
+            }
+        };
+        let second = reopened.next_job_id().unwrap();
         assert_eq!((first.get(), second.get()), (1, 2));
     }
 }

@@ -162,3 +162,35 @@ impl Store {
         Ok(revoked)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_trail_reads_in_pages_newest_first_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for n in 0..1_201 {
+            let entry = AuditEntry::new("who", "peer", "deploy", "target", true, n.to_string());
+            store.append_audit(entry).unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut before = None;
+        let mut pages = Vec::new();
+        loop {
+            let (page, more) = store.audit(before, 500).unwrap();
+            pages.push(page.len());
+            seen.extend(page.iter().map(|e| e.seq));
+            if !more {
+                break;
+            }
+            before = page.last().map(|e| e.seq);
+        }
+        assert_eq!(pages, [500, 500, 201]);
+        assert_eq!(seen, (1..=1_201).rev().collect::<Vec<u64>>());
+        // A page that ends exactly at the first entry says there is no more.
+        let (last, more) = store.audit(Some(501), 500).unwrap();
+        assert_eq!((last.len(), more), (500, false));
+    }
+}

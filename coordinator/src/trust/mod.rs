@@ -3,6 +3,7 @@
 
 pub mod accept;
 pub mod ca;
+pub mod conn;
 pub mod identity;
 
 pub use ca::{Authority, TrustError};

@@ -160,6 +160,11 @@ pub struct CoordinatorConfig {
     /// ResourceExhausted. Default 600.
     #[serde(default = "trust::default_rate_limit_per_minute")]
     pub rate_limit_per_minute: u32,
+    /// Connections one address (an IPv6 /64) may hold open at once; more
+    /// are closed as they arrive. Raise it when many agents or operators
+    /// reach the coordinator through one NAT. Default 256.
+    #[serde(default = "trust::default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
 }
 
 /// One environment: its own servers, domain and middleware.

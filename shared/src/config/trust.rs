@@ -19,6 +19,13 @@ pub fn default_admin_roles() -> Vec<String> {
     vec!["ops".into()]
 }
 
+/// Connections one address may hold: an agent holds one, a `gantry`
+/// command one, and a hundred log followers on one workstation fit twice
+/// over, while one host cannot take the descriptors of thousands.
+pub fn default_max_connections_per_address() -> usize {
+    256
+}
+
 /// Requests per minute one operator may make: a person or a script polling
 /// every second stays well under it; a runaway loop is stopped.
 pub fn default_rate_limit_per_minute() -> u32 {
@@ -75,6 +82,12 @@ impl CoordinatorConfig {
             return Err(invalid(
                 0..0,
                 "rate_limit_per_minute must be at least 1".into(),
+            ));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(invalid(
+                0..0,
+                "max_connections_per_address must be at least 1".into(),
             ));
         }
         for env in &self.environments {
