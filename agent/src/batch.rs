@@ -175,12 +175,12 @@ mod tests {
         }
     }
 
-    /// What a spool hands over: lines, stages and a job's end, of a few jobs.
+    /// What a spool hands over: runs of one job's events (lines, stages, an
+    /// end), of a few jobs in turn.
     fn events() -> impl Strategy<Value = Vec<proto::JobEvent>> {
-        let body = prop_oneof![
-            8 => text().prop_map(|t| Body::Log(line(0, t))),
-            1 => Just(Body::Stage(proto::Stage::Build as i32)),
-            1 => ".{0,100}".prop_map(|s| Body::Finished(proto::JobFinished {
+        let other = prop_oneof![
+            Just(Body::Stage(proto::Stage::Build as i32)),
+            ".{0,100}".prop_map(|s| Body::Finished(proto::JobFinished {
                 state: proto::JobState::Failed as i32,
                 summary: cap_text(s.repeat(10_000), MAX_SUMMARY_BYTES),
                 url: cap_text(s.repeat(100), MAX_FIELD_BYTES),
@@ -188,10 +188,14 @@ mod tests {
                 container: cap_text(s.repeat(100), MAX_FIELD_BYTES),
             })),
         ];
-        proptest::collection::vec((0..3u64, body), 0..700).prop_map(|events| {
+        let lines = proptest::collection::vec(text().prop_map(|t| Body::Log(line(0, t))), 1..400);
+        let run = (0..3u64, lines, proptest::option::of(other));
+        proptest::collection::vec(run, 0..4).prop_map(|runs| {
             let mut next = [1u64; 3];
-            events
-                .into_iter()
+            runs.into_iter()
+                .flat_map(|(job, lines, other)| {
+                    lines.into_iter().chain(other).map(move |body| (job, body))
+                })
                 .map(|(job, mut body)| {
                     let seq = next[job as usize];
                     next[job as usize] += 1;
@@ -260,6 +264,10 @@ mod tests {
             .collect();
         let messages = job_events(events);
         let largest = messages.iter().map(Message::encoded_len).max().unwrap();
+        println!(
+            "512 cut lines of 9 KiB: {} messages, the largest {largest} bytes (cap {MAX_GRPC_MESSAGE_BYTES})",
+            messages.len()
+        );
         assert!(largest <= MAX_AGENT_MESSAGE_BYTES, "{largest}");
         assert!(messages.len() >= 4, "{} messages", messages.len());
     }

@@ -21,6 +21,29 @@ const LONG_LINE_BYTES: usize = 9 * 1024;
 /// How long the job may take once the coordinator is back.
 const FINISH_DEADLINE: Duration = Duration::from_secs(180);
 
+/// Between two looks at the coordinator: slow enough that a long wait
+/// stays within its anonymous request rate, fast enough to end promptly.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`.
+async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(found) = check().await? {
+            return Ok(found);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
 async fn job(client: &mut Client, id: u64) -> anyhow::Result<proto::Job> {
     Ok(client
         .get_job(proto::GetJobRequest { id })
@@ -55,7 +78,7 @@ async fn stored_lines(client: &mut Client, id: u64) -> anyhow::Result<Vec<proto:
 
 /// Waits until the job prints `text`.
 async fn printed(client: &Client, id: u64, text: &str) -> anyhow::Result<()> {
-    eventually(
+    poll(
         &format!("job {id} to print {text:?}"),
         DEPLOY_DEADLINE,
         || {
@@ -93,14 +116,14 @@ async fn a_backlog_of_long_lines_reaches_a_coordinator_that_comes_back() -> anyh
     // The lines pile up in the agent's spool while no coordinator listens.
     h.stop_coordinator().await?;
     std::fs::write(&gate, "")?;
-    eventually("the build to print its lines", DEPLOY_DEADLINE, || async {
+    poll("the build to print its lines", DEPLOY_DEADLINE, || async {
         Ok(done.exists().then_some(()))
     })
     .await?;
     h.start_coordinator().await?;
 
     let mut client = h.client().await?;
-    let ended = eventually("the job to end", FINISH_DEADLINE, || {
+    let ended = poll("the job to end", FINISH_DEADLINE, || {
         let mut client = client.clone();
         async move { Ok(Some(job(&mut client, id).await?).filter(|j| state(j).is_terminal())) }
     })
@@ -132,7 +155,7 @@ async fn an_agent_killed_mid_job_numbers_its_lines_on_when_it_returns() -> anyho
 
     let _agent = h.spawn_agent_process("dev", "dev-1")?;
     let last_words = "==> failed: the agent restarted while running this job";
-    eventually(
+    poll(
         "the restarted agent's line to be stored",
         Duration::from_secs(60),
         || {

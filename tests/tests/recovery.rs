@@ -294,6 +294,10 @@ async fn an_agent_killed_mid_deploy_reconciles_when_it_returns() -> anyhow::Resu
     }
     assert_contiguous(&lines);
     assert!(texts(&lines).contains(&"==> health"));
+    assert!(
+        texts(&lines).contains(&"==> failed: the agent restarted while running this job"),
+        "the restarted agent's own line is stored"
+    );
     h.shutdown().await
 }
 

@@ -12,6 +12,7 @@
 //! are deleted, and a corrupt frame costs only itself.
 
 mod frame;
+mod legacy;
 mod segment;
 
 use std::{
@@ -73,6 +74,7 @@ impl Spool {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut found: BTreeMap<JobId, Vec<u64>> = BTreeMap::new();
+        let mut legacy = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -80,16 +82,19 @@ impl Spool {
             };
             match segment::parse_name(name) {
                 Some((job, number)) => found.entry(job).or_default().push(number),
-                None if name.ends_with(".spool") => warn!(
-                    file = %path.display(),
-                    "ignoring a spool file of an agent version before segments"
-                ),
-                None => {}
+                None => legacy.extend(legacy::parse_name(name).map(|job| (job, path.clone()))),
             }
         }
         let mut inner = Inner::default();
         for (job, numbers) in found {
             inner.jobs.insert(job, JobSpool::load(dir, job, numbers)?);
+        }
+        for (job, path) in legacy {
+            if inner.jobs.contains_key(&job) {
+                warn!(file = %path.display(), "ignoring an old spool file of a job with segments");
+                continue;
+            }
+            inner.jobs.insert(job, legacy::import(dir, job, &path)?);
         }
         Ok(Self {
             dir: dir.to_owned(),
