@@ -95,14 +95,16 @@ impl proto::agent_service_server::AgentService for AgentService {
                 Ok(()) => format!("certificate {}", identity.serial),
                 Err(e) => e.to_string(),
             };
-            self.core.audit(AuditEntry::new(
-                who,
-                &peer,
-                "agent-connect",
-                target,
-                checked.is_ok(),
-                detail,
-            ));
+            self.core
+                .audit_durably(AuditEntry::new(
+                    who,
+                    &peer,
+                    "agent-connect",
+                    target,
+                    checked.is_ok(),
+                    detail,
+                ))
+                .await;
             checked?;
         }
         let agent = record.name.clone();
@@ -166,7 +168,7 @@ impl proto::agent_service_server::AgentService for AgentService {
         if joined.is_ok() || self.core.auth.failure_worth_auditing(addr) {
             let entry =
                 AuditEntry::new("anonymous", peer, "enrol", claimed, joined.is_ok(), detail);
-            self.core.audit(entry);
+            self.core.audit_durably(entry).await;
         }
         Ok(Response::new(joined?))
     }
@@ -344,7 +346,7 @@ fn handle(
         Some(proto::agent_message::Body::JobEvent(event)) => {
             let (job, seq) = (event.job_id, event.seq);
             match core.apply_event(from.sender, event) {
-                Err(Error::Store(StoreError::Sled(e))) => {
+                Err(Error::Store(e @ (StoreError::Sled(_) | StoreError::Task(_)))) => {
                     error!(job, seq, error = %e, "cannot store a job event; dropping the stream");
                     return Some(Applied::Unstored);
                 }

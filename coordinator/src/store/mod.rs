@@ -25,6 +25,9 @@ pub enum StoreError {
     /// sled failed (disk full, corruption, ...).
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// The blocking task doing the store's work panicked or was dropped.
+    #[error("storage task failed: {0}")]
+    Task(String),
     /// Lines that would leave a gap in a job's log.
     #[error("lines of job {job} must follow seq {after}, but start at {got}")]
     Gap {
@@ -374,8 +377,13 @@ impl Store {
     /// Flushes everything to disk; call after state changes that must survive
     /// a crash (it blocks, so it runs on the blocking pool).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        // sled's own flush on the blocking pool: under load some of its
+        // `flush_async` calls were seen not to finish for minutes.
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.flush_blocking()).await {
+            Ok(flushed) => flushed,
+            Err(e) => Err(StoreError::Task(e.to_string())),
+        }
     }
 
     /// Flushes everything to disk, blocking the calling thread until it
