@@ -2,6 +2,15 @@
 //! `/etc/gantry/agent.toml` and a unit that starts after Docker, restarts on
 //! failure and stops with SIGTERM (which drains), then enables it;
 //! `uninstall` disables it and removes both files.
+//!
+//! Stopping or restarting the unit stops the agent only (`KillMode=process`):
+//! the app proxies it started live in the unit's control group (a new
+//! session does not leave it), and any other kill mode would take the
+//! stable ports down with every `systemctl restart`. Docker's and
+//! containerd's own units do the same for the containers they start. The
+//! agent ends its builds itself when it drains, and on start kills what an
+//! unclean exit left (`leftovers.rs`), so nothing else depends on systemd
+//! killing the group.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,6 +30,20 @@ pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
 /// own, in no group but its own, so a build reaches neither Docker nor
 /// the agent's keys.
 pub const DEFAULT_BUILD_USER: &str = "gantry-build";
+
+/// Open files allowed to the agent and, by inheritance, every proxy it
+/// starts. A proxy at its connection cap holds three descriptors per
+/// connection (client, upstream, one pooled); 65,536 covers that with room
+/// for the agent's own (Docker, git, build pipes), where systemd's default
+/// soft limit of 1,024 would cut a proxy down to about 320 connections.
+pub const LIMIT_NOFILE: u64 = 65_536;
+
+const _: () = assert!(
+    LIMIT_NOFILE
+        >= crate::proxy::limits::FDS_PER_CONNECTION * crate::proxy::limits::MAX_CONNECTIONS as u64
+            + 1_024,
+    "a proxy at its connection cap must fit in the unit's open-files limit"
+);
 
 /// Where the files go and whether to talk to systemd.
 pub struct Target {
@@ -50,8 +73,12 @@ pub fn unit_text(binary: &Path, config_path: &Path, drain_grace_secs: u64) -> St
          RestartSec=2\n\
          # SIGTERM drains: running jobs get their grace period, then the agent exits.\n\
          KillSignal=SIGTERM\n\
-         KillMode=mixed\n\
+         # Only the agent stops: the app proxies it started keep the stable ports\n\
+         # serving through a restart or an upgrade.\n\
+         KillMode=process\n\
          TimeoutStopSec={stop}\n\
+         # For the agent and the proxies it starts (they inherit it).\n\
+         LimitNOFILE={nofile}\n\
          Environment=RUST_LOG=info\n\
          \n\
          [Install]\n\
@@ -59,6 +86,7 @@ pub fn unit_text(binary: &Path, config_path: &Path, drain_grace_secs: u64) -> St
         binary = binary.display(),
         config = config_path.display(),
         stop = drain_grace_secs.saturating_add(30),
+        nofile = LIMIT_NOFILE,
     )
 }
 
@@ -136,4 +164,70 @@ pub fn uninstall(target: &Target) -> anyhow::Result<()> {
         systemctl(&["daemon-reload"])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `[Service]` section's `key=value` lines.
+    fn service_settings(unit: &str) -> Vec<(&str, &str)> {
+        unit.lines()
+            .skip_while(|line| *line != "[Service]")
+            .skip(1)
+            .take_while(|line| !line.starts_with('['))
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once('='))
+            .collect()
+    }
+
+    #[test]
+    fn the_unit_stops_the_agent_only_and_raises_the_open_files_limit() {
+        let unit = unit_text(
+            Path::new("/usr/local/bin/gantry-agent"),
+            Path::new("/etc/gantry/agent.toml"),
+            60,
+        );
+        let settings = service_settings(&unit);
+        let value = |key: &str| -> Vec<&str> {
+            settings
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| *v)
+                .collect()
+        };
+        assert_eq!(value("KillMode"), ["process"], "{unit}");
+        assert_eq!(value("KillSignal"), ["SIGTERM"]);
+        assert_eq!(value("LimitNOFILE"), ["65536"]);
+        assert_eq!(value("TimeoutStopSec"), ["90"]);
+        assert_eq!(
+            value("ExecStart"),
+            ["/usr/local/bin/gantry-agent run --config /etc/gantry/agent.toml"]
+        );
+    }
+
+    /// systemd's own parser reads the unit without a complaint (it warns
+    /// on stderr, still exiting 0, for an unknown key or a bad value).
+    #[test]
+    fn systemd_reads_the_unit_without_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = std::env::current_exe().unwrap();
+        let unit = dir.path().join(UNIT_NAME);
+        std::fs::write(
+            &unit,
+            unit_text(&binary, &dir.path().join("agent.toml"), 60),
+        )
+        .unwrap();
+        let verified = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
+            .output()
+            .expect("systemd-analyze (Debian's systemd package) checks the unit");
+        let stderr = String::from_utf8_lossy(&verified.stderr);
+        assert!(
+            verified.status.success() && stderr.trim().is_empty(),
+            "{}: {stderr}",
+            verified.status
+        );
+    }
 }
