@@ -24,12 +24,15 @@ use gantry_agent::proxy::{
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::Semaphore,
     task::JoinSet,
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
+
+mod raw_http;
+use raw_http::{exchange, free_port, get, EchoUpstream};
 
 /// The binary under test.
 const AGENT: &str = env!("CARGO_BIN_EXE_gantry-agent");
@@ -55,128 +58,6 @@ const CONNECTING_AT_ONCE: usize = 128;
 /// The connection cap of the proxy the cap test runs.
 const SMALL_CAP: usize = 16;
 
-/// An upstream that answers each request (on kept-alive connections) with
-/// the request head it received as the body, and with hop-by-hop headers of
-/// its own that the proxy must not pass on.
-struct EchoUpstream {
-    addr: SocketAddr,
-    _tasks: JoinSet<()>,
-}
-
-impl EchoUpstream {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut connections = JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                connections.spawn(echo(stream));
-            }
-        });
-        Self {
-            addr,
-            _tasks: tasks,
-        }
-    }
-}
-
-async fn echo(mut stream: TcpStream) {
-    let mut buf = Vec::new();
-    loop {
-        let Some(head) = read_head(&mut stream, &mut buf).await else {
-            return;
-        };
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
-             connection: x-upstream-hop\r\nx-upstream-hop: 1\r\nkeep-alive: timeout=99\r\n\
-             proxy-authenticate: Basic\r\nupgrade: h2c\r\n\r\n{head}",
-            head.len()
-        );
-        if stream.write_all(answer.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Reads one head (through the blank line) from `stream`, keeping what
-/// follows in `buf`; `None` once the peer has closed.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head: Vec<u8> = buf.drain(..end + 4).collect();
-            return Some(String::from_utf8_lossy(&head).into_owned());
-        }
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// One answer as the client saw it.
-struct Answer {
-    status: u16,
-    /// Header names lower-cased, with their values.
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends `request` on `stream` and reads the answer (bodies with a length).
-async fn exchange(stream: &mut TcpStream, request: &str) -> Answer {
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let head = read_head(stream, &mut buf).await.expect("an answer");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("a content-length");
-    while buf.len() < length {
-        if stream.read_buf(&mut buf).await.unwrap() == 0 {
-            break;
-        }
-    }
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&buf).into_owned(),
-    }
-}
-
-/// A GET of `/` on a new connection to `addr`.
-async fn get(addr: SocketAddr) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    exchange(&mut stream, "GET / HTTP/1.1\r\nhost: shop.example\r\n\r\n").await
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A proxy process started as the agent starts one, stopped when dropped.
 struct RunningProxy {
     proxy: Proxy,
@@ -201,6 +82,20 @@ impl RunningProxy {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             _dir: dir,
         }
+    }
+}
+
+impl RunningProxy {
+    /// A proxy routed to `upstream`.
+    async fn routed(app: &str, upstream: &EchoUpstream) -> Self {
+        let running = Self::start(app).await;
+        let addr = upstream.addr.to_string();
+        running
+            .proxy
+            .route(&addr)
+            .await
+            .expect("the route is taken");
+        running
     }
 }
 
@@ -270,12 +165,7 @@ async fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_closed_in_time_and_a_normal_get_is_served_meanwhile() {
     let upstream = EchoUpstream::start().await;
-    let running = RunningProxy::start("ae-slowloris").await;
-    running
-        .proxy
-        .route(&upstream.addr.to_string())
-        .await
-        .unwrap();
+    let running = RunningProxy::routed("ae-slowloris", &upstream).await;
 
     let started = Instant::now();
     let give_up = started + HEADER_READ_TIMEOUT + SLACK * 4;
@@ -350,12 +240,7 @@ async fn slowloris_connections_are_closed_in_time_and_a_normal_get_is_served_mea
 #[tokio::test]
 async fn a_kept_alive_connection_is_closed_once_idle() {
     let upstream = EchoUpstream::start().await;
-    let running = RunningProxy::start("ae-idle").await;
-    running
-        .proxy
-        .route(&upstream.addr.to_string())
-        .await
-        .unwrap();
+    let running = RunningProxy::routed("ae-idle", &upstream).await;
     let mut stream = TcpStream::connect(running.addr).await.unwrap();
     let answer = exchange(&mut stream, "GET / HTTP/1.1\r\nhost: shop.example\r\n\r\n").await;
     assert_eq!(answer.status, 200);
@@ -376,12 +261,7 @@ async fn a_kept_alive_connection_is_closed_once_idle() {
 #[tokio::test]
 async fn hop_by_hop_headers_stay_on_their_hop_and_the_upstream_learns_the_client() {
     let upstream = EchoUpstream::start().await;
-    let running = RunningProxy::start("ae-headers").await;
-    running
-        .proxy
-        .route(&upstream.addr.to_string())
-        .await
-        .unwrap();
+    let running = RunningProxy::routed("ae-headers", &upstream).await;
     let mut stream = TcpStream::connect(running.addr).await.unwrap();
     let answer = exchange(
         &mut stream,
