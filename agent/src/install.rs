@@ -222,7 +222,7 @@ mod tests {
             .arg("verify")
             .arg(&unit)
             .output()
-            .expect("systemd-analyze (Debian's systemd package) checks the unit");
+            .expect("systemd-analyze (Debian's systemd package) checks the unit; scripts/test installs it");
         let stderr = String::from_utf8_lossy(&verified.stderr);
         assert!(
             verified.status.success() && stderr.trim().is_empty(),
