@@ -17,6 +17,7 @@ mod app;
 mod cleanup;
 mod client;
 pub mod node_image;
+mod prereq;
 mod relay;
 mod secure;
 pub mod trust;
@@ -25,6 +26,7 @@ pub use app::TestApp;
 use cleanup::stop_proxies;
 pub use cleanup::{remove_app_objects, KillOnDrop};
 pub use client::*;
+pub use prereq::grpc_python;
 pub use relay::Relay;
 pub use secure::Secure;
 
@@ -477,35 +479,4 @@ fn push_branch(repo: &git2::Repository, branch: &str) -> anyhow::Result<()> {
         .workdir()
         .context("the working clone has a work tree")?;
     sample::push_to_bare(repo, &work.with_extension("git"), branch)
-}
-
-/// The Python interpreter with the gRPC packages of the Python client test:
-/// `GANTRY_TEST_PYTHON` (set by `scripts/test`), else the virtual environment
-/// `scripts/test` makes under target/, else `python3`. Fails, naming the
-/// entry point, when that Python lacks the packages.
-pub fn grpc_python() -> anyhow::Result<PathBuf> {
-    let venv = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/test-venv/bin/python"
-    ));
-    let python = match std::env::var_os("GANTRY_TEST_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None if venv.exists() => venv,
-        None => PathBuf::from("python3"),
-    };
-    let check = std::process::Command::new(&python)
-        .args([
-            "-c",
-            "import grpc, grpc_tools, grpc_health, grpc_reflection",
-        ])
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    anyhow::ensure!(
-        check.status.success(),
-        "{} lacks the Python gRPC packages this test needs; run the suite with `scripts/test`, \
-         which installs them in a virtual environment under target/ \
-         (or: pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection)",
-        python.display()
-    );
-    Ok(python)
 }
