@@ -38,12 +38,7 @@ pub async fn logs(
     let mut next_seq = 1;
     let mut away = Away::default();
     loop {
-        let mut reached = false;
-        let outcome = print_from(client, id, follow, format, &mut next_seq, &mut reached).await;
-        if reached {
-            away.back(next_seq);
-        }
-        match outcome {
+        match print_from(client, id, follow, format, &mut next_seq, &mut away).await {
             Ok(()) => break,
             Err(Lost::Output(e)) => return Err(e.into()),
             Err(Lost::Refused(status)) => return Err(status.into()),
@@ -108,14 +103,14 @@ enum Lost {
 }
 
 /// Prints lines from `next_seq` on, advancing it past each line printed;
-/// `reached` is set once the coordinator has accepted the request.
+/// `away` learns the coordinator is back once it accepts the request.
 async fn print_from(
     client: &mut Client,
     id: u64,
     follow: bool,
     format: Format,
     next_seq: &mut u64,
-    reached: &mut bool,
+    away: &mut Away,
 ) -> Result<(), Lost> {
     let classify = |status: tonic::Status| match retryable(&status) {
         true => Lost::Coordinator(status),
@@ -131,7 +126,7 @@ async fn print_from(
         .await
         .map_err(classify)?
         .into_inner();
-    *reached = true;
+    away.back(*next_seq);
     while let Some(batch) = stream.next().await {
         for line in batch.map_err(classify)?.lines {
             // A resumed stream never repeats a line already printed.

@@ -154,6 +154,7 @@ async fn a_follower_carries_on_across_a_coordinator_restart() -> anyhow::Result<
         seen.push(line.context("the follower ended before line 50")?);
     }
 
+    let printed_before = seen.len();
     // The coordinator goes away; the rest of the build runs while it is down
     // (the agent spools its lines), then it comes back on the same address.
     h.stop_coordinator().await?;
@@ -173,8 +174,14 @@ async fn a_follower_carries_on_across_a_coordinator_restart() -> anyhow::Result<
         seen.push(line);
     }
     assert!(status?.success(), "the follower failed: {err}");
-    assert!(err.contains("lost the coordinator"), "{err}");
-    assert!(err.contains("reconnected; resuming at line"), "{err}");
+    // It resumes right after the last line it printed, and says so.
+    let resume = format!("resuming at line {}", printed_before + 1);
+    assert!(
+        err.contains("lost the coordinator")
+            && err.contains(&format!("reconnecting, then {resume}"))
+            && err.contains(&format!("reconnected; {resume}")),
+        "{err}"
+    );
     let numbers: Vec<&str> = seen
         .iter()
         .map(String::as_str)
