@@ -202,12 +202,13 @@ impl Auth {
         }
     }
 
-    /// Whether `request` carries what [`Auth::authenticate`] accepts (a
-    /// known token; nothing in open mode), counted against no rate: a
-    /// look at the headers, before the body is read.
-    pub fn identifies<T>(&self, request: &Request<T>) -> bool {
+    /// Whether a request with `headers` carries what
+    /// [`Auth::authenticate`] accepts (a known token; nothing in open
+    /// mode), counted against no rate: a look at the headers, before the
+    /// body is read.
+    pub fn identifies(&self, headers: &tonic::codegen::http::HeaderMap) -> bool {
         self.open
-            || bearer(request).is_ok_and(|t| self.users.contains_key(&fingerprint(t.as_bytes())))
+            || bearer_in(headers).is_ok_and(|t| self.users.contains_key(&fingerprint(t.as_bytes())))
     }
 
     /// Whether callers need no token.
@@ -295,16 +296,18 @@ pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
 
 /// The token of an `authorization: Bearer TOKEN` header.
 fn bearer<T>(request: &Request<T>) -> Result<String, Error> {
+    bearer_in(request.metadata().as_ref())
+}
+
+/// The token of an `authorization: Bearer` header among `headers`.
+fn bearer_in(headers: &tonic::codegen::http::HeaderMap) -> Result<String, Error> {
     let missing = || {
         Error::Unauthenticated(
             "this coordinator needs an API token: run `gantry login` (or send `authorization: Bearer TOKEN`)"
                 .into(),
         )
     };
-    let value = request
-        .metadata()
-        .get("authorization")
-        .ok_or_else(missing)?;
+    let value = headers.get("authorization").ok_or_else(missing)?;
     let text = value.to_str().map_err(|_| missing())?;
     let token = text
         .strip_prefix("Bearer ")

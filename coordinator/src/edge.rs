@@ -100,26 +100,28 @@ where
             .and_then(|(table, peer)| table.activity(peer))
             .map(|activity| activity.begin());
         let path = request.uri().path();
-        if let Some(method) = path.strip_prefix(OPERATOR_PATH) {
+        if let Some(method) = path
+            .strip_prefix(OPERATOR_PATH)
+            .filter(|_| !self.layer.core.auth.identifies(request.headers()))
+        {
+            // Only a refusal needs a request of its own, to be audited. The
+            // request (and its body) is dropped unread: the stream is reset
+            // once the refusal is sent.
             let probe = tonic::Request::from_parts(
                 MetadataMap::from_headers(request.headers().clone()),
                 request.extensions().clone(),
                 (),
             );
-            if !self.layer.core.auth.identifies(&probe) {
-                // The request (and its body) is dropped unread: the
-                // stream is reset once the refusal is sent.
-                let action = action(method);
-                let core = self.layer.core.clone();
-                return Box::pin(async move {
-                    let status = match core.caller(&probe, action).await {
-                        Err(e) => Status::from(e),
-                        Ok(_) => Status::unauthenticated("the API token is not valid"),
-                    };
-                    drop(in_flight);
-                    Ok(status.into_http())
-                });
-            }
+            let action = action(method);
+            let core = self.layer.core.clone();
+            return Box::pin(async move {
+                let status = match core.caller(&probe, action).await {
+                    Err(e) => Status::from(e),
+                    Ok(_) => Status::unauthenticated("the API token is not valid"),
+                };
+                drop(in_flight);
+                Ok(status.into_http())
+            });
         }
         let call = self.inner.call(request);
         Box::pin(async move {

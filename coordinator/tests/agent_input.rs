@@ -74,18 +74,23 @@ fn up(body: proto::agent_message::Body) -> proto::AgentMessage {
     proto::AgentMessage { body: Some(body) }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_text_of_a_finished_job_is_redacted() {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, shutdown, server) = coordinator(dir.path(), "").await;
-    let mut agent = proto::agent_service_client::AgentServiceClient::connect(url.clone())
+/// A raw agent `dev-1` of dev with `capacity`, attached and registered:
+/// what it sends, and what the coordinator sends it.
+async fn dev_agent(
+    url: &str,
+    capacity: u32,
+) -> (
+    mpsc::Sender<proto::AgentMessage>,
+    tonic::Streaming<proto::CoordinatorMessage>,
+) {
+    let mut agent = proto::agent_service_client::AgentServiceClient::connect(url.to_owned())
         .await
         .unwrap();
     let (tx, rx) = mpsc::channel(16);
     let register = proto::Register {
         name: "dev-1".into(),
         env: "dev".into(),
-        capacity: 1,
+        capacity,
         ..Default::default()
     };
     tx.send(up(proto::agent_message::Body::Register(register)))
@@ -97,6 +102,14 @@ async fn every_text_of_a_finished_job_is_redacted() {
         .unwrap()
         .into_inner();
     inbound.message().await.unwrap().expect("registered");
+    (tx, inbound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_text_of_a_finished_job_is_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, shutdown, server) = coordinator(dir.path(), "").await;
+    let (tx, mut inbound) = dev_agent(&url, 1).await;
     let mut client = proto::operator_service_client::OperatorServiceClient::connect(url)
         .await
         .unwrap();
@@ -167,25 +180,7 @@ async fn every_text_of_a_finished_job_is_redacted() {
 async fn a_job_carries_the_fetch_credential_never_the_push_one() {
     let dir = tempfile::tempdir().unwrap();
     let (url, shutdown, server) = coordinator(dir.path(), CREDENTIAL_APPS).await;
-    let mut agent = proto::agent_service_client::AgentServiceClient::connect(url.clone())
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    let register = proto::Register {
-        name: "dev-1".into(),
-        env: "dev".into(),
-        capacity: 2,
-        ..Default::default()
-    };
-    tx.send(up(proto::agent_message::Body::Register(register)))
-        .await
-        .unwrap();
-    let mut inbound = agent
-        .attach(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    inbound.message().await.unwrap().expect("registered");
+    let (tx, mut inbound) = dev_agent(&url, 2).await;
     let mut client = proto::operator_service_client::OperatorServiceClient::connect(url)
         .await
         .unwrap();

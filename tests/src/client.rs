@@ -60,9 +60,20 @@ pub fn state(job: &proto::Job) -> JobState {
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `deadline`.
-pub async fn eventually<T, F, Fut>(
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    eventually_every(what, deadline, Duration::from_millis(50), check).await
+}
+
+/// As [`eventually`], polling every `every` (a long wait that asks the
+/// coordinator each time must stay within its request rate).
+pub async fn eventually_every<T, F, Fut>(
     what: &str,
     deadline: Duration,
+    every: Duration,
     mut check: F,
 ) -> anyhow::Result<T>
 where
@@ -77,7 +88,7 @@ where
         if tokio::time::Instant::now() > until {
             anyhow::bail!("timed out after {deadline:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -25,23 +25,13 @@ const FINISH_DEADLINE: Duration = Duration::from_secs(180);
 /// stays within its anonymous request rate, fast enough to end promptly.
 const POLL_EVERY: Duration = Duration::from_millis(250);
 
-/// Polls `check` until it returns `Some`, or fails after `deadline`.
-async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
+/// Polls `check` every [`POLL_EVERY`] until it returns `Some`, or fails after `deadline`.
+async fn poll<T, F, Fut>(what: &str, deadline: Duration, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(found) = check().await? {
-            return Ok(found);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    eventually_every(what, deadline, POLL_EVERY, check).await
 }
 
 async fn job(client: &mut Client, id: u64) -> anyhow::Result<proto::Job> {
