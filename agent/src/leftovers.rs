@@ -136,26 +136,54 @@ mod tests {
         assert!(envs.join("cart").join("src").exists());
     }
 
+    /// Waits until `pid`'s environment, as /proc shows it, carries `mark`:
+    /// a process that is still in `execve` shows an empty one for a moment.
+    fn wait_for_environ(pid: u32, mark: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if environ.split(|b| *b == 0).any(|var| var == mark.as_bytes()) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} never showed {mark}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// A build started for the test, killed when the test ends whatever it
+    /// asserted, so a failure cannot leave a `sleep` behind or hang.
+    struct Build(std::process::Child);
+
+    impl Drop for Build {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     #[test]
     fn only_builds_carrying_this_agents_mark_are_killed() {
+        use std::os::unix::process::CommandExt;
         let spawn = |id: &str| {
-            std::process::Command::new("sh")
-                .args(["-c", "sleep 600"])
+            let child = std::process::Command::new("sleep")
+                .arg("600")
                 .env(BUILD_MARK, id)
                 .process_group(0)
                 .spawn()
-                .unwrap()
+                .unwrap();
+            wait_for_environ(child.id(), &format!("{BUILD_MARK}={id}"));
+            Build(child)
         };
-        use std::os::unix::process::CommandExt;
         let mut ours = spawn("agent-a");
         let mut theirs = spawn("agent-b");
         assert_eq!(kill_orphaned_builds("agent-a"), 1);
-        assert!(!ours.wait().unwrap().success());
+        assert!(!ours.0.wait().unwrap().success());
         assert!(
-            theirs.try_wait().unwrap().is_none(),
+            theirs.0.try_wait().unwrap().is_none(),
             "another agent's build runs on"
         );
-        theirs.kill().unwrap();
-        theirs.wait().unwrap();
     }
 }

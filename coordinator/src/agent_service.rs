@@ -120,13 +120,16 @@ impl proto::agent_service_server::AgentService for AgentService {
         });
         outbox.hello(Ok(proto::CoordinatorMessage { body: Some(hello) }));
         let closed = CancellationToken::new();
-        let session = self.core.attach_agent(
-            record,
-            running,
-            outbox.clone(),
-            closed.clone(),
-            identity.as_ref().map(|i| i.serial.as_str()),
-        )?;
+        let session = self
+            .core
+            .attach_agent(
+                record,
+                running,
+                outbox.clone(),
+                closed.clone(),
+                identity.as_ref().map(|i| i.serial.as_str()),
+            )
+            .await?;
 
         let core = self.core.clone();
         let shutdown = self.shutdown.clone();
@@ -141,7 +144,7 @@ impl proto::agent_service_server::AgentService for AgentService {
                     session,
                 };
                 read_events(&core, &from, inbound, &outbox, &shutdown, &closed).await;
-                core.detach_agent(&agent, session);
+                let _ = core.detach_agent(&agent, session).await;
             }
             .instrument(span),
         );
@@ -160,7 +163,7 @@ impl proto::agent_service_server::AgentService for AgentService {
         let claimed = gantry_shared::tls::JoinToken::parse(&req.token)
             .map(|t| format!("agent {} env {}", t.name, t.env))
             .unwrap_or_else(|_| "malformed token".into());
-        let joined = self.core.join(&req.token, &req.csr_pem);
+        let joined = self.core.join(&req.token, &req.csr_pem).await;
         let detail = match &joined {
             Ok(r) => format!("certificate issued to {} for {}", r.name, r.env),
             Err(e) => e.to_string(),
@@ -245,14 +248,16 @@ async fn read_events(
             msg = inbound.next() => msg,
         };
         // Any message is a sign of life; once per batch is enough.
-        core.touch(agent, session);
+        if core.touch(agent, session).await.is_err() {
+            return;
+        }
         let mut acks: HashMap<u64, u64> = HashMap::new();
         let mut beat = false;
         let mut open = true;
         let mut applied = 0;
         loop {
             match next {
-                Some(Ok(msg)) => match handle(core, from, &mut refused, msg) {
+                Some(Ok(msg)) => match handle(core, from, &mut refused, msg).await {
                     Some(Applied::Event(job, seq)) => {
                         let acked = acks.entry(job).or_default();
                         *acked = (*acked).max(seq);
@@ -335,7 +340,7 @@ enum Applied {
 /// them cannot change the answer. An event for a job the session does
 /// not hold is audited (the first for each job, up to
 /// [`MAX_AUDITED_REFUSALS`] jobs in `refused`).
-fn handle(
+async fn handle(
     core: &Core,
     from: &Origin<'_>,
     refused: &mut HashSet<u64>,
@@ -345,9 +350,13 @@ fn handle(
     match msg.body {
         Some(proto::agent_message::Body::JobEvent(event)) => {
             let (job, seq) = (event.job_id, event.seq);
-            match core.apply_event(from.sender, event) {
+            match core.apply_event(from.sender, event).await {
                 Err(Error::Store(e @ (StoreError::Sled(_) | StoreError::Task(_)))) => {
                     error!(job, seq, error = %e, "cannot store a job event; dropping the stream");
+                    return Some(Applied::Unstored);
+                }
+                Err(e @ Error::Unavailable(_)) => {
+                    error!(job, seq, error = %e, "cannot apply a job event; dropping the stream");
                     return Some(Applied::Unstored);
                 }
                 Err(e @ Error::NotHolder(_)) => {
@@ -370,8 +379,10 @@ fn handle(
             Some(Applied::Event(job, seq))
         }
         Some(proto::agent_message::Body::Drain(_)) => {
-            core.drain_agent(agent, session);
-            None
+            match core.drain_agent(agent, session).await {
+                Ok(()) => None,
+                Err(_) => Some(Applied::Unstored),
+            }
         }
         Some(proto::agent_message::Body::Heartbeat(beat)) if beat.answer => {
             Some(Applied::Heartbeat)

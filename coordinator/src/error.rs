@@ -113,6 +113,9 @@ pub enum Error {
         /// The first refusal since the bucket ran dry: audit this one only.
         first: bool,
     },
+    /// The coordinator cannot serve this now (it is stopping).
+    #[error("{0}")]
+    Unavailable(String),
     /// A bound on something held open (streams, tails) is reached.
     #[error("{0}")]
     TooMany(String),
@@ -129,7 +132,7 @@ impl Error {
             | Error::UnknownJob(_)
             | Error::UnknownAgent(_)
             | Error::UnknownRelease { .. } => Code::NotFound,
-            Error::RemoteUnavailable { .. } => Code::Unavailable,
+            Error::RemoteUnavailable { .. } | Error::Unavailable(_) => Code::Unavailable,
             Error::FailedPrecondition(_)
             | Error::RemoteRefused(_)
             | Error::MergeConflict { .. } => Code::FailedPrecondition,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::release::ServerRelease;
 
+pub mod legacy;
 pub mod machine;
 
 /// A branch and the commit it resolved to when a request was accepted.
@@ -109,7 +110,8 @@ pub struct RollStep {
     pub agent: AgentName,
     /// Set once the server serves the new release.
     pub switched: Option<ServerRelease>,
-    /// Set once a failure later in the roll was handled here: what happened.
+    /// What happened to it once the roll stopped, for people ("failed",
+    /// "put back on release 4").
     pub put_back: Option<String>,
 }
 
@@ -167,21 +169,19 @@ pub struct JobRecord {
     pub image: String,
     /// The container serving (on success).
     pub container: String,
-    /// An operator asked to cancel it; the agent is stopping it.
-    pub cancel_requested: bool,
     /// The newer job that replaced it while it was queued.
     pub superseded_by: Option<JobId>,
     /// The environment's servers in roll order (fixed when it is placed),
-    /// and how each went; one server at a time.
+    /// with what each server reported; where each stands is in `life`.
     #[serde(default)]
     pub roll: Vec<RollStep>,
-    /// Index in `roll` of the server working now.
+    /// Where it stands, as the job machine sees it: the truth `state` and
+    /// `stage` are read from. Every change goes through [`machine::advance`].
+    pub life: machine::Job,
+    /// Once the roll stopped: why (a server failed, was cancelled, or was
+    /// lost); the job's reason when it ends.
     #[serde(default)]
-    pub step: usize,
-    /// Set once a server failed: how the job ends, and why, once the
-    /// servers already switched are put back on the release before.
-    #[serde(default)]
-    pub putting_back: Option<(JobState, String)>,
+    pub stopped: Option<String>,
     /// Whether it needs, and got, an approval.
     #[serde(default)]
     pub approval: Approval,
@@ -223,25 +223,26 @@ impl JobRecord {
             url: String::new(),
             image: String::new(),
             container: String::new(),
-            cancel_requested: false,
             superseded_by: None,
             roll: Vec::new(),
-            step: 0,
-            putting_back: None,
+            life: machine::Job::new(false),
+            stopped: None,
             approval: Approval::NotNeeded,
         }
     }
 
-    /// Moves the job to `next` if the state machine allows it; returns
-    /// whether it moved.
-    pub fn transition(&mut self, next: JobState, reason: impl Into<String>) -> bool {
-        if !self.state.can_become(next) {
-            return false;
+    /// Takes on `life` (the machine's next state for it), with `reason`.
+    pub fn live(&mut self, life: machine::Job, reason: impl Into<String>) {
+        self.state = life.state();
+        if let machine::Phase::Rolling {
+            stage: Some(stage), ..
+        } = life.phase
+        {
+            self.stage = Some(stage);
         }
-        self.state = next;
+        self.life = life;
         self.reason = reason.into();
         self.updated_ms = gantry_shared::now_ms();
-        true
     }
 
     /// The branches as people read them: "main", or "feature/a, feature/b".

@@ -21,6 +21,7 @@ pub mod operator_service;
 pub mod rate;
 pub mod release;
 pub mod request;
+pub mod scheduler;
 pub mod store;
 pub mod tail;
 pub mod trust;
@@ -60,10 +61,6 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 pub use crate::core::Core;
 
-/// How often lost agents are looked for: the lease is checked to the second,
-/// so a lost agent's job fails within a second of its lease running out.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
 /// Accepted connections with Nagle's algorithm off: agents and followers
 /// send many small messages, and delayed ACKs would otherwise add ~40 ms to
 /// a pushed assignment or a live log line.
@@ -88,10 +85,7 @@ async fn open_store(dir: &std::path::Path) -> Result<store::Store, store::StoreE
     let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
     loop {
         match store::Store::open(dir) {
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && tokio::time::Instant::now() < deadline =>
-            {
+            Err(store::StoreError::Locked(_)) if tokio::time::Instant::now() < deadline => {
                 warn!(dir = %dir.display(), "the database is still locked by another coordinator; waiting");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -163,19 +157,9 @@ pub async fn serve(
     )
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
-    let sweeper = {
-        let core = core.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => core.sweep(),
-                }
-            }
-        }
-    };
+    let scheduler = core
+        .take_scheduler_task()
+        .context("the scheduler was started twice")?;
 
     info!(addr = %listener.local_addr()?, tls = tls.is_some(), open = core.auth.is_open(), "coordinator serving");
     // Agents' liveness comes from their heartbeats and the lease; this ping
@@ -242,8 +226,16 @@ pub async fn serve(
             Ok(())
         }),
     };
-    let ((), served) = tokio::join!(sweeper, server);
-    served.context("the gRPC server failed")?;
+    // The scheduler is vital: if it stops (a store error), so does the
+    // coordinator, loudly; the server ending ends it too.
+    tokio::select! {
+        served = server => served.context("the gRPC server failed")?,
+        stopped = scheduler => {
+            shutdown.cancel();
+            stopped.context("the scheduler panicked")??;
+            anyhow::bail!("the scheduler stopped while serving");
+        }
+    }
     core.store.flush().await?;
     info!("coordinator stopped");
     Ok(())

@@ -84,7 +84,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         request: Request<proto::ListEnvironmentsRequest>,
     ) -> Result<Response<proto::ListEnvironmentsResponse>, Status> {
         self.core.caller(&request, "read").await?;
-        let connected = self.core.connected();
+        let connected = self.core.connected().await?;
         let agents = self.core.store.agents().map_err(Error::from)?;
         let environments = self
             .core
@@ -111,7 +111,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         request: Request<proto::ListAgentsRequest>,
     ) -> Result<Response<proto::ListAgentsResponse>, Status> {
         self.core.caller(&request, "read").await?;
-        let connected = self.core.connected();
+        let connected = self.core.connected().await?;
         let mut agents: Vec<proto::Agent> = self
             .core
             .store
@@ -365,7 +365,8 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let env = required("env", req.env, EnvName::new)?;
         let stream = self
             .core
-            .tail_app(&who.name, app, env, req.follow, req.tail)?;
+            .tail_app(&who.name, app, env, req.follow, req.tail)
+            .await?;
         Ok(Response::new(stream))
     }
 
@@ -415,11 +416,12 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let who = self.core.caller(&request, "revoke").await?;
         let raw = request.into_inner().name;
         let target = format!("agent {}", field(&raw));
-        let revoked = (|| {
+        let revoked = async {
             let name = required("name", raw, AgentName::new)?;
             self.core.permit(&who, Action::Admin)?;
-            self.core.revoke(&name)
-        })();
+            self.core.revoke(&name).await
+        }
+        .await;
         let revoked = self
             .core
             .audited(&who, "revoke", &target, revoked, |certs| {

@@ -170,20 +170,24 @@ fn note(server: &AgentName, text: String) -> proto::AppLogLine {
 pub struct TailStream {
     inner: tokio_stream::wrappers::ReceiverStream<Result<proto::AppLogLine, Status>>,
     id: u64,
-    core: std::sync::Arc<crate::core::Core>,
+    tails: std::sync::Arc<Tails>,
+    /// The servers asked, and where to tell them to stop.
+    servers: Vec<(AgentName, crate::fleet::Outbox)>,
 }
 
 impl TailStream {
-    /// Wraps the receiving half of tail `id`.
+    /// Wraps the receiving half of tail `id`, asked of `servers`.
     pub fn new(
         rx: mpsc::Receiver<Result<proto::AppLogLine, Status>>,
         id: u64,
-        core: std::sync::Arc<crate::core::Core>,
+        tails: std::sync::Arc<Tails>,
+        servers: Vec<(AgentName, crate::fleet::Outbox)>,
     ) -> Self {
         Self {
             inner: tokio_stream::wrappers::ReceiverStream::new(rx),
             id,
-            core,
+            tails,
+            servers,
         }
     }
 }
@@ -201,6 +205,14 @@ impl futures::Stream for TailStream {
 
 impl Drop for TailStream {
     fn drop(&mut self) {
-        self.core.stop_tail(self.id);
+        let still = self.tails.close(self.id);
+        for (server, outbox) in &self.servers {
+            if still.contains(server) {
+                let stop = proto::coordinator_message::Body::StopTail(proto::StopTail {
+                    request_id: self.id,
+                });
+                let _ = outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(stop) }));
+            }
+        }
     }
 }

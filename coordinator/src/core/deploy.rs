@@ -6,15 +6,14 @@ use std::collections::HashSet;
 
 use gantry_shared::{
     config::{AppConfig, EnvironmentConfig},
-    now_ms, AppName, BranchName, EnvName, JobState,
+    now_ms, AppName, BranchName, EnvName,
 };
-use tracing::info;
 
 use super::{names, Core};
 use crate::{
     error::Error,
-    fleet::Fleet,
-    job::{Approval, JobKind, JobRecord},
+    job::{JobKind, JobRecord},
+    scheduler::Command,
 };
 
 /// Most branches in one set: a test environment runs around twenty, and
@@ -184,64 +183,15 @@ impl Core {
         Ok(set)
     }
 
-    /// Persists a new queued job, supersedes older queued requests for its
-    /// (app, env), and places what can run.
-    pub(super) async fn enqueue(&self, mut job: JobRecord) -> Result<JobRecord, Error> {
-        if let Some(env) = self
-            .config
-            .environment(&job.env)
-            .filter(|e| !e.approve.is_empty())
-        {
-            job.approval = Approval::Waiting {
-                roles: env.approve.clone(),
-            };
-            job.reason = format!(
-                "waiting for approval by {} other than {}: gantry approve {}",
-                env.approve.join(" or "),
-                job.requested_by,
-                job.id
-            );
-        }
-        self.store.put_job(&job)?;
-        info!(
-            job = %job.id, app = %job.app, env = %job.env, branches = %job.branch_label(),
-            commit = %job.commit, by = %job.requested_by, "job queued"
-        );
-        {
-            let mut fleet = self.fleet();
-            self.supersede_queued(&mut fleet, &job);
-            fleet.queued.insert(job.id);
-            self.place_queued(&mut fleet);
-        }
+    /// Queues a new job: the scheduler stores it, supersedes older queued
+    /// requests for its (app, env), and places what can run.
+    pub(super) async fn enqueue(&self, job: JobRecord) -> Result<JobRecord, Error> {
+        let id = job.id;
+        self.scheduler
+            .ask(|reply| Command::Enqueue(Box::new(job), reply))
+            .await?;
         self.store.flush().await?;
-        self.job(job.id)
-    }
-
-    /// Only the newest waiting request of an (app, env) is worth running:
-    /// older queued ones end as Superseded, naming the newer job.
-    fn supersede_queued(&self, fleet: &mut Fleet, newer: &JobRecord) {
-        let queued: Vec<_> = fleet.queued.iter().copied().collect();
-        for id in queued {
-            let Ok(mut older) = self.job(id) else {
-                continue;
-            };
-            if older.app != newer.app || older.env != newer.env {
-                continue;
-            }
-            let reason = format!(
-                "superseded by job {} ({} requested by {})",
-                newer.id,
-                newer.branch_label(),
-                newer.requested_by
-            );
-            if older.transition(JobState::Superseded, reason) {
-                older.superseded_by = Some(newer.id);
-                let _ = self.store.put_job(&older);
-                fleet.queued.remove(&id);
-                self.hub.end(id);
-                info!(job = %id, by = %newer.id, app = %older.app, env = %older.env, "job superseded");
-            }
-        }
+        self.job(id)
     }
 }
 

@@ -2,7 +2,7 @@
 //! server of an environment for its container's output, and telling them
 //! to stop when the reader goes away.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::collections::BTreeSet;
 
 use gantry_shared::{proto, AppName, EnvName};
 use tokio::sync::mpsc;
@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::Core;
 use crate::{
     error::Error,
+    scheduler::Command,
     tail::{TailStream, TAIL_BUFFER},
 };
 
@@ -22,8 +23,8 @@ pub const MAX_TAIL: u32 = 10_000;
 impl Core {
     /// Streams the output of (app, env)'s running containers from every
     /// connected server of the environment, for `user`.
-    pub fn tail_app(
-        self: &Arc<Self>,
+    pub async fn tail_app(
+        &self,
         user: &str,
         app: AppName,
         env: EnvName,
@@ -38,34 +39,28 @@ impl Core {
         }
         let tail = if tail == 0 { DEFAULT_TAIL } else { tail };
         let (tx, rx) = mpsc::channel(TAIL_BUFFER);
-        let fleet = self.fleet();
-        let servers: BTreeSet<_> = fleet
-            .sessions
-            .values()
-            .filter(|s| s.record.env == env)
-            .map(|s| s.record.name.clone())
-            .collect();
+        let servers = self
+            .scheduler
+            .get(|reply| Command::Servers(env.clone(), reply))
+            .await?;
         if servers.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "no agent of environment {env} is connected, so no server can send the output of {app}"
             )));
         }
-        let id = self
-            .tails
-            .open(user, tx, servers.clone(), self.redactor_of(&env))?;
-        for server in &servers {
+        let names: BTreeSet<_> = servers.iter().map(|(name, _)| name.clone()).collect();
+        let id = self.tails.open(user, tx, names, self.redactor_of(&env))?;
+        for (server, outbox) in &servers {
             let ask = proto::coordinator_message::Body::Tail(proto::TailContainer {
                 request_id: id,
                 app: app.to_string(),
                 tail,
                 follow,
             });
-            let sent = fleet.sessions.get(server).is_some_and(|s| {
-                s.outbox
-                    .try_send(Ok(proto::CoordinatorMessage { body: Some(ask) }))
-                    .is_ok()
-            });
-            if !sent {
+            if outbox
+                .try_send(Ok(proto::CoordinatorMessage { body: Some(ask) }))
+                .is_err()
+            {
                 let busy = proto::ContainerOutput {
                     request_id: id,
                     end: true,
@@ -75,21 +70,6 @@ impl Core {
                 self.tails.deliver(server, busy);
             }
         }
-        Ok(TailStream::new(rx, id, self.clone()))
-    }
-
-    /// The reader of tail `id` went away: tell its servers to stop.
-    pub fn stop_tail(&self, id: u64) {
-        let still = self.tails.close(id);
-        let fleet = self.fleet();
-        for server in still {
-            if let Some(session) = fleet.sessions.get(&server) {
-                let stop =
-                    proto::coordinator_message::Body::StopTail(proto::StopTail { request_id: id });
-                let _ = session
-                    .outbox
-                    .try_send(Ok(proto::CoordinatorMessage { body: Some(stop) }));
-            }
-        }
+        Ok(TailStream::new(rx, id, self.tails.clone(), servers))
     }
 }

@@ -1,17 +1,14 @@
-//! The coordinator's domain logic, free of gRPC types: deploying, placing
-//! jobs onto agents, applying what agents report, cancelling, and noticing
-//! lost agents. Both gRPC services are thin layers over [`Core`].
+//! The coordinator's domain logic, free of gRPC types: both gRPC services
+//! are thin layers over [`Core`]. What concerns one request (deploy
+//! checks, branch sets, releases, trust, tails) is done here; every change
+//! to a job or the fleet is a command to the [`scheduler`](crate::scheduler),
+//! the one owner of scheduling state.
 
-use std::{
-    sync::{Arc, Mutex, MutexGuard},
-    time::Instant,
-};
+use std::sync::{Arc, Mutex};
 
 use gantry_shared::{
-    config::{fetch_token, CoordinatorConfig},
-    proto, AgentName, JobId, JobState, Redactor, Stage,
+    config::CoordinatorConfig, proto, AgentName, JobId, JobState, Redactor, Stage,
 };
-use tracing::{info, warn};
 
 mod agents;
 mod approval;
@@ -19,7 +16,6 @@ mod branches;
 mod deploy;
 mod logs;
 mod releases;
-mod roll;
 mod trust;
 
 pub use deploy::BranchRequest;
@@ -27,16 +23,16 @@ pub use deploy::BranchRequest;
 use crate::{
     auth::Auth,
     error::Error,
-    fleet::{Decision, Fleet, Placement, Sender},
+    fleet::Sender,
     hub::LogHub,
-    job::{Approval, BranchCommit, JobKind, JobRecord, RollStep},
-    release::{retained_images, ReleaseRecord, ServerRelease},
+    job::JobRecord,
+    scheduler::{self, Command, Report, Scheduler},
     store::Store,
     tail::Tails,
     trust::Authority,
 };
 
-/// The coordinator's state and behaviour, shared by its services and loops.
+/// The coordinator's state and behaviour, shared by its services.
 pub struct Core {
     /// The configuration it started with.
     pub config: Arc<CoordinatorConfig>,
@@ -45,8 +41,11 @@ pub struct Core {
     /// Live log fan-out.
     pub hub: LogHub,
     /// Open `gantry logs --app --env` streams.
-    pub tails: Tails,
-    fleet: Mutex<Fleet>,
+    pub tails: Arc<Tails>,
+    /// The owner of the fleet, the queue and every job that has not ended.
+    scheduler: scheduler::Handle,
+    /// The scheduler's task, until `serve` takes it to supervise.
+    scheduler_task: Mutex<Option<scheduler::Task>>,
     mirrors: branches::MirrorLocks,
     /// Operators' tokens and rates.
     pub auth: Auth,
@@ -55,65 +54,38 @@ pub struct Core {
 }
 
 impl Core {
-    /// Builds the core over `store`, reading back queued and active jobs.
+    /// Builds the core over `store` and starts its scheduler, which reads
+    /// back queued and active jobs.
     pub fn new(
         config: Arc<CoordinatorConfig>,
         store: Store,
         authority: Option<Authority>,
     ) -> Result<Arc<Self>, Error> {
-        let mut fleet = Fleet::default();
-        let now = Instant::now();
-        for job in store.jobs() {
-            let mut job = job?;
-            match job.state {
-                JobState::Queued => {
-                    fleet.queued.insert(job.id);
-                }
-                state if state.is_active() => {
-                    let agent = job.agent.clone().expect("active jobs have an agent");
-                    job.reason = format!(
-                        "the coordinator restarted; waiting up to {}s for agent {agent} to reconnect",
-                        config.agent_lease_secs
-                    );
-                    store.put_job(&job)?;
-                    fleet.lost_since.insert(agent.clone(), now);
-                    fleet.active.insert(
-                        job.id,
-                        Placement {
-                            app: job.app,
-                            env: job.env,
-                            agent,
-                            certificate: job.certificate,
-                        },
-                    );
-                }
-                _ => {}
-            }
-        }
-        info!(
-            queued = fleet.queued.len(),
-            active = fleet.active.len(),
-            "state read back"
-        );
+        let hub = LogHub::default();
+        let tails = Arc::new(Tails::default());
+        let scheduler = Scheduler::new(config.clone(), store.clone(), hub.clone(), tails.clone())?;
         store.put_config_snapshot("apps", format!("{:?}", config.apps).into_bytes())?;
         store.put_config_snapshot(
             "environments",
             format!("{:?}", config.environments).into_bytes(),
         )?;
+        let (scheduler, task) = scheduler.start();
         Ok(Arc::new(Self {
             auth: Auth::new(&config),
             authority,
             config,
             store,
-            hub: LogHub::default(),
-            fleet: Mutex::new(fleet),
+            hub,
+            tails,
+            scheduler,
+            scheduler_task: Mutex::new(Some(task)),
             mirrors: Default::default(),
-            tails: Tails::default(),
         }))
     }
 
-    fn fleet(&self) -> MutexGuard<'_, Fleet> {
-        self.fleet.lock().expect("fleet lock poisoned")
+    /// The scheduler's task, for `serve` to supervise (once).
+    pub fn take_scheduler_task(&self) -> Option<scheduler::Task> {
+        self.scheduler_task.lock().expect("task lock").take()
     }
 
     /// One job.
@@ -123,44 +95,9 @@ impl Core {
 
     /// Cancels a job: at once if it waits, through its agent if it runs.
     pub async fn cancel(&self, id: JobId) -> Result<JobRecord, Error> {
-        {
-            let mut fleet = self.fleet();
-            let mut job = self.job(id)?;
-            if job.state.is_terminal() {
-                return Err(Error::FailedPrecondition(format!(
-                    "job {id} already ended ({}); nothing to cancel",
-                    job.state.as_str()
-                )));
-            }
-            let session = job.agent.as_ref().and_then(|a| fleet.sessions.get(a));
-            match (job.state, session) {
-                (state, Some(session)) if state.is_active() => {
-                    session.outbox.cancel(id);
-                    job.cancel_requested = true;
-                    job.reason = format!(
-                        "cancel requested; agent {} is stopping it",
-                        session.record.name
-                    );
-                    self.store.put_job(&job)?;
-                }
-                (state, _) => {
-                    let why = match &job.agent {
-                        Some(agent) if state.is_active() => format!(
-                            "cancelled by operator while agent {agent} was away; \
-                             it stops the job when it reconnects"
-                        ),
-                        _ => "cancelled by operator before it started".to_owned(),
-                    };
-                    job.transition(JobState::Cancelled, why);
-                    self.store.put_job(&job)?;
-                    fleet.queued.remove(&id);
-                    fleet.release(id);
-                    self.hub.end(id);
-                    self.place_queued(&mut fleet);
-                }
-            }
-            info!(job = %id, "cancel requested");
-        }
+        self.scheduler
+            .ask(|reply| Command::Cancel(id, reply))
+            .await?;
         self.store.flush().await?;
         self.job(id)
     }
@@ -170,58 +107,20 @@ impl Core {
     /// one of the same name in another environment or with another
     /// certificate) are refused with [`Error::NotHolder`] and change
     /// nothing.
-    pub fn apply_event(&self, sender: &Sender, event: proto::JobEvent) -> Result<(), Error> {
+    pub async fn apply_event(&self, sender: &Sender, event: proto::JobEvent) -> Result<(), Error> {
         let id = JobId::new(event.job_id)?;
         let Some(body) = event.body else {
             return Err(Error::InvalidArgument("job event without a body".into()));
         };
-        let agent = &sender.agent;
-        let mut fleet = self.fleet();
-        let holds = fleet.active.get(&id).is_some_and(|p| p.held_by(sender));
-        if !holds {
-            // Lines of a job that ended while its agent was away (lost, or
-            // the agent restarted) are still its log: keep them. Other
-            // events of an ended job change nothing.
-            let job = self.store.job(id)?;
-            let ran_it = job.as_ref().is_some_and(|j| {
-                j.agent
-                    .as_ref()
-                    .is_some_and(|a| sender.is(a, &j.env, j.certificate.as_deref()))
-            });
-            if !ran_it {
-                return Err(Error::NotHolder(format!(
-                    "agent {agent} of env {} sent an event for job {id}, which it does not hold",
-                    sender.env
-                )));
-            }
-            if !matches!(
-                &body,
-                proto::job_event::Body::Log(_) | proto::job_event::Body::Lines(_)
-            ) {
-                return Err(Error::FailedPrecondition(format!(
-                    "job {id} is no longer held by agent {agent}"
-                )));
-            }
-        }
-        match body {
-            proto::job_event::Body::Log(line) => {
-                drop(fleet);
-                self.append_lines(id, vec![line])?;
-            }
+        let report = match body {
+            proto::job_event::Body::Log(line) => return self.append_lines(sender, id, vec![line]),
             proto::job_event::Body::Lines(batch) => {
-                drop(fleet);
-                self.append_lines(id, batch.lines)?;
+                return self.append_lines(sender, id, batch.lines)
             }
-            proto::job_event::Body::Stage(stage) => {
-                let stage = Stage::from_proto(stage)
-                    .ok_or_else(|| Error::InvalidArgument(format!("unknown stage {stage}")))?;
-                let mut job = self.job(id)?;
-                let reason = format!("{} on agent {agent}", stage.as_str());
-                if job.transition(JobState::Running, reason) {
-                    job.stage = Some(stage);
-                    self.store.put_job(&job)?;
-                }
-            }
+            proto::job_event::Body::Stage(stage) => Report::Stage(
+                Stage::from_proto(stage)
+                    .ok_or_else(|| Error::InvalidArgument(format!("unknown stage {stage}")))?,
+            ),
             proto::job_event::Body::Finished(done) => {
                 let state = JobState::from_proto(done.state)
                     .filter(|s| s.is_terminal())
@@ -231,20 +130,38 @@ impl Core {
                             done.state
                         ))
                     })?;
-                let done = redact_finished(&self.redactor_of_job(id)?, done);
-                let summary = done.summary.clone();
-                self.end_step(&mut fleet, id, state, summary, Some(done));
-                self.place_queued(&mut fleet);
+                Report::Finished(state, redact_finished(&self.redactor_of(&sender.env), done))
             }
-        }
-        Ok(())
+        };
+        self.scheduler
+            .ask(|reply| Command::Report(sender.clone(), id, report, reply))
+            .await
     }
 
     /// Stores lines of `id`'s log (each once, capped at the line limit,
     /// its environment's secrets replaced by `***` even if an agent missed
-    /// one) and hands the new ones to its followers.
-    fn append_lines(&self, id: JobId, lines: Vec<proto::LogLine>) -> Result<(), Error> {
-        let redactor = self.redactor_of_job(id)?;
+    /// one) and hands the new ones to its followers. Lines count only from
+    /// a session that ran the job (holds it, or held it when it ended
+    /// while the agent was away: they are still its log).
+    fn append_lines(
+        &self,
+        sender: &Sender,
+        id: JobId,
+        lines: Vec<proto::LogLine>,
+    ) -> Result<(), Error> {
+        let job = self.store.job(id)?;
+        let ran_it = job.as_ref().is_some_and(|j| {
+            j.agent
+                .as_ref()
+                .is_some_and(|a| sender.is(a, &j.env, j.certificate.as_deref()))
+        });
+        if !ran_it {
+            return Err(Error::NotHolder(format!(
+                "agent {} of env {} sent an event for job {id}, which it does not hold",
+                sender.agent, sender.env
+            )));
+        }
+        let redactor = self.redactor_of(&sender.env);
         let lines = lines
             .into_iter()
             .map(|line| proto::LogLine {
@@ -258,21 +175,6 @@ impl Core {
         Ok(())
     }
 
-    /// The redactor of `id`'s environment (one without secrets costs no
-    /// lookup).
-    fn redactor_of_job(&self, id: JobId) -> Result<Redactor, Error> {
-        if self
-            .config
-            .environments
-            .iter()
-            .all(|e| e.secrets.is_empty())
-        {
-            return Ok(Redactor::default());
-        }
-        let job = self.job(id)?;
-        Ok(self.redactor_of(&job.env))
-    }
-
     /// The redactor of `env`'s secrets.
     pub fn redactor_of(&self, env: &gantry_shared::EnvName) -> Redactor {
         self.config
@@ -281,177 +183,9 @@ impl Core {
             .unwrap_or_default()
     }
 
-    /// Ends an active job and frees its (app, env) and agent slot; a
-    /// succeeded job becomes a release of every server it switched.
-    fn finish_locked(
-        &self,
-        fleet: &mut Fleet,
-        mut job: JobRecord,
-        state: JobState,
-        reason: String,
-        done: Option<proto::JobFinished>,
-    ) {
-        let id = job.id;
-        fleet.release(id);
-        if !job.transition(state, reason) {
-            return;
-        }
-        if let Some(done) = done {
-            job.url = done.url;
-            if !done.image.is_empty() {
-                job.image = done.image;
-            }
-            job.container = done.container;
-        }
-        if let (JobState::Succeeded, Some(agent)) = (state, job.agent.clone()) {
-            let last = ServerRelease {
-                agent,
-                container: job.container.clone(),
-                url: job.url.clone(),
-                image: job.image.clone(),
-            };
-            match job.roll.get_mut(job.step) {
-                Some(step) => step.switched = Some(last),
-                None => job.roll.push(RollStep {
-                    agent: last.agent.clone(),
-                    switched: Some(last),
-                    put_back: None,
-                }),
-            }
-        }
-        if let Err(e) = self.store.put_job(&job) {
-            warn!(job = %id, error = %e, "cannot store job end");
-        }
-        if let (JobState::Succeeded, Some(number)) = (job.state, job.release) {
-            let servers = job.roll.iter().filter_map(|s| s.switched.clone()).collect();
-            let release = ReleaseRecord::from_job(&job, number, servers);
-            match self.store.put_release(&release) {
-                Ok(()) => {
-                    info!(job = %id, app = %job.app, env = %job.env, release = number, "released")
-                }
-                Err(e) => warn!(job = %id, error = %e, "cannot store the release"),
-            }
-        }
-        info!(job = %id, app = %job.app, env = %job.env, state = job.state.as_str(), reason = %job.reason, "job ended");
-        self.hub.end(id);
-    }
-
-    /// Places every queued job that can run now, and records why the others wait.
-    fn place_queued(&self, fleet: &mut Fleet) {
-        let queued: Vec<JobId> = fleet.queued.iter().copied().collect();
-        for id in queued {
-            let Ok(mut job) = self.job(id) else {
-                fleet.queued.remove(&id);
-                continue;
-            };
-            if matches!(job.approval, Approval::Waiting { .. }) {
-                continue;
-            }
-            match fleet.decide(&job) {
-                Decision::Wait(reason) => {
-                    if job.reason != reason {
-                        job.reason = reason;
-                        let _ = self.store.put_job(&job);
-                    }
-                }
-                Decision::Assign(agent) => {
-                    // One job per (app, env) is active, so the next number
-                    // is this job's; it is kept only if the job succeeds.
-                    let Ok(releases) = self.store.releases(&job.app, &job.env) else {
-                        continue;
-                    };
-                    job.release = Some(releases.first().map_or(1, |r| r.number + 1));
-                    job.roll = self.roll_order(fleet, &job, &agent);
-                    job.step = 0;
-                    if !self.assign_step(fleet, &mut job, &agent, roll::StepKind::Deploy) {
-                        continue;
-                    }
-                    let servers = job.roll.len();
-                    let reason = match servers {
-                        1 => format!("assigned to agent {agent}"),
-                        n => format!("assigned to agent {agent}, first of {n} servers"),
-                    };
-                    job.transition(JobState::Assigned, reason);
-                    if let Err(e) = self.store.put_job(&job) {
-                        warn!(job = %id, error = %e, "cannot store assignment");
-                    }
-                    fleet.queued.remove(&id);
-                    info!(job = %id, app = %job.app, env = %job.env, agent = %agent, servers, "job assigned");
-                }
-            }
-        }
-    }
-
-    /// What the agent needs to run `job`: the configuration, and the
-    /// images of `releases` (newest first) it must keep.
-    fn job_spec(&self, job: &JobRecord, releases: &[ReleaseRecord]) -> Option<proto::JobSpec> {
-        let app = self.config.app(&job.app)?;
-        let env = self.config.environment(&job.env)?;
-        let keep_images = retained_images(releases, app.keep_releases.saturating_sub(1));
-        // The read-only credential of this environment; the app's own
-        // `git_token` can push and stays here.
-        let (fetch_username, fetch_token) = match fetch_token(app, env) {
-            Some((username, token)) => (username.unwrap_or_default(), token),
-            None => Default::default(),
-        };
-        let set = job.base.as_ref().map(|base| proto::BranchSet {
-            base: Some(base.to_proto()),
-            branches: job.branches.iter().map(BranchCommit::to_proto).collect(),
-            time_secs: job.created_ms / 1000,
-        });
-        Some(proto::JobSpec {
-            job_id: job.id.get(),
-            app: Some(proto::AppSpec {
-                name: app.name().to_string(),
-                // A password in the URL is the coordinator's credential too.
-                remote: gantry_shared::git::without_password(&app.remote),
-                build_command: app.build_command.clone(),
-                artifact: app.artifact.clone(),
-                base_image: app.base_image.clone().unwrap_or_default(),
-                dockerfile: app.dockerfile.clone().unwrap_or_default(),
-                container_port: app.container_port.get().into(),
-                health_path: app.health_path.clone(),
-                health_timeout_secs: app.health_timeout_secs,
-                build_timeout_secs: app.build_timeout_secs,
-                deploy_timeout_secs: app.deploy_timeout_secs,
-                public_port: app.public_port.map_or(0, |p| p.get().into()),
-                drain_timeout_secs: app.drain_timeout_secs,
-                fetch_username,
-                fetch_token,
-            }),
-            env: job.env.to_string(),
-            env_vars: env.variables.clone().into_iter().collect(),
-            secrets: env
-                .secrets
-                .iter()
-                .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-                .collect(),
-            branch: job
-                .branches
-                .iter()
-                .map(|b| b.branch.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            commit: job.commit.clone(),
-            release: job.release.unwrap_or(0),
-            image: match job.kind {
-                JobKind::Rollback { .. } => job.image.clone(),
-                JobKind::Deploy => String::new(),
-            },
-            keep_images,
-            set,
-            first_seq: 1,
-            put_back: false,
-        })
-    }
-
     /// Connected agents' names and the jobs they hold.
-    pub fn connected(&self) -> Vec<(AgentName, Vec<JobId>)> {
-        self.fleet()
-            .sessions
-            .values()
-            .map(|s| (s.record.name.clone(), s.jobs.iter().copied().collect()))
-            .collect()
+    pub async fn connected(&self) -> Result<Vec<(AgentName, Vec<JobId>)>, Error> {
+        self.scheduler.get(Command::Connected).await
     }
 }
 

@@ -8,6 +8,7 @@ use super::Core;
 use crate::{
     error::Error,
     job::AgentRecord,
+    scheduler::Command,
     store::{IssuedCert, Refusal},
     trust::AgentIdentity,
 };
@@ -19,7 +20,7 @@ const MAX_CSR_BYTES: usize = 16 * 1024;
 impl Core {
     /// Redeems a join token: signs the agent's certificate request for the
     /// name and environment the token was made for.
-    pub fn join(&self, token: &str, csr_pem: &str) -> Result<proto::JoinResponse, Error> {
+    pub async fn join(&self, token: &str, csr_pem: &str) -> Result<proto::JoinResponse, Error> {
         let authority = self.authority.as_ref().ok_or_else(|| {
             Error::FailedPrecondition(
                 "this coordinator serves plaintext on loopback; agents connect without joining"
@@ -52,7 +53,11 @@ impl Core {
             revoked_ms: None,
         };
         match self.store.enrol(&cert, &token.nonce)? {
-            Ok(replaced) if !replaced.is_empty() => self.cut_off(&token.name),
+            Ok(replaced) if !replaced.is_empty() => {
+                self.scheduler
+                    .tell(Command::CutOff(token.name.clone()))
+                    .await?
+            }
             Ok(_) => {}
             Err(Refusal::EnrolledElsewhere(other)) => {
                 return Err(Error::FailedPrecondition(format!(
@@ -103,32 +108,9 @@ impl Core {
     }
 
     /// Revokes every certificate of agent `name` and closes its stream.
-    pub fn revoke(&self, name: &AgentName) -> Result<Vec<IssuedCert>, Error> {
-        // Under the fleet lock, which an attaching agent's last check holds.
-        let fleet = self.fleet();
-        if self.store.certs_of(name)?.is_empty() {
-            return Err(Error::UnknownAgent(format!(
-                "agent {name} holds no certificate issued by this coordinator"
-            )));
-        }
-        let revoked = self.store.revoke_certs(name, now_ms())?;
-        if revoked.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "every certificate of agent {name} is revoked already"
-            )));
-        }
-        drop(fleet);
-        self.cut_off(name);
-        info!(agent = %name, certificates = revoked.len(), "agent revoked");
-        Ok(revoked)
-    }
-
-    /// Closes the stream of agent `name`, whose certificates were just
-    /// revoked.
-    fn cut_off(&self, name: &AgentName) {
-        let session = self.fleet().sessions.get(name).map(|s| s.id);
-        if let Some(session) = session {
-            self.detach_agent(name, session);
-        }
+    pub async fn revoke(&self, name: &AgentName) -> Result<Vec<IssuedCert>, Error> {
+        self.scheduler
+            .ask(|reply| Command::Revoke(name.clone(), reply))
+            .await
     }
 }

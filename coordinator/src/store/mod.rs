@@ -25,6 +25,9 @@ pub enum StoreError {
     /// sled failed (disk full, corruption, ...).
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// Another process (a coordinator still stopping) holds the database.
+    #[error("the database in {0} is held by another process")]
+    Locked(String),
     /// The blocking task doing the store's work panicked or was dropped.
     #[error("storage task failed: {0}")]
     Task(String),
@@ -121,10 +124,23 @@ fn decode_json<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Resul
     })
 }
 
+fn decode_job(key: &str, bytes: &[u8]) -> Result<JobRecord, StoreError> {
+    crate::job::legacy::decode(bytes).map_err(|e| StoreError::Decode {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })
+}
+
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir)?;
+        let db = sled::open(dir).map_err(|e| match e {
+            // sled says so only in its message.
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked(dir.display().to_string())
+            }
+            e => StoreError::Sled(e),
+        })?;
         Ok(Self {
             jobs: db.open_tree("jobs")?,
             logs: db.open_tree("logs")?,
@@ -164,7 +180,7 @@ impl Store {
     /// One job.
     pub fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
         match self.jobs.get(id.get().to_be_bytes())? {
-            Some(bytes) => Ok(Some(decode_json(&format!("job {id}"), &bytes)?)),
+            Some(bytes) => Ok(Some(decode_job(&format!("job {id}"), &bytes)?)),
             None => Ok(None),
         }
     }
@@ -173,7 +189,7 @@ impl Store {
     pub fn jobs(&self) -> impl DoubleEndedIterator<Item = Result<JobRecord, StoreError>> {
         self.jobs.iter().map(|entry| {
             let (key, bytes) = entry?;
-            decode_json(&format!("job key {key:?}"), &bytes)
+            decode_job(&format!("job key {key:?}"), &bytes)
         })
     }
 

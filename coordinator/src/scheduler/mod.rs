@@ -1,0 +1,309 @@
+//! The scheduler: one task that owns the fleet (connected agents and what
+//! they hold), every job that has not ended, and placement. The services
+//! send it typed [`Command`]s and await the answer, so nothing about
+//! scheduling is shared behind a lock, and every change to a job goes
+//! through the job machine ([`crate::job::machine::advance`]) here, in
+//! [`jobs`].
+//!
+//! The scheduler writes each change to the store before it answers. A
+//! store error stops it: its memory may then be ahead of the disk, and it
+//! does not run on a state the disk does not hold. The process exits
+//! (see `crate::serve`) and a restart reads the durable state back.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use gantry_shared::{config::CoordinatorConfig, AgentName, EnvName, JobId, JobState};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info};
+
+mod agents;
+mod jobs;
+mod requests;
+mod spec;
+
+pub use agents::Attach;
+pub use requests::Report;
+
+use crate::{
+    auth::Principal,
+    error::Error,
+    fleet::{Fleet, Outbox, Placement, Sender},
+    hub::LogHub,
+    job::JobRecord,
+    store::{IssuedCert, Store},
+    tail::Tails,
+};
+
+/// Commands waiting for the scheduler. Each is handled in microseconds; a
+/// full queue holds its senders back rather than growing.
+const QUEUE: usize = 1024;
+
+/// How often lost agents are looked for: the lease is checked to the second,
+/// so a lost agent's job fails within a second of its lease running out.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Where a command's answer goes.
+pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// What the scheduler is asked to do.
+pub enum Command {
+    /// Queue a new job (stored by no one yet).
+    Enqueue(Box<JobRecord>, Reply<JobRecord>),
+    /// An operator cancels a job.
+    Cancel(JobId, Reply<JobRecord>),
+    /// An approver decides on a job.
+    Decide {
+        /// The job.
+        id: JobId,
+        /// Who decides.
+        who: Principal,
+        /// Approve (or reject).
+        approve: bool,
+        /// Their comment.
+        comment: String,
+        /// The answer.
+        reply: Reply<JobRecord>,
+    },
+    /// An agent's stream registered.
+    Attach(Box<Attach>, Reply<u64>),
+    /// An agent's session said something.
+    Touch(AgentName, u64),
+    /// An agent's session is shutting down.
+    Drain(AgentName, u64),
+    /// An agent's stream closed.
+    Detach(AgentName, u64),
+    /// An agent reported on a job.
+    Report(Sender, JobId, Report, Reply<()>),
+    /// Close the stream of an agent whose certificates were replaced.
+    CutOff(AgentName),
+    /// Revoke an agent's certificates and close its stream.
+    Revoke(AgentName, Reply<Vec<IssuedCert>>),
+    /// The connected agents and the jobs they hold.
+    Connected(oneshot::Sender<Vec<(AgentName, Vec<JobId>)>>),
+    /// The connected agents of an environment and their outboxes.
+    Servers(EnvName, oneshot::Sender<Vec<(AgentName, Outbox)>>),
+}
+
+/// The services' side of the scheduler.
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// Sends the command `make` builds and waits for its answer.
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.tell(make(reply)).await?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Sends a command that has no answer.
+    pub async fn tell(&self, command: Command) -> Result<(), Error> {
+        self.commands.send(command).await.map_err(|_| stopped())
+    }
+
+    /// Asks for something that cannot fail but for the scheduler stopping.
+    pub async fn get<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.tell(make(reply)).await?;
+        answer.await.map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> Error {
+    Error::Unavailable("the coordinator's scheduler has stopped; the coordinator is exiting".into())
+}
+
+/// The scheduler's task: it ends with `Ok` when every handle is gone, or
+/// with why it stopped.
+pub type Task = tokio::task::JoinHandle<Result<(), Stopped>>;
+
+/// Why the scheduler stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("the scheduler stopped: {0}")]
+pub struct Stopped(String);
+
+/// The scheduler's state: it alone reads and writes it.
+pub struct Scheduler {
+    config: Arc<CoordinatorConfig>,
+    store: Store,
+    hub: LogHub,
+    tails: Arc<Tails>,
+    fleet: Fleet,
+    /// Every job that has not ended, by id: the scheduler's copy is the
+    /// one it changes; each change is written to the store.
+    live: HashMap<JobId, JobRecord>,
+}
+
+impl Scheduler {
+    /// Reads back the jobs that had not ended. Active ones wait for their
+    /// agent to reconnect, within its lease.
+    pub fn new(
+        config: Arc<CoordinatorConfig>,
+        store: Store,
+        hub: LogHub,
+        tails: Arc<Tails>,
+    ) -> Result<Self, Error> {
+        let mut fleet = Fleet::default();
+        let mut live = HashMap::new();
+        let now = Instant::now();
+        for job in store.jobs() {
+            let mut job = job?;
+            if job.state.is_terminal() {
+                continue;
+            }
+            if job.state == JobState::Queued {
+                fleet.queued.insert(job.id);
+            } else {
+                let agent = job.agent.clone().expect("active jobs have an agent");
+                job.reason = format!(
+                    "the coordinator restarted; waiting up to {}s for agent {agent} to reconnect",
+                    config.agent_lease_secs
+                );
+                store.put_job(&job)?;
+                fleet.lost_since.insert(agent.clone(), now);
+                fleet.active.insert(
+                    job.id,
+                    Placement {
+                        app: job.app.clone(),
+                        env: job.env.clone(),
+                        agent,
+                        certificate: job.certificate.clone(),
+                    },
+                );
+            }
+            live.insert(job.id, job);
+        }
+        info!(
+            queued = fleet.queued.len(),
+            active = fleet.active.len(),
+            "state read back"
+        );
+        Ok(Self {
+            config,
+            store,
+            hub,
+            tails,
+            fleet,
+            live,
+        })
+    }
+
+    /// Starts the scheduler's task; it runs until every [`Handle`] is gone,
+    /// or stops at the first store error.
+    pub fn start(self) -> (Handle, Task) {
+        let (commands, inbox) = mpsc::channel(QUEUE);
+        (Handle { commands }, tokio::spawn(self.run(inbox)))
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) -> Result<(), Stopped> {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let outcome = tokio::select! {
+                command = inbox.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => return Ok(()),
+                },
+                _ = tick.tick() => self.sweep(),
+            };
+            if let Err(e) = outcome {
+                error!(error = %e, "cannot store the scheduler's state; stopping");
+                return Err(Stopped(e.to_string()));
+            }
+        }
+    }
+
+    /// Handles one command; only a store error is returned (the caller's
+    /// own errors are answered to it).
+    fn handle(&mut self, command: Command) -> Result<(), Error> {
+        match command {
+            Command::Enqueue(job, reply) => answer(reply, self.enqueue(*job)),
+            Command::Cancel(id, reply) => answer(reply, self.cancel(id)),
+            Command::Decide {
+                id,
+                who,
+                approve,
+                comment,
+                reply,
+            } => answer(reply, self.decide(id, &who, approve, comment)),
+            Command::Attach(attach, reply) => answer(reply, self.attach(*attach)),
+            Command::Touch(agent, session) => {
+                if let Some(s) = self.session(&agent, session) {
+                    s.last_seen = Instant::now();
+                }
+                Ok(())
+            }
+            Command::Drain(agent, session) => {
+                if let Some(s) = self.session(&agent, session) {
+                    s.draining = true;
+                    info!(agent = %agent, "agent draining");
+                }
+                Ok(())
+            }
+            Command::Detach(agent, session) => self.detach(&agent, session),
+            Command::Report(sender, id, report, reply) => {
+                answer(reply, self.report(&sender, id, report))
+            }
+            Command::Revoke(name, reply) => answer(reply, self.revoke(&name)),
+            Command::CutOff(name) => self.cut_off(&name),
+            Command::Connected(reply) => {
+                let connected = self
+                    .fleet
+                    .sessions
+                    .values()
+                    .map(|s| (s.record.name.clone(), s.jobs.iter().copied().collect()))
+                    .collect();
+                let _ = reply.send(connected);
+                Ok(())
+            }
+            Command::Servers(env, reply) => {
+                let servers = self
+                    .fleet
+                    .sessions
+                    .values()
+                    .filter(|s| s.record.env == env)
+                    .map(|s| (s.record.name.clone(), s.outbox.clone()))
+                    .collect();
+                let _ = reply.send(servers);
+                Ok(())
+            }
+        }
+    }
+
+    fn session(&mut self, agent: &AgentName, session: u64) -> Option<&mut crate::fleet::Session> {
+        self.fleet
+            .sessions
+            .get_mut(agent)
+            .filter(|s| s.id == session)
+    }
+
+    /// The ids of the queued jobs, oldest first.
+    fn queued(&self) -> BTreeSet<JobId> {
+        self.fleet.queued.clone()
+    }
+}
+
+/// Sends `result` to its asker; a store error is also returned, to stop
+/// the scheduler.
+fn answer<T>(reply: Reply<T>, result: Result<T, Error>) -> Result<(), Error> {
+    match result {
+        Err(Error::Store(e)) => {
+            let message = e.to_string();
+            let _ = reply.send(Err(Error::Store(e)));
+            Err(Error::Unavailable(message))
+        }
+        result => {
+            let _ = reply.send(result);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! What a server of a roll is sent: the job's configuration, the images it
+//! must keep, and for a put-back the release before.
+
+use gantry_shared::{config::fetch_token, proto};
+use tracing::info;
+
+use super::Scheduler;
+use crate::{
+    error::Error,
+    job::{BranchCommit, JobKind, JobRecord},
+    release::{retained_images, ReleaseRecord},
+};
+
+/// What an assignment asks of a server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepKind {
+    /// Deploy the job's release.
+    Deploy,
+    /// Put the release before back, after a later server failed.
+    PutBack,
+}
+
+impl Scheduler {
+    /// Sends server `at` of `job` its part; false if it cannot be sent (not
+    /// connected, its queue is full, or nothing to put back).
+    pub(super) fn send_step(
+        &mut self,
+        job: &mut JobRecord,
+        at: usize,
+        kind: StepKind,
+    ) -> Result<bool, Error> {
+        let agent = job.roll[at].agent.clone();
+        let releases = self.store.releases(&job.app, &job.env)?;
+        let Some(mut spec) = self.job_spec(job, &releases) else {
+            return Ok(false);
+        };
+        spec.first_seq = self.store.last_seq(job.id)? + 1;
+        if let (StepKind::Deploy, Some(to)) = (kind, job.kind.rollback_to()) {
+            if let Some(target) = releases.iter().find(|r| r.number == to) {
+                spec.image = target.image_on(&agent).to_owned();
+            }
+        }
+        if kind == StepKind::PutBack {
+            // Not released, so the newest release is the one before.
+            let Some(before) = releases.first() else {
+                return Ok(false);
+            };
+            spec.put_back = true;
+            spec.image = before.image_on(&agent).to_owned();
+            spec.release = before.number;
+            spec.set = None;
+            let keep = self.config.app(&job.app).map_or(1, |a| a.keep_releases);
+            spec.keep_images = retained_images(&releases, keep);
+        }
+        let Some(session) = self
+            .fleet
+            .sessions
+            .get(&agent)
+            .filter(|s| s.record.env == job.env && s.outbox.capacity() > 0)
+        else {
+            return Ok(false);
+        };
+        let msg = proto::coordinator_message::Body::Assign(spec);
+        if session
+            .outbox
+            .try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }))
+            .is_err()
+        {
+            return Ok(false);
+        }
+        let certificate = session.certificate.clone();
+        self.hold(job, at, certificate);
+        info!(job = %job.id, app = %job.app, env = %job.env, agent = %agent, ?kind, "step assigned");
+        Ok(true)
+    }
+
+    /// What the agent needs to run `job`: the configuration, and the
+    /// images of `releases` (newest first) it must keep.
+    fn job_spec(&self, job: &JobRecord, releases: &[ReleaseRecord]) -> Option<proto::JobSpec> {
+        let app = self.config.app(&job.app)?;
+        let env = self.config.environment(&job.env)?;
+        let keep_images = retained_images(releases, app.keep_releases.saturating_sub(1));
+        // The read-only credential of this environment; the app's own
+        // `git_token` can push and stays here.
+        let (fetch_username, fetch_token) = match fetch_token(app, env) {
+            Some((username, token)) => (username.unwrap_or_default(), token),
+            None => Default::default(),
+        };
+        let set = job.base.as_ref().map(|base| proto::BranchSet {
+            base: Some(base.to_proto()),
+            branches: job.branches.iter().map(BranchCommit::to_proto).collect(),
+            time_secs: job.created_ms / 1000,
+        });
+        Some(proto::JobSpec {
+            job_id: job.id.get(),
+            app: Some(proto::AppSpec {
+                name: app.name().to_string(),
+                // A password in the URL is the coordinator's credential too.
+                remote: gantry_shared::git::without_password(&app.remote),
+                build_command: app.build_command.clone(),
+                artifact: app.artifact.clone(),
+                base_image: app.base_image.clone().unwrap_or_default(),
+                dockerfile: app.dockerfile.clone().unwrap_or_default(),
+                container_port: app.container_port.get().into(),
+                health_path: app.health_path.clone(),
+                health_timeout_secs: app.health_timeout_secs,
+                build_timeout_secs: app.build_timeout_secs,
+                deploy_timeout_secs: app.deploy_timeout_secs,
+                public_port: app.public_port.map_or(0, |p| p.get().into()),
+                drain_timeout_secs: app.drain_timeout_secs,
+                fetch_username,
+                fetch_token,
+            }),
+            env: job.env.to_string(),
+            env_vars: env.variables.clone().into_iter().collect(),
+            secrets: env
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                .collect(),
+            branch: job
+                .branches
+                .iter()
+                .map(|b| b.branch.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            commit: job.commit.clone(),
+            release: job.release.unwrap_or(0),
+            image: match job.kind {
+                JobKind::Rollback { .. } => job.image.clone(),
+                JobKind::Deploy => String::new(),
+            },
+            keep_images,
+            set,
+            first_seq: 1,
+            put_back: false,
+        })
+    }
+}
