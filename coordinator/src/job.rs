@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use gantry_shared::{proto, AgentName, AppName, BranchName, EnvName, JobId, JobState, Stage};
 use serde::{Deserialize, Serialize};
 
-use crate::release::ServerRelease;
-
 pub mod legacy;
 pub mod machine;
 
@@ -101,6 +99,20 @@ impl Approval {
             Approval::Rejected { by, comment } => format!("rejected by {by}{}", with(comment)),
         }
     }
+}
+
+/// One server running a release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRelease {
+    /// The agent.
+    pub agent: AgentName,
+    /// The container serving.
+    pub container: String,
+    /// Where it answers.
+    pub url: String,
+    /// The image it runs there (each server builds its own).
+    #[serde(default)]
+    pub image: String,
 }
 
 /// One server of a job's roll.

@@ -6,21 +6,8 @@
 use gantry_shared::{proto, AgentName, AppName, EnvName, JobId};
 use serde::{Deserialize, Serialize};
 
+pub use crate::job::ServerRelease;
 use crate::job::{BranchCommit, JobKind, JobRecord};
-
-/// One server running a release.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServerRelease {
-    /// The agent.
-    pub agent: AgentName,
-    /// The container serving.
-    pub container: String,
-    /// Where it answers.
-    pub url: String,
-    /// The image it runs there (each server builds its own).
-    #[serde(default)]
-    pub image: String,
-}
 
 /// A successful deploy or rollback.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -246,7 +246,7 @@ pub fn advance(job: &Job, event: Event) -> Result<(Job, Vec<Effect>), Illegal> {
                 }
             }
             (Phase::Rolling { at, .. }, Event::ServerFailed(outcome)) => {
-                let outcome = failure(outcome, job.cancel_requested)?;
+                let outcome = failure(outcome)?;
                 next.servers[at] = Server::Failed;
                 put_back_next(&mut next, outcome)
             }
@@ -294,12 +294,11 @@ pub fn advance(job: &Job, event: Event) -> Result<(Job, Vec<Effect>), Illegal> {
 }
 
 /// How a job whose server failed with `outcome` ends: a failure stays a
-/// failure; a stop is a cancel only if an operator asked for one.
-fn failure(outcome: Outcome, cancel_requested: bool) -> Result<Outcome, Illegal> {
+/// failure, a stop (an operator's cancel, or the agent stopping what
+/// outlived its drain) is a cancel.
+fn failure(outcome: Outcome) -> Result<Outcome, Illegal> {
     match outcome {
-        Outcome::Failed => Ok(Outcome::Failed),
-        Outcome::Cancelled if cancel_requested => Ok(Outcome::Cancelled),
-        Outcome::Cancelled => Ok(Outcome::Failed),
+        Outcome::Failed | Outcome::Cancelled => Ok(outcome),
         other => Err(Illegal(format!(
             "a server cannot end its part {}",
             other.state().as_str()

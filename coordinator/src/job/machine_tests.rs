@@ -109,18 +109,20 @@ fn expected(name: &str, event: &Event) -> Option<(Phase, Vec<Effect>)> {
         ("on the second", Event::ServerDone) => (rolling(2, None), vec![Deploy { at: 2 }]),
         ("on the last", Event::ServerDone) => (Phase::Ended(Succeeded), vec![Release, Close]),
         // Nothing switched yet: the job just ends.
-        ("sent to the first", Event::ServerFailed(Failed | Cancelled)) => {
-            (Phase::Ended(Failed), vec![Close])
+        ("sent to the first", Event::ServerFailed(outcome @ (Failed | Cancelled))) => {
+            (Phase::Ended(*outcome), vec![Close])
         }
         ("sent to the first", Event::NotSent) => (Phase::Queued, vec![]),
         // The first is switched and ran the release before: it goes back.
-        ("on the second", Event::ServerFailed(Failed | Cancelled) | Event::NotSent) => {
-            (putting(0, Failed), vec![PutBack { at: 0 }])
+        ("on the second", Event::ServerFailed(outcome @ (Failed | Cancelled))) => {
+            (putting(0, *outcome), vec![PutBack { at: 0 }])
         }
+        ("on the second", Event::NotSent) => (putting(0, Failed), vec![PutBack { at: 0 }]),
         // The second goes back first (newest first).
-        ("on the last", Event::ServerFailed(Failed | Cancelled) | Event::NotSent) => {
-            (putting(1, Failed), vec![PutBack { at: 1 }])
+        ("on the last", Event::ServerFailed(outcome @ (Failed | Cancelled))) => {
+            (putting(1, *outcome), vec![PutBack { at: 1 }])
         }
+        ("on the last", Event::NotSent) => (putting(1, Failed), vec![PutBack { at: 1 }]),
         ("sent to the first", Event::CancelRequested) => {
             (rolling(0, None), vec![StopServer { at: 0 }])
         }
@@ -312,9 +314,10 @@ fn a_cancel_that_arrives_as_a_server_switches_stops_the_roll_there() {
 }
 
 #[test]
-fn a_stop_nobody_asked_for_is_a_failure() {
+fn a_server_that_stops_its_part_unasked_ends_the_job_cancelled() {
+    // An agent stopping what outlived its drain grace: the job says so.
     let (job, _) = run(&[false], vec![Event::ServerFailed(Outcome::Cancelled)]);
-    assert_eq!(job.phase, Phase::Ended(Outcome::Failed));
+    assert_eq!(job.phase, Phase::Ended(Outcome::Cancelled));
 }
 
 #[test]

@@ -162,9 +162,7 @@ impl Scheduler {
             }
             let note = match now {
                 Server::Failed => match event {
-                    Event::ServerFailed(Outcome::Cancelled) if after.cancel_requested => {
-                        "cancelled".to_owned()
-                    }
+                    Event::ServerFailed(Outcome::Cancelled) => "cancelled".to_owned(),
                     _ => "failed".to_owned(),
                 },
                 Server::PutBack => match self.release_before(job) {

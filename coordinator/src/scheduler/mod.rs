@@ -307,3 +307,6 @@ fn answer<T>(reply: Reply<T>, result: Result<T, Error>) -> Result<(), Error> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

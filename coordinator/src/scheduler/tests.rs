@@ -1,0 +1,241 @@
+//! The scheduler driven through its commands' handlers, over a real store
+//! and real outboxes, with the agents played by the test.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use futures::{FutureExt, StreamExt};
+use gantry_shared::{
+    config::CoordinatorConfig, proto, AgentName, AppName, EnvName, JobId, JobState,
+};
+
+use super::*;
+use crate::{
+    fleet::OutStream,
+    job::{AgentRecord, JobKind},
+};
+
+const CONFIG: &str = r#"
+listen = "127.0.0.1:0"
+plaintext = true
+
+[[environments]]
+name = "prod"
+
+[[apps]]
+name = "shop"
+remote = "file:///srv/git/shop.git"
+build_command = "true"
+artifact = "shop.jar"
+base_image = "jre:17"
+container_port = 8080
+"#;
+
+struct Fixture {
+    scheduler: Scheduler,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CoordinatorConfig::parse(std::path::Path::new("test.toml"), CONFIG).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let scheduler = Scheduler::new(
+        Arc::new(config),
+        store,
+        LogHub::default(),
+        Arc::new(Tails::default()),
+    )
+    .unwrap();
+    Fixture {
+        scheduler,
+        _dir: dir,
+    }
+}
+
+fn sender(name: &str) -> Sender {
+    Sender {
+        agent: AgentName::new(name).unwrap(),
+        env: EnvName::new("prod").unwrap(),
+        certificate: None,
+    }
+}
+
+impl Fixture {
+    fn attach(&mut self, name: &str) -> OutStream {
+        let (outbox, stream) = Outbox::new();
+        let record = AgentRecord {
+            name: AgentName::new(name).unwrap(),
+            env: EnvName::new("prod").unwrap(),
+            labels: Default::default(),
+            capacity: 1,
+            version: "test".into(),
+            last_seen_ms: 0,
+        };
+        self.scheduler
+            .attach(Attach {
+                record,
+                running: BTreeSet::new(),
+                outbox,
+                closed: Default::default(),
+                certificate: None,
+            })
+            .unwrap();
+        stream
+    }
+
+    fn deploy(&mut self, commit: &str) -> JobId {
+        let id = self.scheduler.store.next_job_id().unwrap();
+        let job = JobRecord::queued(
+            id,
+            AppName::new("shop").unwrap(),
+            EnvName::new("prod").unwrap(),
+            JobKind::Deploy,
+            Vec::new(),
+            None,
+            commit.into(),
+            "ann".into(),
+            0,
+        );
+        self.scheduler.enqueue(job).unwrap();
+        id
+    }
+
+    fn finish(&mut self, agent: &str, id: JobId, state: JobState) {
+        let done = proto::JobFinished {
+            state: state.to_proto() as i32,
+            summary: format!("{} on {agent}", state.as_str()),
+            url: format!("http://{agent}"),
+            image: format!("shop:{agent}-{id}"),
+            container: format!("c-{agent}-{id}"),
+        };
+        self.scheduler
+            .report(&sender(agent), id, Report::Finished(state, done))
+            .unwrap();
+    }
+
+    fn job(&self, id: JobId) -> JobRecord {
+        self.scheduler.job(id).unwrap()
+    }
+}
+
+/// The assignment waiting on `stream`, if any.
+fn assigned(stream: &mut OutStream) -> Option<proto::JobSpec> {
+    loop {
+        match stream.next().now_or_never()?? {
+            Ok(proto::CoordinatorMessage {
+                body: Some(proto::coordinator_message::Body::Assign(spec)),
+            }) => return Some(spec),
+            _ => continue,
+        }
+    }
+}
+
+#[test]
+fn a_roll_goes_server_by_server_and_a_failure_puts_the_switched_back() {
+    let mut f = fixture();
+    let (mut one, mut two) = (f.attach("prod-1"), f.attach("prod-2"));
+
+    let first = f.deploy("c1");
+    let spec = assigned(&mut one).expect("prod-1 is sent the deploy first");
+    assert_eq!(
+        (spec.job_id, spec.release, spec.put_back),
+        (first.get(), 1, false)
+    );
+    assert!(assigned(&mut two).is_none(), "one server at a time");
+    f.finish("prod-1", first, JobState::Succeeded);
+    assert_eq!(
+        f.job(first).reason,
+        "1 of 2 servers switched; deploying to prod-2"
+    );
+    assigned(&mut two).expect("then prod-2");
+    f.finish("prod-2", first, JobState::Succeeded);
+    let done = f.job(first);
+    assert_eq!(done.state, JobState::Succeeded);
+    let release = f
+        .scheduler
+        .store
+        .current_release(&done.app, &done.env)
+        .unwrap()
+        .unwrap();
+    assert_eq!(release.number, 1);
+    assert_eq!(release.servers.len(), 2);
+
+    let second = f.deploy("c2");
+    assigned(&mut one).expect("prod-1 first again");
+    f.finish("prod-1", second, JobState::Succeeded);
+    assigned(&mut two).expect("then prod-2");
+    f.finish("prod-2", second, JobState::Failed);
+    let back = assigned(&mut one).expect("prod-1 is put back");
+    assert!(back.put_back);
+    assert_eq!((back.release, back.image.as_str()), (1, "shop:prod-1-1"));
+    assert_eq!(
+        f.job(second).reason,
+        "putting prod-1 back on the release before"
+    );
+    f.finish("prod-1", second, JobState::Succeeded);
+
+    let failed = f.job(second);
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(
+        failed.reason,
+        "failed on prod-2; prod-1 put back on release 1, prod-2 failed"
+    );
+    let current = f
+        .scheduler
+        .store
+        .current_release(&failed.app, &failed.env)
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.number, 1, "a stopped roll is no release");
+    assert_eq!(
+        current.servers[0].container, "c-prod-1-2",
+        "where release 1 runs now"
+    );
+}
+
+#[test]
+fn what_the_machine_refuses_is_answered_and_changes_nothing() {
+    let mut f = fixture();
+    let mut one = f.attach("prod-1");
+    let id = f.deploy("c1");
+    assigned(&mut one).unwrap();
+    f.finish("prod-1", id, JobState::Succeeded);
+    let ended = f.job(id);
+
+    let again = f.scheduler.cancel(id).unwrap_err();
+    assert!(matches!(again, Error::FailedPrecondition(_)), "{again}");
+    assert_eq!(
+        again.to_string(),
+        format!("job {id} already ended (succeeded); nothing to cancel")
+    );
+    let late = f
+        .scheduler
+        .report(
+            &sender("prod-1"),
+            id,
+            Report::Stage(gantry_shared::Stage::Build),
+        )
+        .unwrap_err();
+    assert!(late.to_string().contains("no longer held"), "{late}");
+    let stranger = f
+        .scheduler
+        .report(
+            &sender("prod-9"),
+            id,
+            Report::Stage(gantry_shared::Stage::Build),
+        )
+        .unwrap_err();
+    assert!(matches!(stranger, Error::NotHolder(_)), "{stranger}");
+    assert_eq!(f.job(id), ended);
+}
+
+#[test]
+fn a_job_whose_first_server_cannot_take_it_waits_in_the_queue() {
+    let mut f = fixture();
+    let one = f.attach("prod-1");
+    drop(one); // the stream is gone, so nothing can be sent
+    let id = f.deploy("c1");
+    let job = f.job(id);
+    assert_eq!(job.state, JobState::Queued, "{}", job.reason);
+    assert!(job.roll.is_empty() && job.release.is_none() && job.agent.is_none());
+}
