@@ -35,7 +35,7 @@ pub enum Api {
 /// A simulated agent producing one job's log.
 pub struct Producer {
     pub job: u64,
-    /// When the agent received the job.
+    /// When the agent received the job (or, held, was let go).
     pub start: Instant,
     arrivals: Arc<Arrivals>,
     sim: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -43,18 +43,20 @@ pub struct Producer {
 
 impl Producer {
     /// Connects a simulated agent and deploys a job that prints `lines`
-    /// lines of 100 bytes, `per_sec` a second (0: as fast as it can).
+    /// lines of 100 bytes, `per_sec` a second (0: as fast as it can); with
+    /// `held`, only once [`Producer::release`] is called.
     pub async fn start(
         coordinator: &Coordinator,
         lines: u64,
         per_sec: u64,
-        epoch: Instant,
+        held: bool,
     ) -> anyhow::Result<Self> {
         let arrivals = Arc::new(Arrivals::default());
         let work = Work::Lines {
             lines,
             bytes: 100,
             per_sec,
+            held,
         };
         let sim = tokio::spawn(sim::agent(
             coordinator.agent_endpoint("bench", "sim-0").await?,
@@ -62,7 +64,6 @@ impl Producer {
             "sim-0".into(),
             work,
             arrivals.clone(),
-            epoch,
         ));
         let mut client = coordinator.client().await?;
         connected(&mut client, 1).await?;
@@ -90,18 +91,31 @@ impl Producer {
             .map_err(|_| anyhow::anyhow!("job {} did not end within 10 minutes", self.job))
     }
 
+    /// Lets a held job send its lines; its start is then.
+    pub fn release(&mut self) {
+        self.start = self.arrivals.release(self.job);
+    }
+
     pub fn stop(self) {
         self.sim.abort();
     }
+}
+
+/// How long ago `line` was sent: its text starts with its send time, in µs
+/// since the Unix epoch.
+pub fn lag(line: &proto::LogLine) -> Option<Duration> {
+    let sent: u128 = line.text.split(' ').next()?.parse().ok()?;
+    Some(Duration::from_micros(
+        sim::unix_micros().saturating_sub(sent) as u64,
+    ))
 }
 
 /// One job streaming `lines` lines through the coordinator, `per_sec` a
 /// second (0: as fast as the agent can), to one follower in this process.
 pub async fn logs(lines: u64, per_sec: u64, api: Api) -> anyhow::Result<LogRun> {
     let coordinator = Coordinator::start().await?;
-    let epoch = Instant::now();
     let mut client = coordinator.client().await?;
-    let producer = Producer::start(&coordinator, lines, per_sec, epoch).await?;
+    let producer = Producer::start(&coordinator, lines, per_sec, false).await?;
     let request = proto::StreamJobLogsRequest {
         job_id: producer.job,
         from_seq: 1,
@@ -109,18 +123,10 @@ pub async fn logs(lines: u64, per_sec: u64, api: Api) -> anyhow::Result<LogRun> 
     };
     let mut latencies = Vec::new();
     let mut count = 0u64;
-    // Each line's text starts with its send time, in µs since `epoch`.
     let mut seen = |line: &proto::LogLine| {
         count += 1;
-        if let Some(sent) = line
-            .text
-            .split(' ')
-            .next()
-            .and_then(|t| t.parse::<u128>().ok())
-        {
-            latencies.push(Duration::from_micros(
-                (epoch.elapsed().as_micros() - sent) as u64,
-            ));
+        if let Some(lag) = lag(line) {
+            latencies.push(lag);
         }
     };
     match api {

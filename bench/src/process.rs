@@ -121,7 +121,6 @@ pub async fn idle_fleet(agents: usize, window: Duration) -> anyhow::Result<(f64,
     let process = spawn(&path)?;
     serving(&url, Duration::from_secs(30)).await?;
     let arrivals = Arc::new(Arrivals::default());
-    let epoch = Instant::now();
     let mut client = gantry_cli::commands::connect_with(&url, None, None).await?;
     let mut sims = Vec::new();
     for i in 0..agents {
@@ -132,7 +131,6 @@ pub async fn idle_fleet(agents: usize, window: Duration) -> anyhow::Result<(f64,
             format!("sim-{i}"),
             Work::Nothing,
             arrivals,
-            epoch,
         )));
         if (i + 1) % 50 == 0 || i + 1 == agents {
             crate::connected(&mut client, i + 1).await?;

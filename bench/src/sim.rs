@@ -17,11 +17,14 @@ use tokio_stream::wrappers::ReceiverStream;
 pub enum Work {
     /// Finish at once.
     Nothing,
-    /// Send `lines` lines of `bytes` bytes, paced at `per_sec` (0: as fast as possible).
+    /// Send `lines` lines of `bytes` bytes, paced at `per_sec` (0: as fast
+    /// as possible); with `held`, only once the bench releases the job
+    /// ([`Arrivals::release`]).
     Lines {
         lines: u64,
         bytes: usize,
         per_sec: u64,
+        held: bool,
     },
 }
 
@@ -35,6 +38,8 @@ pub struct Arrivals {
     last_event: Mutex<HashMap<u64, u64>>,
     /// Job id -> when the coordinator acknowledged its last event.
     stored: Mutex<HashMap<u64, Instant>>,
+    /// Job id -> when the bench let a held job start its lines.
+    released: Mutex<HashMap<u64, Instant>>,
     /// Wakes waiters on every arrival and every stored end.
     pub notify: Notify,
 }
@@ -51,6 +56,18 @@ impl Arrivals {
     /// polling weighs on the run or delays the answer.
     pub async fn stored(&self, job: u64) -> Instant {
         self.wait_in(&self.stored, job).await
+    }
+
+    /// Lets held job `job` send its lines; returns when.
+    pub fn release(&self, job: u64) -> Instant {
+        let at = *self
+            .released
+            .lock()
+            .expect("arrivals lock")
+            .entry(job)
+            .or_insert_with(Instant::now);
+        self.notify.notify_waiters();
+        at
     }
 
     async fn wait_in(&self, map: &Mutex<HashMap<u64, Instant>>, job: u64) -> Instant {
@@ -102,7 +119,6 @@ pub async fn agent(
     name: String,
     work: Work,
     arrivals: Arc<Arrivals>,
-    epoch: Instant,
 ) -> anyhow::Result<()> {
     // The agent's own channel settings, pings included.
     let channel = endpoint
@@ -162,18 +178,12 @@ pub async fn agent(
             .insert(job, Instant::now());
         arrivals.notify.notify_waiters();
         let (tx, arrivals) = (tx.clone(), arrivals.clone());
-        tokio::spawn(async move { run_job(job, work, tx, &arrivals, epoch).await });
+        tokio::spawn(async move { run_job(job, work, tx, &arrivals).await });
     }
     Ok(())
 }
 
-async fn run_job(
-    job: u64,
-    work: Work,
-    tx: mpsc::Sender<proto::AgentMessage>,
-    arrivals: &Arrivals,
-    epoch: Instant,
-) {
+async fn run_job(job: u64, work: Work, tx: mpsc::Sender<proto::AgentMessage>, arrivals: &Arrivals) {
     let mut seq = 1;
     let _ = tx
         .send(event(
@@ -186,31 +196,39 @@ async fn run_job(
         lines,
         bytes,
         per_sec,
+        held,
     } = work
     {
-        let mut pace = (per_sec > 0)
-            .then(|| tokio::time::interval(std::time::Duration::from_micros(1_000_000 / per_sec)));
-        // As the agent does: lines waiting to be sent go as one batch (up to
-        // its send batch); a paced producer sends each line as it comes.
-        let mut batch = Vec::new();
-        for n in 1..=lines {
-            if let Some(pace) = pace.as_mut() {
-                pace.tick().await;
-            }
-            // The line carries its send time (µs since the bench's epoch) for latency.
-            let mut text = format!("{} ", epoch.elapsed().as_micros());
-            text.extend(std::iter::repeat_n('x', bytes.saturating_sub(text.len())));
-            batch.push(proto::LogLine {
-                seq: n,
-                text,
-                stage: proto::Stage::Build as i32,
-                stream: proto::LogStream::Stdout as i32,
-                ..Default::default()
-            });
-            if batch.len() == BATCH || pace.is_some() || n == lines {
+        if held {
+            arrivals.wait_in(&arrivals.released, job).await;
+        }
+        // As the agent does: the lines waiting to be sent go as one batch
+        // (up to its send batch). Paced, the lines due go out every
+        // millisecond (tokio's timer resolution), as a program's output
+        // waits in the agent for its next send.
+        let mut pace = (per_sec > 0).then(|| {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        let started = Instant::now();
+        let mut n = 0;
+        while n < lines {
+            let due = match pace.as_mut() {
+                Some(pace) => {
+                    pace.tick().await;
+                    let due = started.elapsed().as_micros() as u64 * per_sec / 1_000_000;
+                    due.clamp(n + 1, lines)
+                }
+                None => lines,
+            };
+            while n < due {
+                let batch: Vec<_> = (n + 1..=due.min(n + BATCH as u64))
+                    .map(|seq| line(seq, bytes))
+                    .collect();
+                n += batch.len() as u64;
                 seq += 1;
-                let lines = proto::LogBatch::from(std::mem::take(&mut batch));
-                let body = proto::job_event::Body::Lines(lines);
+                let body = proto::job_event::Body::Lines(proto::LogBatch::from(batch));
                 if tx.send(event(job, seq, body)).await.is_err() {
                     return;
                 }
@@ -231,6 +249,28 @@ async fn run_job(
     let _ = tx
         .send(event(job, seq, proto::job_event::Body::Finished(done)))
         .await;
+}
+
+/// Line `seq` of `bytes` bytes, carrying its send time (µs since the Unix
+/// epoch, so that a follower in another process can tell its lag).
+fn line(seq: u64, bytes: usize) -> proto::LogLine {
+    let mut text = format!("{} ", unix_micros());
+    text.extend(std::iter::repeat_n('x', bytes.saturating_sub(text.len())));
+    proto::LogLine {
+        seq,
+        text,
+        stage: proto::Stage::Build as i32,
+        stream: proto::LogStream::Stdout as i32,
+        ..Default::default()
+    }
+}
+
+/// Now, in µs since the Unix epoch.
+pub fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
 }
 
 /// Lines per message when the producer is faster than the stream: the

@@ -2,14 +2,14 @@
 //! lines from a sequence number, then its live lines until it ends. The
 //! follower subscribes before reading the store, so no line falls between
 //! the two; when it lags behind the live channel it goes back to the store,
-//! so it never misses one either.
+//! so it never misses one either. A follow is a stream the gRPC response
+//! owns, with no task of its own: when the client goes away, it is gone.
 
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use gantry_shared::{proto, JobId};
-use tokio::sync::{broadcast::error::RecvError, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::broadcast::{error::RecvError, Receiver};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -22,11 +22,6 @@ use crate::{
 /// log quickly, little enough to keep memory flat for huge logs.
 const STORE_LINES: u64 = 4096;
 
-/// Runs buffered towards one client (an agent sends up to a few hundred
-/// lines per run); a slow client fills this and then only its own task
-/// waits.
-const CLIENT_RUNS: usize = 16;
-
 /// Runs a `FollowJobLogs` message gathers at most, of those that are ready
 /// when the client is: none is held back to fill a message.
 const MESSAGE_RUNS: usize = 64;
@@ -37,29 +32,30 @@ const MESSAGE_RUNS: usize = 64;
 const MESSAGE_BYTES: usize = 1 << 20;
 
 /// The log of `job` from `from` on, in the runs it was stored in (each
-/// encoded once, whoever follows); with `follow`, until the job ends.
+/// encoded once, whoever follows); with `follow`, until the job ends or the
+/// coordinator stops. It subscribes at once, before its first poll.
 fn job_runs(
     core: Arc<Core>,
     job: JobId,
     from: u64,
     follow: bool,
     shutdown: CancellationToken,
-) -> ReceiverStream<Result<Run, Status>> {
-    let (tx, rx) = mpsc::channel(CLIENT_RUNS);
-    // The task ends when the job ends, the client goes away (send fails) or
-    // the coordinator shuts down; the stream it feeds is its owner.
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down; follow again from the last line you saw"))).await;
-            }
-            _ = pump(&core, job, from, follow, &tx) => {}
-        }
-        core.hub.release(job);
-    });
-    ReceiverStream::new(rx)
+) -> impl Stream<Item = Result<Run, Status>> {
+    let follower = Follower {
+        live: Some(core.hub.subscribe(job)),
+        phase: Phase::catch_up(&core, job),
+        core,
+        job,
+        next: from,
+        follow,
+        shutdown,
+    };
+    futures::stream::unfold(follower, |mut follower| async move {
+        let items = follower.step().await?;
+        Some((futures::stream::iter(items), follower))
+    })
+    .flatten()
 }
-
 /// The log of `job` from `from` on, a line per message (`StreamJobLogs`).
 pub fn job_logs(
     core: Arc<Core>,
@@ -126,72 +122,112 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("reading the stored log: {e}"))
 }
 
-async fn pump(
-    core: &Core,
-    job: JobId,
-    from: u64,
-    follow: bool,
-    tx: &mpsc::Sender<Result<Run, Status>>,
-) {
-    let mut live = core.hub.subscribe(job);
-    let mut next = from;
-    loop {
-        // Whether the job had ended *before* this catch-up: its lines are all
-        // stored before it ends, so then the catch-up reads every one. (Read
-        // after the catch-up, it could see an end whose last lines came in
-        // after the read.)
+/// Where a follower is.
+enum Phase {
+    /// Reading the store; `ended` says whether the job had ended before
+    /// this catch-up began.
+    CatchUp {
+        ended: bool,
+    },
+    /// Taking live runs from the job's channel.
+    Live,
+    Done,
+}
+
+impl Phase {
+    /// A catch-up from now. Whether the job has ended is read *before* the
+    /// store: its lines are all stored before it ends, so then the catch-up
+    /// reads every one. (Read after, it could see an end whose last lines
+    /// came in after the read.)
+    fn catch_up(core: &Core, job: JobId) -> Self {
         let ended = core.job(job).map(|j| j.state.is_terminal()).unwrap_or(true);
-        // Catch up from the store.
+        Phase::CatchUp { ended }
+    }
+}
+
+/// One follower of one job.
+struct Follower {
+    core: Arc<Core>,
+    job: JobId,
+    /// The job's live channel; `None` only while being dropped.
+    live: Option<Receiver<LiveEvent>>,
+    phase: Phase,
+    /// The seq of the next line to send.
+    next: u64,
+    follow: bool,
+    shutdown: CancellationToken,
+}
+
+impl Follower {
+    /// The next runs to send (or an error, which ends the stream); `None`
+    /// once every one was sent.
+    async fn step(&mut self) -> Option<Vec<Result<Run, Status>>> {
         loop {
-            let runs = match core.store.log_runs(job, next, STORE_LINES) {
-                Ok(runs) => runs,
-                Err(e) => {
-                    let _ = tx.send(Err(internal(e))).await;
-                    return;
-                }
-            };
-            if runs.is_empty() {
-                break;
+            if self.shutdown.is_cancelled() && !matches!(self.phase, Phase::Done) {
+                return Some(self.fail(shutting_down()));
             }
-            for run in runs {
-                next = run.last + 1;
-                if tx.send(Ok(run)).await.is_err() {
-                    return;
-                }
-            }
-        }
-        if ended || !follow {
-            return;
-        }
-        // Follow live runs until a gap, a lag or the end sends us back.
-        loop {
-            match live.recv().await {
-                Ok(LiveEvent::Lines(run)) => {
-                    if run.last < next {
-                        continue;
-                    }
-                    if run.first > next {
-                        // A gap: the store has what was missed.
-                        break;
-                    }
-                    let run = match run.from_seq(next) {
-                        Ok(run) => run,
-                        Err(e) => {
-                            let _ = tx.send(Err(internal(e))).await;
-                            return;
-                        }
+            match self.phase {
+                Phase::Done => return None,
+                Phase::CatchUp { ended } => {
+                    let runs = match self.core.store.log_runs(self.job, self.next, STORE_LINES) {
+                        Ok(runs) => runs,
+                        Err(e) => return Some(self.fail(internal(e))),
                     };
-                    next = run.last + 1;
-                    if tx.send(Ok(run)).await.is_err() {
-                        return;
+                    if let Some(last) = runs.last() {
+                        self.next = last.last + 1;
+                        return Some(runs.into_iter().map(Ok).collect());
                     }
+                    self.phase = match ended || !self.follow {
+                        true => Phase::Done,
+                        false => Phase::Live,
+                    };
                 }
-                Ok(LiveEvent::Ended) | Err(RecvError::Lagged(_)) => break,
-                Err(RecvError::Closed) => {
-                    live = core.hub.subscribe(job);
-                    break;
+                Phase::Live => {
+                    let live = self.live.as_mut().expect("subscribed while following");
+                    let event = tokio::select! {
+                        _ = self.shutdown.cancelled() => continue,
+                        event = live.recv() => event,
+                    };
+                    match event {
+                        Ok(LiveEvent::Lines(run)) if run.last < self.next => {}
+                        Ok(LiveEvent::Lines(run)) if run.first <= self.next => {
+                            let run = match run.from_seq(self.next) {
+                                Ok(run) => run,
+                                Err(e) => return Some(self.fail(internal(e))),
+                            };
+                            self.next = run.last + 1;
+                            return Some(vec![Ok(run)]);
+                        }
+                        // A gap (the store has what was missed), a lag or
+                        // the end: back to the store.
+                        Ok(LiveEvent::Lines(_) | LiveEvent::Ended) | Err(RecvError::Lagged(_)) => {
+                            self.phase = Phase::catch_up(&self.core, self.job);
+                        }
+                        Err(RecvError::Closed) => {
+                            self.live = Some(self.core.hub.subscribe(self.job));
+                            self.phase = Phase::catch_up(&self.core, self.job);
+                        }
+                    }
                 }
             }
         }
     }
+
+    /// Ends the stream with `status`.
+    fn fail(&mut self, status: Status) -> Vec<Result<Run, Status>> {
+        self.phase = Phase::Done;
+        vec![Err(status)]
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        // Unsubscribed first, so that a channel nobody follows is forgotten.
+        drop(self.live.take());
+        self.core.hub.release(self.job);
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the coordinator is shutting down; follow again from the last line you saw")
 }

@@ -3,7 +3,9 @@
 //! serves operators.
 //!
 //! [`serve`] takes an already-bound listener and a shutdown token, so tests
-//! and the demo run it in-process on port 0.
+//! and the demo run it in-process on port 0. Its long-lived tasks belong to
+//! a [`supervise::Supervisor`]: if one dies, `serve` stops the others and
+//! returns why.
 
 pub mod agent_service;
 pub mod audit;
@@ -16,13 +18,13 @@ pub mod follow;
 pub mod guard;
 pub mod hub;
 pub mod job;
-pub mod lanes;
 pub mod operator_service;
 pub mod rate;
 pub mod release;
 pub mod request;
 pub mod scheduler;
 pub mod store;
+pub mod supervise;
 pub mod tail;
 pub mod trust;
 
@@ -30,7 +32,7 @@ use std::{sync::Arc, time::Duration};
 
 use gantry_shared::{config::CoordinatorConfig, limits::MAX_GRPC_MESSAGE_BYTES, proto};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -61,19 +63,11 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 pub use crate::core::Core;
 
-/// Accepted connections with Nagle's algorithm off: agents and followers
-/// send many small messages, and delayed ACKs would otherwise add ~40 ms to
-/// a pushed assignment or a live log line.
-fn incoming(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
-}
+/// How long a stopping coordinator waits for its connections to close
+/// (followers and agents are told to go at once; a request in flight, a
+/// git fetch at worst, may finish) before it stops them and flushes the
+/// store anyway: a supervisor that restarts it should not wait for ever.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a starting coordinator waits for the one before it, in this
 /// process or another that is still exiting, to let go of the database.
@@ -148,95 +142,94 @@ pub async fn serve(
         .build_v1alpha()
         .context("cannot build the reflection service")?;
 
+    // Cancelled by the caller's shutdown, or by the supervisor when a vital
+    // task dies: either way everything below stops.
+    let stop = shutdown.child_token();
     let agents = proto::agent_service_server::AgentServiceServer::new(
-        agent_service::AgentService::new(core.clone(), shutdown.clone()),
+        agent_service::AgentService::new(core.clone(), stop.clone()),
     )
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let operators = proto::operator_service_server::OperatorServiceServer::new(
-        operator_service::OperatorService::new(core.clone(), shutdown.clone()),
+        operator_service::OperatorService::new(core.clone(), stop.clone()),
     )
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
-    let scheduler = core
-        .take_scheduler_task()
-        .context("the scheduler was started twice")?;
-
     info!(addr = %listener.local_addr()?, tls = tls.is_some(), open = core.auth.is_open(), "coordinator serving");
+    let per_address = trust::conn::PerAddress::new(core.config.max_connections_per_address);
+    let edge = edge::EdgeLayer::new(core.clone(), tls.is_some().then(|| per_address.clone()));
     // Agents' liveness comes from their heartbeats and the lease; this ping
     // only finds dead connections of idle operator streams, so it is rare:
     // a thousand agents would otherwise cost a ping every 10 ms.
-    let per_address = trust::conn::PerAddress::new(core.config.max_connections_per_address);
-    let edge = edge::EdgeLayer::new(core.clone(), tls.is_some().then(|| per_address.clone()));
-    let builder = || {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(SERVER_KEEPALIVE))
-            .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT))
-            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .timeout(REQUEST_TIMEOUT)
-            .layer(edge.clone())
-    };
-    // The operators' lane serves the same services, its requests but the
-    // log streams run here (see `lanes`).
-    let main = tokio::runtime::Handle::current();
-    let lane_router = builder()
-        .add_service(health_service.clone())
-        .add_service(reflection_v1.clone())
-        .add_service(reflection_v1alpha.clone())
-        .add_service(lanes::OnMain::new(agents.clone(), main.clone()))
-        .add_service(lanes::OnMain::new(operators.clone(), main));
-    let router = builder()
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(SERVER_KEEPALIVE))
+        .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .timeout(REQUEST_TIMEOUT)
+        .layer(edge)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(agents)
         .add_service(operators);
-    let stop = shutdown.clone().cancelled_owned();
-    let server: futures::future::BoxFuture<'_, anyhow::Result<()>> = match tls {
+
+    let mut tasks = supervise::Supervisor::default();
+    // The server stops accepting when `stop` is cancelled, tells every
+    // connection to go, and ends once they have (the services end their
+    // streams on `stop`).
+    let stopped = stop.clone().cancelled_owned();
+    match tls {
         Some(acceptor) => {
-            let (agents, operators) = trust::accept::tls_incoming(
-                listener,
-                acceptor,
-                core.clone(),
-                per_address,
-                shutdown.clone(),
+            let (accepted, incoming) = tokio::sync::mpsc::channel(trust::accept::ACCEPTED_BUFFER);
+            tasks.spawn(
+                "the TLS accept loop",
+                trust::accept::accept_loop(
+                    listener,
+                    acceptor,
+                    core.clone(),
+                    per_address,
+                    accepted,
+                    stop.clone(),
+                ),
             );
-            let lane = lanes::OperatorLane::start().context("cannot start the operators' lane")?;
-            // The lane stops with the agents' server, whichever way it ends.
-            let lane_stop = shutdown.child_token();
-            let operators = lane.spawn(
-                lane_router
-                    .serve_with_incoming_shutdown(operators, lane_stop.clone().cancelled_owned()),
-            );
-            let agents = router.serve_with_incoming_shutdown(agents, stop);
-            Box::pin(async move {
-                let agents = agents.await;
-                lane_stop.cancel();
-                let operators = operators.await;
-                agents?;
-                operators.context("the operators' lane failed")??;
-                drop(lane);
-                Ok(())
-            })
+            let incoming = ReceiverStream::new(incoming);
+            tasks.spawn("the gRPC server", async move {
+                Ok(router
+                    .serve_with_incoming_shutdown(incoming, stopped)
+                    .await?)
+            });
         }
-        None => Box::pin(async move {
-            router
-                .serve_with_incoming_shutdown(incoming(listener), stop)
-                .await?;
-            Ok(())
-        }),
-    };
-    // The scheduler is vital: if it stops (a store error), so does the
-    // coordinator, loudly; the server ending ends it too.
-    tokio::select! {
-        served = server => served.context("the gRPC server failed")?,
-        stopped = scheduler => {
-            shutdown.cancel();
-            stopped.context("the scheduler panicked")??;
-            anyhow::bail!("the scheduler stopped while serving");
+        None => {
+            // Nagle's algorithm off: agents and followers send many small
+            // messages, and delayed ACKs would otherwise add ~40 ms to a
+            // pushed assignment or a live log line.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tasks.spawn("the gRPC server", async move {
+                Ok(router
+                    .serve_with_incoming_shutdown(incoming, stopped)
+                    .await?)
+            });
         }
     }
-    core.store.flush().await?;
+    // The owner of scheduling: it stops at a store error (and then so does
+    // the coordinator), or when told to.
+    let scheduler = core
+        .take_scheduler()
+        .context("the scheduler was started twice")?;
+    tasks.spawn("the scheduler", {
+        let stop = stop.clone();
+        async move { Ok(scheduler.run(stop).await?) }
+    });
+
+    // In order: stop accepting and end every stream (the tasks stop on
+    // `stop`), then flush the store, whichever way the coordinator stops.
+    let watched = tasks.watch(&stop).await;
+    let drained = tasks.drain(DRAIN_GRACE).await;
+    let flushed = core.store.flush().await;
+    watched?;
+    drained?;
+    flushed.context("cannot flush the database")?;
     info!("coordinator stopped");
     Ok(())
 }

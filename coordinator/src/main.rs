@@ -116,12 +116,19 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        signal.cancel();
-    });
-    gantry_coordinator::serve(config, listener, shutdown).await
+    let serving = gantry_coordinator::serve(config, listener, shutdown.clone());
+    tokio::pin!(serving);
+    // A signal asks the coordinator to stop; it then drains and returns. An
+    // error (a vital task died) is returned from `main`, which prints it
+    // and exits non-zero.
+    let signalled = tokio::select! {
+        served = &mut serving => return served,
+        signalled = shutdown_signal() => signalled,
+    };
+    tracing::info!("asked to stop; draining");
+    shutdown.cancel();
+    let served = serving.await;
+    signalled.and(served)
 }
 
 /// The set-up commands: they work on files and print what to do next.
@@ -199,11 +206,13 @@ fn admin(config_path: &std::path::Path, command: Command) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Waits for Ctrl-C or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot handle Ctrl-C")?,
         _ = term.recv() => {}
     }
+    Ok(())
 }

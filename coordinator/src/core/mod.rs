@@ -44,8 +44,8 @@ pub struct Core {
     pub tails: Arc<Tails>,
     /// The owner of the fleet, the queue and every job that has not ended.
     scheduler: scheduler::Handle,
-    /// The scheduler's task, until `serve` takes it to supervise.
-    scheduler_task: Mutex<Option<scheduler::Task>>,
+    /// What runs the scheduler, until `serve` takes it to supervise.
+    runner: Mutex<Option<scheduler::Runner>>,
     mirrors: branches::MirrorLocks,
     /// Operators' tokens and rates.
     pub auth: Auth,
@@ -54,8 +54,8 @@ pub struct Core {
 }
 
 impl Core {
-    /// Builds the core over `store` and starts its scheduler, which reads
-    /// back queued and active jobs.
+    /// Builds the core over `store`, with its scheduler, which reads back
+    /// queued and active jobs (`serve` runs it: [`Core::take_scheduler`]).
     pub fn new(
         config: Arc<CoordinatorConfig>,
         store: Store,
@@ -69,7 +69,7 @@ impl Core {
             "environments",
             format!("{:?}", config.environments).into_bytes(),
         )?;
-        let (scheduler, task) = scheduler.start();
+        let (scheduler, runner) = scheduler.start();
         Ok(Arc::new(Self {
             auth: Auth::new(&config),
             authority,
@@ -78,14 +78,14 @@ impl Core {
             hub,
             tails,
             scheduler,
-            scheduler_task: Mutex::new(Some(task)),
+            runner: Mutex::new(Some(runner)),
             mirrors: Default::default(),
         }))
     }
 
-    /// The scheduler's task, for `serve` to supervise (once).
-    pub fn take_scheduler_task(&self) -> Option<scheduler::Task> {
-        self.scheduler_task.lock().expect("task lock").take()
+    /// What runs the scheduler, for `serve` to run and supervise (once).
+    pub fn take_scheduler(&self) -> Option<scheduler::Runner> {
+        self.runner.lock().expect("runner lock").take()
     }
 
     /// One job.

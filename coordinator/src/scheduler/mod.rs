@@ -18,6 +18,7 @@ use std::{
 
 use gantry_shared::{config::CoordinatorConfig, AgentName, EnvName, JobId, JobState};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 mod agents;
@@ -122,9 +123,35 @@ fn stopped() -> Error {
     Error::Unavailable("the coordinator's scheduler has stopped; the coordinator is exiting".into())
 }
 
-/// The scheduler's task: it ends with `Ok` when every handle is gone, or
-/// with why it stopped.
-pub type Task = tokio::task::JoinHandle<Result<(), Stopped>>;
+/// A scheduler and its commands, to be run by its owner.
+pub struct Runner {
+    scheduler: Scheduler,
+    inbox: mpsc::Receiver<Command>,
+}
+
+impl Runner {
+    /// Handles commands, and sweeps for lost agents once a second, until
+    /// `stop` is cancelled (`Ok`) or a store error stops it (the error).
+    /// Commands sent after it stopped are answered `Unavailable`.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), Stopped> {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                command = self.inbox.recv() => match command {
+                    Some(command) => self.scheduler.handle(command),
+                    None => return Ok(()),
+                },
+                _ = tick.tick() => self.scheduler.sweep(),
+            };
+            if let Err(e) = outcome {
+                error!(error = %e, "cannot store the scheduler's state; stopping");
+                return Err(Stopped(e.to_string()));
+            }
+        }
+    }
+}
 
 /// Why the scheduler stopped.
 #[derive(Debug, thiserror::Error)]
@@ -197,29 +224,16 @@ impl Scheduler {
         })
     }
 
-    /// Starts the scheduler's task; it runs until every [`Handle`] is gone,
-    /// or stops at the first store error.
-    pub fn start(self) -> (Handle, Task) {
+    /// The scheduler's handle, and what runs it (see [`Runner::run`]).
+    pub fn start(self) -> (Handle, Runner) {
         let (commands, inbox) = mpsc::channel(QUEUE);
-        (Handle { commands }, tokio::spawn(self.run(inbox)))
-    }
-
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) -> Result<(), Stopped> {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let outcome = tokio::select! {
-                command = inbox.recv() => match command {
-                    Some(command) => self.handle(command),
-                    None => return Ok(()),
-                },
-                _ = tick.tick() => self.sweep(),
-            };
-            if let Err(e) = outcome {
-                error!(error = %e, "cannot store the scheduler's state; stopping");
-                return Err(Stopped(e.to_string()));
-            }
-        }
+        (
+            Handle { commands },
+            Runner {
+                scheduler: self,
+                inbox,
+            },
+        )
     }
 
     /// Handles one command; only a store error is returned (the caller's

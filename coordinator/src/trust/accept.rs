@@ -5,12 +5,16 @@
 //! certificate TLS refuses (expired, from another CA, not a client
 //! certificate) is audited, since such a refusal never reaches a gRPC
 //! handler.
+//!
+//! Kept rather than tonic's own TLS serving (`Server::tls_config`), which
+//! drops a failed handshake with a debug line (no audit), bounds neither
+//! the handshakes in progress nor what one address holds, and retries a
+//! failing accept at once.
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -33,101 +37,90 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// tasks without bound.
 const MAX_HANDSHAKES: usize = 1024;
 
-/// Connections past the TLS handshake, as a stream for a tonic server.
-pub type Connections = ReceiverStream<std::io::Result<Guarded>>;
+/// Connections past their handshake, waiting for the gRPC server to take
+/// them: it takes each at once, so a few are plenty.
+pub const ACCEPTED_BUFFER: usize = 64;
 
-/// Connections accepted on `listener` and past the TLS handshake, until
-/// `shutdown`: (those that presented a client certificate, i.e. agents;
-/// the others, i.e. operators). See [`crate::lanes`]. `per_address` counts
-/// what each address holds.
-pub fn tls_incoming(
+/// Accepts connections on `listener` until `stop` (or until the server
+/// that takes them is gone) and hands each one past its TLS handshake to
+/// `server`. `per_address` counts what each address holds. The
+/// handshakes in progress are this loop's: they are aborted when it ends.
+pub async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     core: Arc<Core>,
     per_address: Arc<PerAddress>,
-    shutdown: CancellationToken,
-) -> (Connections, Connections) {
-    let (agents, agents_rx) = mpsc::channel(64);
-    let (operators, operators_rx) = mpsc::channel(64);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    tokio::spawn(async move {
-        let mut failing = false;
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = agents.closed() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(conn) => {
-                    failing = false;
-                    conn
+    server: mpsc::Sender<std::io::Result<Guarded>>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut handshakes = JoinSet::new();
+    let mut failing = false;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = server.closed() => return Ok(()),
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
+            accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(conn) => {
+                failing = false;
+                conn
+            }
+            Err(e) => {
+                // Said once per spell of failures, not per retry.
+                if !failing {
+                    warn!(error = %e, "cannot accept connections; retrying every {ACCEPT_BACKOFF:?}");
                 }
-                Err(e) => {
-                    // Said once per spell of failures, not per retry.
-                    if !failing {
-                        warn!(error = %e, "cannot accept connections; retrying every {ACCEPT_BACKOFF:?}");
-                    }
-                    failing = true;
-                    drop(slot);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                    }
+                failing = true;
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
                 }
-            };
-            let (held, handshaking) = match per_address.admit(peer.ip()) {
-                Ok(slots) => slots,
-                Err(refusal) => {
-                    debug!(peer = %peer, "connection refused: {refusal}");
-                    continue;
+            }
+        };
+        let (held, handshaking) = match per_address.admit(peer.ip()) {
+            Ok(slots) => slots,
+            Err(refusal) => {
+                debug!(peer = %peer, "connection refused: {refusal}");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let server = server.clone();
+        let core = core.clone();
+        let per_address = per_address.clone();
+        handshakes.spawn(async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(handshaking);
+            match handshake {
+                Ok(Ok(tls)) => {
+                    let _ = server
+                        .send(Ok(Guarded::new(tls, peer, held, per_address)))
+                        .await;
                 }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let (agents, operators) = (agents.clone(), operators.clone());
-            let core = core.clone();
-            let per_address = per_address.clone();
-            tokio::spawn(async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                drop((slot, handshaking));
-                match handshake {
-                    Ok(Ok(tls)) => {
-                        let conn = Guarded::new(tls, peer, held, per_address);
-                        let lane = match conn.has_client_certificate() {
-                            true => agents,
-                            false => operators,
-                        };
-                        let _ = lane.send(Ok(conn)).await;
-                    }
-                    Ok(Err(e)) => {
-                        let refused_cert = e
-                            .get_ref()
-                            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                            .filter(|err| matches!(err, rustls::Error::InvalidCertificate(_)));
-                        match refused_cert {
-                            Some(err) if core.auth.failure_worth_auditing(Some(peer)) => core
-                                .audit(AuditEntry::new(
-                                    "unknown",
-                                    peer.to_string(),
-                                    "tls-handshake",
-                                    "coordinator",
-                                    false,
-                                    format!("client certificate refused: {err}"),
-                                )),
-                            _ => debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                Ok(Err(e)) => {
+                    let refused_cert = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                        .filter(|err| matches!(err, rustls::Error::InvalidCertificate(_)));
+                    match refused_cert {
+                        Some(err) if core.auth.failure_worth_auditing(Some(peer)) => {
+                            core.audit(AuditEntry::new(
+                                "unknown",
+                                peer.to_string(),
+                                "tls-handshake",
+                                "coordinator",
+                                false,
+                                format!("client certificate refused: {err}"),
+                            ))
                         }
+                        _ => debug!(peer = %peer, error = %e, "TLS handshake failed"),
                     }
-                    Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
                 }
-            });
-        }
-    });
-    (
-        ReceiverStream::new(agents_rx),
-        ReceiverStream::new(operators_rx),
-    )
+                Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
+            }
+        });
+    }
 }

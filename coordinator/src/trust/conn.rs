@@ -317,13 +317,6 @@ impl Connected for Guarded {
     }
 }
 
-impl Guarded {
-    /// Whether the client presented a certificate (an agent).
-    pub fn has_client_certificate(&self) -> bool {
-        self.tls.get_ref().1.peer_certificates().is_some()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;

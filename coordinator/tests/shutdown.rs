@@ -1,0 +1,103 @@
+//! A coordinator told to stop drains in order: its followers and agents are
+//! told to go, then the store is flushed and let go, and `serve` returns.
+
+mod common;
+
+use std::time::Duration;
+
+use gantry_shared::{config::CoordinatorConfig, proto};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+fn up(body: proto::agent_message::Body) -> proto::AgentMessage {
+    proto::AgentMessage { body: Some(body) }
+}
+
+#[tokio::test]
+async fn a_stop_ends_followers_and_agents_then_lets_go_of_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    common::repo_with_one_commit(&repo_dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let path = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "plaintext = true\ndata_dir = \"data\"\nlisten = \"{}\"\n[[environments]]\nname = \"dev\"\n[[apps]]\nname = \"app\"\nremote = \"{}\"\n\
+             build_command = \"true\"\nartifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n",
+            listener.local_addr().unwrap(),
+            repo_dir.display()
+        ),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(gantry_coordinator::serve(
+        CoordinatorConfig::load(&path).unwrap(),
+        listener,
+        shutdown.clone(),
+    ));
+
+    let mut agent = proto::agent_service_client::AgentServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let register = proto::Register {
+        name: "dev-1".into(),
+        env: "dev".into(),
+        capacity: 1,
+        ..Default::default()
+    };
+    tx.send(up(proto::agent_message::Body::Register(register)))
+        .await
+        .unwrap();
+    let mut inbound = agent
+        .attach(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    inbound.message().await.unwrap().expect("registered");
+    let mut client = proto::operator_service_client::OperatorServiceClient::connect(url)
+        .await
+        .unwrap();
+    let request = proto::DeployRequest {
+        app: "app".into(),
+        env: "dev".into(),
+        branch: "main".into(),
+        ..Default::default()
+    };
+    let job = client.deploy(request).await.unwrap().into_inner().id;
+    inbound.message().await.unwrap().expect("assignment");
+    // A follower of the running job, waiting for lines that never come.
+    let follow = proto::StreamJobLogsRequest {
+        job_id: job,
+        from_seq: 1,
+        follow: true,
+    };
+    let mut follower = client.follow_job_logs(follow).await.unwrap().into_inner();
+
+    shutdown.cancel();
+    let within = Duration::from_secs(10);
+    let told = tokio::time::timeout(within, follower.message())
+        .await
+        .expect("the follower is told at once")
+        .unwrap_err();
+    assert_eq!(told.code(), Code::Unavailable, "{told:?}");
+    assert!(told.message().contains("shutting down"), "{told:?}");
+    let agent_end = tokio::time::timeout(within, async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    });
+    agent_end.await.expect("the agent's stream ends");
+    tokio::time::timeout(within, server)
+        .await
+        .expect("serve returns once drained")
+        .unwrap()
+        .unwrap();
+    // Flushed and let go: another coordinator can open it at once, and
+    // finds the job.
+    let store = gantry_coordinator::store::Store::open(&dir.path().join("data")).unwrap();
+    assert!(store.next_job_id().unwrap().get() > job);
+    drop(tx);
+}
