@@ -22,7 +22,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use gantry_shared::{proto, JobId};
+use gantry_shared::{
+    messages::{Event, JobEvent},
+    JobId,
+};
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -121,9 +124,9 @@ impl Spool {
     }
 
     /// Appends an event of `job`, waiting while the job has too many
-    /// unacknowledged events. A log line is numbered here, after the last
-    /// one the job spooled, whatever its `seq` says.
-    pub async fn push(&self, job: JobId, body: proto::job_event::Body) -> std::io::Result<()> {
+    /// unacknowledged events. Log lines are numbered here, after the last
+    /// one the job spooled, whatever their `seq` says.
+    pub async fn push(&self, job: JobId, body: Event) -> std::io::Result<()> {
         loop {
             let freed = self.freed.notified();
             {
@@ -131,13 +134,15 @@ impl Spool {
                 let spool = inner.job(&self.dir, job)?;
                 if spool.unacked.len() < MAX_UNACKED && spool.unacked_bytes < MAX_UNACKED_BYTES {
                     let mut body = body;
-                    if let proto::job_event::Body::Log(line) = &mut body {
-                        line.seq = spool.mark.next_line;
+                    if let Event::Lines(lines) = &mut body {
+                        for (line, seq) in lines.iter_mut().zip(spool.mark.next_line..) {
+                            line.seq = seq;
+                        }
                     }
-                    let event = proto::JobEvent {
-                        job_id: job.get(),
+                    let event = JobEvent {
+                        job,
                         seq: spool.mark.next_seq,
-                        body: Some(body),
+                        body,
                     };
                     spool.append(&self.dir, event)?;
                     drop(inner);
@@ -174,7 +179,7 @@ impl Spool {
     /// first (one sync per file for the whole batch) so nothing is sent that
     /// the spool could lose, and no seq the coordinator has is used again.
     /// It waits for the disk: call it off the runtime (`spawn_blocking`).
-    pub fn take_unsent(&self, max: usize) -> std::io::Result<Vec<proto::JobEvent>> {
+    pub fn take_unsent(&self, max: usize) -> std::io::Result<Vec<JobEvent>> {
         let mut out = Vec::new();
         let (mut files, mut new_files) = (Vec::new(), false);
         {
@@ -251,14 +256,19 @@ impl Spool {
 mod tests {
     use super::*;
 
-    fn log(text: &str) -> proto::job_event::Body {
-        proto::job_event::Body::Log(proto::LogLine {
+    use gantry_shared::messages::{Finished, LogLine, LogStream};
+
+    fn log(text: &str) -> Event {
+        Event::Lines(vec![LogLine {
+            seq: 0,
+            timestamp_ms: 0,
+            stage: None,
+            stream: Some(LogStream::Stdout),
             text: text.into(),
-            ..Default::default()
-        })
+        }])
     }
 
-    fn seqs(events: &[proto::JobEvent]) -> Vec<u64> {
+    fn seqs(events: &[JobEvent]) -> Vec<u64> {
         events.iter().map(|e| e.seq).collect()
     }
 
@@ -292,7 +302,13 @@ mod tests {
         spool
             .push(
                 job,
-                proto::job_event::Body::Finished(proto::JobFinished::default()),
+                Event::Finished(Finished {
+                    state: gantry_shared::JobState::Succeeded,
+                    summary: String::new(),
+                    url: String::new(),
+                    image: String::new(),
+                    container: String::new(),
+                }),
             )
             .await
             .unwrap();
@@ -322,7 +338,12 @@ mod tests {
             .path();
         let whole = std::fs::metadata(&path).unwrap().len();
         let mut torn = std::fs::read(&path).unwrap();
-        torn.extend_from_slice(&frame::event(&proto::JobEvent::default())[..9]);
+        let event = JobEvent {
+            job,
+            seq: 2,
+            body: log("torn"),
+        };
+        torn.extend_from_slice(&frame::event(&event)[..9]);
         std::fs::write(&path, torn).unwrap();
 
         let spool = Spool::open(dir.path()).unwrap();
@@ -335,7 +356,7 @@ mod tests {
             .unwrap()
             .into_iter()
             .filter_map(|e| match e.body {
-                Some(proto::job_event::Body::Log(l)) => Some(l.text),
+                Event::Lines(mut l) => l.pop().map(|l| l.text),
                 _ => None,
             })
             .collect();

@@ -9,7 +9,8 @@ use std::{
 
 use gantry_shared::{
     config::{fetch_token, CoordinatorConfig},
-    proto, AgentName, JobId, JobState, Redactor, Stage,
+    messages::{Event, Finished, JobEvent, LogLine},
+    proto, AgentName, JobId, JobState, Redactor,
 };
 use tracing::{info, warn};
 
@@ -170,11 +171,8 @@ impl Core {
     /// one of the same name in another environment or with another
     /// certificate) are refused with [`Error::NotHolder`] and change
     /// nothing.
-    pub fn apply_event(&self, sender: &Sender, event: proto::JobEvent) -> Result<(), Error> {
-        let id = JobId::new(event.job_id)?;
-        let Some(body) = event.body else {
-            return Err(Error::InvalidArgument("job event without a body".into()));
-        };
+    pub fn apply_event(&self, sender: &Sender, event: JobEvent) -> Result<(), Error> {
+        let (id, body) = (event.job, event.body);
         let agent = &sender.agent;
         let mut fleet = self.fleet();
         let holds = fleet.active.get(&id).is_some_and(|p| p.held_by(sender));
@@ -194,27 +192,18 @@ impl Core {
                     sender.env
                 )));
             }
-            if !matches!(
-                &body,
-                proto::job_event::Body::Log(_) | proto::job_event::Body::Lines(_)
-            ) {
+            if !matches!(&body, Event::Lines(_)) {
                 return Err(Error::FailedPrecondition(format!(
                     "job {id} is no longer held by agent {agent}"
                 )));
             }
         }
         match body {
-            proto::job_event::Body::Log(line) => {
+            Event::Lines(lines) => {
                 drop(fleet);
-                self.append_lines(id, vec![line])?;
+                self.append_lines(id, lines)?;
             }
-            proto::job_event::Body::Lines(batch) => {
-                drop(fleet);
-                self.append_lines(id, batch.lines)?;
-            }
-            proto::job_event::Body::Stage(stage) => {
-                let stage = Stage::from_proto(stage)
-                    .ok_or_else(|| Error::InvalidArgument(format!("unknown stage {stage}")))?;
+            Event::Stage(stage) => {
                 let mut job = self.job(id)?;
                 let reason = format!("{} on agent {agent}", stage.as_str());
                 if job.transition(JobState::Running, reason) {
@@ -222,18 +211,10 @@ impl Core {
                     self.store.put_job(&job)?;
                 }
             }
-            proto::job_event::Body::Finished(done) => {
-                let state = JobState::from_proto(done.state)
-                    .filter(|s| s.is_terminal())
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "a job cannot finish in state {}",
-                            done.state
-                        ))
-                    })?;
+            Event::Finished(done) => {
                 let done = redact_finished(&self.redactor_of_job(id)?, done);
-                let summary = done.summary.clone();
-                self.end_step(&mut fleet, id, state, summary, Some(done));
+                let (state, summary) = (done.state, done.summary.clone());
+                self.end_step(&mut fleet, id, state, summary, Some(done.into()));
                 self.place_queued(&mut fleet);
             }
         }
@@ -243,11 +224,11 @@ impl Core {
     /// Stores lines of `id`'s log (each once, capped at the line limit,
     /// its environment's secrets replaced by `***` even if an agent missed
     /// one) and hands the new ones to its followers.
-    fn append_lines(&self, id: JobId, lines: Vec<proto::LogLine>) -> Result<(), Error> {
+    fn append_lines(&self, id: JobId, lines: Vec<LogLine>) -> Result<(), Error> {
         let redactor = self.redactor_of_job(id)?;
         let lines = lines
             .into_iter()
-            .map(|line| proto::LogLine {
+            .map(|line| LogLine {
                 text: gantry_shared::limits::cap_log_line(redactor.redact(line.text)),
                 ..line
             })
@@ -457,8 +438,8 @@ impl Core {
 
 /// `done` with each of its texts redacted: whatever an agent sends is
 /// treated as able to carry a secret.
-fn redact_finished(redactor: &Redactor, done: proto::JobFinished) -> proto::JobFinished {
-    proto::JobFinished {
+fn redact_finished(redactor: &Redactor, done: Finished) -> Finished {
+    Finished {
         state: done.state,
         summary: redactor.redact(done.summary),
         url: redactor.redact(done.url),
