@@ -113,9 +113,13 @@ impl Spool {
 
     /// Makes `job`'s next log line `first_line` at the earliest: a job
     /// rolled over several servers has one log, which each continues.
+    /// An assignment begins here, so an end spooled by an earlier one (a
+    /// put-back on a server the job already ran on) no longer counts: the
+    /// job's files stay, and its numbering goes on, until this one ends.
     pub fn begin(&self, job: JobId, first_line: u64) -> std::io::Result<()> {
         let mut inner = self.lock();
         let spool = inner.job(&self.dir, job)?;
+        spool.finished = false;
         if first_line > spool.mark.next_line {
             spool.mark.next_line = first_line;
             spool.write_mark()?;
@@ -320,6 +324,53 @@ mod tests {
             0,
             "a finished, acknowledged job leaves no file"
         );
+    }
+
+    fn finished() -> Event {
+        Event::Finished(Finished {
+            state: gantry_shared::JobState::Succeeded,
+            summary: String::new(),
+            url: String::new(),
+            image: String::new(),
+            container: String::new(),
+        })
+    }
+
+    fn line_seqs(events: &[JobEvent]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match &e.body {
+                Event::Lines(lines) => lines.first().map(|l| l.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_second_assignment_of_a_job_numbers_on_after_the_first_s_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobId::new(4).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.push(job, log("deployed")).await.unwrap();
+        spool.push(job, finished()).await.unwrap();
+        spool.take_unsent(10).unwrap();
+        // A put-back on this server, before the first end is acknowledged.
+        spool.begin(job, 2).unwrap();
+        spool.push(job, log("putting back")).await.unwrap();
+        let sent = spool.take_unsent(10).unwrap();
+        assert_eq!((seqs(&sent), line_seqs(&sent)), (vec![3], vec![2]));
+        spool.ack(job, 3);
+        spool.push(job, log("still putting back")).await.unwrap();
+        let sent = spool.take_unsent(10).unwrap();
+        assert_eq!(
+            (seqs(&sent), line_seqs(&sent)),
+            (vec![4], vec![3]),
+            "the job's spool is kept while the put-back runs"
+        );
+        spool.push(job, finished()).await.unwrap();
+        spool.take_unsent(10).unwrap();
+        spool.ack(job, 5);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[tokio::test]
