@@ -1,6 +1,6 @@
 //! How the agent's output becomes messages: runs of one job's log lines
-//! travel as one [`proto::LogBatch`] event, a container's output as
-//! [`proto::ContainerOutput`]s, and no message is larger than
+//! travel as one event of [`Event::Lines`], a container's output as
+//! `ContainerOutput`s, and no message is larger than
 //! [`MAX_AGENT_MESSAGE_BYTES`], however long its lines (the coordinator ends
 //! a stream that sends more than its cap, and a batch that never fits would
 //! be sent again forever).
@@ -12,9 +12,8 @@
 
 use gantry_shared::{
     limits::{MAX_AGENT_MESSAGE_BYTES, MAX_FIELD_BYTES, MAX_LOG_LINE_BYTES, MAX_SUMMARY_BYTES},
-    proto,
+    messages::{Event, FromAgent, JobEvent, LogLine},
 };
-use prost::encoding;
 
 /// Bytes a message adds around its lines at most: four field keys of one
 /// byte, two lengths and two u64s of at most ten bytes each (varints).
@@ -33,63 +32,55 @@ const _: () = assert!(MAX_LOG_LINE_BYTES + 4 * ENVELOPE_BYTES <= MAX_AGENT_MESSA
 /// Room for lines in one message.
 const LINES_BUDGET: usize = MAX_AGENT_MESSAGE_BYTES - ENVELOPE_BYTES;
 
-/// What `line` adds to a message's repeated lines field.
-fn line_len(line: &proto::LogLine) -> usize {
-    encoding::message::encoded_len(1, line)
-}
-
-fn job_event(event: proto::JobEvent) -> proto::AgentMessage {
-    proto::AgentMessage {
-        body: Some(proto::agent_message::Body::JobEvent(event)),
-    }
-}
-
 /// The messages carrying `events`: runs of consecutive log-line events of
-/// one job become one event carrying a [`proto::LogBatch`], numbered with
-/// the run's last seq (the coordinator stores it in one write and
-/// acknowledges it as a whole, which acknowledges every event of the run),
-/// and a run is cut wherever the next line would make its message too big.
-pub fn job_events(events: Vec<proto::JobEvent>) -> Vec<proto::AgentMessage> {
-    use proto::job_event::Body;
-    let mut out: Vec<proto::JobEvent> = Vec::with_capacity(events.len());
+/// one job become one [`Event::Lines`] event, numbered with the run's last
+/// seq (the coordinator stores it in one write and acknowledges it as a
+/// whole, which acknowledges every event of the run), and a run is cut
+/// wherever the next line would make its message too big.
+pub fn job_events(events: Vec<JobEvent>) -> Vec<FromAgent> {
+    let mut out: Vec<JobEvent> = Vec::with_capacity(events.len());
     // Encoded size of the lines of the run at the end of `out`.
     let mut run_bytes = 0;
     for event in events {
-        let Some(Body::Log(line)) = event.body else {
+        let Event::Lines(lines) = event.body else {
             out.push(event);
             continue;
         };
-        let len = line_len(&line);
-        match out.last_mut() {
-            Some(proto::JobEvent {
-                job_id,
-                seq,
-                body: Some(Body::Lines(batch)),
-            }) if *job_id == event.job_id && run_bytes + len <= LINES_BUDGET => {
-                batch.lines.push(line);
-                *seq = event.seq;
-                run_bytes += len;
-            }
-            _ => {
-                out.push(proto::JobEvent {
-                    job_id: event.job_id,
-                    seq: event.seq,
-                    body: Some(Body::Lines(proto::LogBatch::from(vec![line]))),
-                });
-                run_bytes = len;
+        for line in lines {
+            let len = line.field_len();
+            match out.last_mut() {
+                Some(JobEvent {
+                    job,
+                    seq,
+                    body: Event::Lines(run),
+                }) if *job == event.job && run_bytes + len <= LINES_BUDGET => {
+                    run.push(line);
+                    *seq = event.seq;
+                    run_bytes += len;
+                }
+                _ => {
+                    out.push(JobEvent {
+                        job: event.job,
+                        seq: event.seq,
+                        body: Event::Lines(vec![line]),
+                    });
+                    run_bytes = len;
+                }
             }
         }
     }
-    out.into_iter().map(job_event).collect()
+    out.into_iter().map(FromAgent::Job).collect()
 }
 
 /// `lines` in order, in groups of at most [`OUTPUT_LINES_PER_MESSAGE`]
-/// that each fit one [`proto::ContainerOutput`] message.
-pub fn output_groups(lines: Vec<proto::LogLine>) -> Vec<Vec<proto::LogLine>> {
-    let mut groups: Vec<Vec<proto::LogLine>> = Vec::new();
+/// that each fit one [`ContainerOutput`] message.
+///
+/// [`ContainerOutput`]: gantry_shared::messages::ContainerOutput
+pub fn output_groups(lines: Vec<LogLine>) -> Vec<Vec<LogLine>> {
+    let mut groups: Vec<Vec<LogLine>> = Vec::new();
     let mut bytes = 0;
     for line in lines {
-        let len = line_len(&line);
+        let len = line.field_len();
         match groups.last_mut() {
             Some(group)
                 if group.len() < OUTPUT_LINES_PER_MESSAGE && bytes + len <= LINES_BUDGET =>
@@ -108,44 +99,61 @@ pub fn output_groups(lines: Vec<proto::LogLine>) -> Vec<Vec<proto::LogLine>> {
 
 #[cfg(test)]
 mod tests {
-    use gantry_shared::limits::{cap_log_line, cap_text, MAX_GRPC_MESSAGE_BYTES};
+    use gantry_shared::{
+        limits::{cap_log_line, cap_text, MAX_GRPC_MESSAGE_BYTES},
+        messages::{ContainerOutput, Finished, LogStream},
+        proto, JobId, JobState, Stage,
+    };
     use proptest::prelude::*;
     use prost::Message;
 
     use super::*;
-    use proto::job_event::Body;
 
-    fn log(job: u64, seq: u64) -> proto::JobEvent {
-        let line = proto::LogLine {
+    fn id(job: u64) -> JobId {
+        JobId::new(job).unwrap()
+    }
+
+    fn line(seq: u64, text: String) -> LogLine {
+        LogLine {
             seq,
-            ..Default::default()
-        };
-        proto::JobEvent {
-            job_id: job,
-            seq,
-            body: Some(Body::Log(line)),
+            timestamp_ms: i64::MAX,
+            stage: Some(Stage::Health),
+            stream: Some(LogStream::Stderr),
+            text,
         }
+    }
+
+    fn log(job: u64, seq: u64) -> JobEvent {
+        JobEvent {
+            job: id(job),
+            seq,
+            body: Event::Lines(vec![line(seq, String::new())]),
+        }
+    }
+
+    fn encoded_len(message: FromAgent) -> usize {
+        proto::AgentMessage::from(message).encoded_len()
     }
 
     #[test]
     fn runs_of_lines_travel_as_one_event_numbered_by_their_last() {
-        let stage = proto::JobEvent {
-            job_id: 1,
+        let stage = JobEvent {
+            job: id(1),
             seq: 3,
-            body: Some(Body::Stage(proto::Stage::Build as i32)),
+            body: Event::Stage(Stage::Build),
         };
         let events = vec![log(1, 1), log(1, 2), stage, log(1, 4), log(2, 1), log(1, 5)];
         let shape: Vec<(u64, u64, usize)> = job_events(events)
             .into_iter()
             .map(|m| {
-                let Some(proto::agent_message::Body::JobEvent(e)) = m.body else {
+                let FromAgent::Job(e) = m else {
                     panic!("a job event");
                 };
                 let lines = match &e.body {
-                    Some(Body::Lines(b)) => b.lines.len(),
+                    Event::Lines(lines) => lines.len(),
                     _ => 0,
                 };
-                (e.job_id, e.seq, lines)
+                (e.job.get(), e.seq, lines)
             })
             .collect();
         assert_eq!(
@@ -165,30 +173,21 @@ mod tests {
         .prop_map(cap_log_line)
     }
 
-    fn line(seq: u64, text: String) -> proto::LogLine {
-        proto::LogLine {
-            seq,
-            timestamp_ms: i64::MAX,
-            stage: proto::Stage::Health as i32,
-            stream: proto::LogStream::Stderr as i32,
-            text,
-        }
-    }
-
     /// What a spool hands over: runs of one job's events (lines, stages, an
     /// end), of a few jobs in turn.
-    fn events() -> impl Strategy<Value = Vec<proto::JobEvent>> {
+    fn events() -> impl Strategy<Value = Vec<JobEvent>> {
         let other = prop_oneof![
-            Just(Body::Stage(proto::Stage::Build as i32)),
-            ".{0,100}".prop_map(|s| Body::Finished(proto::JobFinished {
-                state: proto::JobState::Failed as i32,
+            Just(Event::Stage(Stage::Build)),
+            ".{0,100}".prop_map(|s| Event::Finished(Finished {
+                state: JobState::Failed,
                 summary: cap_text(s.repeat(10_000), MAX_SUMMARY_BYTES),
                 url: cap_text(s.repeat(100), MAX_FIELD_BYTES),
                 image: cap_text(s.repeat(100), MAX_FIELD_BYTES),
                 container: cap_text(s.repeat(100), MAX_FIELD_BYTES),
             })),
         ];
-        let lines = proptest::collection::vec(text().prop_map(|t| Body::Log(line(0, t))), 1..400);
+        let lines =
+            proptest::collection::vec(text().prop_map(|t| Event::Lines(vec![line(0, t)])), 1..400);
         let run = (0..3u64, lines, proptest::option::of(other));
         proptest::collection::vec(run, 0..4).prop_map(|runs| {
             let mut next = [1u64; 3];
@@ -199,13 +198,13 @@ mod tests {
                 .map(|(job, mut body)| {
                     let seq = next[job as usize];
                     next[job as usize] += 1;
-                    if let Body::Log(l) = &mut body {
-                        l.seq = seq;
+                    if let Event::Lines(lines) = &mut body {
+                        lines[0].seq = seq;
                     }
-                    proto::JobEvent {
-                        job_id: u64::MAX - job,
+                    JobEvent {
+                        job: id(u64::MAX - job),
                         seq: u64::MAX / 2 + seq,
-                        body: Some(body),
+                        body,
                     }
                 })
                 .collect()
@@ -217,17 +216,15 @@ mod tests {
 
         #[test]
         fn every_job_event_message_fits_and_every_line_is_sent_once(events in events()) {
-            let lines_in = events.iter().filter(|e| matches!(e.body, Some(Body::Log(_)))).count();
+            let lines_in = events.iter().filter(|e| matches!(e.body, Event::Lines(_))).count();
             let mut lines_out = 0;
             for message in job_events(events) {
-                let len = message.encoded_len();
+                if let FromAgent::Job(JobEvent { body: Event::Lines(lines), .. }) = &message {
+                    lines_out += lines.len();
+                }
+                let len = encoded_len(message);
                 prop_assert!(len <= MAX_AGENT_MESSAGE_BYTES, "{len} bytes");
                 prop_assert!(len <= MAX_GRPC_MESSAGE_BYTES);
-                if let Some(proto::agent_message::Body::JobEvent(proto::JobEvent {
-                    body: Some(Body::Lines(batch)), ..
-                })) = &message.body {
-                    lines_out += batch.lines.len();
-                }
             }
             prop_assert_eq!(lines_in, lines_out);
         }
@@ -239,15 +236,13 @@ mod tests {
             let groups = output_groups(lines);
             prop_assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), count);
             for lines in groups {
-                let message = proto::AgentMessage {
-                    body: Some(proto::agent_message::Body::Output(proto::ContainerOutput {
-                        request_id: u64::MAX,
-                        lines,
-                        end: true,
-                        error: String::new(),
-                    })),
-                };
-                prop_assert!(message.encoded_len() <= MAX_AGENT_MESSAGE_BYTES);
+                let message = FromAgent::Output(ContainerOutput {
+                    request_id: u64::MAX,
+                    lines,
+                    end: true,
+                    error: None,
+                });
+                prop_assert!(encoded_len(message) <= MAX_AGENT_MESSAGE_BYTES);
             }
         }
     }
@@ -256,19 +251,19 @@ mod tests {
     fn max_length_lines_of_a_backlog_fit() {
         // The case: 512 cut 8 KiB lines were 4,204,432 bytes in one message.
         let events: Vec<_> = (1..=512)
-            .map(|seq| proto::JobEvent {
-                job_id: 1,
+            .map(|seq| JobEvent {
+                job: id(1),
                 seq,
-                body: Some(Body::Log(line(seq, cap_log_line("y".repeat(9 * 1024))))),
+                body: Event::Lines(vec![line(seq, cap_log_line("y".repeat(9 * 1024)))]),
             })
             .collect();
         let messages = job_events(events);
-        let largest = messages.iter().map(Message::encoded_len).max().unwrap();
+        let count = messages.len();
+        let largest = messages.into_iter().map(encoded_len).max().unwrap();
         println!(
-            "512 cut lines of 9 KiB: {} messages, the largest {largest} bytes (cap {MAX_GRPC_MESSAGE_BYTES})",
-            messages.len()
+            "512 cut lines of 9 KiB: {count} messages, the largest {largest} bytes (cap {MAX_GRPC_MESSAGE_BYTES})"
         );
         assert!(largest <= MAX_AGENT_MESSAGE_BYTES, "{largest}");
-        assert!(messages.len() >= 4, "{} messages", messages.len());
+        assert!(count >= 4, "{count} messages");
     }
 }

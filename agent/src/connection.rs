@@ -10,9 +10,13 @@ use std::{
     time::Duration,
 };
 
-use gantry_shared::{limits::MAX_GRPC_MESSAGE_BYTES, proto, JobId, JobState, Redactor};
+use gantry_shared::{
+    limits::MAX_GRPC_MESSAGE_BYTES,
+    messages::{Assignment, FromAgent, JobEvent, MessageError, Registration, ToAgent},
+    proto, JobId, JobState, Redactor,
+};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 use tokio_util::{
     sync::CancellationToken,
     task::{AbortOnDropHandle, TaskTracker},
@@ -86,10 +90,6 @@ pub async fn maintain(link: Arc<Link>, stop: CancellationToken) {
     }
 }
 
-fn message(body: proto::agent_message::Body) -> proto::AgentMessage {
-    proto::AgentMessage { body: Some(body) }
-}
-
 async fn session(
     link: &Arc<Link>,
     stop: &CancellationToken,
@@ -118,33 +118,35 @@ async fn attached(
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let running_jobs = link
+    let running = link
         .running
         .lock()
         .expect("running lock")
         .keys()
-        .map(|j| j.get())
+        .copied()
         .collect();
-    let register = proto::Register {
-        name: link.options.name.to_string(),
-        env: link.options.env.to_string(),
-        labels: link.options.labels.clone().into_iter().collect(),
+    let register = Registration {
+        name: link.options.name.clone(),
+        env: link.options.env.clone(),
+        labels: link.options.labels.clone(),
         capacity: link.options.capacity,
         version: gantry_shared::VERSION.to_owned(),
-        running_jobs,
+        running,
     };
-    tx.send(message(proto::agent_message::Body::Register(register)))
-        .await?;
-    let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+    tx.send(FromAgent::Register(register)).await?;
+    // Everything sent becomes proto here, and only here.
+    let outbound = ReceiverStream::new(rx).map(proto::AgentMessage::from);
+    let mut inbound = client.attach(outbound).await?.into_inner();
 
     let mut heartbeat = DEFAULT_HEARTBEAT;
     let lease = &link.runtime.lease;
-    match inbound.message().await? {
-        Some(proto::CoordinatorMessage {
-            body: Some(proto::coordinator_message::Body::Registered(r)),
-        }) => {
-            heartbeat = Duration::from_millis(r.heartbeat_interval_ms.max(100));
-            lease.set_length(Duration::from_millis(r.lease_ms));
+    match inbound.message().await?.map(ToAgent::try_from) {
+        Some(Ok(ToAgent::Registered {
+            heartbeat: interval,
+            lease: length,
+        })) => {
+            heartbeat = interval.max(Duration::from_millis(100));
+            lease.set_length(length);
         }
         // Never dropped, whatever came first.
         Some(other) => handle(link, other, &tx),
@@ -162,7 +164,7 @@ async fn attached(
         let (link, tx) = (link.clone(), tx.clone());
         AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(msg) = inbound.message().await? {
-                handle(&link, msg, &tx);
+                handle(&link, ToAgent::try_from(msg), &tx);
             }
             Ok::<_, tonic::Status>(())
         }))
@@ -188,7 +190,7 @@ async fn attached(
             }
             _ = link.draining.cancelled(), if !drain_sent => {
                 drain_sent = true;
-                let _ = tx.send(message(proto::agent_message::Body::Drain(proto::Drain {}))).await;
+                let _ = tx.send(FromAgent::Drain).await;
             }
             _ = beat.tick() => {
                 // An agent with jobs asks for an answer: it keeps the lease
@@ -205,7 +207,7 @@ async fn attached(
 }
 
 /// The next batch of spooled events, synced to disk off the runtime.
-async fn take_unsent(spool: &Spool) -> std::io::Result<Vec<proto::JobEvent>> {
+async fn take_unsent(spool: &Spool) -> std::io::Result<Vec<JobEvent>> {
     if !spool.has_unsent() {
         return Ok(Vec::new());
     }
@@ -215,78 +217,56 @@ async fn take_unsent(spool: &Spool) -> std::io::Result<Vec<proto::JobEvent>> {
         .map_err(std::io::Error::other)?
 }
 
-fn heartbeat_message(answer: bool) -> proto::AgentMessage {
-    message(proto::agent_message::Body::Heartbeat(proto::Heartbeat {
-        answer,
-    }))
+fn heartbeat_message(answer: bool) -> FromAgent {
+    FromAgent::Heartbeat { answer }
 }
 
-fn handle(link: &Link, msg: proto::CoordinatorMessage, tx: &mpsc::Sender<proto::AgentMessage>) {
-    if let Some(proto::coordinator_message::Body::Heartbeat(_)) = msg.body {
+/// Acts on what the coordinator sent, as converted at the edge.
+fn handle(link: &Link, msg: Result<ToAgent, MessageError>, tx: &mpsc::Sender<FromAgent>) {
+    if let Ok(ToAgent::HeartbeatAnswer) = msg {
         link.runtime.lease.answered();
         return;
     }
+    // Any message, even one refused below, says the coordinator is there.
     link.runtime.lease.heard();
-    match msg.body {
-        Some(proto::coordinator_message::Body::Tail(ask)) => {
+    match msg {
+        Ok(ToAgent::Tail(ask)) => {
             let stop = link.tails.start(ask.request_id);
             let (runtime, tails, tx) = (link.runtime.clone(), link.tails.clone(), tx.clone());
             // Owned through `tails`: stopped by StopTail or when the session ends.
             tokio::spawn(async move { tail::run(&runtime, &tails, ask, tx, stop).await });
         }
-        Some(proto::coordinator_message::Body::StopTail(stop)) => link.tails.stop(stop.request_id),
-        Some(proto::coordinator_message::Body::Ack(ack)) => {
-            if let Ok(job) = JobId::new(ack.job_id) {
-                link.spool.ack(job, ack.seq);
-            }
-        }
-        Some(proto::coordinator_message::Body::Assign(spec)) => start_job(link, spec),
-        Some(proto::coordinator_message::Body::Cancel(c)) => {
-            let found = JobId::new(c.job_id)
-                .ok()
-                .and_then(|id| link.running.lock().expect("running lock").get(&id).cloned());
+        Ok(ToAgent::StopTail(request)) => link.tails.stop(request),
+        Ok(ToAgent::Ack { job, seq }) => link.spool.ack(job, seq),
+        Ok(ToAgent::Assign(assignment)) => start_job(link, *assignment),
+        Ok(ToAgent::Cancel(id)) => {
+            let found = link.running.lock().expect("running lock").get(&id).cloned();
             match found {
                 Some(handle) => {
-                    info!(job = c.job_id, "cancelling job");
+                    info!(job = %id, "cancelling job");
                     handle.stop(JobState::Cancelled, "cancelled by operator");
                 }
-                None => warn!(job = c.job_id, "cancel for a job this agent does not run"),
+                None => warn!(job = %id, "cancel for a job this agent does not run"),
             }
         }
-        Some(proto::coordinator_message::Body::Registered(_))
-        | Some(proto::coordinator_message::Body::Heartbeat(_))
-        | None => {}
+        Ok(ToAgent::Registered { .. } | ToAgent::HeartbeatAnswer) => {}
+        Err(MessageError::Assignment {
+            job,
+            first_seq,
+            why,
+        }) => refuse(link, job, first_seq, Redactor::default(), why),
+        Err(e) => warn!(error = %e, "ignoring a message from the coordinator"),
     }
 }
 
-fn start_job(link: &Link, spec: proto::JobSpec) {
-    let Ok(id) = JobId::new(spec.job_id) else {
-        warn!("assignment without a job id; ignored");
-        return;
-    };
-    let secrets = Redactor::new(spec.secrets.values().cloned());
-    let report =
-        Reporter::starting_at(id, link.spool.clone(), spec.first_seq.max(1)).redacting(secrets);
-    let refuse = |why: String| {
-        warn!(job = %id, %why, "refusing a job");
-        let report = report.clone();
-        link.tasks.spawn(async move {
-            report
-                .finish(
-                    JobState::Failed,
-                    format!("the agent refused the job: {why}"),
-                    None,
-                )
-                .await;
-        });
-    };
+fn start_job(link: &Link, assignment: Assignment) {
+    let (id, first_seq) = (assignment.job, assignment.first_seq);
+    let secrets = Redactor::new(assignment.secrets.values().cloned());
     if link.draining.is_cancelled() {
-        return refuse("it is shutting down".into());
+        return refuse(link, id, first_seq, secrets, "it is shutting down".into());
     }
-    let job = match Job::from_proto(spec) {
-        Ok(job) => job,
-        Err(why) => return refuse(why),
-    };
+    let report = Reporter::starting_at(id, link.spool.clone(), first_seq).redacting(secrets);
+    let job = Job::from(assignment);
     let handle = JobHandle::default();
     {
         let mut running = link.running.lock().expect("running lock");
@@ -301,5 +281,15 @@ fn start_job(link: &Link, spec: proto::JobSpec) {
     link.tasks.spawn(async move {
         job::run(runtime, job, report, handle).await;
         running.lock().expect("running lock").remove(&id);
+    });
+}
+
+/// Reports job `id` failed without running it, saying `why`.
+fn refuse(link: &Link, id: JobId, first_seq: u64, secrets: Redactor, why: String) {
+    warn!(job = %id, %why, "refusing a job");
+    let report = Reporter::starting_at(id, link.spool.clone(), first_seq).redacting(secrets);
+    link.tasks.spawn(async move {
+        let why = format!("the agent refused the job: {why}");
+        report.finish(JobState::Failed, why, None).await;
     });
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use gantry_shared::{
     git::{integrate, CheckedOut, Credentials, Fetched, GitError, IntegrateError, Mirror},
-    proto, BranchName,
+    messages::{BranchCommit, BranchSet},
 };
 
 /// Git failures on the agent.
@@ -22,9 +22,6 @@ pub enum AgentGitError {
     /// The commit is not on the remote (any more).
     #[error("commit {0} is not on the remote after fetching (was the branch force-pushed?); deploy again")]
     MissingCommit(String),
-    /// The set sent is malformed.
-    #[error("invalid branch set: {0}")]
-    InvalidSet(String),
     /// The merge here gave another commit than the coordinator's.
     #[error("the branch set merged here into {here}, not the coordinator's {expected}; the agent refuses to build something other than what was checked")]
     Mismatch {
@@ -66,24 +63,12 @@ pub fn fetch(source: &Source, needed: &[String]) -> Result<Fetched, AgentGitErro
 /// is `expected`. Returns how many branches were merged. Blocking.
 pub fn integrate_set(
     source: &Source,
-    set: &proto::BranchSet,
+    set: &BranchSet,
     expected: &str,
 ) -> Result<usize, AgentGitError> {
-    let parse = |b: &proto::BranchCommit| -> Result<(BranchName, String), AgentGitError> {
-        let name = BranchName::new(b.branch.clone())
-            .map_err(|e| AgentGitError::InvalidSet(e.to_string()))?;
-        Ok((name, b.commit.clone()))
-    };
-    let base = set
-        .base
-        .as_ref()
-        .ok_or_else(|| AgentGitError::InvalidSet("no base branch".into()))?;
-    let (base, base_commit) = parse(base)?;
-    let branches = set
-        .branches
-        .iter()
-        .map(parse)
-        .collect::<Result<Vec<_>, _>>()?;
+    let pair = |b: &BranchCommit| (b.branch.clone(), b.commit.clone());
+    let (base, base_commit) = pair(&set.base);
+    let branches: Vec<_> = set.branches.iter().map(pair).collect();
     let mirror = source.open()?;
     let merged = integrate(mirror.repo(), &base, &base_commit, &branches, set.time_secs)?;
     if merged.commit != expected {

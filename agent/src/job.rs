@@ -10,7 +10,10 @@ use std::{
 };
 
 use bollard::Docker;
-use gantry_shared::{proto, AgentName, AppName, BranchName, EnvName, JobId, JobState};
+use gantry_shared::{
+    messages::{AppSpec, Assignment, BranchSet},
+    AgentName, AppName, EnvName, JobId, JobState,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -62,7 +65,7 @@ impl Turns {
     }
 }
 
-/// A job spec checked at the edge.
+/// A job as the agent runs it, from an [`Assignment`] checked at the edge.
 pub struct Job {
     /// Its id.
     pub id: JobId,
@@ -75,7 +78,7 @@ pub struct Job {
     /// The commit to build.
     pub commit: String,
     /// The app's configuration.
-    pub spec: proto::AppSpec,
+    pub spec: AppSpec,
     /// The environment's variables.
     pub env_vars: BTreeMap<String, String>,
     /// The environment's secrets, given to the build and the container.
@@ -87,38 +90,32 @@ pub struct Job {
     /// Images of this (app, env) to keep besides the one deployed.
     pub keep_images: Vec<String>,
     /// For a branch set: what to merge onto what.
-    pub set: Option<proto::BranchSet>,
+    pub set: Option<BranchSet>,
     /// This assignment puts the server back on the release before.
     pub put_back: bool,
 }
 
-impl Job {
-    /// Validates what the coordinator sent.
-    pub fn from_proto(spec: proto::JobSpec) -> Result<Self, String> {
-        let app = spec.app.ok_or("job without an app")?;
-        let commit = spec.commit;
-        if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("invalid commit id {commit:?}"));
+impl From<Assignment> for Job {
+    fn from(a: Assignment) -> Self {
+        Self {
+            id: a.job,
+            branch: a.branch_list(),
+            app: a.app.name.clone(),
+            env: a.env,
+            commit: a.commit,
+            spec: a.app,
+            env_vars: a.env_vars,
+            secrets: a.secrets,
+            release: a.release,
+            rollback_image: a.image,
+            keep_images: a.keep_images,
+            set: a.set,
+            put_back: a.put_back,
         }
-        let port = u16::try_from(app.container_port).ok().filter(|p| *p > 0);
-        port.ok_or_else(|| format!("invalid container port {}", app.container_port))?;
-        Ok(Self {
-            id: JobId::new(spec.job_id).map_err(|e| e.to_string())?,
-            app: AppName::new(app.name.clone()).map_err(|e| e.to_string())?,
-            env: EnvName::new(spec.env).map_err(|e| e.to_string())?,
-            branch: checked_branches(spec.branch)?,
-            commit,
-            spec: app,
-            env_vars: spec.env_vars.into_iter().collect(),
-            secrets: spec.secrets.into_iter().collect(),
-            release: spec.release,
-            rollback_image: (!spec.image.is_empty()).then_some(spec.image),
-            keep_images: spec.keep_images,
-            set: spec.set,
-            put_back: spec.put_back,
-        })
     }
+}
 
+impl Job {
     /// What this assignment's Docker objects are labelled and named with:
     /// the job id, set apart for a put-back, so cleaning up a failed
     /// put-back never removes what the job deployed before.
@@ -132,8 +129,8 @@ impl Job {
 
     pub(crate) fn labels(&self, agent: &AgentName, agent_id: &str) -> HashMap<String, String> {
         let mut labels = self.identity_labels(agent, agent_id);
-        if self.spec.public_port > 0 {
-            let ports = format!("{}:{}", self.spec.public_port, self.spec.container_port);
+        if let Some(public) = self.spec.public_port {
+            let ports = format!("{public}:{}", self.spec.container_port);
             labels.insert(label::PROXY.to_owned(), ports);
         }
         labels
@@ -163,14 +160,6 @@ impl Job {
             ("GANTRY_COMMIT".into(), self.commit.clone()),
         ]
     }
-}
-
-/// `list` (branch names joined by ",") with each name checked.
-fn checked_branches(list: String) -> Result<String, String> {
-    for name in list.split(',') {
-        BranchName::new(name).map_err(|e| e.to_string())?;
-    }
-    Ok(list)
 }
 
 /// A running job's handle: stops it with a reason (operator cancel, deploy
@@ -236,7 +225,7 @@ pub async fn run(rt: Arc<Runtime>, job: Job, report: Reporter, handle: JobHandle
         }
     };
     info!(job = %job.id, app = %job.app, env = %job.env, commit = %job.commit, "job started");
-    let limit = Duration::from_secs(job.spec.deploy_timeout_secs.max(1));
+    let limit = job.spec.deploy_timeout.max(Duration::from_secs(1));
     let work = stages::run(&rt, &job, &report, &handle.token);
     let timer = tokio::time::sleep(limit);
     tokio::pin!(work, timer);

@@ -10,7 +10,8 @@ use std::{
 
 use gantry_shared::{
     limits::{cap_log_line, cap_text, MAX_FIELD_BYTES, MAX_SUMMARY_BYTES},
-    now_ms, proto, JobId, JobState, Redactor, Stage,
+    messages::{Event, Finished, LogLine},
+    now_ms, JobId, JobState, Redactor, Stage,
 };
 
 use crate::spool::Spool;
@@ -20,7 +21,7 @@ use crate::spool::Spool;
 pub const SUMMARY_LINES: usize = 20;
 
 /// Which output a line came from.
-pub use proto::LogStream as Stream;
+pub use gantry_shared::messages::LogStream as Stream;
 
 /// A job's reporter; cheap to clone.
 #[derive(Clone)]
@@ -59,7 +60,7 @@ impl Reporter {
         Self { redactor, ..self }
     }
 
-    async fn send(&self, body: proto::job_event::Body) {
+    async fn send(&self, body: Event) {
         if let Err(e) = self.spool.push(self.job, body).await {
             tracing::error!(job = %self.job, error = %e, "cannot write to the spool; the event is lost");
         }
@@ -68,25 +69,23 @@ impl Reporter {
     /// Enters a new stage, and says so in the log.
     pub async fn stage(&self, stage: Stage) {
         *self.stage.lock().expect("stage lock") = Some(stage);
-        self.send(proto::job_event::Body::Stage(stage.to_proto() as i32))
-            .await;
+        self.send(Event::Stage(stage)).await;
         self.line(Stream::System, format!("==> {}", stage.as_str()))
             .await;
     }
 
     /// Sends one line of output.
     pub async fn line(&self, stream: Stream, text: impl Into<String>) {
-        let stage = (*self.stage.lock().expect("stage lock"))
-            .map_or(proto::Stage::Unspecified, Stage::to_proto);
+        let stage = *self.stage.lock().expect("stage lock");
         // Numbered by the spool, in the order the lines are spooled.
-        let line = proto::LogLine {
+        let line = LogLine {
             seq: 0,
             timestamp_ms: now_ms(),
-            stage: stage as i32,
-            stream: stream as i32,
+            stage,
+            stream: Some(stream),
             text: cap_log_line(self.redactor.redact(text.into())),
         };
-        self.send(proto::job_event::Body::Log(line)).await;
+        self.send(Event::Lines(vec![line])).await;
     }
 
     /// Sends a line written by Gantry itself.
@@ -101,14 +100,14 @@ impl Reporter {
         self.system(format!("==> {}: {summary}", state.as_str()))
             .await;
         // Capped so the event always fits a message (see `crate::batch`).
-        let done = proto::JobFinished {
-            state: state.to_proto() as i32,
+        let done = Finished {
+            state,
             summary,
             url: cap_text(deployed.url, MAX_FIELD_BYTES),
             image: cap_text(deployed.image, MAX_FIELD_BYTES),
             container: cap_text(deployed.container, MAX_FIELD_BYTES),
         };
-        self.send(proto::job_event::Body::Finished(done)).await;
+        self.send(Event::Finished(done)).await;
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use gantry_shared::{git::Credentials, Stage};
+use gantry_shared::{git::Credentials, messages, Stage};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -88,8 +88,8 @@ async fn build_release(
         mirror: rt.work_dir.join("mirrors").join(format!("{}.git", job.app)),
         remote: job.spec.remote.clone(),
         credentials: Credentials {
-            username: Some(job.spec.fetch_username.clone()).filter(|u| !u.is_empty()),
-            token: Some(job.spec.fetch_token.clone()).filter(|t| !t.is_empty()),
+            username: job.spec.fetch_username.clone(),
+            token: job.spec.fetch_token.clone(),
             ssh_key: None,
         },
     });
@@ -99,7 +99,7 @@ async fn build_release(
         Some(set) => set
             .branches
             .iter()
-            .chain(&set.base)
+            .chain(std::iter::once(&set.base))
             .map(|b| b.commit.clone())
             .collect(),
         None => vec![job.commit.clone()],
@@ -128,7 +128,7 @@ async fn build_release(
             blocking(move || git::integrate_set(&from, &set, &expected)),
         )
         .await?;
-        let base = job.set.as_ref().and_then(|s| s.base.as_ref());
+        let base = job.set.as_ref().map(|s| &s.base);
         report
             .system(format!(
                 "merged {merged} branches onto {} into {}, as the coordinator did",
@@ -179,7 +179,7 @@ async fn build_release(
         env.insert("JAVA_HOME".into(), java_home);
     }
     report.system(format!("$ {}", job.spec.build_command)).await;
-    let timeout = Duration::from_secs(job.spec.build_timeout_secs.max(1));
+    let timeout = job.spec.build_timeout.max(Duration::from_secs(1));
     match build::run(
         &job.spec.build_command,
         &workspace,
@@ -209,18 +209,17 @@ async fn build_release(
     report.stage(Stage::Image).await;
     // Per server: agents sharing a Docker host never retag each other's.
     let tag = format!("{}:{}-{}-{}", job.app, job.env, job.id, rt.agent);
-    let port = job.spec.container_port as u16;
-    let source = if job.spec.dockerfile.is_empty() {
-        ImageSource::Base {
-            image: &job.spec.base_image,
+    let port = job.spec.container_port;
+    let source = match &job.spec.image {
+        messages::ImageSource::BaseImage(image) => ImageSource::Base {
+            image,
             artifact: &artifact,
             port,
-        }
-    } else {
-        ImageSource::Dockerfile {
+        },
+        messages::ImageSource::Dockerfile(path) => ImageSource::Dockerfile {
             workspace: &workspace,
-            path: &job.spec.dockerfile,
-        }
+            path,
+        },
     };
     let labels = job.labels(&rt.agent, &rt.agent_id);
     cancellable(cancel, async {
@@ -240,7 +239,7 @@ async fn start_release(
     report: &Reporter,
     cancel: &CancellationToken,
 ) -> Result<Deployed, Stop> {
-    let port = job.spec.container_port as u16;
+    let port = job.spec.container_port;
     let labels = job.labels(&rt.agent, &rt.agent_id);
     let name = format!(
         "gantry-{}-{}-{}-{}",
@@ -280,7 +279,7 @@ async fn start_release(
         host: &rt.health_host,
         port: host_port,
         path: &job.spec.health_path,
-        timeout: Duration::from_secs(job.spec.health_timeout_secs.max(1)),
+        timeout: job.spec.health_timeout.max(Duration::from_secs(1)),
     };
     cancellable(cancel, async {
         health::wait_healthy(&rt.docker, &container, probe, report)
@@ -302,7 +301,7 @@ async fn start_release(
     }
     docker::keep_running(&rt.docker, &container).await?;
 
-    let url = match u16::try_from(job.spec.public_port).ok().filter(|p| *p > 0) {
+    let url = match job.spec.public_port {
         Some(port) => {
             let upstream = format!("{}:{host_port}", rt.health_host);
             switch_traffic(rt, job, port, &upstream, report).await?;
@@ -343,7 +342,7 @@ async fn switch_traffic(
         .system(format!("port {port} now serves this release ({upstream})"))
         .await;
     if let Some(old) = previous.filter(|old| old != upstream) {
-        let grace = Duration::from_secs(job.spec.drain_timeout_secs);
+        let grace = job.spec.drain_timeout;
         match proxy.drain(&old, grace).await? {
             0 => {
                 report

@@ -5,7 +5,11 @@
 use std::{collections::HashMap, sync::Mutex};
 
 use futures::StreamExt;
-use gantry_shared::{limits::cap_log_line, now_ms, proto};
+use gantry_shared::{
+    limits::cap_log_line,
+    messages::{ContainerOutput, FromAgent, LogLine, LogStream, TailRequest},
+    now_ms,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -42,20 +46,13 @@ impl Tails {
     }
 }
 
-fn output(
-    request_id: u64,
-    lines: Vec<proto::LogLine>,
-    end: bool,
-    error: String,
-) -> proto::AgentMessage {
-    proto::AgentMessage {
-        body: Some(proto::agent_message::Body::Output(proto::ContainerOutput {
-            request_id,
-            lines,
-            end,
-            error,
-        })),
-    }
+fn output(request_id: u64, lines: Vec<LogLine>, end: bool, error: Option<String>) -> FromAgent {
+    FromAgent::Output(ContainerOutput {
+        request_id,
+        lines,
+        end,
+        error,
+    })
 }
 
 /// Sends the output asked for by `ask` on `tx` until it ends, the reader
@@ -63,8 +60,8 @@ fn output(
 pub async fn run(
     rt: &Runtime,
     tails: &Tails,
-    ask: proto::TailContainer,
-    tx: mpsc::Sender<proto::AgentMessage>,
+    ask: TailRequest,
+    tx: mpsc::Sender<FromAgent>,
     stop: CancellationToken,
 ) {
     let id = ask.request_id;
@@ -77,13 +74,15 @@ pub async fn run(
     let running = match docker::containers(&rt.docker, &scope).await {
         Ok(list) => list,
         Err(e) => {
-            let _ = tx.send(output(id, Vec::new(), true, e.to_string())).await;
+            let _ = tx
+                .send(output(id, Vec::new(), true, Some(e.to_string())))
+                .await;
             return tails.done(id);
         }
     };
     let Some((container, _)) = running.into_iter().next() else {
         let why = format!("no container of {} runs on this server", ask.app);
-        let _ = tx.send(output(id, Vec::new(), true, why)).await;
+        let _ = tx.send(output(id, Vec::new(), true, Some(why))).await;
         return tails.done(id);
     };
     let mut chunks = Box::pin(docker::container_logs(
@@ -99,29 +98,26 @@ pub async fn run(
         };
         let Some((stderr, text)) = chunk else { break };
         let stream = if stderr {
-            proto::LogStream::Stderr
+            LogStream::Stderr
         } else {
-            proto::LogStream::Stdout
+            LogStream::Stdout
         };
-        let lines: Vec<proto::LogLine> = text
+        let lines: Vec<LogLine> = text
             .lines()
-            .map(|line| proto::LogLine {
+            .map(|line| LogLine {
+                seq: 0,
                 timestamp_ms: now_ms(),
-                stream: stream as i32,
+                stage: None,
+                stream: Some(stream),
                 text: cap_log_line(line.to_owned()),
-                ..Default::default()
             })
             .collect();
         for group in batch::output_groups(lines) {
-            if tx
-                .send(output(id, group, false, String::new()))
-                .await
-                .is_err()
-            {
+            if tx.send(output(id, group, false, None)).await.is_err() {
                 return tails.done(id);
             }
         }
     }
-    let _ = tx.send(output(id, Vec::new(), true, String::new())).await;
+    let _ = tx.send(output(id, Vec::new(), true, None)).await;
     tails.done(id);
 }

@@ -7,22 +7,29 @@
 use std::path::Path;
 
 use gantry_agent::{report::Reporter, spool::Spool};
-use gantry_shared::{proto, JobId, JobState};
+use gantry_shared::{
+    messages::{Event, JobEvent, LogLine, LogStream},
+    JobId, JobState,
+};
 
-fn log(text: String) -> proto::job_event::Body {
-    proto::job_event::Body::Log(proto::LogLine {
+fn log(text: String) -> Event {
+    Event::Lines(vec![LogLine {
+        seq: 0,
+        timestamp_ms: 0,
+        stage: None,
+        stream: Some(LogStream::Stdout),
         text,
-        ..Default::default()
-    })
+    }])
 }
 
-fn lines(events: &[proto::JobEvent]) -> Vec<(u64, &str)> {
+fn lines(events: &[JobEvent]) -> Vec<(u64, &str)> {
     events
         .iter()
         .filter_map(|e| match &e.body {
-            Some(proto::job_event::Body::Log(l)) => Some((l.seq, l.text.as_str())),
+            Event::Lines(l) => Some(l.iter().map(|l| (l.seq, l.text.as_str()))),
             _ => None,
         })
+        .flatten()
         .collect()
 }
 
@@ -35,7 +42,7 @@ fn size_on_disk(dir: &Path) -> u64 {
 }
 
 /// Everything the spool would send on a new connection.
-fn all_unacked(spool: &Spool) -> Vec<proto::JobEvent> {
+fn all_unacked(spool: &Spool) -> Vec<JobEvent> {
     spool.rewind();
     spool.take_unsent(usize::MAX).unwrap()
 }

@@ -16,7 +16,7 @@ use gantry_coordinator::{
     job::{JobKind, JobRecord},
     store::Store,
 };
-use gantry_shared::{config::CoordinatorConfig, proto, AppName, EnvName, JobState};
+use gantry_shared::{config::CoordinatorConfig, messages::LogLine, AppName, EnvName, JobState};
 
 use crate::sim::{self, Arrivals, Work};
 
@@ -185,11 +185,13 @@ async fn fill(data: &Path, jobs: u64, lines: u64) -> anyhow::Result<()> {
         store.put_job(&job)?;
         let mut seq = 0;
         while seq < per_job {
-            let batch: Vec<proto::LogLine> = (seq + 1..=(seq + 512).min(per_job))
-                .map(|s| proto::LogLine {
+            let batch: Vec<LogLine> = (seq + 1..=(seq + 512).min(per_job))
+                .map(|s| LogLine {
                     seq: s,
+                    timestamp_ms: 0,
+                    stage: None,
+                    stream: None,
                     text: text.clone(),
-                    ..Default::default()
                 })
                 .collect();
             seq += batch.len() as u64;

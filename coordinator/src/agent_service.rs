@@ -1,13 +1,19 @@
 //! The agent-facing gRPC service: one bidirectional stream per agent. Proto
-//! messages are converted here and handed to [`Core`].
+//! messages are converted here, to and from [`gantry_shared::messages`],
+//! and what an agent says is handed to [`Core`] as domain types. A message
+//! that does not convert is refused here, logged, and changes nothing.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
+    time::Duration,
 };
 
 use futures::FutureExt;
-use gantry_shared::{now_ms, proto, AgentName, EnvName, JobId};
+use gantry_shared::{
+    messages::{FromAgent, MessageError, Registration, ToAgent},
+    now_ms, proto, JobId,
+};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -40,22 +46,22 @@ impl AgentService {
     }
 }
 
-/// Validates an agent's introduction at the edge.
-fn registration(reg: proto::Register) -> Result<(AgentRecord, BTreeSet<JobId>), Error> {
+/// The record of an agent's introduction, and the jobs it says it runs.
+fn registration(reg: Registration) -> (AgentRecord, BTreeSet<JobId>) {
     let record = AgentRecord {
-        name: AgentName::new(reg.name)?,
-        env: EnvName::new(reg.env)?,
-        labels: reg.labels.into_iter().collect(),
+        name: reg.name,
+        env: reg.env,
+        labels: reg.labels,
         capacity: reg.capacity,
         version: reg.version,
         last_seen_ms: now_ms(),
     };
-    let running = reg
-        .running_jobs
-        .into_iter()
-        .map(JobId::new)
-        .collect::<Result<_, _>>()?;
-    Ok((record, running))
+    (record, reg.running)
+}
+
+/// `msg` as the wire carries it.
+fn wire(msg: ToAgent) -> crate::fleet::Message {
+    Ok(msg.into())
 }
 
 #[tonic::async_trait]
@@ -81,12 +87,16 @@ impl proto::agent_service_server::AgentService for AgentService {
                 ))
             })??
             .ok_or_else(|| Status::invalid_argument("the stream closed before Register"))?;
-        let Some(proto::agent_message::Body::Register(reg)) = first.body else {
-            return Err(Status::invalid_argument(
-                "the first message on the stream must be Register",
-            ));
+        let reg = match FromAgent::try_from(first) {
+            Ok(FromAgent::Register(reg)) => reg,
+            Ok(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message on the stream must be Register",
+                ))
+            }
+            Err(e) => return Err(Error::InvalidArgument(format!("Register refused: {e}")).into()),
         };
-        let (record, running) = registration(reg)?;
+        let (record, running) = registration(reg);
         if let Some(identity) = &identity {
             let checked = self.core.check_agent(identity, &record);
             let who = format!("agent:{}", identity.name);
@@ -114,11 +124,10 @@ impl proto::agent_service_server::AgentService for AgentService {
             certificate: identity.as_ref().map(|i| i.serial.clone()),
         };
         let (outbox, stream) = Outbox::new();
-        let hello = proto::coordinator_message::Body::Registered(proto::Registered {
-            heartbeat_interval_ms: self.core.config.heartbeat_secs.saturating_mul(1000),
-            lease_ms: self.core.config.agent_lease_secs.saturating_mul(1000),
-        });
-        outbox.hello(Ok(proto::CoordinatorMessage { body: Some(hello) }));
+        outbox.hello(wire(ToAgent::Registered {
+            heartbeat: Duration::from_secs(self.core.config.heartbeat_secs),
+            lease: Duration::from_secs(self.core.config.agent_lease_secs),
+        }));
         let closed = CancellationToken::new();
         let session = self
             .core
@@ -251,7 +260,7 @@ async fn read_events(
         if core.touch(agent, session).await.is_err() {
             return;
         }
-        let mut acks: HashMap<u64, u64> = HashMap::new();
+        let mut acks: HashMap<JobId, u64> = HashMap::new();
         let mut beat = false;
         let mut open = true;
         let mut applied = 0;
@@ -296,29 +305,16 @@ async fn read_events(
                 warn!(error = %e, "cannot flush events; not acknowledging them");
                 return;
             }
-            for (job_id, seq) in acks {
-                let ack = proto::coordinator_message::Body::Ack(proto::Ack { job_id, seq });
-                if outbox
-                    .send(Ok(proto::CoordinatorMessage { body: Some(ack) }))
-                    .await
-                    .is_err()
-                {
+            for (job, seq) in acks {
+                if outbox.send(wire(ToAgent::Ack { job, seq })).await.is_err() {
                     return;
                 }
             }
         }
         // Answered after anything sent to this session before (a cancel
         // above all): the agent commits a release only on an answer.
-        if beat {
-            let answer =
-                proto::coordinator_message::Body::Heartbeat(proto::Heartbeat { answer: false });
-            if outbox
-                .send(Ok(proto::CoordinatorMessage { body: Some(answer) }))
-                .await
-                .is_err()
-            {
-                return;
-            }
+        if beat && outbox.send(wire(ToAgent::HeartbeatAnswer)).await.is_err() {
+            return;
         }
         if !open {
             return;
@@ -329,7 +325,7 @@ async fn read_events(
 /// What applying a message asks of the reader.
 enum Applied {
     /// Acknowledge the job's events up to this seq.
-    Event(u64, u64),
+    Event(JobId, u64),
     /// Answer the heartbeat (it asked).
     Heartbeat,
     /// The store failed to take an event (disk full, I/O error).
@@ -343,24 +339,24 @@ enum Applied {
 async fn handle(
     core: &Core,
     from: &Origin<'_>,
-    refused: &mut HashSet<u64>,
+    refused: &mut HashSet<JobId>,
     msg: proto::AgentMessage,
 ) -> Option<Applied> {
     let (agent, session) = (&from.sender.agent, from.session);
-    match msg.body {
-        Some(proto::agent_message::Body::JobEvent(event)) => {
-            let (job, seq) = (event.job_id, event.seq);
+    match FromAgent::try_from(msg) {
+        Ok(FromAgent::Job(event)) => {
+            let (job, seq) = (event.job, event.seq);
             match core.apply_event(from.sender, event).await {
                 Err(Error::Store(e @ (StoreError::Sled(_) | StoreError::Task(_)))) => {
-                    error!(job, seq, error = %e, "cannot store a job event; dropping the stream");
+                    error!(%job, seq, error = %e, "cannot store a job event; dropping the stream");
                     return Some(Applied::Unstored);
                 }
                 Err(e @ Error::Unavailable(_)) => {
-                    error!(job, seq, error = %e, "cannot apply a job event; dropping the stream");
+                    error!(%job, seq, error = %e, "cannot apply a job event; dropping the stream");
                     return Some(Applied::Unstored);
                 }
                 Err(e @ Error::NotHolder(_)) => {
-                    warn!(job, seq, error = %e, "job event refused");
+                    warn!(%job, seq, error = %e, "job event refused");
                     if refused.len() < MAX_AUDITED_REFUSALS && refused.insert(job) {
                         let certificate = from.sender.certificate.as_deref().unwrap_or("none");
                         core.audit(AuditEntry::new(
@@ -373,31 +369,33 @@ async fn handle(
                         ));
                     }
                 }
-                Err(e) => warn!(job, seq, error = %e, "job event refused"),
+                Err(e) => warn!(%job, seq, error = %e, "job event refused"),
                 Ok(()) => {}
             }
             Some(Applied::Event(job, seq))
         }
-        Some(proto::agent_message::Body::Drain(_)) => {
-            match core.drain_agent(agent, session).await {
-                Ok(()) => None,
-                Err(_) => Some(Applied::Unstored),
-            }
+        // Malformed: nothing applied, but acknowledged so the agent's spool
+        // moves past it instead of sending it on every reconnect.
+        Err(e @ MessageError::Event { job, seq, .. }) => {
+            warn!(job, seq, error = %e, "malformed job event refused");
+            JobId::new(job).ok().map(|job| Applied::Event(job, seq))
         }
-        Some(proto::agent_message::Body::Heartbeat(beat)) if beat.answer => {
-            Some(Applied::Heartbeat)
-        }
-        Some(proto::agent_message::Body::Heartbeat(_)) => None,
-        Some(proto::agent_message::Body::Output(output)) => {
-            core.tails.deliver(agent, output);
+        Err(e) => {
+            warn!(error = %e, "malformed message from agent refused");
             None
         }
-        Some(proto::agent_message::Body::Register(_)) => {
+        Ok(FromAgent::Drain) => match core.drain_agent(agent, session).await {
+            Ok(()) => None,
+            Err(_) => Some(Applied::Unstored),
+        },
+        Ok(FromAgent::Heartbeat { answer: true }) => Some(Applied::Heartbeat),
+        Ok(FromAgent::Heartbeat { answer: false }) => None,
+        Ok(FromAgent::Output(output)) => {
+            core.tails.deliver(agent, output.into());
+            None
+        }
+        Ok(FromAgent::Register(_)) => {
             warn!("Register sent twice; ignored");
-            None
-        }
-        None => {
-            warn!("empty message from agent; ignored");
             None
         }
     }

@@ -144,9 +144,7 @@ mod tests {
     async fn a_vital_task_that_panics_or_returns_early_is_the_error() {
         let stop = CancellationToken::new();
         let mut tasks = Supervisor::default();
-        tasks.spawn("the scheduler", async {
-            panic!("a job record is missing")
-        });
+        tasks.spawn("the scheduler", async { panic!("a job record is missing") });
         let err = tasks.watch(&stop).await.unwrap_err();
         assert_eq!(
             err.to_string(),

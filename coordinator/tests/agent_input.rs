@@ -3,7 +3,9 @@
 //! credential; what an agent sends is input like any other: every text of
 //! a finished job passes the environment's redactor before it is stored or
 //! shown, and bytes that are not a message are the sender's error
-//! (`InvalidArgument`), on the agent's stream as on the operator API.
+//! (`InvalidArgument`), on the agent's stream as on the operator API; a
+//! message with values the protocol does not allow is refused at the edge
+//! and changes nothing, and the coordinator goes on serving the agent.
 
 mod common;
 
@@ -315,5 +317,128 @@ async fn bytes_that_are_not_a_message_are_invalid_argument() {
         .into_inner();
     assert!(jobs.jobs.is_empty(), "{jobs:?}");
     shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// The body of the coordinator's next message, within 30 s.
+async fn next(
+    inbound: &mut tonic::Streaming<proto::CoordinatorMessage>,
+) -> Option<proto::coordinator_message::Body> {
+    tokio::time::timeout(std::time::Duration::from_secs(30), inbound.message())
+        .await
+        .expect("the coordinator answers within 30 s")
+        .unwrap()
+        .expect("the stream stays open")
+        .body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_events_are_refused_acknowledged_and_change_nothing() {
+    use proto::job_event::Body;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, shutdown, server) = coordinator(dir.path(), "").await;
+
+    // A registration with a malformed name is refused before anything is held.
+    let mut raw = proto::agent_service_client::AgentServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let register = proto::Register {
+        name: "Dev 1".into(),
+        env: "dev".into(),
+        capacity: 1,
+        ..Default::default()
+    };
+    let first = up(proto::agent_message::Body::Register(register));
+    let err = raw
+        .attach(futures::stream::iter([first]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("invalid agent name"),
+        "{}",
+        err.message()
+    );
+
+    let (tx, mut inbound) = dev_agent(&url, 1).await;
+    let mut client = proto::operator_service_client::OperatorServiceClient::connect(url)
+        .await
+        .unwrap();
+    let deploy = proto::DeployRequest {
+        app: "shop".into(),
+        env: "dev".into(),
+        ..Default::default()
+    };
+    let job = client.deploy(deploy).await.unwrap().into_inner().id;
+    inbound.message().await.unwrap().expect("assignment");
+
+    let line = |stream: i32, text: &str| proto::LogLine {
+        seq: 1,
+        stream,
+        text: text.into(),
+        ..Default::default()
+    };
+    let bad_end = proto::JobFinished {
+        state: proto::JobState::Running as i32,
+        ..Default::default()
+    };
+    let events = [
+        Body::Log(line(proto::LogStream::Stdout as i32, "a good line")),
+        Body::Stage(99),
+        Body::Log(line(77, "a line from no stream")),
+        Body::Finished(bad_end),
+        Body::Lines(proto::LogBatch::default()),
+    ];
+    for (seq, body) in (1..).zip(events) {
+        let event = proto::JobEvent {
+            job_id: job,
+            seq,
+            body: Some(body),
+        };
+        tx.send(up(proto::agent_message::Body::JobEvent(event)))
+            .await
+            .unwrap();
+    }
+    // The four refused are acknowledged too (sending them again cannot
+    // make them valid), the last of them in whatever batch it came.
+    loop {
+        if let Some(proto::coordinator_message::Body::Ack(ack)) = next(&mut inbound).await {
+            assert_eq!(ack.job_id, job);
+            if ack.seq == 5 {
+                break;
+            }
+        }
+    }
+    // The session still serves: a heartbeat that asks is answered.
+    let beat = proto::Heartbeat { answer: true };
+    tx.send(up(proto::agent_message::Body::Heartbeat(beat)))
+        .await
+        .unwrap();
+    while !matches!(
+        next(&mut inbound).await,
+        Some(proto::coordinator_message::Body::Heartbeat(_))
+    ) {}
+
+    let shown = client
+        .get_job(proto::GetJobRequest { id: job })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.state, proto::JobState::Assigned as i32, "{shown:?}");
+    assert_eq!(shown.stage, proto::Stage::Unspecified as i32, "{shown:?}");
+    let request = proto::StreamJobLogsRequest {
+        job_id: job,
+        from_seq: 1,
+        follow: false,
+    };
+    let mut logs = client.stream_job_logs(request).await.unwrap().into_inner();
+    let mut texts = Vec::new();
+    while let Some(line) = logs.message().await.unwrap() {
+        texts.push((line.seq, line.text));
+    }
+    assert_eq!(texts, [(1, "a good line".to_owned())]);
+
+    shutdown.cancel();
+    drop(tx);
     server.await.unwrap().unwrap();
 }

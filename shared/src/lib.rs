@@ -9,6 +9,7 @@ pub mod git;
 pub mod job;
 pub mod limits;
 pub mod log_batch;
+pub mod messages;
 pub mod secret;
 pub mod tls;
 pub mod url;

@@ -10,9 +10,18 @@
 //! goes on from there, so one bad frame costs that frame only. The checksum
 //! covers the length too, so a corrupt length cannot make the reader skip
 //! good frames after it.
+//!
+//! An event's body is its `gantry.v1.JobEvent` encoding, as agents before
+//! domain messages wrote it (a single line as `log`, not `lines`), so a
+//! spool written by either version reads back in the other.
 
-use gantry_shared::proto;
+use gantry_shared::{
+    messages::{Event, JobEvent, LogLine, LogStream},
+    now_ms, proto,
+};
 use prost::Message;
+
+use super::segment::LOST_LINE;
 
 /// Starts every frame; what the reader looks for after a bad frame.
 const MAGIC: [u8; 4] = *b"GSP\x01";
@@ -25,7 +34,7 @@ const HEADER_BYTES: usize = 12;
 /// is corruption, not a record.
 const MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
 
-/// Payload kind of an encoded [`proto::JobEvent`].
+/// Payload kind of an encoded `gantry.v1.JobEvent`.
 const KIND_EVENT: u8 = 1;
 
 /// Payload kind of a [`Mark`].
@@ -48,7 +57,7 @@ pub struct Mark {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     /// A job event, as it was sent.
-    Event(proto::JobEvent),
+    Event(JobEvent),
     /// The job's state at that point.
     Mark(Mark),
 }
@@ -69,8 +78,53 @@ fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// `event` as a frame.
-pub fn event(event: &proto::JobEvent) -> Vec<u8> {
-    frame(KIND_EVENT, &event.encode_to_vec())
+pub fn event(event: &JobEvent) -> Vec<u8> {
+    frame(KIND_EVENT, &to_disk(event.clone()).encode_to_vec())
+}
+
+/// `event` as it is kept on disk: a single line as `log`, as always.
+fn to_disk(event: JobEvent) -> proto::JobEvent {
+    match event.body {
+        Event::Lines(mut lines) if lines.len() == 1 => proto::JobEvent {
+            job_id: event.job.get(),
+            seq: event.seq,
+            body: Some(proto::job_event::Body::Log(
+                lines.pop().expect("one line").into(),
+            )),
+        },
+        _ => event.into(),
+    }
+}
+
+/// An event read from disk (or from a pre-segment spool file). One that
+/// does not convert, which only a corrupt file holds, is `None`, except
+/// that a line keeps its place as [`LOST_LINE`] so the log keeps its
+/// numbering.
+pub fn from_disk(event: proto::JobEvent) -> Option<JobEvent> {
+    let (job, seq) = (event.job_id, event.seq);
+    let line = match &event.body {
+        Some(proto::job_event::Body::Log(line)) => Some(line.seq),
+        _ => None,
+    };
+    match JobEvent::try_from(event) {
+        Ok(event) => Some(event),
+        Err(_) => Some(lost_line(gantry_shared::JobId::new(job).ok()?, seq, line?)),
+    }
+}
+
+/// The event put in the place of line `line`, event `seq`, of `job`.
+pub fn lost_line(job: gantry_shared::JobId, seq: u64, line: u64) -> JobEvent {
+    JobEvent {
+        job,
+        seq,
+        body: Event::Lines(vec![LogLine {
+            seq: line,
+            timestamp_ms: now_ms(),
+            stage: None,
+            stream: Some(LogStream::System),
+            text: LOST_LINE.into(),
+        }]),
+    }
 }
 
 /// `mark` as a frame.
@@ -146,7 +200,7 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
         return None;
     }
     let record = match (payload[0], &payload[1..]) {
-        (KIND_EVENT, body) => Record::Event(proto::JobEvent::decode(body).ok()?),
+        (KIND_EVENT, body) => Record::Event(from_disk(proto::JobEvent::decode(body).ok()?)?),
         (KIND_MARK, body) if body.len() == 24 => {
             let n = |i: usize| u64::from_le_bytes(body[i * 8..i * 8 + 8].try_into().expect("8"));
             Record::Mark(Mark {
@@ -165,14 +219,16 @@ mod tests {
     use super::*;
 
     fn line(seq: u64) -> Record {
-        Record::Event(proto::JobEvent {
-            job_id: 1,
+        Record::Event(JobEvent {
+            job: gantry_shared::JobId::new(1).unwrap(),
             seq,
-            body: Some(proto::job_event::Body::Log(proto::LogLine {
+            body: Event::Lines(vec![LogLine {
                 seq,
+                timestamp_ms: 0,
+                stage: None,
+                stream: Some(LogStream::Stdout),
                 text: format!("line {seq}"),
-                ..Default::default()
-            })),
+            }]),
         })
     }
 
@@ -225,5 +281,44 @@ mod tests {
         let parsed = parse(&bytes);
         assert_eq!(parsed.records, vec![line(1)]);
         assert_eq!(parsed.good_end, whole.len());
+    }
+
+    #[test]
+    fn a_single_line_is_kept_as_earlier_agents_kept_it() {
+        let Record::Event(event) = line(4) else {
+            unreachable!()
+        };
+        let bytes = super::event(&event);
+        let decoded = proto::JobEvent::decode(&bytes[HEADER_BYTES + 1..]).unwrap();
+        assert!(
+            matches!(&decoded.body, Some(proto::job_event::Body::Log(l)) if l.seq == 4),
+            "{decoded:?}"
+        );
+    }
+
+    #[test]
+    fn a_line_that_does_not_convert_keeps_its_place() {
+        let bad = proto::JobEvent {
+            job_id: 2,
+            seq: 9,
+            body: Some(proto::job_event::Body::Log(proto::LogLine {
+                seq: 5,
+                stream: 77,
+                text: "garbled".into(),
+                ..Default::default()
+            })),
+        };
+        let event = from_disk(bad).unwrap();
+        assert_eq!((event.job.get(), event.seq), (2, 9));
+        let Event::Lines(lines) = event.body else {
+            panic!("a line")
+        };
+        assert_eq!((lines[0].seq, lines[0].text.as_str()), (5, LOST_LINE));
+        let stage = proto::JobEvent {
+            job_id: 2,
+            seq: 10,
+            body: Some(proto::job_event::Body::Stage(99)),
+        };
+        assert_eq!(from_disk(stage), None);
     }
 }

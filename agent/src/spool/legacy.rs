@@ -8,7 +8,7 @@ use std::path::Path;
 use gantry_shared::{proto, JobId};
 use prost::Message;
 
-use super::segment::JobSpool;
+use super::{frame, segment::JobSpool};
 
 /// The job a pre-segment spool file is named for.
 pub fn parse_name(name: &str) -> Option<JobId> {
@@ -29,7 +29,8 @@ pub fn import(dir: &Path, job: JobId, path: &Path) -> std::io::Result<JobSpool> 
         else {
             break;
         };
-        if event.seq >= spool.mark.next_seq {
+        let event = frame::from_disk(event).filter(|e| e.job == job);
+        if let Some(event) = event.filter(|e| e.seq >= spool.mark.next_seq) {
             spool.append(dir, event)?;
         }
         at += 4 + len;
@@ -57,6 +58,7 @@ mod tests {
                 seq,
                 body: Some(proto::job_event::Body::Log(proto::LogLine {
                     seq,
+                    stream: proto::LogStream::Stdout as i32,
                     text: format!("line {seq}"),
                     ..Default::default()
                 })),

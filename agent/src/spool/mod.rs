@@ -22,7 +22,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use gantry_shared::{proto, JobId};
+use gantry_shared::{
+    messages::{Event, JobEvent},
+    JobId,
+};
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -110,9 +113,13 @@ impl Spool {
 
     /// Makes `job`'s next log line `first_line` at the earliest: a job
     /// rolled over several servers has one log, which each continues.
+    /// An assignment begins here, so an end spooled by an earlier one (a
+    /// put-back on a server the job already ran on) no longer counts: the
+    /// job's files stay, and its numbering goes on, until this one ends.
     pub fn begin(&self, job: JobId, first_line: u64) -> std::io::Result<()> {
         let mut inner = self.lock();
         let spool = inner.job(&self.dir, job)?;
+        spool.finished = false;
         if first_line > spool.mark.next_line {
             spool.mark.next_line = first_line;
             spool.write_mark()?;
@@ -121,9 +128,9 @@ impl Spool {
     }
 
     /// Appends an event of `job`, waiting while the job has too many
-    /// unacknowledged events. A log line is numbered here, after the last
-    /// one the job spooled, whatever its `seq` says.
-    pub async fn push(&self, job: JobId, body: proto::job_event::Body) -> std::io::Result<()> {
+    /// unacknowledged events. Log lines are numbered here, after the last
+    /// one the job spooled, whatever their `seq` says.
+    pub async fn push(&self, job: JobId, body: Event) -> std::io::Result<()> {
         loop {
             let freed = self.freed.notified();
             {
@@ -131,13 +138,15 @@ impl Spool {
                 let spool = inner.job(&self.dir, job)?;
                 if spool.unacked.len() < MAX_UNACKED && spool.unacked_bytes < MAX_UNACKED_BYTES {
                     let mut body = body;
-                    if let proto::job_event::Body::Log(line) = &mut body {
-                        line.seq = spool.mark.next_line;
+                    if let Event::Lines(lines) = &mut body {
+                        for (line, seq) in lines.iter_mut().zip(spool.mark.next_line..) {
+                            line.seq = seq;
+                        }
                     }
-                    let event = proto::JobEvent {
-                        job_id: job.get(),
+                    let event = JobEvent {
+                        job,
                         seq: spool.mark.next_seq,
-                        body: Some(body),
+                        body,
                     };
                     spool.append(&self.dir, event)?;
                     drop(inner);
@@ -174,7 +183,7 @@ impl Spool {
     /// first (one sync per file for the whole batch) so nothing is sent that
     /// the spool could lose, and no seq the coordinator has is used again.
     /// It waits for the disk: call it off the runtime (`spawn_blocking`).
-    pub fn take_unsent(&self, max: usize) -> std::io::Result<Vec<proto::JobEvent>> {
+    pub fn take_unsent(&self, max: usize) -> std::io::Result<Vec<JobEvent>> {
         let mut out = Vec::new();
         let (mut files, mut new_files) = (Vec::new(), false);
         {
@@ -251,14 +260,19 @@ impl Spool {
 mod tests {
     use super::*;
 
-    fn log(text: &str) -> proto::job_event::Body {
-        proto::job_event::Body::Log(proto::LogLine {
+    use gantry_shared::messages::{Finished, LogLine, LogStream};
+
+    fn log(text: &str) -> Event {
+        Event::Lines(vec![LogLine {
+            seq: 0,
+            timestamp_ms: 0,
+            stage: None,
+            stream: Some(LogStream::Stdout),
             text: text.into(),
-            ..Default::default()
-        })
+        }])
     }
 
-    fn seqs(events: &[proto::JobEvent]) -> Vec<u64> {
+    fn seqs(events: &[JobEvent]) -> Vec<u64> {
         events.iter().map(|e| e.seq).collect()
     }
 
@@ -292,7 +306,13 @@ mod tests {
         spool
             .push(
                 job,
-                proto::job_event::Body::Finished(proto::JobFinished::default()),
+                Event::Finished(Finished {
+                    state: gantry_shared::JobState::Succeeded,
+                    summary: String::new(),
+                    url: String::new(),
+                    image: String::new(),
+                    container: String::new(),
+                }),
             )
             .await
             .unwrap();
@@ -304,6 +324,53 @@ mod tests {
             0,
             "a finished, acknowledged job leaves no file"
         );
+    }
+
+    fn finished() -> Event {
+        Event::Finished(Finished {
+            state: gantry_shared::JobState::Succeeded,
+            summary: String::new(),
+            url: String::new(),
+            image: String::new(),
+            container: String::new(),
+        })
+    }
+
+    fn line_seqs(events: &[JobEvent]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match &e.body {
+                Event::Lines(lines) => lines.first().map(|l| l.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_second_assignment_of_a_job_numbers_on_after_the_first_s_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobId::new(4).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.push(job, log("deployed")).await.unwrap();
+        spool.push(job, finished()).await.unwrap();
+        spool.take_unsent(10).unwrap();
+        // A put-back on this server, before the first end is acknowledged.
+        spool.begin(job, 2).unwrap();
+        spool.push(job, log("putting back")).await.unwrap();
+        let sent = spool.take_unsent(10).unwrap();
+        assert_eq!((seqs(&sent), line_seqs(&sent)), (vec![3], vec![2]));
+        spool.ack(job, 3);
+        spool.push(job, log("still putting back")).await.unwrap();
+        let sent = spool.take_unsent(10).unwrap();
+        assert_eq!(
+            (seqs(&sent), line_seqs(&sent)),
+            (vec![4], vec![3]),
+            "the job's spool is kept while the put-back runs"
+        );
+        spool.push(job, finished()).await.unwrap();
+        spool.take_unsent(10).unwrap();
+        spool.ack(job, 5);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[tokio::test]
@@ -322,7 +389,12 @@ mod tests {
             .path();
         let whole = std::fs::metadata(&path).unwrap().len();
         let mut torn = std::fs::read(&path).unwrap();
-        torn.extend_from_slice(&frame::event(&proto::JobEvent::default())[..9]);
+        let event = JobEvent {
+            job,
+            seq: 2,
+            body: log("torn"),
+        };
+        torn.extend_from_slice(&frame::event(&event)[..9]);
         std::fs::write(&path, torn).unwrap();
 
         let spool = Spool::open(dir.path()).unwrap();
@@ -335,7 +407,7 @@ mod tests {
             .unwrap()
             .into_iter()
             .filter_map(|e| match e.body {
-                Some(proto::job_event::Body::Log(l)) => Some(l.text),
+                Event::Lines(mut l) => l.pop().map(|l| l.text),
                 _ => None,
             })
             .collect();

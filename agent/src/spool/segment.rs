@@ -13,11 +13,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use gantry_shared::{now_ms, proto, JobId};
-use prost::Message;
+use gantry_shared::{
+    messages::{Event, JobEvent},
+    JobId,
+};
 use tracing::warn;
 
-use super::frame::{self, Mark, Record};
+use super::frame::{self, lost_line, Mark, Record};
 
 /// Size at which a job's newest segment is closed and a new one begun:
 /// acknowledged events cost at most about two segments of disk, and a large
@@ -49,7 +51,7 @@ pub struct JobSpool {
     /// A segment file was created since the directory was last synced.
     pub new_files: bool,
     /// Events not yet acknowledged, in seq order.
-    pub unacked: VecDeque<proto::JobEvent>,
+    pub unacked: VecDeque<JobEvent>,
     /// Their encoded size.
     pub unacked_bytes: usize,
     /// The acknowledged seq and the seqs to number on from.
@@ -136,12 +138,13 @@ impl JobSpool {
                         mark.next_line = mark.next_line.max(m.next_line);
                     }
                     Record::Event(event) if event.seq >= mark.next_seq => {
-                        if let Some(proto::job_event::Body::Log(line)) = &event.body {
-                            let lost = (mark.next_seq..event.seq).zip(mark.next_line..line.seq);
+                        if let Event::Lines(lines) = &event.body {
+                            let (first, last) = line_range(lines);
+                            let lost = (mark.next_seq..event.seq).zip(mark.next_line..first);
                             unacked.extend(lost.map(|(seq, line)| lost_line(job, seq, line)));
-                            mark.next_line = mark.next_line.max(line.seq + 1);
+                            mark.next_line = mark.next_line.max(last + 1);
                         }
-                        finished |= matches!(event.body, Some(proto::job_event::Body::Finished(_)));
+                        finished |= matches!(event.body, Event::Finished(_));
                         mark.next_seq = event.seq + 1;
                         unacked.push_back(event);
                     }
@@ -172,7 +175,7 @@ impl JobSpool {
             written: good_end,
             unsynced: Vec::new(),
             new_files: false,
-            unacked_bytes: unacked.iter().map(Message::encoded_len).sum(),
+            unacked_bytes: unacked.iter().map(JobEvent::size).sum(),
             unacked,
             mark,
             sent: 0,
@@ -187,18 +190,21 @@ impl JobSpool {
     }
 
     /// Appends `event` (numbered by the caller from [`JobSpool::mark`]).
-    pub fn append(&mut self, dir: &Path, event: proto::JobEvent) -> io::Result<()> {
+    pub fn append(&mut self, dir: &Path, event: JobEvent) -> io::Result<()> {
         if self.written >= SEGMENT_BYTES {
-            self.roll(dir, JobId::new(event.job_id).map_err(io::Error::other)?)?;
+            self.roll(dir, event.job)?;
         }
         self.write(&frame::event(&event))?;
         self.mark.next_seq = event.seq + 1;
-        if let Some(proto::job_event::Body::Log(line)) = &event.body {
-            self.mark.next_line = line.seq + 1;
+        if let Some(last) = match &event.body {
+            Event::Lines(lines) => lines.last(),
+            _ => None,
+        } {
+            self.mark.next_line = last.seq + 1;
         }
-        self.finished |= matches!(event.body, Some(proto::job_event::Body::Finished(_)));
+        self.finished |= matches!(event.body, Event::Finished(_));
         self.segments.back_mut().expect("never empty").last_seq = event.seq;
-        self.unacked_bytes += event.encoded_len();
+        self.unacked_bytes += event.size();
         self.unacked.push_back(event);
         Ok(())
     }
@@ -242,7 +248,7 @@ impl JobSpool {
     pub fn ack(&mut self, seq: u64) -> io::Result<()> {
         while self.unacked.front().is_some_and(|e| e.seq <= seq) {
             let event = self.unacked.pop_front().expect("checked");
-            self.unacked_bytes -= event.encoded_len();
+            self.unacked_bytes -= event.size();
         }
         if seq <= self.mark.acked {
             return Ok(());
@@ -267,16 +273,9 @@ impl JobSpool {
     }
 }
 
-fn lost_line(job: JobId, seq: u64, line: u64) -> proto::JobEvent {
-    proto::JobEvent {
-        job_id: job.get(),
-        seq,
-        body: Some(proto::job_event::Body::Log(proto::LogLine {
-            seq: line,
-            timestamp_ms: now_ms(),
-            stream: proto::LogStream::System as i32,
-            text: LOST_LINE.into(),
-            ..Default::default()
-        })),
-    }
+/// Seqs of the first and the last of `lines` (0, 0 for none, which no
+/// event holds).
+fn line_range(lines: &[gantry_shared::messages::LogLine]) -> (u64, u64) {
+    let seq = |l: Option<&gantry_shared::messages::LogLine>| l.map_or(0, |l| l.seq);
+    (seq(lines.first()), seq(lines.last()))
 }

@@ -7,7 +7,9 @@
 use std::sync::{Arc, Mutex};
 
 use gantry_shared::{
-    config::CoordinatorConfig, proto, AgentName, JobId, JobState, Redactor, Stage,
+    config::CoordinatorConfig,
+    messages::{Event, Finished, JobEvent, LogLine},
+    AgentName, JobId, Redactor,
 };
 
 mod agents;
@@ -107,30 +109,13 @@ impl Core {
     /// one of the same name in another environment or with another
     /// certificate) are refused with [`Error::NotHolder`] and change
     /// nothing.
-    pub async fn apply_event(&self, sender: &Sender, event: proto::JobEvent) -> Result<(), Error> {
-        let id = JobId::new(event.job_id)?;
-        let Some(body) = event.body else {
-            return Err(Error::InvalidArgument("job event without a body".into()));
-        };
-        let report = match body {
-            proto::job_event::Body::Log(line) => return self.append_lines(sender, id, vec![line]),
-            proto::job_event::Body::Lines(batch) => {
-                return self.append_lines(sender, id, batch.lines)
-            }
-            proto::job_event::Body::Stage(stage) => Report::Stage(
-                Stage::from_proto(stage)
-                    .ok_or_else(|| Error::InvalidArgument(format!("unknown stage {stage}")))?,
-            ),
-            proto::job_event::Body::Finished(done) => {
-                let state = JobState::from_proto(done.state)
-                    .filter(|s| s.is_terminal())
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "a job cannot finish in state {}",
-                            done.state
-                        ))
-                    })?;
-                Report::Finished(state, redact_finished(&self.redactor_of(&sender.env), done))
+    pub async fn apply_event(&self, sender: &Sender, event: JobEvent) -> Result<(), Error> {
+        let id = event.job;
+        let report = match event.body {
+            Event::Lines(lines) => return self.append_lines(sender, id, lines),
+            Event::Stage(stage) => Report::Stage(stage),
+            Event::Finished(done) => {
+                Report::Finished(redact_finished(&self.redactor_of(&sender.env), done))
             }
         };
         self.scheduler
@@ -143,12 +128,7 @@ impl Core {
     /// one) and hands the new ones to its followers. Lines count only from
     /// a session that ran the job (holds it, or held it when it ended
     /// while the agent was away: they are still its log).
-    fn append_lines(
-        &self,
-        sender: &Sender,
-        id: JobId,
-        lines: Vec<proto::LogLine>,
-    ) -> Result<(), Error> {
+    fn append_lines(&self, sender: &Sender, id: JobId, lines: Vec<LogLine>) -> Result<(), Error> {
         let job = self.store.job(id)?;
         let ran_it = job.as_ref().is_some_and(|j| {
             j.agent
@@ -164,7 +144,7 @@ impl Core {
         let redactor = self.redactor_of(&sender.env);
         let lines = lines
             .into_iter()
-            .map(|line| proto::LogLine {
+            .map(|line| LogLine {
                 text: gantry_shared::limits::cap_log_line(redactor.redact(line.text)),
                 ..line
             })
@@ -191,8 +171,8 @@ impl Core {
 
 /// `done` with each of its texts redacted: whatever an agent sends is
 /// treated as able to carry a secret.
-fn redact_finished(redactor: &Redactor, done: proto::JobFinished) -> proto::JobFinished {
-    proto::JobFinished {
+fn redact_finished(redactor: &Redactor, done: Finished) -> Finished {
+    Finished {
         state: done.state,
         summary: redactor.redact(done.summary),
         url: redactor.redact(done.url),

@@ -3,7 +3,7 @@
 //! returns (send a server its part, stop it, record the release, close the
 //! job); and placement of queued jobs.
 
-use gantry_shared::{proto, AgentName, JobId, JobState};
+use gantry_shared::{messages::Finished, AgentName, JobId, JobState};
 use tracing::{info, warn};
 
 use super::{spec::StepKind, Scheduler};
@@ -27,7 +27,7 @@ impl Scheduler {
         id: JobId,
         event: Event,
         why: String,
-        done: Option<proto::JobFinished>,
+        done: Option<Finished>,
     ) -> Result<(), Error> {
         let job = self.live.get(&id).ok_or(Error::UnknownJob(id))?;
         let (life, effects) = machine::advance(&job.life, event.clone())
@@ -123,7 +123,7 @@ impl Scheduler {
         after: &machine::Job,
         event: &Event,
         why: &str,
-        done: Option<proto::JobFinished>,
+        done: Option<Finished>,
     ) {
         if let (Event::ServerDone, Some(done)) = (event, done) {
             match before.phase {
@@ -206,7 +206,7 @@ impl Scheduler {
 
     /// A put-back on server `at` ran a new container: the current release
     /// now runs there.
-    fn update_current_server(&self, job: &JobRecord, at: usize, done: &proto::JobFinished) {
+    fn update_current_server(&self, job: &JobRecord, at: usize, done: &Finished) {
         let Ok(Some(mut current)) = self.store.current_release(&job.app, &job.env) else {
             return;
         };

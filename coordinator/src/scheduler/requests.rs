@@ -2,7 +2,7 @@
 //! queued requests), cancelling, approving, and what agents report. Each
 //! becomes an event of the job machine, applied in [`Scheduler::advance`].
 
-use gantry_shared::{proto, JobId, JobState, Stage};
+use gantry_shared::{messages::Finished, JobId, JobState, Stage};
 use tracing::info;
 
 use super::Scheduler;
@@ -20,8 +20,8 @@ use crate::{
 pub enum Report {
     /// It reached a stage.
     Stage(Stage),
-    /// It ended its part in `state`, with what it says of it (redacted).
-    Finished(JobState, proto::JobFinished),
+    /// It ended its part, with what it says of it (redacted).
+    Finished(Finished),
 }
 
 impl Scheduler {
@@ -190,8 +190,8 @@ impl Scheduler {
                 let why = format!("{} on agent {}", stage.as_str(), sender.agent);
                 self.advance(id, Event::Stage(stage), why, None)
             }
-            Report::Finished(state, done) => {
-                let event = match state {
+            Report::Finished(done) => {
+                let event = match done.state {
                     JobState::Succeeded => Event::ServerDone,
                     JobState::Cancelled => Event::ServerFailed(Outcome::Cancelled),
                     JobState::Failed => Event::ServerFailed(Outcome::Failed),

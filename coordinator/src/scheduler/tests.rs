@@ -5,7 +5,8 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use futures::{FutureExt, StreamExt};
 use gantry_shared::{
-    config::CoordinatorConfig, proto, AgentName, AppName, EnvName, JobId, JobState,
+    config::CoordinatorConfig, messages::Finished, proto, AgentName, AppName, EnvName, JobId,
+    JobState,
 };
 
 use super::*;
@@ -101,15 +102,15 @@ impl Fixture {
     }
 
     fn finish(&mut self, agent: &str, id: JobId, state: JobState) {
-        let done = proto::JobFinished {
-            state: state.to_proto() as i32,
+        let done = Finished {
+            state,
             summary: format!("{} on {agent}", state.as_str()),
             url: format!("http://{agent}"),
             image: format!("shop:{agent}-{id}"),
             container: format!("c-{agent}-{id}"),
         };
         self.scheduler
-            .report(&sender(agent), id, Report::Finished(state, done))
+            .report(&sender(agent), id, Report::Finished(done))
             .unwrap();
     }
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use gantry_shared::{proto, AgentName, AppName, EnvName, JobId};
+use gantry_shared::{messages::LogLine, proto, AgentName, AppName, EnvName, JobId};
 use prost::Message;
 
 mod trust;
@@ -198,12 +198,10 @@ impl Store {
     /// job's log is append-only and gapless, so lines resent after a
     /// reconnect are recognised by their seq and each line is stored exactly
     /// once. A batch that would leave a gap, or that repeats a stored seq
-    /// with other content, is refused and changes nothing.
-    pub fn append_logs(
-        &self,
-        job: JobId,
-        lines: Vec<proto::LogLine>,
-    ) -> Result<Option<Run>, StoreError> {
+    /// with other content, is refused and changes nothing. Lines are kept
+    /// as their `gantry.v1.LogLine` encoding, the form followers are sent.
+    pub fn append_logs(&self, job: JobId, lines: Vec<LogLine>) -> Result<Option<Run>, StoreError> {
+        let lines: Vec<proto::LogLine> = lines.into_iter().map(Into::into).collect();
         let mut tails = self.log_tails.lock().expect("log tails lock");
         let last = match tails.get(&job) {
             Some(last) => *last,
@@ -414,11 +412,13 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn line(seq: u64, text: &str) -> proto::LogLine {
-        proto::LogLine {
+    fn line(seq: u64, text: &str) -> LogLine {
+        LogLine {
             seq,
+            timestamp_ms: 1_700_000_000_000,
+            stage: None,
+            stream: Some(gantry_shared::messages::LogStream::Stdout),
             text: text.into(),
-            ..Default::default()
         }
     }
 
@@ -428,7 +428,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let job = JobId::new(7).unwrap();
         let other = JobId::new(8).unwrap();
-        let batch = |seqs: std::ops::RangeInclusive<u64>| -> Vec<proto::LogLine> {
+        let batch = |seqs: std::ops::RangeInclusive<u64>| -> Vec<LogLine> {
             seqs.map(|s| line(s, &format!("line {s}"))).collect()
         };
         assert_eq!(
