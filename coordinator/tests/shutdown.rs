@@ -1,5 +1,6 @@
 //! A coordinator told to stop drains in order: its followers and agents are
 //! told to go, then the store is flushed and let go, and `serve` returns.
+//! One whose vital task dies stops, and `serve` returns why.
 
 mod common;
 
@@ -95,9 +96,72 @@ async fn a_stop_ends_followers_and_agents_then_lets_go_of_the_store() {
         .expect("serve returns once drained")
         .unwrap()
         .unwrap();
-    // Flushed and let go: another coordinator can open it at once, and
-    // finds the job.
-    let store = gantry_coordinator::store::Store::open(&dir.path().join("data")).unwrap();
+    // Flushed, and let go once the last connection's task has dropped its
+    // handle (a coordinator starting next waits as long): another
+    // coordinator opens it and finds the job.
+    let store = reopen(&dir.path().join("data")).await;
     assert!(store.next_job_id().unwrap().get() > job);
     drop(tx);
+}
+
+/// The store in `dir`, once the stopped coordinator has let go of it.
+async fn reopen(dir: &std::path::Path) -> gantry_coordinator::store::Store {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match gantry_coordinator::store::Store::open(dir) {
+            Ok(store) => return store,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("the stopped coordinator still holds the store: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_listener_that_breaks_stops_the_coordinator_with_the_reason() {
+    use std::os::fd::AsRawFd;
+    gantry_shared::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    common::repo_with_one_commit(&repo_dir);
+    gantry_coordinator::trust::ca::init(&dir.path().join("data").join("tls"), &[]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let path = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = \"data\"\nlisten = \"{}\"\n[[environments]]\nname = \"dev\"\n[[apps]]\nname = \"app\"\nremote = \"{}\"\n\
+             build_command = \"true\"\nartifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n",
+            listener.local_addr().unwrap(),
+            repo_dir.display()
+        ),
+    )
+    .unwrap();
+    // Shut down under the coordinator's feet, the socket accepts nothing
+    // ever again (accept fails with EINVAL).
+    let socket = listener.as_raw_fd();
+    let server = tokio::spawn(gantry_coordinator::serve(
+        CoordinatorConfig::load(&path).unwrap(),
+        listener,
+        CancellationToken::new(),
+    ));
+    // SAFETY: shutdown only reads its integer arguments; the socket stays
+    // open (the coordinator owns it) until serve returns.
+    assert_eq!(unsafe { libc::shutdown(socket, libc::SHUT_RDWR) }, 0);
+    let err = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the coordinator stops by itself")
+        .unwrap()
+        .unwrap_err();
+    let reason = format!("{err:#}");
+    assert!(
+        reason.starts_with("the TLS accept loop failed: the listening socket")
+            && reason.contains("no longer accepts connections")
+            && reason.contains("Invalid argument"),
+        "{reason}"
+    );
+    // It stopped in order all the same: the store is flushed and let go.
+    reopen(&dir.path().join("data")).await;
 }

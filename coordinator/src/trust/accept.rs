@@ -1,7 +1,8 @@
 //! The TLS listener: handshakes run beside the accept loop (a slow client
 //! cannot hold the door), each address may hold only so many connections
 //! and handshakes (see [`super::conn`]), accept errors (descriptors run
-//! out) are waited out instead of spun on, and a client that presents a
+//! out) are waited out instead of spun on (but a listening socket that is
+//! gone ends the loop, and the coordinator), and a client that presents a
 //! certificate TLS refuses (expired, from another CA, not a client
 //! certificate) is audited, since such a refusal never reaches a gRPC
 //! handler.
@@ -67,6 +68,14 @@ pub async fn accept_loop(
                 failing = false;
                 conn
             }
+            Err(e) if listener_broken(&e) => {
+                let at = listener
+                    .local_addr()
+                    .map_or("the listener".into(), |a| a.to_string());
+                return Err(anyhow::Error::new(e).context(format!(
+                    "the listening socket ({at}) no longer accepts connections"
+                )));
+            }
             Err(e) => {
                 // Said once per spell of failures, not per retry.
                 if !failing {
@@ -123,4 +132,15 @@ pub async fn accept_loop(
             }
         });
     }
+}
+
+/// Whether a failed accept says the listening socket itself is unusable
+/// (closed, shut down, not a socket), which no wait mends; every other
+/// failure (descriptors or memory run out, a connection reset before it
+/// was taken) passes.
+fn listener_broken(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EFAULT)
+    )
 }
