@@ -23,7 +23,7 @@ use crate::{
     audit::AuditEntry,
     core::Core,
     error::Error,
-    fleet::{OutStream, Outbox, Sender},
+    fleet::{Outbox, Sender},
     job::AgentRecord,
     store::StoreError,
 };
@@ -60,18 +60,19 @@ fn registration(reg: Registration) -> (AgentRecord, BTreeSet<JobId>) {
 }
 
 /// `msg` as the wire carries it.
-fn wire(msg: ToAgent) -> crate::fleet::Message {
-    Ok(msg.into())
-}
+/// The stream of what the coordinator says to one agent, on the wire.
+pub type AttachStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<proto::CoordinatorMessage, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl proto::agent_service_server::AgentService for AgentService {
-    type AttachStream = OutStream;
+    type AttachStream = AttachStream;
 
     async fn attach(
         &self,
         request: Request<Streaming<proto::AgentMessage>>,
-    ) -> Result<Response<OutStream>, Status> {
+    ) -> Result<Response<AttachStream>, Status> {
         let peer = crate::auth::peer(&request);
         let identity = match self.core.authority {
             Some(_) => Some(self.certificate_identity(&request, &peer)?),
@@ -124,10 +125,10 @@ impl proto::agent_service_server::AgentService for AgentService {
             certificate: identity.as_ref().map(|i| i.serial.clone()),
         };
         let (outbox, stream) = Outbox::new();
-        outbox.hello(wire(ToAgent::Registered {
+        outbox.hello(ToAgent::Registered {
             heartbeat: Duration::from_secs(self.core.config.heartbeat_secs),
             lease: Duration::from_secs(self.core.config.agent_lease_secs),
-        }));
+        });
         let closed = CancellationToken::new();
         let session = self
             .core
@@ -159,7 +160,9 @@ impl proto::agent_service_server::AgentService for AgentService {
         );
         // The stream ends when the session's outbox is dropped: on detach,
         // which the reader does at shutdown too.
-        Ok(Response::new(stream))
+        // Converted to the wire here, and only here.
+        let wire = stream.map(|msg| Ok(proto::CoordinatorMessage::from(msg)));
+        Ok(Response::new(Box::pin(wire)))
     }
 
     async fn join(
@@ -306,14 +309,14 @@ async fn read_events(
                 return;
             }
             for (job, seq) in acks {
-                if outbox.send(wire(ToAgent::Ack { job, seq })).await.is_err() {
+                if outbox.send(ToAgent::Ack { job, seq }).await.is_err() {
                     return;
                 }
             }
         }
         // Answered after anything sent to this session before (a cancel
         // above all): the agent commits a release only on an answer.
-        if beat && outbox.send(wire(ToAgent::HeartbeatAnswer)).await.is_err() {
+        if beat && outbox.send(ToAgent::HeartbeatAnswer).await.is_err() {
             return;
         }
         if !open {

@@ -7,9 +7,8 @@ use std::{
     time::Instant,
 };
 
-use gantry_shared::{proto, AgentName, AppName, EnvName, JobId};
+use gantry_shared::{messages::ToAgent, AgentName, AppName, EnvName, JobId};
 use tokio::sync::mpsc;
-use tonic::Status;
 
 use crate::job::{AgentRecord, JobRecord};
 
@@ -18,19 +17,17 @@ use crate::job::{AgentRecord, JobRecord};
 /// queue marks the agent as unable to take more work rather than growing.
 pub const AGENT_OUTBOX: usize = 64;
 
-/// One message to an agent.
-pub type Message = Result<proto::CoordinatorMessage, Status>;
-
 /// What an agent's stream sends: messages in a bounded queue, and cancels
 /// in a lane of their own, unbounded and sent ahead of anything queued.
 /// A cancel is therefore never dropped for want of room (a busy log
 /// stream fills the queue with acknowledgements), and it always reaches
 /// the agent before any heartbeat answer queued after it: the agent
 /// commits a release only on such an answer (see `gantry_agent::lease`).
+/// The messages are domain ones; the agent service converts them.
 #[derive(Clone)]
 pub struct Outbox {
-    messages: mpsc::Sender<Message>,
-    cancels: mpsc::UnboundedSender<Message>,
+    messages: mpsc::Sender<ToAgent>,
+    cancels: mpsc::UnboundedSender<ToAgent>,
 }
 
 /// A message was not queued: no room, or the stream has ended.
@@ -38,7 +35,7 @@ pub struct Outbox {
 pub struct NotQueued;
 
 /// The stream an [`Outbox`] feeds.
-pub type OutStream = std::pin::Pin<Box<dyn futures::Stream<Item = Message> + Send>>;
+pub type OutStream = std::pin::Pin<Box<dyn futures::Stream<Item = ToAgent> + Send>>;
 
 impl Outbox {
     /// A new outbox and the stream of what it sends.
@@ -56,12 +53,12 @@ impl Outbox {
     }
 
     /// Queues `message` unless the queue is full.
-    pub fn try_send(&self, message: Message) -> Result<(), NotQueued> {
+    pub fn try_send(&self, message: ToAgent) -> Result<(), NotQueued> {
         self.messages.try_send(message).map_err(|_| NotQueued)
     }
 
     /// Queues `message`, waiting for room.
-    pub async fn send(&self, message: Message) -> Result<(), NotQueued> {
+    pub async fn send(&self, message: ToAgent) -> Result<(), NotQueued> {
         self.messages.send(message).await.map_err(|_| NotQueued)
     }
 
@@ -72,20 +69,15 @@ impl Outbox {
 
     /// Sends the session's first message, `Registered`: ahead of everything,
     /// cancels included, as the agent expects.
-    pub fn hello(&self, message: Message) {
+    pub fn hello(&self, message: ToAgent) {
         let _ = self.cancels.send(message);
     }
 
     /// Tells the agent to stop `job`, ahead of everything queued. If the
     /// stream closes first, the agent is told again when it reconnects
-    /// (see `Core::attach_agent`).
+    /// (see `scheduler::agents`).
     pub fn cancel(&self, job: JobId) {
-        let msg = proto::CoordinatorMessage {
-            body: Some(proto::coordinator_message::Body::Cancel(proto::CancelJob {
-                job_id: job.get(),
-            })),
-        };
-        let _ = self.cancels.send(Ok(msg));
+        let _ = self.cancels.send(ToAgent::Cancel(job));
     }
 }
 

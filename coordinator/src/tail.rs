@@ -208,10 +208,7 @@ impl Drop for TailStream {
         let still = self.tails.close(self.id);
         for (server, outbox) in &self.servers {
             if still.contains(server) {
-                let stop = proto::coordinator_message::Body::StopTail(proto::StopTail {
-                    request_id: self.id,
-                });
-                let _ = outbox.try_send(Ok(proto::CoordinatorMessage { body: Some(stop) }));
+                let _ = outbox.try_send(gantry_shared::messages::ToAgent::StopTail(self.id));
             }
         }
     }

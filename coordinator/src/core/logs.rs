@@ -4,7 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use gantry_shared::{proto, AppName, EnvName};
+use gantry_shared::{
+    messages::{TailRequest, ToAgent},
+    proto, AppName, EnvName,
+};
 use tokio::sync::mpsc;
 
 use super::Core;
@@ -51,16 +54,13 @@ impl Core {
         let names: BTreeSet<_> = servers.iter().map(|(name, _)| name.clone()).collect();
         let id = self.tails.open(user, tx, names, self.redactor_of(&env))?;
         for (server, outbox) in &servers {
-            let ask = proto::coordinator_message::Body::Tail(proto::TailContainer {
+            let ask = ToAgent::Tail(TailRequest {
                 request_id: id,
-                app: app.to_string(),
+                app: app.clone(),
                 tail,
                 follow,
             });
-            if outbox
-                .try_send(Ok(proto::CoordinatorMessage { body: Some(ask) }))
-                .is_err()
-            {
+            if outbox.try_send(ask).is_err() {
                 let busy = proto::ContainerOutput {
                     request_id: id,
                     end: true,

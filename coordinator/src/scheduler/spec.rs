@@ -1,13 +1,18 @@
 //! What a server of a roll is sent: the job's configuration, the images it
 //! must keep, and for a put-back the release before.
 
-use gantry_shared::{config::fetch_token, proto};
+use std::time::Duration;
+
+use gantry_shared::{
+    config::fetch_token,
+    messages::{AppSpec, Assignment, BranchCommit, BranchSet, ImageSource, ToAgent},
+};
 use tracing::info;
 
 use super::Scheduler;
 use crate::{
     error::Error,
-    job::{BranchCommit, JobKind, JobRecord},
+    job::{JobKind, JobRecord},
     release::{retained_images, ReleaseRecord},
 };
 
@@ -31,13 +36,13 @@ impl Scheduler {
     ) -> Result<bool, Error> {
         let agent = job.roll[at].agent.clone();
         let releases = self.store.releases(&job.app, &job.env)?;
-        let Some(mut spec) = self.job_spec(job, &releases) else {
+        let Some(mut assignment) = self.assignment(job, &releases) else {
             return Ok(false);
         };
-        spec.first_seq = self.store.last_seq(job.id)? + 1;
+        assignment.first_seq = self.store.last_seq(job.id)? + 1;
         if let (StepKind::Deploy, Some(to)) = (kind, job.kind.rollback_to()) {
             if let Some(target) = releases.iter().find(|r| r.number == to) {
-                spec.image = target.image_on(&agent).to_owned();
+                assignment.image = Some(target.image_on(&agent).to_owned());
             }
         }
         if kind == StepKind::PutBack {
@@ -45,12 +50,12 @@ impl Scheduler {
             let Some(before) = releases.first() else {
                 return Ok(false);
             };
-            spec.put_back = true;
-            spec.image = before.image_on(&agent).to_owned();
-            spec.release = before.number;
-            spec.set = None;
+            assignment.put_back = true;
+            assignment.image = Some(before.image_on(&agent).to_owned());
+            assignment.release = before.number;
+            assignment.set = None;
             let keep = self.config.app(&job.app).map_or(1, |a| a.keep_releases);
-            spec.keep_images = retained_images(&releases, keep);
+            assignment.keep_images = retained_images(&releases, keep);
         }
         let Some(session) = self
             .fleet
@@ -60,10 +65,9 @@ impl Scheduler {
         else {
             return Ok(false);
         };
-        let msg = proto::coordinator_message::Body::Assign(spec);
         if session
             .outbox
-            .try_send(Ok(proto::CoordinatorMessage { body: Some(msg) }))
+            .try_send(ToAgent::Assign(Box::new(assignment)))
             .is_err()
         {
             return Ok(false);
@@ -76,59 +80,61 @@ impl Scheduler {
 
     /// What the agent needs to run `job`: the configuration, and the
     /// images of `releases` (newest first) it must keep.
-    fn job_spec(&self, job: &JobRecord, releases: &[ReleaseRecord]) -> Option<proto::JobSpec> {
+    fn assignment(&self, job: &JobRecord, releases: &[ReleaseRecord]) -> Option<Assignment> {
         let app = self.config.app(&job.app)?;
         let env = self.config.environment(&job.env)?;
         let keep_images = retained_images(releases, app.keep_releases.saturating_sub(1));
         // The read-only credential of this environment; the app's own
         // `git_token` can push and stays here.
         let (fetch_username, fetch_token) = match fetch_token(app, env) {
-            Some((username, token)) => (username.unwrap_or_default(), token),
-            None => Default::default(),
+            Some((username, token)) => (username, Some(token)),
+            None => (None, None),
         };
-        let set = job.base.as_ref().map(|base| proto::BranchSet {
-            base: Some(base.to_proto()),
-            branches: job.branches.iter().map(BranchCommit::to_proto).collect(),
+        let commit = |b: &crate::job::BranchCommit| BranchCommit {
+            branch: b.branch.clone(),
+            commit: b.commit.clone(),
+        };
+        let set = job.base.as_ref().map(|base| BranchSet {
+            base: commit(base),
+            branches: job.branches.iter().map(commit).collect(),
             time_secs: job.created_ms / 1000,
         });
-        Some(proto::JobSpec {
-            job_id: job.id.get(),
-            app: Some(proto::AppSpec {
-                name: app.name().to_string(),
+        let image = match (&app.dockerfile, &app.base_image) {
+            (Some(dockerfile), _) => ImageSource::Dockerfile(dockerfile.clone()),
+            (None, base) => ImageSource::BaseImage(base.clone().unwrap_or_default()),
+        };
+        Some(Assignment {
+            job: job.id,
+            app: AppSpec {
+                name: app.name().clone(),
                 // A password in the URL is the coordinator's credential too.
                 remote: gantry_shared::git::without_password(&app.remote),
                 build_command: app.build_command.clone(),
                 artifact: app.artifact.clone(),
-                base_image: app.base_image.clone().unwrap_or_default(),
-                dockerfile: app.dockerfile.clone().unwrap_or_default(),
-                container_port: app.container_port.get().into(),
+                image,
+                container_port: app.container_port.get(),
                 health_path: app.health_path.clone(),
-                health_timeout_secs: app.health_timeout_secs,
-                build_timeout_secs: app.build_timeout_secs,
-                deploy_timeout_secs: app.deploy_timeout_secs,
-                public_port: app.public_port.map_or(0, |p| p.get().into()),
-                drain_timeout_secs: app.drain_timeout_secs,
+                health_timeout: Duration::from_secs(app.health_timeout_secs),
+                build_timeout: Duration::from_secs(app.build_timeout_secs),
+                deploy_timeout: Duration::from_secs(app.deploy_timeout_secs),
+                drain_timeout: Duration::from_secs(app.drain_timeout_secs),
                 fetch_username,
                 fetch_token,
-            }),
-            env: job.env.to_string(),
+                public_port: app.public_port.map(|p| p.get()),
+            },
+            env: job.env.clone(),
             env_vars: env.variables.clone().into_iter().collect(),
             secrets: env
                 .secrets
                 .iter()
                 .map(|(k, v)| (k.clone(), v.expose().to_owned()))
                 .collect(),
-            branch: job
-                .branches
-                .iter()
-                .map(|b| b.branch.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
+            branches: job.branches.iter().map(|b| b.branch.clone()).collect(),
             commit: job.commit.clone(),
             release: job.release.unwrap_or(0),
             image: match job.kind {
-                JobKind::Rollback { .. } => job.image.clone(),
-                JobKind::Deploy => String::new(),
+                JobKind::Rollback { .. } => Some(job.image.clone()),
+                JobKind::Deploy => None,
             },
             keep_images,
             set,

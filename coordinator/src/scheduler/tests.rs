@@ -5,8 +5,9 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use futures::{FutureExt, StreamExt};
 use gantry_shared::{
-    config::CoordinatorConfig, messages::Finished, proto, AgentName, AppName, EnvName, JobId,
-    JobState,
+    config::CoordinatorConfig,
+    messages::{Assignment, Finished, ToAgent},
+    AgentName, AppName, EnvName, JobId, JobState,
 };
 
 use super::*;
@@ -120,13 +121,10 @@ impl Fixture {
 }
 
 /// The assignment waiting on `stream`, if any.
-fn assigned(stream: &mut OutStream) -> Option<proto::JobSpec> {
+fn assigned(stream: &mut OutStream) -> Option<Assignment> {
     loop {
-        match stream.next().now_or_never()?? {
-            Ok(proto::CoordinatorMessage {
-                body: Some(proto::coordinator_message::Body::Assign(spec)),
-            }) => return Some(spec),
-            _ => continue,
+        if let ToAgent::Assign(assignment) = stream.next().now_or_never()?? {
+            return Some(*assignment);
         }
     }
 }
@@ -138,10 +136,7 @@ fn a_roll_goes_server_by_server_and_a_failure_puts_the_switched_back() {
 
     let first = f.deploy("c1");
     let spec = assigned(&mut one).expect("prod-1 is sent the deploy first");
-    assert_eq!(
-        (spec.job_id, spec.release, spec.put_back),
-        (first.get(), 1, false)
-    );
+    assert_eq!((spec.job, spec.release, spec.put_back), (first, 1, false));
     assert!(assigned(&mut two).is_none(), "one server at a time");
     f.finish("prod-1", first, JobState::Succeeded);
     assert_eq!(
@@ -168,7 +163,10 @@ fn a_roll_goes_server_by_server_and_a_failure_puts_the_switched_back() {
     f.finish("prod-2", second, JobState::Failed);
     let back = assigned(&mut one).expect("prod-1 is put back");
     assert!(back.put_back);
-    assert_eq!((back.release, back.image.as_str()), (1, "shop:prod-1-1"));
+    assert_eq!(
+        (back.release, back.image.as_deref()),
+        (1, Some("shop:prod-1-1"))
+    );
     assert_eq!(
         f.job(second).reason,
         "putting prod-1 back on the release before"
