@@ -12,7 +12,9 @@ use std::{
 
 use gantry_shared::{
     limits::MAX_GRPC_MESSAGE_BYTES,
-    messages::{Assignment, FromAgent, JobEvent, MessageError, Registration, ToAgent},
+    messages::{
+        Assignment, ContainerOutput, FromAgent, JobEvent, MessageError, Registration, ToAgent,
+    },
     proto, JobId, JobState, Redactor,
 };
 use tokio::sync::mpsc;
@@ -255,6 +257,18 @@ fn handle(link: &Link, msg: Result<ToAgent, MessageError>, tx: &mpsc::Sender<Fro
             first_seq,
             why,
         }) => refuse(link, job, first_seq, Redactor::default(), why),
+        Err(MessageError::Tail { request_id, why }) => {
+            warn!(request_id, %why, "refusing a tail request");
+            let answer = ContainerOutput {
+                request_id,
+                lines: Vec::new(),
+                end: true,
+                error: Some(format!("the agent refused the request: {why}")),
+            };
+            // Dropped only if the session's queue is full or closed; the
+            // coordinator's tail then ends with the session.
+            let _ = tx.try_send(FromAgent::Output(answer));
+        }
         Err(e) => warn!(error = %e, "ignoring a message from the coordinator"),
     }
 }

@@ -264,6 +264,15 @@ pub enum MessageError {
         /// Why.
         why: Box<MessageError>,
     },
+    /// A tail request that cannot be served, named so the agent can
+    /// answer it (the operator waiting on it then learns why).
+    #[error("tail request {request_id} is refused: {why}")]
+    Tail {
+        /// The request.
+        request_id: u64,
+        /// Why.
+        why: String,
+    },
     /// An assignment that cannot be run, named so the agent can report
     /// the job failed. Its text never holds the job's secrets.
     #[error("job {job} cannot be run: {why}")]

@@ -292,7 +292,10 @@ impl TryFrom<proto::CoordinatorMessage> for ToAgent {
                 },
                 CoordinatorBody::Tail(ask) => ToAgent::Tail(TailRequest {
                     request_id: ask.request_id,
-                    app: AppName::new(ask.app)?,
+                    app: AppName::new(ask.app).map_err(|e| MessageError::Tail {
+                        request_id: ask.request_id,
+                        why: e.to_string(),
+                    })?,
                     tail: ask.tail,
                     follow: ask.follow,
                 }),
@@ -459,10 +462,27 @@ mod tests {
             },
             ToAgent::StopTail(3),
             ToAgent::HeartbeatAnswer,
+            ToAgent::Tail(TailRequest {
+                request_id: 8,
+                app: AppName::new("shop").unwrap(),
+                tail: 100,
+                follow: true,
+            }),
         ];
         for message in messages {
             let back = ToAgent::try_from(proto::CoordinatorMessage::from(message.clone()));
             assert_eq!(back.unwrap(), message);
         }
+        let bad = proto::CoordinatorMessage {
+            body: Some(CoordinatorBody::Tail(proto::TailContainer {
+                request_id: 8,
+                app: "../etc".into(),
+                ..Default::default()
+            })),
+        };
+        assert!(matches!(
+            ToAgent::try_from(bad),
+            Err(MessageError::Tail { request_id: 8, .. })
+        ));
     }
 }
