@@ -21,7 +21,10 @@ use gantry_shared::{
 };
 use prost::Message;
 
-use super::segment::LOST_LINE;
+/// Put in the place of a log line whose spool frame was corrupt, so the
+/// job's log shows the loss and keeps its numbering.
+pub const LOST_LINE: &str =
+    "[gantry: a line of this job's output was lost: the agent's spool copy of it was corrupt]";
 
 /// Starts every frame; what the reader looks for after a bad frame.
 const MAGIC: [u8; 4] = *b"GSP\x01";

@@ -29,8 +29,9 @@ use gantry_shared::{
 use tokio::sync::Notify;
 use tracing::warn;
 
+pub use frame::LOST_LINE;
 use segment::JobSpool;
-pub use segment::{LOST_LINE, SEGMENT_BYTES};
+pub use segment::SEGMENT_BYTES;
 
 /// Unacknowledged events held per job before its producer waits. While the
 /// coordinator is away, a build printing faster than this fills it and then

@@ -26,11 +26,6 @@ use super::frame::{self, lost_line, Mark, Record};
 /// backlog (64 MiB) is a handful of files.
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Put in the place of a log line whose spool frame was corrupt, so the
-/// job's log shows the loss and keeps its numbering.
-pub const LOST_LINE: &str =
-    "[gantry: a line of this job's output was lost: the agent's spool copy of it was corrupt]";
-
 /// A segment file.
 struct Segment {
     number: u64,
@@ -112,7 +107,7 @@ impl JobSpool {
 
     /// Reads a job's segments (`numbers`, any order) back: what is not
     /// acknowledged, and the seqs to number on from. Bad frames are
-    /// skipped; a lost log line is replaced by [`LOST_LINE`].
+    /// skipped; a lost log line is replaced by [`frame::LOST_LINE`].
     pub fn load(dir: &Path, job: JobId, mut numbers: Vec<u64>) -> io::Result<Self> {
         numbers.sort_unstable();
         let mut mark = Mark {
