@@ -1,6 +1,6 @@
-//! A job's life as an explicit state machine. Every transition the
-//! coordinator makes goes through [`JobState::can_become`], so the rules live
-//! in one place.
+//! A job's states and an agent's stages as the operator API shows them.
+//! Which state follows which is decided in one place, the coordinator's job
+//! machine (`coordinator/src/job/machine.rs`); a job's state is read from it.
 
 use serde::{Deserialize, Serialize};
 
@@ -96,19 +96,6 @@ impl JobState {
         matches!(self, JobState::Assigned | JobState::Running)
     }
 
-    /// The transition rules: Queued -> Assigned -> Running -> ended; a queued
-    /// job may be superseded; any state that has not ended may fail or be
-    /// cancelled.
-    pub fn can_become(self, next: JobState) -> bool {
-        use JobState::*;
-        match (self, next) {
-            (Queued, Assigned) | (Assigned, Running) | (Running, Running) => true,
-            (Running, Succeeded) | (Queued, Superseded) => true,
-            (from, Failed | Cancelled) => !from.is_terminal(),
-            _ => false,
-        }
-    }
-
     /// Lowercase name, as the CLI shows it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -152,40 +139,24 @@ impl JobState {
 
 #[cfg(test)]
 mod tests {
-    use super::JobState::*;
+    use super::JobState::{self, *};
 
     #[test]
-    fn the_happy_path_is_allowed() {
-        assert!(Queued.can_become(Assigned));
-        assert!(Assigned.can_become(Running));
-        assert!(Running.can_become(Running));
-        assert!(Running.can_become(Succeeded));
-    }
-
-    #[test]
-    fn ended_jobs_never_change() {
-        for end in [Succeeded, Failed, Cancelled, Superseded] {
-            for next in [
-                Queued, Assigned, Running, Succeeded, Failed, Cancelled, Superseded,
-            ] {
-                assert!(!end.can_become(next), "{end:?} -> {next:?}");
-            }
+    fn every_state_goes_to_the_wire_and_back() {
+        for state in [
+            Queued, Assigned, Running, Succeeded, Failed, Cancelled, Superseded,
+        ] {
+            assert_eq!(JobState::from_proto(state.to_proto() as i32), Some(state));
         }
+        assert_eq!(JobState::from_proto(0), None, "unspecified");
+        assert_eq!(JobState::from_proto(99), None, "unknown");
     }
 
     #[test]
-    fn no_skipping_ahead() {
-        assert!(!Queued.can_become(Running));
-        assert!(!Queued.can_become(Succeeded));
-        assert!(!Assigned.can_become(Succeeded));
-        assert!(Queued.can_become(Cancelled));
-        assert!(Assigned.can_become(Failed));
-    }
-
-    #[test]
-    fn only_waiting_jobs_can_be_superseded() {
-        assert!(Queued.can_become(Superseded));
-        assert!(!Assigned.can_become(Superseded));
-        assert!(!Running.can_become(Superseded));
+    fn ended_states_are_terminal_and_never_active() {
+        for end in [Succeeded, Failed, Cancelled, Superseded] {
+            assert!(end.is_terminal() && !end.is_active(), "{end:?}");
+        }
+        assert!(Assigned.is_active() && Running.is_active() && !Queued.is_active());
     }
 }
