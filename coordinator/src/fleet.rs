@@ -140,6 +140,16 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// `job` held by `agent`'s session of `certificate`.
+    pub fn of(job: &JobRecord, agent: AgentName, certificate: Option<String>) -> Self {
+        Self {
+            app: job.app.clone(),
+            env: job.env.clone(),
+            agent,
+            certificate,
+        }
+    }
+
     /// Whether `sender` is the session that holds this job.
     pub fn held_by(&self, sender: &Sender) -> bool {
         sender.is(&self.agent, &self.env, self.certificate.as_deref())

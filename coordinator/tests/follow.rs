@@ -6,63 +6,22 @@ mod common;
 
 use std::time::Duration;
 
-use gantry_shared::{config::CoordinatorConfig, proto};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use common::up;
+use gantry_shared::proto;
 
 const LINES: u64 = 5_000;
 const FOLLOWERS: usize = 20;
 
-fn up(body: proto::agent_message::Body) -> proto::AgentMessage {
-    proto::AgentMessage { body: Some(body) }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_follower_sees_every_line_of_a_fast_job() {
     let dir = tempfile::tempdir().unwrap();
-    let repo_dir = dir.path().join("repo");
-    common::repo_with_one_commit(&repo_dir);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let path = dir.path().join("coordinator.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "plaintext = true\nlisten = \"{}\"\n[[environments]]\nname = \"dev\"\n[[apps]]\nname = \"fast\"\nremote = \"{}\"\n\
-             build_command = \"true\"\nartifact = \"a.jar\"\nbase_image = \"none\"\ncontainer_port = 80\n",
-            listener.local_addr().unwrap(),
-            repo_dir.display()
-        ),
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(gantry_coordinator::serve(
-        CoordinatorConfig::load(&path).unwrap(),
-        listener,
-        shutdown.clone(),
-    ));
-
+    let common::Coordinator {
+        url,
+        shutdown,
+        server,
+    } = common::start_coordinator(dir.path(), "fast").await;
     // A raw agent speaking the protocol: register, then wait for the job.
-    let mut agent = proto::agent_service_client::AgentServiceClient::connect(url.clone())
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(1024);
-    let register = proto::Register {
-        name: "dev-1".into(),
-        env: "dev".into(),
-        capacity: 1,
-        ..Default::default()
-    };
-    tx.send(up(proto::agent_message::Body::Register(register)))
-        .await
-        .unwrap();
-    let mut inbound = agent
-        .attach(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    inbound.message().await.unwrap().expect("registered");
+    let (tx, mut inbound) = common::attach_raw_agent(&url, 1024).await;
 
     let mut client = proto::operator_service_client::OperatorServiceClient::connect(url.clone())
         .await

@@ -304,19 +304,7 @@ mod tests {
         drop(spool);
         let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(spool.unfinished(), [job]);
-        spool
-            .push(
-                job,
-                Event::Finished(Finished {
-                    state: gantry_shared::JobState::Succeeded,
-                    summary: String::new(),
-                    url: String::new(),
-                    image: String::new(),
-                    container: String::new(),
-                }),
-            )
-            .await
-            .unwrap();
+        spool.push(job, finished()).await.unwrap();
         assert_eq!(seqs(&spool.take_unsent(100).unwrap()), [3, 4, 5, 6]);
         spool.ack(job, 6);
         assert!(spool.is_empty());

@@ -318,15 +318,8 @@ impl Scheduler {
         }
         job.agent = Some(agent.clone());
         job.certificate = certificate;
-        self.fleet.active.insert(
-            job.id,
-            Placement {
-                app: job.app.clone(),
-                env: job.env.clone(),
-                agent,
-                certificate: job.certificate.clone(),
-            },
-        );
+        let placement = Placement::of(job, agent, job.certificate.clone());
+        self.fleet.active.insert(job.id, placement);
     }
 }
 

@@ -197,15 +197,8 @@ impl Scheduler {
                 );
                 store.put_job(&job)?;
                 fleet.lost_since.insert(agent.clone(), now);
-                fleet.active.insert(
-                    job.id,
-                    Placement {
-                        app: job.app.clone(),
-                        env: job.env.clone(),
-                        agent,
-                        certificate: job.certificate.clone(),
-                    },
-                );
+                let placement = Placement::of(&job, agent, job.certificate.clone());
+                fleet.active.insert(job.id, placement);
             }
             live.insert(job.id, job);
         }
