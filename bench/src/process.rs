@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context;
 use gantry_coordinator::{
     job::{JobKind, JobRecord},
-    store::Store,
+    store::{sled::SledStore, Store},
 };
 use gantry_shared::{config::CoordinatorConfig, messages::LogLine, AppName, EnvName, JobState};
 
@@ -165,11 +165,11 @@ pub async fn restart(jobs: u64, lines: u64) -> anyhow::Result<Duration> {
 /// Writes `jobs` ended jobs and `lines` lines of 100 bytes into a store,
 /// in the agents' batch size.
 async fn fill(data: &Path, jobs: u64, lines: u64) -> anyhow::Result<()> {
-    let store = Store::open(data)?;
+    let store = SledStore::open(data)?;
     let per_job = lines / jobs;
     let text = "x".repeat(100);
     for _ in 0..jobs {
-        let id = store.next_job_id()?;
+        let id = store.next_job_id().await?;
         let mut job = JobRecord::queued(
             id,
             AppName::new("app")?,
@@ -182,7 +182,7 @@ async fn fill(data: &Path, jobs: u64, lines: u64) -> anyhow::Result<()> {
             0,
         );
         job.state = JobState::Succeeded;
-        store.put_job(&job)?;
+        drop(store.put_job(&job).await?);
         let mut seq = 0;
         while seq < per_job {
             let batch: Vec<LogLine> = (seq + 1..=(seq + 512).min(per_job))
@@ -195,9 +195,9 @@ async fn fill(data: &Path, jobs: u64, lines: u64) -> anyhow::Result<()> {
                 })
                 .collect();
             seq += batch.len() as u64;
-            store.append_logs(id, batch)?;
+            drop(store.append_logs(id, batch).await?);
         }
     }
-    store.flush().await?;
+    store.close().await?;
     Ok(())
 }

@@ -353,12 +353,15 @@ const AUDIT_ENTRIES: usize = 10_000;
 /// carry reads it a page at a time and prints every entry, newest first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_reads_a_trail_larger_than_a_message_in_pages() {
-    use gantry_coordinator::{audit::AuditEntry, store::Store};
+    use gantry_coordinator::{
+        audit::AuditEntry,
+        store::{sled::SledStore, Store},
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     {
-        let store = Store::open(&data).unwrap();
+        let store = SledStore::open(&data).unwrap();
         for n in 0..AUDIT_ENTRIES {
             let detail = format!("{n:05} {}", "d".repeat(505));
             let entry = AuditEntry::new(
@@ -369,9 +372,9 @@ async fn audit_reads_a_trail_larger_than_a_message_in_pages() {
                 true,
                 detail,
             );
-            store.append_audit(entry).unwrap();
+            drop(store.append_audit(entry).await.unwrap());
         }
-        store.flush().await.unwrap();
+        store.close().await.unwrap();
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -25,7 +25,7 @@ use crate::{
     error::Error,
     fleet::{Outbox, Sender},
     job::AgentRecord,
-    store::StoreError,
+    store::Durable,
 };
 
 /// Time an agent has to send `Register` after opening its stream: an
@@ -75,7 +75,11 @@ impl proto::agent_service_server::AgentService for AgentService {
     ) -> Result<Response<AttachStream>, Status> {
         let peer = crate::auth::peer(&request);
         let identity = match self.core.authority {
-            Some(_) => Some(self.certificate_identity(&request, &peer)?),
+            Some(_) => {
+                let identity = certificate_identity(&request);
+                let remote = request.remote_addr();
+                Some(self.audit_identity(identity, remote, &peer).await?)
+            }
             None => None,
         };
         let mut inbound = request.into_inner();
@@ -99,7 +103,7 @@ impl proto::agent_service_server::AgentService for AgentService {
         };
         let (record, running) = registration(reg);
         if let Some(identity) = &identity {
-            let checked = self.core.check_agent(identity, &record);
+            let checked = self.core.check_agent(identity, &record).await;
             let who = format!("agent:{}", identity.name);
             let target = format!("agent {} env {}", record.name, record.env);
             let detail = match &checked {
@@ -189,31 +193,38 @@ impl proto::agent_service_server::AgentService for AgentService {
     }
 }
 
+/// The identity in the client certificate TLS verified; a stream without
+/// one is refused.
+fn certificate_identity<T>(request: &Request<T>) -> Result<crate::trust::AgentIdentity, Error> {
+    let certs = request.peer_certs();
+    match certs.as_ref().and_then(|c| c.first()) {
+        Some(cert) => crate::trust::identity(cert).map_err(Error::Unauthenticated),
+        None => Err(Error::Unauthenticated(
+            "agents must present the client certificate from `gantry-agent join`".into(),
+        )),
+    }
+}
+
 impl AgentService {
-    /// The identity in the client certificate TLS verified; a stream
-    /// without one is refused and audited.
-    fn certificate_identity<T>(
+    /// `identity`, or its refusal, audited (from `remote`).
+    async fn audit_identity(
         &self,
-        request: &Request<T>,
+        identity: Result<crate::trust::AgentIdentity, Error>,
+        remote: Option<std::net::SocketAddr>,
         peer: &str,
     ) -> Result<crate::trust::AgentIdentity, Status> {
-        let certs = request.peer_certs();
-        let identity = match certs.as_ref().and_then(|c| c.first()) {
-            Some(cert) => crate::trust::identity(cert).map_err(Error::Unauthenticated),
-            None => Err(Error::Unauthenticated(
-                "agents must present the client certificate from `gantry-agent join`".into(),
-            )),
-        };
         if let Err(e) = &identity {
-            if self.core.auth.failure_worth_auditing(request.remote_addr()) {
-                self.core.audit(AuditEntry::new(
-                    "unknown",
-                    peer,
-                    "agent-connect",
-                    "coordinator",
-                    false,
-                    e.to_string(),
-                ));
+            if self.core.auth.failure_worth_auditing(remote) {
+                self.core
+                    .audit(AuditEntry::new(
+                        "unknown",
+                        peer,
+                        "agent-connect",
+                        "coordinator",
+                        false,
+                        e.to_string(),
+                    ))
+                    .await;
             }
         }
         Ok(identity?)
@@ -241,8 +252,9 @@ struct Origin<'a> {
 }
 
 /// Applies what the agent sends, in batches: every event of a batch is
-/// applied, the store is flushed once, and then each job's highest seq is
-/// acknowledged, so an acknowledged event is always on disk.
+/// applied, then once all of them are durable (the store commits them
+/// together) each job's highest seq is acknowledged, so an acknowledged
+/// event is always on disk.
 async fn read_events(
     core: &Core,
     from: &Origin<'_>,
@@ -264,15 +276,17 @@ async fn read_events(
             return;
         }
         let mut acks: HashMap<JobId, u64> = HashMap::new();
+        let mut durable = Vec::new();
         let mut beat = false;
         let mut open = true;
         let mut applied = 0;
         loop {
             match next {
                 Some(Ok(msg)) => match handle(core, from, &mut refused, msg).await {
-                    Some(Applied::Event(job, seq)) => {
+                    Some(Applied::Event(job, seq, written)) => {
                         let acked = acks.entry(job).or_default();
                         *acked = (*acked).max(seq);
+                        durable.extend(written);
                     }
                     Some(Applied::Heartbeat) => beat = true,
                     // Not stored, so not acknowledged: end the session, and
@@ -304,8 +318,8 @@ async fn read_events(
             }
         }
         if !acks.is_empty() {
-            if let Err(e) = core.store.flush().await {
-                warn!(error = %e, "cannot flush events; not acknowledging them");
+            if let Err(e) = Durable::all(durable).await {
+                error!(error = %e, "cannot write events to disk; not acknowledging them");
                 return;
             }
             for (job, seq) in acks {
@@ -327,8 +341,9 @@ async fn read_events(
 
 /// What applying a message asks of the reader.
 enum Applied {
-    /// Acknowledge the job's events up to this seq.
-    Event(JobId, u64),
+    /// Acknowledge the job's events up to this seq, once what applying
+    /// it wrote (if anything) is durable.
+    Event(JobId, u64, Option<Durable>),
     /// Answer the heartbeat (it asked).
     Heartbeat,
     /// The store failed to take an event (disk full, I/O error).
@@ -349,8 +364,9 @@ async fn handle(
     match FromAgent::try_from(msg) {
         Ok(FromAgent::Job(event)) => {
             let (job, seq) = (event.job, event.seq);
+            let mut written = None;
             match core.apply_event(from.sender, event).await {
-                Err(Error::Store(e @ (StoreError::Sled(_) | StoreError::Task(_)))) => {
+                Err(Error::Store(e)) if e.is_failure() => {
                     error!(%job, seq, error = %e, "cannot store a job event; dropping the stream");
                     return Some(Applied::Unstored);
                 }
@@ -369,19 +385,22 @@ async fn handle(
                             format!("job {job}"),
                             false,
                             format!("{e} (certificate {certificate}); refused, nothing changed"),
-                        ));
+                        ))
+                        .await;
                     }
                 }
                 Err(e) => warn!(%job, seq, error = %e, "job event refused"),
-                Ok(()) => {}
+                Ok(durable) => written = Some(durable),
             }
-            Some(Applied::Event(job, seq))
+            Some(Applied::Event(job, seq, written))
         }
         // Malformed: nothing applied, but acknowledged so the agent's spool
         // moves past it instead of sending it on every reconnect.
         Err(e @ MessageError::Event { job, seq, .. }) => {
             warn!(job, seq, error = %e, "malformed job event refused");
-            JobId::new(job).ok().map(|job| Applied::Event(job, seq))
+            JobId::new(job)
+                .ok()
+                .map(|job| Applied::Event(job, seq, None))
         }
         Err(e) => {
             warn!(error = %e, "malformed message from agent refused");

@@ -5,7 +5,7 @@ use gantry_shared::{now_ms, proto};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use crate::{core::Core, error::Error};
+use crate::{core::Core, error::Error, store::Durable};
 
 /// One audited action or refused attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +109,7 @@ pub struct AuditPage {
 impl Core {
     /// Up to `limit` entries (0: [`DEFAULT_AUDIT_PAGE`], at most
     /// [`MAX_AUDIT_PAGE`]) older than `before_seq` (0: from the newest).
-    pub fn audit_page(&self, before_seq: u64, limit: u32) -> Result<AuditPage, Error> {
+    pub async fn audit_page(&self, before_seq: u64, limit: u32) -> Result<AuditPage, Error> {
         let limit = match limit {
             0 => DEFAULT_AUDIT_PAGE,
             n => usize::try_from(n)
@@ -117,7 +117,7 @@ impl Core {
                 .min(MAX_AUDIT_PAGE),
         };
         let before = (before_seq != 0).then_some(before_seq);
-        let (entries, more) = self.store.audit(before, limit)?;
+        let (entries, more) = self.store.audit(before, limit).await?;
         let next_before_seq = entries.last().filter(|_| more).map(|e| e.seq);
         Ok(AuditPage {
             entries,
@@ -125,32 +125,39 @@ impl Core {
         })
     }
 
-    /// Appends `entry` to the trail and flushes the store, so that an
-    /// operator who has been answered (a deploy accepted, a request
-    /// refused) finds the entry after a crash. The flush runs on the
-    /// blocking pool, off the runtime's threads. (Not sled's
-    /// `flush_async`: under a flood of refusals some of its flushes were
-    /// seen not to finish until the request timed out.)
+    /// Appends `entry` to the trail and returns once it is durable, so
+    /// that an operator who has been answered (a deploy accepted, a
+    /// request refused) finds the entry after a crash.
     pub async fn audit_durably(&self, entry: AuditEntry) {
-        self.audit(entry);
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.flush_blocking()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "cannot flush the audit trail to disk"),
-            Err(e) => error!(error = %e, "the audit trail's flush failed"),
+        if let Some(durable) = self.record(entry).await {
+            if let Err(e) = durable.await {
+                error!(error = %e, "cannot write the audit trail to disk");
+            }
         }
     }
 
-    /// Appends `entry` to the trail and to the log; on disk within sled's
-    /// flush interval (see [`Core::audit_durably`] for before an answer).
-    pub fn audit(&self, entry: AuditEntry) {
+    /// Appends `entry` to the trail and to the log; durable with the
+    /// store's next commit (see [`Core::audit_durably`] for before an
+    /// answer).
+    pub async fn audit(&self, entry: AuditEntry) {
+        // Not waited for: a failed commit stops the scheduler at its next
+        // write, and the coordinator with it.
+        let _ = self.record(entry).await;
+    }
+
+    /// Writes `entry`; its durability, or `None` when it was not stored.
+    async fn record(&self, entry: AuditEntry) -> Option<Durable> {
         if entry.allowed {
             info!(who = %entry.who, peer = %entry.peer, action = %entry.action, target = %entry.target, detail = %entry.detail, "audit");
         } else {
             warn!(who = %entry.who, peer = %entry.peer, action = %entry.action, target = %entry.target, detail = %entry.detail, "audit: refused");
         }
-        if let Err(e) = self.store.append_audit(entry) {
-            warn!(error = %e, "cannot store an audit entry");
+        match self.store.append_audit(entry).await {
+            Ok((_, durable)) => Some(durable),
+            Err(e) => {
+                error!(error = %e, "cannot store an audit entry");
+                None
+            }
         }
     }
 }

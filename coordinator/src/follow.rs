@@ -13,10 +13,7 @@ use tokio::sync::broadcast::{error::RecvError, Receiver};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::{
-    core::Core,
-    hub::{LiveEvent, Run},
-};
+use crate::{core::Core, hub::LiveEvent, store::Run};
 
 /// Lines read from the store at a time: enough to stream a finished job's
 /// log quickly, little enough to keep memory flat for huge logs.
@@ -43,7 +40,7 @@ fn job_runs(
 ) -> impl Stream<Item = Result<Run, Status>> {
     let follower = Follower {
         live: Some(core.hub.subscribe(job)),
-        phase: Phase::catch_up(&core, job),
+        phase: Phase::Resume,
         core,
         job,
         next: from,
@@ -124,6 +121,9 @@ fn internal(e: impl std::fmt::Display) -> Status {
 
 /// Where a follower is.
 enum Phase {
+    /// About to catch up from the store: whether the job has ended is
+    /// read first.
+    Resume,
     /// Reading the store; `ended` says whether the job had ended before
     /// this catch-up began.
     CatchUp {
@@ -139,8 +139,12 @@ impl Phase {
     /// store: its lines are all stored before it ends, so then the catch-up
     /// reads every one. (Read after, it could see an end whose last lines
     /// came in after the read.)
-    fn catch_up(core: &Core, job: JobId) -> Self {
-        let ended = core.job(job).map(|j| j.state.is_terminal()).unwrap_or(true);
+    async fn catch_up(core: &Core, job: JobId) -> Self {
+        let ended = core
+            .job(job)
+            .await
+            .map(|j| j.state.is_terminal())
+            .unwrap_or(true);
         Phase::CatchUp { ended }
     }
 }
@@ -168,8 +172,10 @@ impl Follower {
             }
             match self.phase {
                 Phase::Done => return None,
+                Phase::Resume => self.phase = Phase::catch_up(&self.core, self.job).await,
                 Phase::CatchUp { ended } => {
-                    let runs = match self.core.store.log_runs(self.job, self.next, STORE_LINES) {
+                    let store = &self.core.store;
+                    let runs = match store.log_runs(self.job, self.next, STORE_LINES).await {
                         Ok(runs) => runs,
                         Err(e) => return Some(self.fail(internal(e))),
                     };
@@ -201,11 +207,11 @@ impl Follower {
                         // A gap (the store has what was missed), a lag or
                         // the end: back to the store.
                         Ok(LiveEvent::Lines(_) | LiveEvent::Ended) | Err(RecvError::Lagged(_)) => {
-                            self.phase = Phase::catch_up(&self.core, self.job);
+                            self.phase = Phase::Resume;
                         }
                         Err(RecvError::Closed) => {
                             self.live = Some(self.core.hub.subscribe(self.job));
-                            self.phase = Phase::catch_up(&self.core, self.job);
+                            self.phase = Phase::Resume;
                         }
                     }
                 }

@@ -75,15 +75,15 @@ const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Opens the store, waiting (up to [`STORE_LOCK_WAIT`]) while another
 /// coordinator still holds its lock.
-async fn open_store(dir: &std::path::Path) -> Result<store::Store, store::StoreError> {
+async fn open_store(dir: &std::path::Path) -> Result<store::SharedStore, store::StoreError> {
     let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
     loop {
-        match store::Store::open(dir) {
+        match store::sled::SledStore::open(dir) {
             Err(store::StoreError::Locked(_)) if tokio::time::Instant::now() < deadline => {
                 warn!(dir = %dir.display(), "the database is still locked by another coordinator; waiting");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            opened => return opened,
+            opened => return Ok(Arc::new(opened?)),
         }
     }
 }
@@ -119,7 +119,7 @@ pub async fn serve(
     if !config.plaintext && config.users.is_empty() {
         warn!("no [[users]] are configured, so every operator request is refused; add one with `gantry-coordinator token new`");
     }
-    let core = Core::new(Arc::new(config), store, authority)?;
+    let core = Core::new(Arc::new(config), store, authority).await?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -223,13 +223,14 @@ pub async fn serve(
     });
 
     // In order: stop accepting and end every stream (the tasks stop on
-    // `stop`), then flush the store, whichever way the coordinator stops.
+    // `stop`), then close the store (every write durable), whichever way
+    // the coordinator stops.
     let watched = tasks.watch(&stop).await;
     let drained = tasks.drain(DRAIN_GRACE).await;
-    let flushed = core.store.flush().await;
+    let closed = core.store.close().await;
     watched?;
     drained?;
-    flushed.context("cannot flush the database")?;
+    closed.context("cannot flush the database")?;
     info!("coordinator stopped");
     Ok(())
 }
@@ -241,7 +242,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_still_held_by_a_stopping_coordinator_is_waited_for() {
         let dir = tempfile::tempdir().unwrap();
-        let held = store::Store::open(dir.path()).unwrap();
+        let held = store::sled::SledStore::open(dir.path()).unwrap();
         let opening = tokio::spawn({
             let dir = dir.path().to_owned();
             async move { open_store(&dir).await }
@@ -251,6 +252,6 @@ mod tests {
         assert!(!opening.is_finished());
         drop(held);
         let reopened = opening.await.unwrap().unwrap();
-        assert_eq!(reopened.next_job_id().unwrap().get(), 1);
+        assert_eq!(reopened.next_job_id().await.unwrap().get(), 1);
     }
 }

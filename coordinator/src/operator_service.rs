@@ -16,6 +16,7 @@ use crate::{
     follow,
     guard::field,
     request::{deploy_request, optional, release_limit, required},
+    store::JobQuery,
     tail::TailStream,
 };
 
@@ -36,15 +37,18 @@ impl OperatorService {
     }
 
     /// A log request checked: the job exists; (job, first seq, follow).
-    fn log_request(&self, req: proto::StreamJobLogsRequest) -> Result<(JobId, u64, bool), Error> {
+    async fn log_request(
+        &self,
+        req: proto::StreamJobLogsRequest,
+    ) -> Result<(JobId, u64, bool), Error> {
         let id = JobId::new(req.job_id)?;
-        self.core.job(id)?;
+        self.core.job(id).await?;
         Ok((id, req.from_seq.max(1), req.follow))
     }
 
-    fn job_proto(&self, id: JobId) -> Result<proto::Job, Error> {
-        let job = self.core.job(id)?;
-        Ok(job.to_proto(self.core.store.last_seq(id)?))
+    async fn job_proto(&self, id: JobId) -> Result<proto::Job, Error> {
+        let job = self.core.job(id).await?;
+        Ok(job.to_proto(self.core.store.last_seq(id).await?))
     }
 }
 
@@ -85,7 +89,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
     ) -> Result<Response<proto::ListEnvironmentsResponse>, Status> {
         self.core.caller(&request, "read").await?;
         let connected = self.core.connected().await?;
-        let agents = self.core.store.agents().map_err(Error::from)?;
+        let agents = self.core.store.agents().await.map_err(Error::from)?;
         let environments = self
             .core
             .config
@@ -112,30 +116,24 @@ impl proto::operator_service_server::OperatorService for OperatorService {
     ) -> Result<Response<proto::ListAgentsResponse>, Status> {
         self.core.caller(&request, "read").await?;
         let connected = self.core.connected().await?;
-        let mut agents: Vec<proto::Agent> = self
-            .core
-            .store
-            .agents()
-            .map_err(Error::from)?
-            .into_iter()
-            .map(|a| {
-                let live = connected.iter().find(|(n, _)| n == &a.name);
-                let releases = self.core.serving_on(&a.name, &a.env);
-                proto::Agent {
-                    releases,
-                    connected: live.is_some(),
-                    running_jobs: live
-                        .map(|(_, jobs)| jobs.iter().map(|j| j.get()).collect())
-                        .unwrap_or_default(),
-                    name: a.name.to_string(),
-                    env: a.env.to_string(),
-                    labels: a.labels.into_iter().collect(),
-                    capacity: a.capacity,
-                    version: a.version,
-                    last_seen_ms: a.last_seen_ms,
-                }
-            })
-            .collect();
+        let mut agents = Vec::new();
+        for a in self.core.store.agents().await.map_err(Error::from)? {
+            let live = connected.iter().find(|(n, _)| n == &a.name);
+            let releases = self.core.serving_on(&a.name, &a.env).await?;
+            agents.push(proto::Agent {
+                releases,
+                connected: live.is_some(),
+                running_jobs: live
+                    .map(|(_, jobs)| jobs.iter().map(|j| j.get()).collect())
+                    .unwrap_or_default(),
+                name: a.name.to_string(),
+                env: a.env.to_string(),
+                labels: a.labels.into_iter().collect(),
+                capacity: a.capacity,
+                version: a.version,
+                last_seen_ms: a.last_seen_ms,
+            });
+        }
         agents.sort_by(|a, b| (&a.env, &a.name).cmp(&(&b.env, &b.name)));
         Ok(Response::new(proto::ListAgentsResponse { agents }))
     }
@@ -158,7 +156,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             .core
             .audited(&who, "deploy", &target, job, |j| format!("job {}", j.id))
             .await?;
-        Ok(Response::new(self.job_proto(job.id)?))
+        Ok(Response::new(self.job_proto(job.id).await?))
     }
 
     async fn get_job(
@@ -167,7 +165,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
     ) -> Result<Response<proto::Job>, Status> {
         self.core.caller(&request, "read").await?;
         let id = JobId::new(request.into_inner().id).map_err(Error::from)?;
-        Ok(Response::new(self.job_proto(id)?))
+        Ok(Response::new(self.job_proto(id).await?))
     }
 
     async fn list_jobs(
@@ -182,18 +180,17 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             0 => 50,
             n => n.min(1000) as usize,
         };
+        let query = JobQuery {
+            app,
+            env,
+            unended: false,
+            limit: Some(limit),
+        };
+        let store = &self.core.store;
         let mut jobs = Vec::new();
-        for job in self.core.store.jobs().rev() {
-            let job = job.map_err(Error::from)?;
-            if app.as_ref().is_some_and(|a| a != &job.app)
-                || env.as_ref().is_some_and(|e| e != &job.env)
-            {
-                continue;
-            }
-            jobs.push(job.to_proto(self.core.store.last_seq(job.id).map_err(Error::from)?));
-            if jobs.len() == limit {
-                break;
-            }
+        for job in store.jobs(&query).await.map_err(Error::from)? {
+            let last_seq = store.last_seq(job.id).await.map_err(Error::from)?;
+            jobs.push(job.to_proto(last_seq));
         }
         Ok(Response::new(proto::ListJobsResponse { jobs }))
     }
@@ -206,7 +203,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let raw = request.into_inner().id;
         let job = async {
             let id = JobId::new(raw)?;
-            let job = self.core.job(id)?;
+            let job = self.core.job(id).await?;
             if job.requested_by != who.name {
                 self.core.permit(
                     &who,
@@ -221,7 +218,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             .core
             .audited(&who, "cancel", &target, job, |j| j.reason.clone())
             .await?;
-        Ok(Response::new(self.job_proto(job.id)?))
+        Ok(Response::new(self.job_proto(job.id).await?))
     }
 
     async fn rollback(
@@ -249,7 +246,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             .core
             .audited(&who, "rollback", &target, job, |j| format!("job {}", j.id))
             .await?;
-        Ok(Response::new(self.job_proto(job.id)?))
+        Ok(Response::new(self.job_proto(job.id).await?))
     }
 
     async fn list_releases(
@@ -262,7 +259,8 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let env = required("env", req.env, EnvName::new)?;
         let releases = self
             .core
-            .releases(&app, &env, release_limit(req.limit))?
+            .releases(&app, &env, release_limit(req.limit))
+            .await?
             .into_iter()
             .map(|v| v.release.to_proto(v.retained))
             .collect();
@@ -277,10 +275,10 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let req = request.into_inner();
         let app = required("app", req.app, AppName::new)?;
         let env = required("env", req.env, EnvName::new)?;
-        let view = self.core.environment(&app, &env)?;
+        let view = self.core.environment(&app, &env).await?;
         let mut pending = Vec::new();
         for job in view.pending {
-            pending.push(self.job_proto(job.id)?);
+            pending.push(self.job_proto(job.id).await?);
         }
         Ok(Response::new(proto::EnvironmentState {
             app: app.to_string(),
@@ -301,7 +299,8 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         let to = required("to_env", req.to_env, EnvName::new)?;
         let branches = self
             .core
-            .diff(&app, &from, &to)?
+            .diff(&app, &from, &to)
+            .await?
             .into_iter()
             .map(|d| proto::BranchDiff {
                 branch: d.branch,
@@ -377,7 +376,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         request: Request<proto::StreamJobLogsRequest>,
     ) -> Result<Response<BatchStream>, Status> {
         self.core.caller(&request, "read").await?;
-        let (id, from, follow) = self.log_request(request.into_inner())?;
+        let (id, from, follow) = self.log_request(request.into_inner()).await?;
         let stream =
             follow::job_log_batches(self.core.clone(), id, from, follow, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
@@ -390,7 +389,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
         request: Request<proto::StreamJobLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         self.core.caller(&request, "read").await?;
-        let (id, from, follow) = self.log_request(request.into_inner())?;
+        let (id, from, follow) = self.log_request(request.into_inner()).await?;
         let stream = follow::job_logs(self.core.clone(), id, from, follow, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
@@ -445,7 +444,7 @@ impl proto::operator_service_server::OperatorService for OperatorService {
             })
             .await?;
         let req = request.into_inner();
-        let page = self.core.audit_page(req.before_seq, req.limit)?;
+        let page = self.core.audit_page(req.before_seq, req.limit).await?;
         Ok(Response::new(proto::ListAuditResponse {
             entries: page.entries.iter().map(AuditEntry::to_proto).collect(),
             next_before_seq: page.next_before_seq.unwrap_or(0),
@@ -509,6 +508,6 @@ impl OperatorService {
                 format!("{} {} {}", j.app, j.env, j.approval.describe())
             })
             .await?;
-        Ok(Response::new(self.job_proto(job.id)?))
+        Ok(Response::new(self.job_proto(job.id).await?))
     }
 }

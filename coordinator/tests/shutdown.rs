@@ -58,19 +58,21 @@ async fn a_stop_ends_followers_and_agents_then_lets_go_of_the_store() {
     // Flushed, and let go once the last connection's task has dropped its
     // handle (a coordinator starting next waits as long): another
     // coordinator opens it and finds the job.
+    use gantry_coordinator::store::Store;
     let store = reopen(&dir.path().join("data")).await;
-    assert!(store.next_job_id().unwrap().get() > job);
+    assert!(store.next_job_id().await.unwrap().get() > job);
     drop(tx);
 }
 
 /// The store in `dir`, once the stopped coordinator has let go of it.
-async fn reopen(dir: &std::path::Path) -> gantry_coordinator::store::Store {
+async fn reopen(dir: &std::path::Path) -> gantry_coordinator::store::sled::SledStore {
+    use gantry_coordinator::store::{sled::SledStore, StoreError};
+
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match gantry_coordinator::store::Store::open(dir) {
+        match SledStore::open(dir) {
             Ok(store) => return store,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                assert!(e.to_string().contains("could not acquire lock"), "{e}");
+            Err(StoreError::Locked(_)) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(e) => panic!("the stopped coordinator still holds the store: {e}"),

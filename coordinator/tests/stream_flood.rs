@@ -40,10 +40,15 @@ struct Outcomes {
     not_opened: usize,
 }
 
-/// Opens `STREAMS_PER_CONNECTION` HEADERS-only streams on one connection
-/// and sees how each ends. The streams' send halves are held open to the
-/// end, as an attacker would.
-async fn flood_one(secure: &running::Secure, deadline: tokio::time::Instant) -> Outcomes {
+/// One TLS connection with its HTTP/2 handshake done, and the task
+/// driving it. All are made before the flood starts: a connection made
+/// while another floods could miss the coordinator's preface timeout.
+async fn connect(
+    secure: &running::Secure,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
     let tls = running::tls_from(
         std::net::Ipv4Addr::LOCALHOST,
         secure.running.addr,
@@ -52,7 +57,20 @@ async fn flood_one(secure: &running::Secure, deadline: tokio::time::Instant) -> 
     .await
     .expect("the TLS handshake");
     let (client, connection) = h2::client::handshake(tls).await.expect("HTTP/2");
-    let driver = tokio::spawn(connection);
+    (client, tokio::spawn(connection))
+}
+
+/// Opens `STREAMS_PER_CONNECTION` HEADERS-only streams on one connection
+/// and sees how each ends. The streams' send halves are held open to the
+/// end, as an attacker would.
+async fn flood_one(
+    secure: &running::Secure,
+    (client, driver): (
+        h2::client::SendRequest<bytes::Bytes>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+    ),
+    deadline: tokio::time::Instant,
+) -> Outcomes {
     let mut outcomes = Outcomes::default();
     let mut held = Vec::with_capacity(STREAMS_PER_CONNECTION);
     let mut answers = futures::stream::FuturesUnordered::new();
@@ -128,7 +146,10 @@ async fn headers_only_streams_without_a_token_are_refused_at_once_and_cost_littl
         }
     });
     let deadline = tokio::time::Instant::now() + FLOOD_DEADLINE;
-    let floods = (0..CONNECTIONS).map(|_| flood_one(&secure, deadline));
+    let connections = futures::future::join_all((0..CONNECTIONS).map(|_| connect(&secure))).await;
+    let floods = connections
+        .into_iter()
+        .map(|connection| flood_one(&secure, connection, deadline));
     let all = futures::future::join_all(floods).await;
     done.cancel();
     let peak = sampler.await.unwrap();

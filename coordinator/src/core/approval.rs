@@ -26,7 +26,6 @@ impl Core {
                 reply,
             })
             .await?;
-        self.store.flush().await?;
-        self.job(id)
+        self.job(id).await
     }
 }

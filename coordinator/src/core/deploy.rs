@@ -116,14 +116,16 @@ impl Core {
         let branches = match request {
             BranchRequest::Default => vec![app_config.default_branch.clone()],
             BranchRequest::Set(branches) => branches,
-            BranchRequest::Change { add, remove } => self.changed_set(&app, &env, add, remove)?,
+            BranchRequest::Change { add, remove } => {
+                self.changed_set(&app, &env, add, remove).await?
+            }
         };
         // The set's merge commits are dated with the job's creation second,
         // so the agent, given the same time, recreates them exactly.
         let now = now_ms();
         let resolved = self.resolve_set(&app, branches, now / 1000).await?;
         let job = JobRecord::queued(
-            self.store.next_job_id()?,
+            self.store.next_job_id().await?,
             app,
             env,
             JobKind::Deploy,
@@ -138,14 +140,14 @@ impl Core {
 
     /// The branches the environment runs now, with `add` appended and
     /// `remove` taken out.
-    fn changed_set(
+    async fn changed_set(
         &self,
         app: &AppName,
         env: &EnvName,
         add: Vec<BranchName>,
         remove: Vec<BranchName>,
     ) -> Result<Vec<BranchName>, Error> {
-        let current = self.store.current_release(app, env)?.ok_or_else(|| {
+        let current = self.store.current_release(app, env).await?.ok_or_else(|| {
             Error::FailedPrecondition(format!(
                 "nothing of app \"{app}\" is released in {env} yet, so there is no set to change; \
                  deploy one with --branch first"
@@ -190,8 +192,7 @@ impl Core {
         self.scheduler
             .ask(|reply| Command::Enqueue(Box::new(job), reply))
             .await?;
-        self.store.flush().await?;
-        self.job(id)
+        self.job(id).await
     }
 }
 

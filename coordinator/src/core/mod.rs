@@ -29,7 +29,7 @@ use crate::{
     hub::LogHub,
     job::JobRecord,
     scheduler::{self, Command, Report, Scheduler},
-    store::Store,
+    store::{Durable, SharedStore},
     tail::Tails,
     trust::Authority,
 };
@@ -39,7 +39,7 @@ pub struct Core {
     /// The configuration it started with.
     pub config: Arc<CoordinatorConfig>,
     /// Durable state.
-    pub store: Store,
+    pub store: SharedStore,
     /// Live log fan-out.
     pub hub: LogHub,
     /// Open `gantry logs --app --env` streams.
@@ -58,19 +58,24 @@ pub struct Core {
 impl Core {
     /// Builds the core over `store`, with its scheduler, which reads back
     /// queued and active jobs (`serve` runs it: [`Core::take_scheduler`]).
-    pub fn new(
+    pub async fn new(
         config: Arc<CoordinatorConfig>,
-        store: Store,
+        store: SharedStore,
         authority: Option<Authority>,
     ) -> Result<Arc<Self>, Error> {
         let hub = LogHub::default();
         let tails = Arc::new(Tails::default());
-        let scheduler = Scheduler::new(config.clone(), store.clone(), hub.clone(), tails.clone())?;
-        store.put_config_snapshot("apps", format!("{:?}", config.apps).into_bytes())?;
-        store.put_config_snapshot(
-            "environments",
-            format!("{:?}", config.environments).into_bytes(),
-        )?;
+        let scheduler =
+            Scheduler::new(config.clone(), store.clone(), hub.clone(), tails.clone()).await?;
+        let snapshots = vec![
+            store
+                .put_config_snapshot("apps", format!("{:?}", config.apps))
+                .await?,
+            store
+                .put_config_snapshot("environments", format!("{:?}", config.environments))
+                .await?,
+        ];
+        Durable::all(snapshots).await?;
         let (scheduler, runner) = scheduler.start();
         Ok(Arc::new(Self {
             auth: Auth::new(&config),
@@ -91,8 +96,8 @@ impl Core {
     }
 
     /// One job.
-    pub fn job(&self, id: JobId) -> Result<JobRecord, Error> {
-        self.store.job(id)?.ok_or(Error::UnknownJob(id))
+    pub async fn job(&self, id: JobId) -> Result<JobRecord, Error> {
+        self.store.job(id).await?.ok_or(Error::UnknownJob(id))
     }
 
     /// Cancels a job: at once if it waits, through its agent if it runs.
@@ -100,27 +105,28 @@ impl Core {
         self.scheduler
             .ask(|reply| Command::Cancel(id, reply))
             .await?;
-        self.store.flush().await?;
-        self.job(id)
+        self.job(id).await
     }
 
-    /// Applies one event an agent's session sent about a job it holds.
-    /// Events about a job that `sender` never held (another agent's, or
-    /// one of the same name in another environment or with another
-    /// certificate) are refused with [`Error::NotHolder`] and change
-    /// nothing.
-    pub async fn apply_event(&self, sender: &Sender, event: JobEvent) -> Result<(), Error> {
+    /// Applies one event an agent's session sent about a job it holds;
+    /// resolves once it is durable. Events about a job that `sender` never
+    /// held (another agent's, or one of the same name in another
+    /// environment or with another certificate) are refused with
+    /// [`Error::NotHolder`] and change nothing.
+    pub async fn apply_event(&self, sender: &Sender, event: JobEvent) -> Result<Durable, Error> {
         let id = event.job;
         let report = match event.body {
-            Event::Lines(lines) => return self.append_lines(sender, id, lines),
+            Event::Lines(lines) => return self.append_lines(sender, id, lines).await,
             Event::Stage(stage) => Report::Stage(stage),
             Event::Finished(done) => {
                 Report::Finished(redact_finished(&self.redactor_of(&sender.env), done))
             }
         };
+        // The scheduler answers once what the report changed is durable.
         self.scheduler
             .ask(|reply| Command::Report(sender.clone(), id, report, reply))
-            .await
+            .await?;
+        Ok(Durable::done())
     }
 
     /// Stores lines of `id`'s log (each once, capped at the line limit,
@@ -128,8 +134,13 @@ impl Core {
     /// one) and hands the new ones to its followers. Lines count only from
     /// a session that ran the job (holds it, or held it when it ended
     /// while the agent was away: they are still its log).
-    fn append_lines(&self, sender: &Sender, id: JobId, lines: Vec<LogLine>) -> Result<(), Error> {
-        let job = self.store.job(id)?;
+    async fn append_lines(
+        &self,
+        sender: &Sender,
+        id: JobId,
+        lines: Vec<LogLine>,
+    ) -> Result<Durable, Error> {
+        let job = self.store.job(id).await?;
         let ran_it = job.as_ref().is_some_and(|j| {
             j.agent
                 .as_ref()
@@ -149,10 +160,11 @@ impl Core {
                 ..line
             })
             .collect();
-        if let Some(run) = self.store.append_logs(id, lines)? {
+        let (run, durable) = self.store.append_logs(id, lines).await?;
+        if let Some(run) = run {
             self.hub.publish(id, run);
         }
-        Ok(())
+        Ok(durable)
     }
 
     /// The redactor of `env`'s secrets.

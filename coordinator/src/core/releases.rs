@@ -10,6 +10,7 @@ use crate::{
     error::Error,
     job::{JobKind, JobRecord},
     release::{retained_images, ReleaseRecord},
+    store::JobQuery,
 };
 
 /// A release and whether its image is still kept.
@@ -45,14 +46,14 @@ impl Core {
     }
 
     /// The releases of (app, env), newest first, at most `limit`.
-    pub fn releases(
+    pub async fn releases(
         &self,
         app: &AppName,
         env: &EnvName,
         limit: usize,
     ) -> Result<Vec<ReleaseView>, Error> {
         self.check_target(app, env)?;
-        let all = self.store.releases(app, env)?;
+        let all = self.store.releases(app, env, None).await?;
         let kept = retained_images(&all, self.keep_releases(app));
         Ok(all
             .into_iter()
@@ -76,7 +77,7 @@ impl Core {
         requested_by: String,
     ) -> Result<JobRecord, Error> {
         self.check_target(&app, &env)?;
-        let releases = self.store.releases(&app, &env)?;
+        let releases = self.store.releases(&app, &env, None).await?;
         let Some(current) = releases.first() else {
             return Err(Error::FailedPrecondition(format!(
                 "app \"{app}\" has no release in {env} yet; there is nothing to roll back to"
@@ -125,7 +126,7 @@ impl Core {
             // The release's image is what the servers start again.
             image: target.image.clone(),
             ..JobRecord::queued(
-                self.store.next_job_id()?,
+                self.store.next_job_id().await?,
                 app,
                 env,
                 JobKind::Rollback { to: number },
@@ -141,46 +142,44 @@ impl Core {
 
     /// The release of each app that `agent` (of `env`) serves now, as
     /// "app release N".
-    pub fn serving_on(&self, agent: &AgentName, env: &EnvName) -> Vec<String> {
-        self.config
-            .apps
-            .iter()
-            .filter_map(|app| {
-                let current = self.store.current_release(app.name(), env).ok()??;
-                current
-                    .servers
-                    .iter()
-                    .any(|s| &s.agent == agent)
-                    .then(|| format!("{} release {}", app.name(), current.number))
-            })
-            .collect()
+    pub async fn serving_on(&self, agent: &AgentName, env: &EnvName) -> Result<Vec<String>, Error> {
+        let mut serving = Vec::new();
+        for app in &self.config.apps {
+            let Some(current) = self.store.current_release(app.name(), env).await? else {
+                continue;
+            };
+            if current.servers.iter().any(|s| &s.agent == agent) {
+                serving.push(format!("{} release {}", app.name(), current.number));
+            }
+        }
+        Ok(serving)
     }
 
     /// What (app, env) runs now, and the jobs waiting to change it.
-    pub fn environment(&self, app: &AppName, env: &EnvName) -> Result<EnvironmentView, Error> {
-        let current = self.releases(app, env, 1)?.into_iter().next();
-        let mut pending = Vec::new();
-        for job in self.store.jobs() {
-            let job = job?;
-            if &job.app == app && &job.env == env && !job.state.is_terminal() {
-                pending.push(job);
-            }
-        }
+    pub async fn environment(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<EnvironmentView, Error> {
+        let current = self.releases(app, env, 1).await?.into_iter().next();
+        let mut pending = self.store.jobs(&JobQuery::pending(app, env)).await?;
+        pending.reverse();
         Ok(EnvironmentView { current, pending })
     }
 
     /// The branches whose commits differ between what `from` and `to` run.
-    pub fn diff(
+    pub async fn diff(
         &self,
         app: &AppName,
         from: &EnvName,
         to: &EnvName,
     ) -> Result<Vec<BranchDiff>, Error> {
-        let set = |env: &EnvName| -> Result<BTreeMap<String, String>, Error> {
+        let set = async |env: &EnvName| -> Result<BTreeMap<String, String>, Error> {
             self.check_target(app, env)?;
             Ok(self
                 .store
-                .current_release(app, env)?
+                .current_release(app, env)
+                .await?
                 .map(|r| {
                     r.branches
                         .into_iter()
@@ -189,7 +188,7 @@ impl Core {
                 })
                 .unwrap_or_default())
         };
-        let (mut left, mut right) = (set(from)?, set(to)?);
+        let (mut left, mut right) = (set(from).await?, set(to).await?);
         let names: std::collections::BTreeSet<String> =
             left.keys().chain(right.keys()).cloned().collect();
         Ok(names

@@ -52,7 +52,10 @@ impl Core {
             issued_ms: now_ms(),
             revoked_ms: None,
         };
-        match self.store.enrol(&cert, &token.nonce)? {
+        // The certificate is handed out only once its record is durable.
+        let (outcome, durable) = self.store.enrol(&cert, &token.nonce).await?;
+        durable.await?;
+        match outcome {
             Ok(replaced) if !replaced.is_empty() => {
                 self.scheduler
                     .tell(Command::CutOff(token.name.clone()))
@@ -84,8 +87,12 @@ impl Core {
     /// Checks that a registering agent is who its certificate says: the
     /// certificate was issued here, is not revoked, and names the same
     /// agent and environment as the registration.
-    pub fn check_agent(&self, identity: &AgentIdentity, record: &AgentRecord) -> Result<(), Error> {
-        let issued = self.store.cert(&identity.serial)?.ok_or_else(|| {
+    pub async fn check_agent(
+        &self,
+        identity: &AgentIdentity,
+        record: &AgentRecord,
+    ) -> Result<(), Error> {
+        let issued = self.store.cert(&identity.serial).await?.ok_or_else(|| {
             Error::PermissionDenied(format!(
                 "certificate {} was not issued by this coordinator; join again",
                 identity.serial

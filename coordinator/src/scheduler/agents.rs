@@ -35,7 +35,7 @@ pub struct Attach {
 impl Scheduler {
     /// Registers an agent's stream; reconciles the jobs it says it holds
     /// with the jobs it was given. Returns the session's id.
-    pub(super) fn attach(&mut self, attach: Attach) -> Result<u64, Error> {
+    pub(super) async fn attach(&mut self, attach: Attach) -> Result<u64, Error> {
         let Attach {
             record,
             running,
@@ -51,7 +51,8 @@ impl Scheduler {
         if let Some(serial) = &certificate {
             if self
                 .store
-                .cert(serial)?
+                .cert(serial)
+                .await?
                 .is_none_or(|c| c.revoked_ms.is_some())
             {
                 return Err(Error::PermissionDenied(format!(
@@ -71,7 +72,7 @@ impl Scheduler {
                 record.name, other.record.env
             )));
         }
-        self.store.put_agent(&record)?;
+        self.store.write_agent(&record).await?;
         self.fleet.next_session += 1;
         let id = self.fleet.next_session;
         let name = record.name.clone();
@@ -105,7 +106,7 @@ impl Scheduler {
             } else {
                 format!("agent {name} restarted and no longer runs this job")
             };
-            self.lost(job_id, why)?;
+            self.lost(job_id, why).await?;
         }
         // Jobs it holds that are not its own here: a job still queued was
         // assigned just before a crash lost the record of it, so adopt it;
@@ -117,7 +118,7 @@ impl Scheduler {
                     && !matches!(job.approval, Approval::Waiting { .. })
             });
             if adoptable {
-                self.adopt(stray, &sender)?;
+                self.adopt(stray, &sender).await?;
                 kept.insert(stray);
             } else {
                 outbox.cancel(stray);
@@ -132,7 +133,7 @@ impl Scheduler {
                 } else {
                     job.reason = format!("running on agent {name}");
                 }
-                self.store.put_job(job)?;
+                self.store.write_job(job).await?;
             }
         }
         self.fleet.lost_since.remove(&name);
@@ -150,13 +151,13 @@ impl Scheduler {
                 certificate: sender.certificate,
             },
         );
-        self.place_queued()?;
+        self.place_queued().await?;
         Ok(id)
     }
 
     /// Takes queued job `id`, which `sender` already runs, as placed on it.
-    fn adopt(&mut self, id: JobId, sender: &Sender) -> Result<(), Error> {
-        let ran_before = self.fix_roll(id, &sender.agent)?;
+    async fn adopt(&mut self, id: JobId, sender: &Sender) -> Result<(), Error> {
+        let ran_before = self.fix_roll(id, &sender.agent).await?;
         let mut job = self.live.remove(&id).expect("checked adoptable");
         let life = machine::advance(&job.life, Event::Placed { ran_before })
             .map(|(life, _)| life)
@@ -164,7 +165,7 @@ impl Scheduler {
         job.live(life, format!("assigned to agent {}", sender.agent));
         // It runs there already: only the record of it is made again.
         self.hold(&mut job, 0, sender.certificate.clone());
-        self.store.put_job(&job)?;
+        self.store.write_job(&job).await?;
         self.fleet.queued.remove(&id);
         self.live.insert(id, job);
         info!(job = %id, agent = %sender.agent, "running job adopted");
@@ -173,8 +174,11 @@ impl Scheduler {
 
     /// The server working on `id` is lost to it (its agent restarted
     /// without it, or was away past its lease): its part failed.
-    fn lost(&mut self, id: JobId, why: String) -> Result<(), Error> {
-        match self.advance(id, Event::ServerFailed(Outcome::Failed), why, None) {
+    async fn lost(&mut self, id: JobId, why: String) -> Result<(), Error> {
+        match self
+            .advance(id, Event::ServerFailed(Outcome::Failed), why, None)
+            .await
+        {
             Err(Error::Store(e)) => Err(Error::Store(e)),
             Err(e) => {
                 warn!(job = %id, error = %e, "lost job not failed");
@@ -186,7 +190,7 @@ impl Scheduler {
     }
 
     /// The agent's stream closed; its jobs get a lease to come back.
-    pub(super) fn detach(&mut self, agent: &AgentName, session: u64) -> Result<(), Error> {
+    pub(super) async fn detach(&mut self, agent: &AgentName, session: u64) -> Result<(), Error> {
         if self.session(agent, session).is_none() {
             return Ok(());
         }
@@ -194,13 +198,13 @@ impl Scheduler {
         self.tails.server_gone(agent);
         gone.closed.cancel();
         gone.record.last_seen_ms = now_ms() - gone.last_seen.elapsed().as_millis() as i64;
-        self.store.put_agent(&gone.record)?;
+        self.store.write_agent(&gone.record).await?;
         let lease = self.config.agent_lease_secs;
         for job_id in self.fleet.jobs_of(agent) {
             if let Some(job) = self.live.get_mut(&job_id) {
                 job.reason =
                     format!("agent {agent} disconnected; waiting up to {lease}s for it to return");
-                self.store.put_job(job)?;
+                self.store.write_job(job).await?;
             }
         }
         // The lease runs from the last sign of life, not from when the stream broke.
@@ -211,7 +215,7 @@ impl Scheduler {
 
     /// Fails the jobs of agents gone longer than their lease, and drops
     /// streams that went silent. Runs once a second.
-    pub(super) fn sweep(&mut self) -> Result<(), Error> {
+    pub(super) async fn sweep(&mut self) -> Result<(), Error> {
         let lease = Duration::from_secs(self.config.agent_lease_secs);
         let silent: Vec<(AgentName, u64)> = self
             .fleet
@@ -222,7 +226,7 @@ impl Scheduler {
             .collect();
         for (agent, session) in silent {
             warn!(agent = %agent, "no heartbeat within the lease; dropping its stream");
-            self.detach(&agent, session)?;
+            self.detach(&agent, session).await?;
         }
         let expired: Vec<AgentName> = self
             .fleet
@@ -237,36 +241,36 @@ impl Scheduler {
                     "agent lost: {agent} was unreachable for more than {}s",
                     lease.as_secs()
                 );
-                self.lost(job, why)?;
+                self.lost(job, why).await?;
             }
             self.fleet.lost_since.remove(&agent);
         }
-        self.place_queued()
+        self.place_queued().await
     }
 
     /// Revokes every certificate of agent `name` and closes its stream.
-    pub(super) fn revoke(&mut self, name: &AgentName) -> Result<Vec<IssuedCert>, Error> {
-        if self.store.certs_of(name)?.is_empty() {
+    pub(super) async fn revoke(&mut self, name: &AgentName) -> Result<Vec<IssuedCert>, Error> {
+        if self.store.certs_of(name).await?.is_empty() {
             return Err(Error::UnknownAgent(format!(
                 "agent {name} holds no certificate issued by this coordinator"
             )));
         }
-        let revoked = self.store.revoke_certs(name, now_ms())?;
+        let revoked = self.store.write_revocation(name, now_ms()).await?;
         if revoked.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "every certificate of agent {name} is revoked already"
             )));
         }
-        self.cut_off(name)?;
+        self.cut_off(name).await?;
         info!(agent = %name, certificates = revoked.len(), "agent revoked");
         Ok(revoked)
     }
 
     /// Closes the stream of agent `name`, whose certificates were revoked
     /// or replaced.
-    pub(super) fn cut_off(&mut self, name: &AgentName) -> Result<(), Error> {
+    pub(super) async fn cut_off(&mut self, name: &AgentName) -> Result<(), Error> {
         match self.fleet.sessions.get(name).map(|s| s.id) {
-            Some(session) => self.detach(name, session),
+            Some(session) => self.detach(name, session).await,
             None => Ok(()),
         }
     }

@@ -4,7 +4,7 @@
 //! job); and placement of queued jobs.
 
 use gantry_shared::{messages::Finished, AgentName, JobId, JobState};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{spec::StepKind, Scheduler};
 use crate::{
@@ -22,7 +22,7 @@ impl Scheduler {
     /// event carried (`why`, for people; `done`, a server's report), takes
     /// on the machine's next state, carries out its effects, and stores
     /// the job. Refused, changing nothing, when the machine refuses.
-    pub(super) fn advance(
+    pub(super) async fn advance(
         &mut self,
         id: JobId,
         event: Event,
@@ -40,7 +40,8 @@ impl Scheduler {
         ) {
             self.fleet.release(id);
         }
-        self.record(&mut job, &before, &life, &event, &why, done);
+        self.record(&mut job, &before, &life, &event, &why, done)
+            .await?;
         let mut reason = why;
         if life.phase == Phase::Queued && !before.servers.is_empty() {
             // Its first server never got it: placed again later.
@@ -59,7 +60,7 @@ impl Scheduler {
                         Effect::Deploy { .. } => StepKind::Deploy,
                         _ => StepKind::PutBack,
                     };
-                    if self.send_step(&mut job, at, kind)? {
+                    if self.send_step(&mut job, at, kind).await? {
                         job.reason = step_reason(&job, at, kind);
                     } else {
                         let agent = &job.roll[at].agent;
@@ -89,7 +90,7 @@ impl Scheduler {
                         }
                     }
                 }
-                Effect::Release => self.release(&job)?,
+                Effect::Release => self.release(&job).await?,
                 Effect::Close => closed = true,
             }
         }
@@ -97,7 +98,7 @@ impl Scheduler {
             job.reason = end_reason(&job);
             info!(job = %id, app = %job.app, env = %job.env, state = job.state.as_str(), reason = %job.reason, "job ended");
         }
-        self.store.put_job(&job)?;
+        self.store.write_job(&job).await?;
         match job.life.phase {
             Phase::Queued | Phase::AwaitingApproval => self.fleet.queued.insert(id),
             _ => self.fleet.queued.remove(&id),
@@ -109,22 +110,23 @@ impl Scheduler {
             self.live.insert(id, job);
         }
         match then {
-            Some((event, why)) => self.advance(id, event, why, None),
+            // The follow-up of a failed act: the same way through the machine.
+            Some((event, why)) => Box::pin(self.advance(id, event, why, None)).await,
             None => Ok(()),
         }
     }
 
     /// Keeps what `event` carried in `job`'s record, and notes for people
     /// what happened to each server whose place in the roll changed.
-    fn record(
-        &self,
+    async fn record(
+        &mut self,
         job: &mut JobRecord,
         before: &machine::Job,
         after: &machine::Job,
         event: &Event,
         why: &str,
         done: Option<Finished>,
-    ) {
+    ) -> Result<(), Error> {
         if let (Event::ServerDone, Some(done)) = (event, done) {
             match before.phase {
                 Phase::Rolling { at, .. } => {
@@ -140,7 +142,7 @@ impl Scheduler {
                     }
                     job.container = done.container;
                 }
-                Phase::PuttingBack { at, .. } => self.update_current_server(job, at, &done),
+                Phase::PuttingBack { at, .. } => self.update_current_server(job, at, &done).await?,
                 _ => {}
             }
         }
@@ -165,7 +167,7 @@ impl Scheduler {
                     Event::ServerFailed(Outcome::Cancelled) => "cancelled".to_owned(),
                     _ => "failed".to_owned(),
                 },
-                Server::PutBack => match self.release_before(job) {
+                Server::PutBack => match self.release_before(job).await? {
                     Some(n) => format!("put back on release {n}"),
                     None => "put back on the release before".to_owned(),
                 },
@@ -178,37 +180,38 @@ impl Scheduler {
             };
             job.roll[at].put_back = Some(note);
         }
+        Ok(())
     }
 
     /// The number of the release `job` would replace (not released, so
     /// the newest there is).
-    fn release_before(&self, job: &JobRecord) -> Option<u64> {
-        match self.store.current_release(&job.app, &job.env) {
-            Ok(current) => current.map(|r| r.number),
-            Err(e) => {
-                warn!(job = %job.id, error = %e, "cannot read the release before");
-                None
-            }
-        }
+    async fn release_before(&mut self, job: &JobRecord) -> Result<Option<u64>, Error> {
+        let current = self.store.current_release(&job.app, &job.env).await?;
+        Ok(current.map(|r| r.number))
     }
 
     /// Records the release a succeeded job became: every switched server.
-    fn release(&self, job: &JobRecord) -> Result<(), Error> {
+    async fn release(&mut self, job: &JobRecord) -> Result<(), Error> {
         let Some(number) = job.release else {
             return Ok(());
         };
         let servers = job.roll.iter().filter_map(|s| s.switched.clone()).collect();
-        self.store
-            .put_release(&ReleaseRecord::from_job(job, number, servers))?;
+        let release = ReleaseRecord::from_job(job, number, servers);
+        self.store.write_release(&release).await?;
         info!(job = %job.id, app = %job.app, env = %job.env, release = number, "released");
         Ok(())
     }
 
     /// A put-back on server `at` ran a new container: the current release
     /// now runs there.
-    fn update_current_server(&self, job: &JobRecord, at: usize, done: &Finished) {
-        let Ok(Some(mut current)) = self.store.current_release(&job.app, &job.env) else {
-            return;
+    async fn update_current_server(
+        &mut self,
+        job: &JobRecord,
+        at: usize,
+        done: &Finished,
+    ) -> Result<(), Error> {
+        let Some(mut current) = self.store.current_release(&job.app, &job.env).await? else {
+            return Ok(());
         };
         let agent = &job.roll[at].agent;
         for server in current.servers.iter_mut().filter(|s| &s.agent == agent) {
@@ -216,14 +219,13 @@ impl Scheduler {
             server.url = done.url.clone();
             server.image = done.image.clone();
         }
-        if let Err(e) = self.store.put_release(&current) {
-            warn!(job = %job.id, error = %e, "cannot store where the current release runs");
-        }
+        self.store.write_release(&current).await?;
+        Ok(())
     }
 
     /// Places every queued job that can run now, and records why the
     /// others wait.
-    pub(super) fn place_queued(&mut self) -> Result<(), Error> {
+    pub(super) async fn place_queued(&mut self) -> Result<(), Error> {
         for id in self.queued() {
             let Some(job) = self.live.get(&id) else {
                 continue;
@@ -236,19 +238,20 @@ impl Scheduler {
                     if job.reason != reason {
                         let job = self.live.get_mut(&id).expect("looked up above");
                         job.reason = reason;
-                        self.store.put_job(job)?;
+                        self.store.write_job(job).await?;
                     }
                 }
-                Decision::Assign(agent) => self.place(id, &agent)?,
+                Decision::Assign(agent) => self.place(id, &agent).await?,
             }
         }
         Ok(())
     }
 
     /// Places queued job `id` with `first` as the first server of its roll.
-    fn place(&mut self, id: JobId, first: &AgentName) -> Result<(), Error> {
-        let ran_before = self.fix_roll(id, first)?;
-        self.advance(id, Event::Placed { ran_before }, String::new(), None)?;
+    async fn place(&mut self, id: JobId, first: &AgentName) -> Result<(), Error> {
+        let ran_before = self.fix_roll(id, first).await?;
+        self.advance(id, Event::Placed { ran_before }, String::new(), None)
+            .await?;
         if let Some(job) = self.live.get(&id).filter(|j| j.state == JobState::Assigned) {
             info!(job = %id, app = %job.app, env = %job.env, agent = %first, servers = job.roll.len(), "job assigned");
         }
@@ -258,9 +261,13 @@ impl Scheduler {
     /// Fixes queued job `id`'s release number and roll order (`first`, then
     /// the other connected agents of its environment by name); returns for
     /// each server whether it ran the release before.
-    pub(super) fn fix_roll(&mut self, id: JobId, first: &AgentName) -> Result<Vec<bool>, Error> {
+    pub(super) async fn fix_roll(
+        &mut self,
+        id: JobId,
+        first: &AgentName,
+    ) -> Result<Vec<bool>, Error> {
         let job = self.live.get(&id).ok_or(Error::UnknownJob(id))?;
-        let releases = self.store.releases(&job.app, &job.env)?;
+        let releases = self.store.releases(&job.app, &job.env, None).await?;
         let mut others: Vec<AgentName> = self
             .fleet
             .sessions
@@ -290,12 +297,12 @@ impl Scheduler {
         Ok(ran_before)
     }
 
-    /// A job that has not ended, or why `action` cannot be done to it.
-    pub(super) fn live_job(&self, id: JobId, action: &str) -> Result<&JobRecord, Error> {
-        if let Some(job) = self.live.get(&id) {
-            return Ok(job);
+    /// Whether job `id` has not ended, or why `action` cannot be done to it.
+    pub(super) async fn live_job(&mut self, id: JobId, action: &str) -> Result<(), Error> {
+        if self.live.contains_key(&id) {
+            return Ok(());
         }
-        let job = self.job(id)?;
+        let job = self.job(id).await?;
         Err(Error::FailedPrecondition(format!(
             "job {id} already ended ({}); {action}",
             job.state.as_str()
@@ -303,10 +310,10 @@ impl Scheduler {
     }
 
     /// One job, as stored.
-    pub(super) fn job(&self, id: JobId) -> Result<JobRecord, Error> {
+    pub(super) async fn job(&mut self, id: JobId) -> Result<JobRecord, Error> {
         match self.live.get(&id) {
             Some(job) => Ok(job.clone()),
-            None => self.store.job(id)?.ok_or(Error::UnknownJob(id)),
+            None => self.store.job(id).await?.ok_or(Error::UnknownJob(id)),
         }
     }
 

@@ -5,10 +5,13 @@
 //! through the job machine ([`crate::job::machine::advance`]) here, in
 //! [`jobs`].
 //!
-//! The scheduler writes each change to the store before it answers. A
-//! store error stops it: its memory may then be ahead of the disk, and it
-//! does not run on a state the disk does not hold. The process exits
-//! (see `crate::serve`) and a restart reads the durable state back.
+//! The scheduler writes each change to the store as it makes it, and
+//! answers a command once what the command wrote is durable; it goes on
+//! with the next command meanwhile (see [`crate::store`] on why). What it
+//! sends agents goes at once. A store error stops it: its memory may then
+//! be ahead of the disk, and it does not run on a state the disk does not
+//! hold. The process exits (see `crate::serve`) and a restart reads the
+//! durable state back.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -16,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::{future::BoxFuture, stream::FuturesUnordered, StreamExt};
 use gantry_shared::{config::CoordinatorConfig, AgentName, EnvName, JobId, JobState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +29,7 @@ mod agents;
 mod jobs;
 mod requests;
 mod spec;
+mod writes;
 
 pub use agents::Attach;
 pub use requests::Report;
@@ -35,7 +40,7 @@ use crate::{
     fleet::{Fleet, Outbox, Placement, Sender},
     hub::LogHub,
     job::JobRecord,
-    store::{IssuedCert, Store},
+    store::{IssuedCert, JobQuery, SharedStore, StoreError},
     tail::Tails,
 };
 
@@ -136,21 +141,42 @@ impl Runner {
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), Stopped> {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let scheduler = &mut self.scheduler;
         loop {
-            let outcome = tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                command = self.inbox.recv() => match command {
-                    Some(command) => self.scheduler.handle(command),
-                    None => return Ok(()),
-                },
-                _ = tick.tick() => self.scheduler.sweep(),
+            let turn = tokio::select! {
+                _ = stop.cancelled() => None,
+                Some(synced) = scheduler.waiting.next(), if !scheduler.waiting.is_empty() => {
+                    Some(Turn::Synced(synced))
+                }
+                command = self.inbox.recv() => command.map(Turn::Command),
+                _ = tick.tick() => Some(Turn::Sweep),
             };
-            if let Err(e) = outcome {
-                error!(error = %e, "cannot store the scheduler's state; stopping");
-                return Err(Stopped(e.to_string()));
-            }
+            let outcome = match turn {
+                Some(Turn::Command(command)) => scheduler.handle(command).await,
+                Some(Turn::Sweep) => scheduler.sweep().await,
+                Some(Turn::Synced(synced)) => synced.map_err(Error::Store),
+                // Answers still waiting for the disk are given first.
+                None => return scheduler.synced().await.map_err(stopping),
+            };
+            scheduler.settle();
+            outcome.map_err(stopping)?;
         }
     }
+}
+
+/// What the scheduler does next.
+enum Turn {
+    /// Handle a command.
+    Command(Command),
+    /// Look for lost agents.
+    Sweep,
+    /// Writes became durable (or failed to), and their answers went out.
+    Synced(Result<(), StoreError>),
+}
+
+fn stopping(e: impl std::fmt::Display) -> Stopped {
+    error!(error = %e, "cannot store the scheduler's state; stopping");
+    Stopped(e.to_string())
 }
 
 /// Why the scheduler stopped.
@@ -161,7 +187,10 @@ pub struct Stopped(String);
 /// The scheduler's state: it alone reads and writes it.
 pub struct Scheduler {
     config: Arc<CoordinatorConfig>,
-    store: Store,
+    /// The store, and what was written since the last answer.
+    store: writes::Writes,
+    /// Answers waiting for their writes to be durable.
+    waiting: FuturesUnordered<BoxFuture<'static, Result<(), StoreError>>>,
     hub: LogHub,
     tails: Arc<Tails>,
     fleet: Fleet,
@@ -173,20 +202,21 @@ pub struct Scheduler {
 impl Scheduler {
     /// Reads back the jobs that had not ended. Active ones wait for their
     /// agent to reconnect, within its lease.
-    pub fn new(
+    pub async fn new(
         config: Arc<CoordinatorConfig>,
-        store: Store,
+        store: SharedStore,
         hub: LogHub,
         tails: Arc<Tails>,
     ) -> Result<Self, Error> {
         let mut fleet = Fleet::default();
         let mut live = HashMap::new();
         let now = Instant::now();
-        for job in store.jobs() {
-            let mut job = job?;
-            if job.state.is_terminal() {
-                continue;
-            }
+        let mut store = writes::Writes::new(store);
+        let unended = JobQuery {
+            unended: true,
+            ..JobQuery::default()
+        };
+        for mut job in store.jobs(&unended).await? {
             if job.state == JobState::Queued {
                 fleet.queued.insert(job.id);
             } else {
@@ -195,12 +225,15 @@ impl Scheduler {
                     "the coordinator restarted; waiting up to {}s for agent {agent} to reconnect",
                     config.agent_lease_secs
                 );
-                store.put_job(&job)?;
+                store.write_job(&job).await?;
                 fleet.lost_since.insert(agent.clone(), now);
                 let placement = Placement::of(&job, agent, job.certificate.clone());
                 fleet.active.insert(job.id, placement);
             }
             live.insert(job.id, job);
+        }
+        if let Some(written) = store.take() {
+            written.await?;
         }
         info!(
             queued = fleet.queued.len(),
@@ -210,6 +243,7 @@ impl Scheduler {
         Ok(Self {
             config,
             store,
+            waiting: FuturesUnordered::new(),
             hub,
             tails,
             fleet,
@@ -231,18 +265,30 @@ impl Scheduler {
 
     /// Handles one command; only a store error is returned (the caller's
     /// own errors are answered to it).
-    fn handle(&mut self, command: Command) -> Result<(), Error> {
+    async fn handle(&mut self, command: Command) -> Result<(), Error> {
         match command {
-            Command::Enqueue(job, reply) => answer(reply, self.enqueue(*job)),
-            Command::Cancel(id, reply) => answer(reply, self.cancel(id)),
+            Command::Enqueue(job, reply) => {
+                let queued = self.enqueue(*job).await;
+                self.answer(reply, queued)
+            }
+            Command::Cancel(id, reply) => {
+                let cancelled = self.cancel(id).await;
+                self.answer(reply, cancelled)
+            }
             Command::Decide {
                 id,
                 who,
                 approve,
                 comment,
                 reply,
-            } => answer(reply, self.decide(id, &who, approve, comment)),
-            Command::Attach(attach, reply) => answer(reply, self.attach(*attach)),
+            } => {
+                let decided = self.decide(id, &who, approve, comment).await;
+                self.answer(reply, decided)
+            }
+            Command::Attach(attach, reply) => {
+                let attached = self.attach(*attach).await;
+                self.answer(reply, attached)
+            }
             Command::Touch(agent, session) => {
                 if let Some(s) = self.session(&agent, session) {
                     s.last_seen = Instant::now();
@@ -256,12 +302,16 @@ impl Scheduler {
                 }
                 Ok(())
             }
-            Command::Detach(agent, session) => self.detach(&agent, session),
+            Command::Detach(agent, session) => self.detach(&agent, session).await,
             Command::Report(sender, id, report, reply) => {
-                answer(reply, self.report(&sender, id, report))
+                let applied = self.report(&sender, id, report).await;
+                self.answer(reply, applied)
             }
-            Command::Revoke(name, reply) => answer(reply, self.revoke(&name)),
-            Command::CutOff(name) => self.cut_off(&name),
+            Command::Revoke(name, reply) => {
+                let revoked = self.revoke(&name).await;
+                self.answer(reply, revoked)
+            }
+            Command::CutOff(name) => self.cut_off(&name).await,
             Command::Connected(reply) => {
                 let connected = self
                     .fleet
@@ -299,19 +349,47 @@ impl Scheduler {
     }
 }
 
-/// Sends `result` to its asker; a store error is also returned, to stop
-/// the scheduler.
-fn answer<T>(reply: Reply<T>, result: Result<T, Error>) -> Result<(), Error> {
-    match result {
-        Err(Error::Store(e)) => {
+impl Scheduler {
+    /// Sends `result` to its asker once what the command wrote is
+    /// durable; a store error is also returned, to stop the scheduler.
+    fn answer<T: Send + 'static>(
+        &mut self,
+        reply: Reply<T>,
+        result: Result<T, Error>,
+    ) -> Result<(), Error> {
+        if let Err(Error::Store(e)) = result {
             let message = e.to_string();
             let _ = reply.send(Err(Error::Store(e)));
-            Err(Error::Unavailable(message))
+            return Err(Error::Unavailable(message));
         }
-        result => {
-            let _ = reply.send(result);
-            Ok(())
+        match self.store.take() {
+            None => {
+                let _ = reply.send(result);
+            }
+            Some(written) => self.waiting.push(Box::pin(async move {
+                written.await?;
+                let _ = reply.send(result);
+                Ok(())
+            })),
         }
+        Ok(())
+    }
+
+    /// Watches what a command that answers nobody (or the sweep) wrote, so
+    /// that a failed commit stops the scheduler too.
+    fn settle(&mut self) {
+        if let Some(written) = self.store.take() {
+            self.waiting.push(Box::pin(written));
+        }
+    }
+
+    /// Waits until every answer waiting for the disk has gone out.
+    async fn synced(&mut self) -> Result<(), StoreError> {
+        self.settle();
+        while let Some(synced) = self.waiting.next().await {
+            synced?;
+        }
+        Ok(())
     }
 }
 

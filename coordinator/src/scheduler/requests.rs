@@ -27,7 +27,7 @@ pub enum Report {
 impl Scheduler {
     /// Stores a new job, supersedes the older queued requests of its
     /// (app, env), and places what can run.
-    pub(super) fn enqueue(&mut self, mut job: JobRecord) -> Result<JobRecord, Error> {
+    pub(super) async fn enqueue(&mut self, mut job: JobRecord) -> Result<JobRecord, Error> {
         if let Some(env) = self
             .config
             .environment(&job.env)
@@ -44,7 +44,7 @@ impl Scheduler {
                 job.id
             );
         }
-        self.store.put_job(&job)?;
+        self.store.write_job(&job).await?;
         info!(
             job = %job.id, app = %job.app, env = %job.env, branches = %job.branch_label(),
             commit = %job.commit, by = %job.requested_by, "job queued"
@@ -70,29 +70,31 @@ impl Scheduler {
             if let Some(o) = self.live.get_mut(&older) {
                 o.superseded_by = Some(id);
             }
-            self.advance(older, Event::Superseded, reason.clone(), None)?;
+            self.advance(older, Event::Superseded, reason.clone(), None)
+                .await?;
             info!(job = %older, by = %id, "job superseded");
         }
-        self.place_queued()?;
-        self.job(id)
+        self.place_queued().await?;
+        self.job(id).await
     }
 
     /// Cancels a job: at once if it waits, through its agent if it runs.
-    pub(super) fn cancel(&mut self, id: JobId) -> Result<JobRecord, Error> {
-        self.live_job(id, "nothing to cancel")?;
+    pub(super) async fn cancel(&mut self, id: JobId) -> Result<JobRecord, Error> {
+        self.live_job(id, "nothing to cancel").await?;
         self.advance(
             id,
             Event::CancelRequested,
             "cancelled by operator before it started".into(),
             None,
-        )?;
+        )
+        .await?;
         info!(job = %id, "cancel requested");
-        self.place_queued()?;
-        self.job(id)
+        self.place_queued().await?;
+        self.job(id).await
     }
 
     /// Approves or rejects job `id` as `who`.
-    pub(super) fn decide(
+    pub(super) async fn decide(
         &mut self,
         id: JobId,
         who: &Principal,
@@ -100,7 +102,7 @@ impl Scheduler {
         comment: String,
     ) -> Result<JobRecord, Error> {
         let Some(job) = self.live.get(&id) else {
-            let job = self.job(id)?;
+            let job = self.job(id).await?;
             return Err(Error::FailedPrecondition(format!(
                 "job {id} is {} already; only a queued deploy can be approved or rejected",
                 job.state.as_str()
@@ -149,15 +151,15 @@ impl Scheduler {
         if let Some(job) = self.live.get_mut(&id) {
             job.approval = approval;
         }
-        self.advance(id, event, why, None)?;
+        self.advance(id, event, why, None).await?;
         info!(job = %id, by = %who.name, approve, "approval decided");
-        self.place_queued()?;
-        self.job(id)
+        self.place_queued().await?;
+        self.job(id).await
     }
 
     /// Applies what `sender` reported of job `id`. A report of a job the
     /// sender does not hold changes nothing.
-    pub(super) fn report(
+    pub(super) async fn report(
         &mut self,
         sender: &Sender,
         id: JobId,
@@ -169,7 +171,7 @@ impl Scheduler {
             .get(&id)
             .is_some_and(|p| p.held_by(sender));
         if !holds {
-            let ran_it = self.store.job(id)?.is_some_and(|j| {
+            let ran_it = self.store.job(id).await?.is_some_and(|j| {
                 j.agent
                     .as_ref()
                     .is_some_and(|a| sender.is(a, &j.env, j.certificate.as_deref()))
@@ -188,7 +190,7 @@ impl Scheduler {
         match report {
             Report::Stage(stage) => {
                 let why = format!("{} on agent {}", stage.as_str(), sender.agent);
-                self.advance(id, Event::Stage(stage), why, None)
+                self.advance(id, Event::Stage(stage), why, None).await
             }
             Report::Finished(done) => {
                 let event = match done.state {
@@ -203,8 +205,8 @@ impl Scheduler {
                     }
                 };
                 let why = done.summary.clone();
-                self.advance(id, event, why, Some(done))?;
-                self.place_queued()
+                self.advance(id, event, why, Some(done)).await?;
+                self.place_queued().await
             }
         }
     }

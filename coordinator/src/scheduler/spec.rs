@@ -28,18 +28,18 @@ pub enum StepKind {
 impl Scheduler {
     /// Sends server `at` of `job` its part; false if it cannot be sent (not
     /// connected, its queue is full, or nothing to put back).
-    pub(super) fn send_step(
+    pub(super) async fn send_step(
         &mut self,
         job: &mut JobRecord,
         at: usize,
         kind: StepKind,
     ) -> Result<bool, Error> {
         let agent = job.roll[at].agent.clone();
-        let releases = self.store.releases(&job.app, &job.env)?;
+        let releases = self.store.releases(&job.app, &job.env, None).await?;
         let Some(mut assignment) = self.assignment(job, &releases) else {
             return Ok(false);
         };
-        assignment.first_seq = self.store.last_seq(job.id)? + 1;
+        assignment.first_seq = self.store.last_seq(job.id).await? + 1;
         if let (StepKind::Deploy, Some(to)) = (kind, job.kind.rollback_to()) {
             if let Some(target) = releases.iter().find(|r| r.number == to) {
                 assignment.image = Some(target.image_on(&agent).to_owned());

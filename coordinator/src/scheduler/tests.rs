@@ -37,16 +37,17 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-fn fixture() -> Fixture {
+async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = CoordinatorConfig::parse(std::path::Path::new("test.toml"), CONFIG).unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store: SharedStore = Arc::new(crate::store::sled::SledStore::open(dir.path()).unwrap());
     let scheduler = Scheduler::new(
         Arc::new(config),
         store,
         LogHub::default(),
         Arc::new(Tails::default()),
     )
+    .await
     .unwrap();
     Fixture {
         scheduler,
@@ -63,7 +64,7 @@ fn sender(name: &str) -> Sender {
 }
 
 impl Fixture {
-    fn attach(&mut self, name: &str) -> OutStream {
+    async fn attach(&mut self, name: &str) -> OutStream {
         let (outbox, stream) = Outbox::new();
         let record = AgentRecord {
             name: AgentName::new(name).unwrap(),
@@ -81,12 +82,13 @@ impl Fixture {
                 closed: Default::default(),
                 certificate: None,
             })
+            .await
             .unwrap();
         stream
     }
 
-    fn deploy(&mut self, commit: &str) -> JobId {
-        let id = self.scheduler.store.next_job_id().unwrap();
+    async fn deploy(&mut self, commit: &str) -> JobId {
+        let id = self.scheduler.store.next_job_id().await.unwrap();
         let job = JobRecord::queued(
             id,
             AppName::new("shop").unwrap(),
@@ -98,11 +100,11 @@ impl Fixture {
             "ann".into(),
             0,
         );
-        self.scheduler.enqueue(job).unwrap();
+        self.scheduler.enqueue(job).await.unwrap();
         id
     }
 
-    fn finish(&mut self, agent: &str, id: JobId, state: JobState) {
+    async fn finish(&mut self, agent: &str, id: JobId, state: JobState) {
         let done = Finished {
             state,
             summary: format!("{} on {agent}", state.as_str()),
@@ -112,11 +114,12 @@ impl Fixture {
         };
         self.scheduler
             .report(&sender(agent), id, Report::Finished(done))
+            .await
             .unwrap();
     }
 
-    fn job(&self, id: JobId) -> JobRecord {
-        self.scheduler.job(id).unwrap()
+    async fn job(&mut self, id: JobId) -> JobRecord {
+        self.scheduler.job(id).await.unwrap()
     }
 }
 
@@ -129,38 +132,39 @@ fn assigned(stream: &mut OutStream) -> Option<Assignment> {
     }
 }
 
-#[test]
-fn a_roll_goes_server_by_server_and_a_failure_puts_the_switched_back() {
-    let mut f = fixture();
-    let (mut one, mut two) = (f.attach("prod-1"), f.attach("prod-2"));
+#[tokio::test]
+async fn a_roll_goes_server_by_server_and_a_failure_puts_the_switched_back() {
+    let mut f = fixture().await;
+    let (mut one, mut two) = (f.attach("prod-1").await, f.attach("prod-2").await);
 
-    let first = f.deploy("c1");
+    let first = f.deploy("c1").await;
     let spec = assigned(&mut one).expect("prod-1 is sent the deploy first");
     assert_eq!((spec.job, spec.release, spec.put_back), (first, 1, false));
     assert!(assigned(&mut two).is_none(), "one server at a time");
-    f.finish("prod-1", first, JobState::Succeeded);
+    f.finish("prod-1", first, JobState::Succeeded).await;
     assert_eq!(
-        f.job(first).reason,
+        f.job(first).await.reason,
         "1 of 2 servers switched; deploying to prod-2"
     );
     assigned(&mut two).expect("then prod-2");
-    f.finish("prod-2", first, JobState::Succeeded);
-    let done = f.job(first);
+    f.finish("prod-2", first, JobState::Succeeded).await;
+    let done = f.job(first).await;
     assert_eq!(done.state, JobState::Succeeded);
     let release = f
         .scheduler
         .store
         .current_release(&done.app, &done.env)
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(release.number, 1);
     assert_eq!(release.servers.len(), 2);
 
-    let second = f.deploy("c2");
+    let second = f.deploy("c2").await;
     assigned(&mut one).expect("prod-1 first again");
-    f.finish("prod-1", second, JobState::Succeeded);
+    f.finish("prod-1", second, JobState::Succeeded).await;
     assigned(&mut two).expect("then prod-2");
-    f.finish("prod-2", second, JobState::Failed);
+    f.finish("prod-2", second, JobState::Failed).await;
     let back = assigned(&mut one).expect("prod-1 is put back");
     assert!(back.put_back);
     assert_eq!(
@@ -168,12 +172,12 @@ fn a_roll_goes_server_by_server_and_a_failure_puts_the_switched_back() {
         (1, Some("shop:prod-1-1"))
     );
     assert_eq!(
-        f.job(second).reason,
+        f.job(second).await.reason,
         "putting prod-1 back on the release before"
     );
-    f.finish("prod-1", second, JobState::Succeeded);
+    f.finish("prod-1", second, JobState::Succeeded).await;
 
-    let failed = f.job(second);
+    let failed = f.job(second).await;
     assert_eq!(failed.state, JobState::Failed);
     assert_eq!(
         failed.reason,
@@ -183,6 +187,7 @@ fn a_roll_goes_server_by_server_and_a_failure_puts_the_switched_back() {
         .scheduler
         .store
         .current_release(&failed.app, &failed.env)
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(current.number, 1, "a stopped roll is no release");
@@ -192,16 +197,16 @@ fn a_roll_goes_server_by_server_and_a_failure_puts_the_switched_back() {
     );
 }
 
-#[test]
-fn what_the_machine_refuses_is_answered_and_changes_nothing() {
-    let mut f = fixture();
-    let mut one = f.attach("prod-1");
-    let id = f.deploy("c1");
+#[tokio::test]
+async fn what_the_machine_refuses_is_answered_and_changes_nothing() {
+    let mut f = fixture().await;
+    let mut one = f.attach("prod-1").await;
+    let id = f.deploy("c1").await;
     assigned(&mut one).unwrap();
-    f.finish("prod-1", id, JobState::Succeeded);
-    let ended = f.job(id);
+    f.finish("prod-1", id, JobState::Succeeded).await;
+    let ended = f.job(id).await;
 
-    let again = f.scheduler.cancel(id).unwrap_err();
+    let again = f.scheduler.cancel(id).await.unwrap_err();
     assert!(matches!(again, Error::FailedPrecondition(_)), "{again}");
     assert_eq!(
         again.to_string(),
@@ -214,6 +219,7 @@ fn what_the_machine_refuses_is_answered_and_changes_nothing() {
             id,
             Report::Stage(gantry_shared::Stage::Build),
         )
+        .await
         .unwrap_err();
     assert!(late.to_string().contains("no longer held"), "{late}");
     let stranger = f
@@ -223,18 +229,19 @@ fn what_the_machine_refuses_is_answered_and_changes_nothing() {
             id,
             Report::Stage(gantry_shared::Stage::Build),
         )
+        .await
         .unwrap_err();
     assert!(matches!(stranger, Error::NotHolder(_)), "{stranger}");
-    assert_eq!(f.job(id), ended);
+    assert_eq!(f.job(id).await, ended);
 }
 
-#[test]
-fn a_job_whose_first_server_cannot_take_it_waits_in_the_queue() {
-    let mut f = fixture();
-    let one = f.attach("prod-1");
+#[tokio::test]
+async fn a_job_whose_first_server_cannot_take_it_waits_in_the_queue() {
+    let mut f = fixture().await;
+    let one = f.attach("prod-1").await;
     drop(one); // the stream is gone, so nothing can be sent
-    let id = f.deploy("c1");
-    let job = f.job(id);
+    let id = f.deploy("c1").await;
+    let job = f.job(id).await;
     assert_eq!(job.state, JobState::Queued, "{}", job.reason);
     assert!(job.roll.is_empty() && job.release.is_none() && job.agent.is_none());
 }

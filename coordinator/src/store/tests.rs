@@ -1,6 +1,14 @@
-//! The sled store: logs stored once and read back in order, ids across reopen.
+//! What every store promises, checked on sled: logs stored once and read
+//! back in order, ids across reopen, the audit trail's pages, jobs asked
+//! for, and durability (a write survives its store, and a closed store
+//! refuses writes).
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use gantry_shared::{AppName, EnvName, JobId};
+
+use super::{sled::SledStore, *};
+use crate::job::JobKind;
 
 fn line(seq: u64, text: &str) -> LogLine {
     LogLine {
@@ -12,100 +20,205 @@ fn line(seq: u64, text: &str) -> LogLine {
     }
 }
 
-#[test]
-fn log_lines_are_stored_once_and_read_back_in_order() {
+fn batch(seqs: std::ops::RangeInclusive<u64>) -> Vec<LogLine> {
+    seqs.map(|s| line(s, &format!("line {s}"))).collect()
+}
+
+fn seqs(run: &Run) -> Vec<u64> {
+    run.lines().unwrap().iter().map(|l| l.seq).collect()
+}
+
+/// Opens the sled store in `dir`, waiting while the one before it lets go
+/// of its lock (sled's own thread stops a moment after a drop), as
+/// `serve` does.
+fn open(dir: &std::path::Path) -> SharedStore {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir) {
+            Err(StoreError::Locked(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => return Arc::new(opened.unwrap()),
+        }
+    }
+}
+
+fn job(id: u64, app: &str, env: &str) -> JobRecord {
+    JobRecord::queued(
+        JobId::new(id).unwrap(),
+        AppName::new(app).unwrap(),
+        EnvName::new(env).unwrap(),
+        JobKind::Deploy,
+        Vec::new(),
+        None,
+        "abc".into(),
+        "ann".into(),
+        0,
+    )
+}
+
+/// Appends and waits until it is durable; the new run, if any.
+async fn append(store: &SharedStore, job: JobId, lines: Vec<LogLine>) -> Option<Run> {
+    let (run, durable) = store.append_logs(job, lines).await.unwrap();
+    durable.await.unwrap();
+    run
+}
+
+#[tokio::test]
+async fn log_lines_are_stored_once_and_read_back_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     let job = JobId::new(7).unwrap();
     let other = JobId::new(8).unwrap();
-    let batch = |seqs: std::ops::RangeInclusive<u64>| -> Vec<LogLine> {
-        seqs.map(|s| line(s, &format!("line {s}"))).collect()
-    };
-    assert_eq!(
-        store
-            .append_logs(job, batch(1..=3))
-            .unwrap()
-            .unwrap()
-            .lines_count(),
-        3
-    );
+    let first = append(&store, job, batch(1..=3)).await.unwrap();
+    assert_eq!(first.lines_count(), 3);
     // Resent after a reconnect, overlapping what is stored.
-    let fresh = store.append_logs(job, batch(2..=5)).unwrap().unwrap();
-    let seqs = |run: &Run| {
-        run.lines()
-            .unwrap()
-            .iter()
-            .map(|l| l.seq)
-            .collect::<Vec<_>>()
-    };
+    let fresh = append(&store, job, batch(2..=5)).await.unwrap();
     assert_eq!((fresh.first, fresh.last), (4, 5));
     assert_eq!(seqs(&fresh), [4, 5]);
-    assert!(store.append_logs(job, batch(5..=5)).unwrap().is_none());
-    store.append_logs(other, batch(1..=1)).unwrap();
+    assert!(append(&store, job, batch(5..=5)).await.is_none());
+    append(&store, other, batch(1..=1)).await;
     // A gap is refused and changes nothing.
-    assert!(store.append_logs(job, batch(7..=8)).is_err());
+    let gap = store.append_logs(job, batch(7..=8)).await.err().unwrap();
+    assert!(!gap.is_failure());
+    assert_eq!(
+        gap.to_string(),
+        "lines of job 7 must follow seq 5, but start at 7"
+    );
     // So is a stored seq sent again with other content.
     let reused = vec![line(5, "another line 5"), line(6, "line 6")];
     assert_eq!(
-        store.append_logs(job, reused).unwrap_err().to_string(),
+        store
+            .append_logs(job, reused)
+            .await
+            .err()
+            .unwrap()
+            .to_string(),
         "line 5 of job 7 is stored with other content; the batch is refused \
          (the agent numbered two lines alike)"
     );
-
-    let texts: Vec<_> = store
-        .logs(job, 0, 100)
-        .unwrap()
-        .into_iter()
-        .map(|l| l.text)
-        .collect();
-    assert_eq!(texts, ["line 1", "line 2", "line 3", "line 4", "line 5"]);
-    let from_middle: Vec<u64> = store
-        .logs(job, 2, 100)
-        .unwrap()
-        .iter()
-        .map(|l| l.seq)
-        .collect();
-    assert_eq!(from_middle, [2, 3, 4, 5]);
     // Runs as stored: the first cut to start at `from`, the rest whole.
-    let runs = store.log_runs(job, 2, 100).unwrap();
+    let runs = store.log_runs(job, 2, 100).await.unwrap();
     let bounds: Vec<_> = runs.iter().map(|r| (r.first, r.last)).collect();
     assert_eq!(bounds, [(2, 3), (4, 5)]);
     assert_eq!(seqs(&runs[0]), [2, 3]);
     assert_eq!(seqs(&runs[1]), [4, 5]);
+    let texts: Vec<String> = store
+        .log_runs(job, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.lines().unwrap())
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(texts, ["line 1", "line 2", "line 3", "line 4", "line 5"]);
     // Reading stops once it holds the lines asked for.
-    assert_eq!(store.log_runs(job, 1, 2).unwrap().len(), 1);
-    assert!(store.log_runs(job, 6, 100).unwrap().is_empty());
-    assert_eq!(store.last_seq(job).unwrap(), 5);
-    assert_eq!(store.last_seq(JobId::new(9).unwrap()).unwrap(), 0);
+    assert_eq!(store.log_runs(job, 1, 2).await.unwrap().len(), 1);
+    assert!(store.log_runs(job, 6, 100).await.unwrap().is_empty());
+    assert_eq!(store.last_seq(job).await.unwrap(), 5);
+    assert_eq!(store.last_seq(JobId::new(9).unwrap()).await.unwrap(), 0);
     // A reopened store knows where each log ends.
+    store.close().await.unwrap();
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(
-        store
-            .append_logs(job, batch(5..=6))
-            .unwrap()
+        append(&store, job, batch(5..=6))
+            .await
             .unwrap()
             .lines_count(),
         1
     );
-    assert_eq!(store.last_seq(job).unwrap(), 6);
+    assert_eq!(store.last_seq(job).await.unwrap(), 6);
 }
 
-#[test]
-fn job_ids_keep_increasing_across_reopen() {
+#[tokio::test]
+async fn job_ids_keep_increasing_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Store::open(dir.path()).unwrap().next_job_id().unwrap();
-    // sled lets go of its lock when its flusher thread has stopped,
-    // a moment after the drop: wait for it as `serve` does.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let reopened = loop {
-        match Store::open(dir.path()) {
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            opened => break opened.unwrap(),
-        }
-    };
-    let second = reopened.next_job_id().unwrap();
+    let store = open(dir.path());
+    let first = store.next_job_id().await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let second = open(dir.path()).next_job_id().await.unwrap();
     assert_eq!((first.get(), second.get()), (1, 2));
+}
+
+#[tokio::test]
+async fn what_a_write_said_was_durable_is_there_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let durable = store.put_job(&job(1, "shop", "prod")).await.unwrap();
+    durable.await.unwrap();
+    // Dropped without closing: what was said to be durable is read back.
+    drop(store);
+    let store = open(dir.path());
+    let back = store.job(JobId::new(1).unwrap()).await.unwrap().unwrap();
+    assert_eq!(back.app.as_str(), "shop");
+    // A closed store takes no more writes, and says so.
+    store.close().await.unwrap();
+    let refused = store.put_job(&job(2, "shop", "prod")).await.err().unwrap();
+    assert!(refused.is_failure());
+    assert_eq!(
+        refused.to_string(),
+        "storage error: a commit failed: the store is closed"
+    );
+}
+
+#[tokio::test]
+async fn jobs_are_listed_newest_first_as_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ended = job(3, "shop", "prod");
+    ended.state = gantry_shared::JobState::Succeeded;
+    let writes = vec![
+        store.put_job(&job(1, "shop", "prod")).await.unwrap(),
+        store.put_job(&job(2, "shop", "test")).await.unwrap(),
+        store.put_job(&ended).await.unwrap(),
+        store.put_job(&job(4, "cart", "prod")).await.unwrap(),
+    ];
+    Durable::all(writes).await.unwrap();
+    let ids = |jobs: Vec<JobRecord>| jobs.iter().map(|j| j.id.get()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.jobs(&JobQuery::default()).await.unwrap()),
+        [4, 3, 2, 1]
+    );
+    let shop = AppName::new("shop").unwrap();
+    let prod = EnvName::new("prod").unwrap();
+    assert_eq!(
+        ids(store.jobs(&JobQuery::pending(&shop, &prod)).await.unwrap()),
+        [1]
+    );
+    let query = JobQuery {
+        env: Some(prod),
+        limit: Some(2),
+        ..JobQuery::default()
+    };
+    assert_eq!(ids(store.jobs(&query).await.unwrap()), [4, 3]);
+}
+
+#[tokio::test]
+async fn the_audit_trail_reads_in_pages_newest_first_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for n in 0..1_201 {
+        let entry = AuditEntry::new("who", "peer", "deploy", "target", true, n.to_string());
+        let (_, durable) = store.append_audit(entry).await.unwrap();
+        drop(durable);
+    }
+    let mut seen = Vec::new();
+    let mut before = None;
+    let mut pages = Vec::new();
+    loop {
+        let (page, more) = store.audit(before, 500).await.unwrap();
+        pages.push(page.len());
+        seen.extend(page.iter().map(|e| e.seq));
+        if !more {
+            break;
+        }
+        before = page.last().map(|e| e.seq);
+    }
+    assert_eq!(pages, [500, 500, 201]);
+    assert_eq!(seen, (1..=1_201).rev().collect::<Vec<u64>>());
+    // A page that ends exactly at the first entry says there is no more.
+    let (last, more) = store.audit(Some(501), 500).await.unwrap();
+    assert_eq!((last.len(), more), (500, false));
 }

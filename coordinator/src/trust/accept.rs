@@ -124,6 +124,7 @@ pub async fn accept_loop(
                                 false,
                                 format!("client certificate refused: {err}"),
                             ))
+                            .await
                         }
                         _ => debug!(peer = %peer, error = %e, "TLS handshake failed"),
                     }

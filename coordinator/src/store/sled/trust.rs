@@ -1,39 +1,44 @@
 //! The trust records: the audit trail, the agent certificates issued (and
 //! revoked), and the join tokens already redeemed.
 
-use gantry_shared::{AgentName, EnvName};
-use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
 
-use super::{decode_json, Store, StoreError};
-use crate::audit::AuditEntry;
+use gantry_shared::AgentName;
 
-/// An agent certificate the coordinator signed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IssuedCert {
-    /// Its serial number, hex.
-    pub serial: String,
-    /// The agent it names.
-    pub name: AgentName,
-    /// The environment it binds the agent to.
-    pub env: EnvName,
-    /// When it was issued, ms since the epoch.
-    pub issued_ms: i64,
-    /// When it was revoked, if it was.
-    pub revoked_ms: Option<i64>,
+use super::decode_json;
+use crate::{
+    audit::AuditEntry,
+    store::{IssuedCert, Refusal, StoreError},
+};
+
+/// The trust trees.
+pub(super) struct Trust {
+    /// Audit seq (big-endian) -> JSON [`AuditEntry`]; only ever appended to.
+    audit: sled::Tree,
+    /// Held while an entry is numbered and inserted.
+    audit_lock: Mutex<()>,
+    /// Certificate serial (hex) -> JSON [`IssuedCert`].
+    certs: sled::Tree,
+    /// Held by every change to `certs`, so an enrolment's check of the
+    /// name's other certificates and its insert are one step.
+    cert_lock: Mutex<()>,
+    /// Nonce of each join token redeemed -> when (ms, big-endian).
+    used_tokens: sled::Tree,
 }
 
-/// Why an enrolment was refused.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Refusal {
-    /// The name holds an unrevoked certificate of this other environment.
-    EnrolledElsewhere(EnvName),
-    /// The join token was redeemed before.
-    TokenUsed,
-}
+impl Trust {
+    pub(super) fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        Ok(Self {
+            audit: db.open_tree("audit")?,
+            audit_lock: Mutex::new(()),
+            certs: db.open_tree("certs")?,
+            cert_lock: Mutex::new(()),
+            used_tokens: db.open_tree("used_tokens")?,
+        })
+    }
 
-impl Store {
     /// Appends `entry` to the audit trail, numbering it; returns its seq.
-    pub fn append_audit(&self, mut entry: AuditEntry) -> Result<u64, StoreError> {
+    pub(super) fn append_audit(&self, mut entry: AuditEntry) -> Result<u64, StoreError> {
         // One writer at a time takes the next number after the last entry.
         let _one_writer = self.audit_lock.lock().expect("audit lock");
         let seq = match self.audit.last()? {
@@ -48,7 +53,7 @@ impl Store {
 
     /// The newest `limit` audit entries older than `before` (all when
     /// `None`), newest first, and whether older ones remain.
-    pub fn audit(
+    pub(super) fn audit(
         &self,
         before: Option<u64>,
         limit: usize,
@@ -79,7 +84,7 @@ impl Store {
     /// one name in two environments cannot both pass: the check and the
     /// insert run under one lock, which every change to the certificates
     /// takes.
-    pub fn enrol(
+    pub(super) fn enrol(
         &self,
         cert: &IssuedCert,
         nonce: &str,
@@ -100,16 +105,14 @@ impl Store {
         if previous.is_err() {
             return Ok(Err(Refusal::TokenUsed));
         }
-        self.used_tokens.flush()?;
         let replaced = self.revoke_unlocked(&cert.name, cert.issued_ms)?;
         let bytes = serde_json::to_vec(cert).expect("certificate records serialize");
         self.certs.insert(cert.serial.as_bytes(), bytes)?;
-        self.certs.flush()?;
         Ok(Ok(replaced))
     }
 
     /// The certificate with `serial`, if this coordinator issued it.
-    pub fn cert(&self, serial: &str) -> Result<Option<IssuedCert>, StoreError> {
+    pub(super) fn cert(&self, serial: &str) -> Result<Option<IssuedCert>, StoreError> {
         self.certs
             .get(serial.as_bytes())?
             .map(|v| decode_json(&format!("cert {serial}"), &v))
@@ -117,7 +120,7 @@ impl Store {
     }
 
     /// Every certificate issued to `name`.
-    pub fn certs_of(&self, name: &AgentName) -> Result<Vec<IssuedCert>, StoreError> {
+    pub(super) fn certs_of(&self, name: &AgentName) -> Result<Vec<IssuedCert>, StoreError> {
         let mut certs = Vec::new();
         for kv in self.certs.iter() {
             let (key, value) = kv?;
@@ -130,7 +133,7 @@ impl Store {
     }
 
     /// Revokes every unrevoked certificate of `name`; returns them.
-    pub fn revoke_certs(
+    pub(super) fn revoke_certs(
         &self,
         name: &AgentName,
         now_ms: i64,
@@ -139,7 +142,7 @@ impl Store {
         self.revoke_unlocked(name, now_ms)
     }
 
-    /// As [`Store::revoke_certs`], for a caller holding the certificate lock.
+    /// As [`Trust::revoke_certs`], for a caller holding the certificate lock.
     fn revoke_unlocked(
         &self,
         name: &AgentName,
@@ -158,39 +161,6 @@ impl Store {
                 revoked.push(cert);
             }
         }
-        self.certs.flush()?;
         Ok(revoked)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_audit_trail_reads_in_pages_newest_first_to_its_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for n in 0..1_201 {
-            let entry = AuditEntry::new("who", "peer", "deploy", "target", true, n.to_string());
-            store.append_audit(entry).unwrap();
-        }
-        let mut seen = Vec::new();
-        let mut before = None;
-        let mut pages = Vec::new();
-        loop {
-            let (page, more) = store.audit(before, 500).unwrap();
-            pages.push(page.len());
-            seen.extend(page.iter().map(|e| e.seq));
-            if !more {
-                break;
-            }
-            before = page.last().map(|e| e.seq);
-        }
-        assert_eq!(pages, [500, 500, 201]);
-        assert_eq!(seen, (1..=1_201).rev().collect::<Vec<u64>>());
-        // A page that ends exactly at the first entry says there is no more.
-        let (last, more) = store.audit(Some(501), 500).unwrap();
-        assert_eq!((last.len(), more), (500, false));
     }
 }
