@@ -14,12 +14,14 @@ use gantry_shared::{
 
 mod agents;
 mod approval;
+mod audit;
 mod branches;
 mod deploy;
 mod logs;
 mod releases;
 mod trust;
 
+pub use audit::{AuditPage, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
 pub use deploy::BranchRequest;
 
 use crate::{
