@@ -2,52 +2,182 @@
 //! the artifact and the image, then starts it; a rollback starts a retained
 //! image again and builds nothing. Either way the new container runs beside
 //! the serving one until it is healthy, and only then replaces it.
+//!
+//! Which steps run, in which order, and which stage each reports is
+//! [`plan`]'s alone: [`run`] asks it what comes next and runs that step.
+//! The steps that build the release are here; those that start it and
+//! switch traffic to it are in [`release`].
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+mod plan;
+mod release;
 
-use gantry_shared::{git::Credentials, messages, Stage};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use gantry_shared::{git::Credentials, messages};
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use crate::{
     build, docker,
-    docker::{label, ContainerSpec, ImageSource},
+    docker::{label, ImageSource},
     git,
-    health::{self, Probe},
     job::{blocking, cancellable, short, workspace_dir, Job, Runtime, Stop},
-    proxy::client::Proxy,
     report::{Deployed, Reporter},
 };
+use plan::{End, Kind, Next, Outcome, Step};
 
-/// Runs the job's stages; the deployed release on success.
+/// What every step is given: the job, its host, where it reports and the
+/// cancel it watches, with the names fixed before any step runs.
+struct Ctx<'a> {
+    /// The host: Docker, work dir, lease, build user.
+    rt: &'a Runtime,
+    /// The job.
+    job: &'a Job,
+    /// Where its lines go.
+    report: &'a Reporter,
+    /// Cancelled when the job is stopped; the steps up to the confirm watch it.
+    cancel: &'a CancellationToken,
+    /// The (app, env)'s workspace on this agent.
+    workspace: PathBuf,
+    /// The image deployed: the one [`Step::Image`] builds, or the retained
+    /// one.
+    tag: String,
+    /// The new container's name.
+    name: String,
+}
+
+/// What steps made for the steps after them.
+#[derive(Default)]
+struct Made {
+    /// The build's artifact, for the image.
+    artifact: Option<PathBuf>,
+    /// The new container, once started.
+    started: Option<release::Started>,
+    /// Where the release answers, once traffic is routed to it.
+    url: Option<String>,
+}
+
+/// Runs the job's steps as [`plan`] orders them; the deployed release on
+/// success.
 pub(crate) async fn run(
     rt: &Runtime,
     job: &Job,
     report: &Reporter,
     cancel: &CancellationToken,
 ) -> Result<Deployed, Stop> {
-    let tag = match &job.rollback_image {
-        Some(image) => {
-            report.stage(Stage::Deploy).await;
-            check_retained(rt, job, image, report).await?;
-            image.clone()
-        }
-        None => {
-            let tag = build_release(rt, job, report, cancel).await?;
-            report.stage(Stage::Deploy).await;
-            tag
-        }
+    let kind = match job.rollback_image {
+        Some(_) => Kind::Retained,
+        None => Kind::Build,
     };
-    start_release(rt, job, tag, report, cancel).await
+    let ctx = Ctx::new(rt, job, report, cancel);
+    let mut made = Made::default();
+    let mut next = kind.first();
+    loop {
+        let (step, stage) = match next {
+            Next::Run { step, report } => (step, report),
+            Next::End(End::Succeeded) => {
+                let url = earlier(&made.url, "address")?.clone();
+                return Ok(Deployed {
+                    url,
+                    image: ctx.tag,
+                    container: ctx.name,
+                });
+            }
+            Next::End(End::Failed(why)) => return Err(Stop::Failed(why)),
+            Next::End(End::Cancelled) => return Err(Stop::Cancelled),
+        };
+        if let Some(stage) = stage {
+            report.stage(stage).await;
+        }
+        debug!(job = %job.id, app = %job.app, env = %job.env, agent = %rt.agent, ?step, "step");
+        let outcome = match ctx.execute(step, &mut made).await {
+            Ok(()) => Outcome::Done,
+            Err(Stop::Failed(why)) => Outcome::Failed(why),
+            Err(Stop::Cancelled) => Outcome::Cancelled,
+        };
+        next = plan::advance(step, outcome);
+    }
+}
+
+impl<'a> Ctx<'a> {
+    fn new(
+        rt: &'a Runtime,
+        job: &'a Job,
+        report: &'a Reporter,
+        cancel: &'a CancellationToken,
+    ) -> Self {
+        let tag = match &job.rollback_image {
+            Some(image) => image.clone(),
+            // Per server: agents sharing a Docker host never retag each other's.
+            None => format!("{}:{}-{}-{}", job.app, job.env, job.id, rt.agent),
+        };
+        let name = format!(
+            "gantry-{}-{}-{}-{}",
+            job.app,
+            job.env,
+            job.object_id(),
+            rt.agent
+        );
+        Self {
+            rt,
+            job,
+            report,
+            cancel,
+            workspace: workspace_dir(rt, job),
+            tag,
+            name,
+        }
+    }
+
+    /// Runs one step, keeping what it makes for the steps after it.
+    async fn execute(&self, step: Step, made: &mut Made) -> Result<(), Stop> {
+        match step {
+            Step::Fetch => fetch(self).await,
+            Step::Checkout => checkout(self).await,
+            Step::Build => {
+                made.artifact = Some(build(self).await?);
+                Ok(())
+            }
+            Step::Image => image(self, earlier(&made.artifact, "artifact")?).await,
+            Step::CheckRetained => check_retained(self).await,
+            Step::Start => {
+                made.started = Some(release::start(self).await?);
+                Ok(())
+            }
+            Step::Health => release::health(self, earlier(&made.started, "container")?).await,
+            Step::Confirm => release::confirm(self, earlier(&made.started, "container")?).await,
+            Step::Route => {
+                let url = release::route(self, earlier(&made.started, "container")?).await?;
+                made.url = Some(url);
+                Ok(())
+            }
+            Step::Retire => {
+                release::retire(self, earlier(&made.started, "container")?).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What an earlier step made. The plan runs steps in order, so it is
+/// missing only if a step ran out of turn.
+fn earlier<'m, T>(made: &'m Option<T>, what: &str) -> Result<&'m T, Stop> {
+    made.as_ref().ok_or_else(|| {
+        Stop::Failed(format!(
+            "internal error: no {what} yet; a step ran out of turn"
+        ))
+    })
 }
 
 /// A rollback's image must still be on this server and belong to this
 /// (app, env): nothing is rebuilt.
-async fn check_retained(
-    rt: &Runtime,
-    job: &Job,
-    image: &str,
-    report: &Reporter,
-) -> Result<(), Stop> {
+async fn check_retained(ctx: &Ctx<'_>) -> Result<(), Stop> {
+    let (rt, job, image) = (ctx.rt, ctx.job, &ctx.tag);
     let labels = docker::image_labels(&rt.docker, image).await?;
     let belongs = labels.as_ref().is_some_and(|l| {
         l.get(label::APP).map(String::as_str) == Some(job.app.as_str())
@@ -67,7 +197,7 @@ async fn check_retained(
     } else {
         "rolling back to"
     };
-    report
+    ctx.report
         .system(format!(
             "{why} image {image} (built by job {built_by}); nothing is rebuilt"
         ))
@@ -75,16 +205,10 @@ async fn check_retained(
     Ok(())
 }
 
-/// Fetches, checks out, builds the artifact and the image; returns the
-/// image's tag.
-async fn build_release(
-    rt: &Runtime,
-    job: &Job,
-    report: &Reporter,
-    cancel: &CancellationToken,
-) -> Result<String, Stop> {
-    let workspace = workspace_dir(rt, job);
-    let source = Arc::new(git::Source {
+/// Where the app's commits are fetched from, and the mirror they go into.
+fn source(ctx: &Ctx<'_>) -> Arc<git::Source> {
+    let (rt, job) = (ctx.rt, ctx.job);
+    Arc::new(git::Source {
         mirror: rt.work_dir.join("mirrors").join(format!("{}.git", job.app)),
         remote: job.spec.remote.clone(),
         credentials: Credentials {
@@ -92,9 +216,13 @@ async fn build_release(
             token: job.spec.fetch_token.clone(),
             ssh_key: None,
         },
-    });
+    })
+}
 
-    report.stage(Stage::Fetch).await;
+/// Fetches the job's commit, or a branch set's heads and base, into the
+/// app's mirror.
+async fn fetch(ctx: &Ctx<'_>) -> Result<(), Stop> {
+    let job = ctx.job;
     let needed: Vec<String> = match &job.set {
         Some(set) => set
             .branches
@@ -104,19 +232,25 @@ async fn build_release(
             .collect(),
         None => vec![job.commit.clone()],
     };
-    let from = source.clone();
-    let fetched = cancellable(cancel, blocking(move || git::fetch(&from, &needed))).await?;
-    report
+    let from = source(ctx);
+    let fetched = cancellable(ctx.cancel, blocking(move || git::fetch(&from, &needed))).await?;
+    ctx.report
         .system(format!(
             "fetched {} new objects ({} bytes) into the mirror",
             fetched.received_objects, fetched.received_bytes
         ))
         .await;
+    Ok(())
+}
 
-    report.stage(Stage::Checkout).await;
+/// Merges a branch set as the coordinator did, checks the commit out into
+/// the workspace, and hands it to the build user.
+async fn checkout(ctx: &Ctx<'_>) -> Result<(), Stop> {
+    let (rt, job, workspace, cancel) = (ctx.rt, ctx.job, &ctx.workspace, ctx.cancel);
+    let source = source(ctx);
     // Says, until the job ends, that the workspace is being written; an
     // agent that dies meanwhile removes the half-built tree when it starts.
-    let marker = crate::leftovers::building_marker(&workspace);
+    let marker = crate::leftovers::building_marker(workspace);
     if let Some(parent) = marker.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -129,7 +263,7 @@ async fn build_release(
         )
         .await?;
         let base = job.set.as_ref().map(|s| &s.base);
-        report
+        ctx.report
             .system(format!(
                 "merged {merged} branches onto {} into {}, as the coordinator did",
                 base.map_or("", |b| b.branch.as_str()),
@@ -152,7 +286,7 @@ async fn build_release(
                 Stop::Failed(format!("cannot hand the workspace to the build user: {e}"))
             })?;
     }
-    report
+    ctx.report
         .system(format!(
             "checked out {} \"{}\" by {} into {}",
             short(&job.commit),
@@ -161,8 +295,12 @@ async fn build_release(
             checked.dir.display()
         ))
         .await;
+    Ok(())
+}
 
-    report.stage(Stage::Build).await;
+/// Runs the app's build command in the workspace; returns its artifact.
+async fn build(ctx: &Ctx<'_>) -> Result<PathBuf, Stop> {
+    let (rt, job, workspace, report) = (ctx.rt, ctx.job, &ctx.workspace, ctx.report);
     // Secrets first, so no name of Gantry's own can be shadowed by one.
     let mut env: BTreeMap<String, String> = job.secrets.clone();
     env.extend(job.identity());
@@ -182,10 +320,10 @@ async fn build_release(
     let timeout = job.spec.build_timeout.max(Duration::from_secs(1));
     match build::run(
         &job.spec.build_command,
-        &workspace,
+        workspace,
         &env,
         rt.build_user.as_ref(),
-        (timeout, cancel),
+        (timeout, ctx.cancel),
         report,
     )
     .await
@@ -194,223 +332,41 @@ async fn build_release(
         Err(build::BuildError::Cancelled) => return Err(Stop::Cancelled),
         Err(e) => return Err(e.into()),
     }
-    let artifact = build::find_artifact(&workspace, &job.spec.artifact)?;
+    let artifact = build::find_artifact(workspace, &job.spec.artifact)?;
     let size = std::fs::metadata(&artifact).map(|m| m.len()).unwrap_or(0);
     report
         .system(format!(
             "artifact {} ({size} bytes)",
             artifact
-                .strip_prefix(&workspace)
+                .strip_prefix(workspace)
                 .unwrap_or(&artifact)
                 .display()
         ))
         .await;
+    Ok(artifact)
+}
 
-    report.stage(Stage::Image).await;
-    // Per server: agents sharing a Docker host never retag each other's.
-    let tag = format!("{}:{}-{}-{}", job.app, job.env, job.id, rt.agent);
+/// Builds the release's image, tagged [`Ctx::tag`], from `artifact` on the
+/// app's base image or from its Dockerfile.
+async fn image(ctx: &Ctx<'_>, artifact: &Path) -> Result<(), Stop> {
+    let (rt, job, tag, report) = (ctx.rt, ctx.job, &ctx.tag, ctx.report);
     let port = job.spec.container_port;
     let source = match &job.spec.image {
         messages::ImageSource::BaseImage(image) => ImageSource::Base {
             image,
-            artifact: &artifact,
+            artifact,
             port,
         },
         messages::ImageSource::Dockerfile(path) => ImageSource::Dockerfile {
-            workspace: &workspace,
+            workspace: &ctx.workspace,
             path,
         },
     };
     let labels = job.labels(&rt.agent, &rt.agent_id);
-    cancellable(cancel, async {
-        Ok(docker::build_image(&rt.docker, source, &tag, &labels, report).await?)
+    cancellable(ctx.cancel, async {
+        Ok(docker::build_image(&rt.docker, source, tag, &labels, report).await?)
     })
     .await?;
     report.system(format!("built image {tag}")).await;
-    Ok(tag)
-}
-
-/// Starts `tag` beside the serving release (the caller has reported the
-/// deploy stage), waits for its health check, and retires what it replaces.
-async fn start_release(
-    rt: &Runtime,
-    job: &Job,
-    tag: String,
-    report: &Reporter,
-    cancel: &CancellationToken,
-) -> Result<Deployed, Stop> {
-    let port = job.spec.container_port;
-    let labels = job.labels(&rt.agent, &rt.agent_id);
-    let name = format!(
-        "gantry-{}-{}-{}-{}",
-        job.app,
-        job.env,
-        job.object_id(),
-        rt.agent
-    );
-    let mut vars: Vec<String> = job
-        .env_vars
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    vars.extend(job.secrets.iter().map(|(k, v)| format!("{k}={v}")));
-    vars.extend(job.identity().iter().map(|(k, v)| format!("{k}={v}")));
-    vars.push(format!("GANTRY_SERVER={}", rt.agent));
-    let spec = ContainerSpec {
-        name: &name,
-        image: &tag,
-        env: vars,
-        labels,
-        port,
-        publish_ip: &rt.publish_ip,
-    };
-    let (container, host_port) = cancellable(cancel, async {
-        Ok(docker::run_container(&rt.docker, spec).await?)
-    })
-    .await?;
-    report
-        .system(format!(
-            "started container {name} with port {port} published on {host_port}"
-        ))
-        .await;
-
-    report.stage(Stage::Health).await;
-    let probe = Probe {
-        host: &rt.health_host,
-        port: host_port,
-        path: &job.spec.health_path,
-        timeout: job.spec.health_timeout.max(Duration::from_secs(1)),
-    };
-    cancellable(cancel, async {
-        health::wait_healthy(&rt.docker, &container, probe, report)
-            .await
-            .map_err(Stop::Failed)
-    })
-    .await?;
-    report
-        .system(format!(
-            "healthy: GET {} answered 200",
-            job.spec.health_path
-        ))
-        .await;
-    // What follows cannot be taken back: only with a word from the
-    // coordinator, given after this point, that it still holds the job.
-    cancellable(cancel, async { Ok(rt.lease.confirm().await?) }).await?;
-    if cancel.is_cancelled() {
-        return Err(Stop::Cancelled);
-    }
-    docker::keep_running(&rt.docker, &container).await?;
-
-    let url = match job.spec.public_port {
-        Some(port) => {
-            let upstream = format!("{}:{host_port}", rt.health_host);
-            switch_traffic(rt, job, port, &upstream, report).await?;
-            format!("http://{}:{port}", rt.public_host)
-        }
-        None => format!("http://{}:{host_port}", rt.public_host),
-    };
-    retire_previous(rt, job, &container, &tag, report).await;
-    Ok(Deployed {
-        url,
-        image: tag,
-        container: name,
-    })
-}
-
-/// Points the app's proxy on `port` at `upstream` (the new, healthy
-/// container) and waits for the requests still running on the old one to
-/// finish, so that stopping it drops none.
-async fn switch_traffic(
-    rt: &Runtime,
-    job: &Job,
-    port: u16,
-    upstream: &str,
-    report: &Reporter,
-) -> Result<(), Stop> {
-    let proxy = Proxy::ensure(
-        &rt.proxy_program,
-        &rt.work_dir,
-        job.env.as_str(),
-        job.app.as_str(),
-        &rt.publish_ip,
-        port,
-    )
-    .await?;
-    let previous = proxy.route_now().await?;
-    proxy.route(upstream).await?;
-    report
-        .system(format!("port {port} now serves this release ({upstream})"))
-        .await;
-    if let Some(old) = previous.filter(|old| old != upstream) {
-        let grace = job.spec.drain_timeout;
-        match proxy.drain(&old, grace).await? {
-            0 => {
-                report
-                    .system(format!("drained the previous release ({old})"))
-                    .await
-            }
-            left => {
-                report
-                    .system(format!(
-                        "warning: {left} request(s) of the previous release ({old}) were still \
-                         running after {}s; raise drain_timeout_secs if they need longer",
-                        grace.as_secs()
-                    ))
-                    .await
-            }
-        }
-    }
     Ok(())
-}
-
-/// Removes the containers of earlier releases of this (app, env), and the
-/// images the coordinator no longer keeps for rollback. Failures here are reported, not fatal:
-/// the new release already serves.
-async fn retire_previous(rt: &Runtime, job: &Job, current: &str, image: &str, report: &Reporter) {
-    // Scoped to this installation's objects of this (app, env): pruning in
-    // one environment can never touch another's rollback images.
-    let scope = [
-        (label::APP, job.app.as_str()),
-        (label::ENV, job.env.as_str()),
-        (label::AGENT_ID, rt.agent_id.as_str()),
-    ];
-    match docker::containers(&rt.docker, &scope).await {
-        Ok(list) => {
-            for (id, labels) in list.into_iter().filter(|(id, _)| id != current) {
-                let old_job = labels.get(label::JOB).cloned().unwrap_or_default();
-                report
-                    .system(format!("stopping the container of job {old_job}"))
-                    .await;
-                match docker::retire_container(&rt.docker, &id).await {
-                    Ok(()) => {
-                        report
-                            .system(format!("removed the container of job {old_job}"))
-                            .await
-                    }
-                    Err(e) => report.system(format!("warning: {e}")).await,
-                }
-            }
-        }
-        Err(e) => report.system(format!("warning: {e}")).await,
-    }
-    // Keep the image now serving and those the coordinator still lists as
-    // rollback targets; remove the rest.
-    let Ok(images) = docker::image_tags(&rt.docker, &scope).await else {
-        return;
-    };
-    for (id, tags) in images {
-        let kept = tags
-            .iter()
-            .any(|t| t == image || job.keep_images.contains(t));
-        if !kept {
-            match docker::remove_image(&rt.docker, &id).await {
-                Ok(()) => {
-                    report
-                        .system(format!("pruned image {}", tags.join(", ")))
-                        .await
-                }
-                Err(e) => report.system(format!("warning: {e}")).await,
-            }
-        }
-    }
 }
