@@ -413,7 +413,7 @@ async fn handle(
         Ok(FromAgent::Heartbeat { answer: true }) => Some(Applied::Heartbeat),
         Ok(FromAgent::Heartbeat { answer: false }) => None,
         Ok(FromAgent::Output(output)) => {
-            core.tails.deliver(agent, output.into());
+            core.tails.deliver(agent, output);
             None
         }
         Ok(FromAgent::Register(_)) => {

@@ -10,7 +10,7 @@ use std::{
     },
 };
 
-use gantry_shared::{proto, AgentName};
+use gantry_shared::{messages::ContainerOutput, proto, AgentName};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -98,7 +98,7 @@ impl Tails {
     }
 
     /// Delivers what `server` sent for a tail.
-    pub fn deliver(&self, server: &AgentName, output: proto::ContainerOutput) {
+    pub fn deliver(&self, server: &AgentName, output: ContainerOutput) {
         let mut open = self.open.lock().expect("tails lock");
         // Only a server asked for this tail may write to it: request ids are
         // sequential, and an agent of another environment must not reach
@@ -114,12 +114,15 @@ impl Tails {
             .into_iter()
             .map(|l| proto::AppLogLine {
                 server: server.to_string(),
-                stream: l.stream,
+                stream: l
+                    .stream
+                    .map_or(proto::LogStream::Unspecified, proto::LogStream::from)
+                    .into(),
                 text: gantry_shared::limits::cap_log_line(tail.redactor.redact(l.text)),
             })
             .collect();
-        if !output.error.is_empty() {
-            let error = gantry_shared::limits::cap_log_line(tail.redactor.redact(output.error));
+        if let Some(error) = output.error {
+            let error = gantry_shared::limits::cap_log_line(tail.redactor.redact(error));
             lines.push(note(server, error));
         }
         for line in lines {

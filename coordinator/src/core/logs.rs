@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use gantry_shared::{
-    messages::{TailRequest, ToAgent},
-    proto, AppName, EnvName,
+    messages::{ContainerOutput, TailRequest, ToAgent},
+    AppName, EnvName,
 };
 use tokio::sync::mpsc;
 
@@ -61,11 +61,11 @@ impl Core {
                 follow,
             });
             if outbox.try_send(ask).is_err() {
-                let busy = proto::ContainerOutput {
+                let busy = ContainerOutput {
                     request_id: id,
+                    lines: Vec::new(),
                     end: true,
-                    error: "the server is too busy to answer now; try again".into(),
-                    ..Default::default()
+                    error: Some("the server is too busy to answer now; try again".into()),
                 };
                 self.tails.deliver(server, busy);
             }
