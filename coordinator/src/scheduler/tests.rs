@@ -34,6 +34,8 @@ container_port = 8080
 
 struct Fixture {
     scheduler: Scheduler,
+    /// The store under it, as the coordinator shares it.
+    store: SharedStore,
     _dir: tempfile::TempDir,
 }
 
@@ -43,7 +45,7 @@ async fn fixture() -> Fixture {
     let store: SharedStore = Arc::new(crate::store::sled::SledStore::open(dir.path()).unwrap());
     let scheduler = Scheduler::new(
         Arc::new(config),
-        store,
+        store.clone(),
         LogHub::default(),
         Arc::new(Tails::default()),
     )
@@ -51,6 +53,7 @@ async fn fixture() -> Fixture {
     .unwrap();
     Fixture {
         scheduler,
+        store,
         _dir: dir,
     }
 }
@@ -244,4 +247,56 @@ async fn a_job_whose_first_server_cannot_take_it_waits_in_the_queue() {
     let job = f.job(id).await;
     assert_eq!(job.state, JobState::Queued, "{}", job.reason);
     assert!(job.roll.is_empty() && job.release.is_none() && job.agent.is_none());
+}
+
+#[tokio::test]
+async fn answers_wait_for_the_disk_and_a_failed_commit_stops_the_scheduler() {
+    let f = fixture().await;
+    let store = f.store.clone();
+    let (handle, runner) = f.scheduler.start();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(runner.run(stop.clone()));
+    let queued = |id: u64, commit: &str| {
+        JobRecord::queued(
+            JobId::new(id).unwrap(),
+            AppName::new("shop").unwrap(),
+            EnvName::new("prod").unwrap(),
+            JobKind::Deploy,
+            Vec::new(),
+            None,
+            commit.into(),
+            "ann".into(),
+            0,
+        )
+    };
+    // Answered once durable: the job reads back from the store.
+    let job = handle
+        .ask(|reply| Command::Enqueue(Box::new(queued(1, "c1")), reply))
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    let stored = store.job(job.id).await.unwrap().unwrap();
+    assert_eq!(stored.commit, "c1");
+
+    // The store takes no more writes (a failed commit is final, as a
+    // closed store is): the asker is told, and the scheduler stops with
+    // the reason rather than run ahead of the disk.
+    store.close().await.unwrap();
+    let refused = handle
+        .ask(|reply| Command::Enqueue(Box::new(queued(2, "c2")), reply))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Store(_)), "{refused}");
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), running)
+        .await
+        .expect("the scheduler stops by itself")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        stopped.to_string(),
+        "the scheduler stopped: storage error: a commit failed: the store is closed"
+    );
+    // Later askers are told it stopped.
+    let late = handle.get(Command::Connected).await.unwrap_err();
+    assert!(matches!(late, Error::Unavailable(_)), "{late}");
 }
