@@ -144,8 +144,41 @@ pub async fn build_image(
     labels: &HashMap<String, String>,
     report: &Reporter,
 ) -> Result<(), DockerError> {
-    let pack = dockerfile_text(&source, labels)
-        .and_then(|text| packer(&source, text))
+    let mut lost_layer = false;
+    loop {
+        match build_once(docker, &source, tag, labels, report).await {
+            Err(DockerError::Build(why)) if !lost_layer && why.contains(LOST_PARENT) => {
+                lost_layer = true;
+                report
+                    .system(
+                        "the engine removed a cached layer this build stood on \
+                         (another image's removal, at the same time); building again"
+                            .to_owned(),
+                    )
+                    .await;
+            }
+            built => return built,
+        }
+    }
+}
+
+/// What the engine answers when a layer the build cached was removed under
+/// it: the classic builder reuses the layers images share, and removing
+/// one image removes its parent layers that no other image holds, also
+/// while another build is standing on them. Building again makes the
+/// layer anew, so one retry is enough.
+const LOST_PARENT: &str = "unknown parent image ID";
+
+/// One build of `source` as `tag`.
+async fn build_once(
+    docker: &Docker,
+    source: &ImageSource<'_>,
+    tag: &str,
+    labels: &HashMap<String, String>,
+    report: &Reporter,
+) -> Result<(), DockerError> {
+    let pack = dockerfile_text(source, labels)
+        .and_then(|text| packer(source, text))
         .map_err(DockerError::Context)?;
     let body = bollard::body_try_stream(context::stream_tar(pack));
     let options = BuildImageOptionsBuilder::default()
