@@ -136,7 +136,9 @@ impl Future for Durable {
 /// them.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// A new job id, never handed out before, even across a crash.
+    /// A new job id, never handed out before. It is durable with the next
+    /// write that is (the job's record), so across a crash an id is never
+    /// handed out again once a record under it was acknowledged.
     async fn next_job_id(&self) -> Result<JobId, StoreError>;
 
     /// Writes a job record (insert or replace).

@@ -111,12 +111,13 @@ impl Store for SledStore {
     async fn next_job_id(&self) -> Result<JobId, StoreError> {
         // sled's own generate_id jumps by a million after a restart;
         // operators read these numbers, so keep a plain counter instead.
-        // A job id is written with its job before anyone learns it.
-        let (next, _) = self.write(|| {
-            Ok(self.config.update_and_fetch("next_job_id", |old| {
-                let n = old.map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
-                Some((n + 1).to_be_bytes().to_vec())
-            })?)
+        // It asks for no commit of its own: an id is first seen in its
+        // job's record, and the commit that makes the record durable
+        // holds the counter too.
+        self.commit.check()?;
+        let next = self.config.update_and_fetch("next_job_id", |old| {
+            let n = old.map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+            Some((n + 1).to_be_bytes().to_vec())
         })?;
         let bytes = next.expect("update_and_fetch always stores a value");
         let id = u64::from_be_bytes(bytes.as_ref().try_into().expect("counter is 8 bytes"));
