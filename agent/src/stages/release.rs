@@ -8,11 +8,11 @@ use crate::{
     docker,
     docker::{label, ContainerSpec},
     health::{self, Probe},
-    job::{cancellable, Stop},
     proxy::client::Proxy,
+    runtime::{cancellable, Stop},
 };
 
-use super::Ctx;
+use super::ctx::Ctx;
 
 /// The new container, as the later steps need it.
 pub(super) struct Started {
