@@ -35,6 +35,9 @@ struct Made {
     started: Option<release::Started>,
     /// Where the release answers, once traffic is routed to it.
     url: Option<String>,
+    /// The app's port, once pointed at the new container (apps with a
+    /// public port only).
+    switched: Option<release::Switched>,
 }
 
 /// Runs the job's steps as [`plan`] orders them; the deployed release on
@@ -65,6 +68,13 @@ pub(crate) async fn run(
             }
             Next::End(End::Failed(why)) => return Err(Stop::Failed(why)),
             Next::End(End::Cancelled) => return Err(Stop::Cancelled),
+            Next::RouteBack(end) => {
+                if let Some(switched) = &made.switched {
+                    release::route_back(&ctx, switched).await;
+                }
+                next = Next::End(end);
+                continue;
+            }
         };
         if let Some(stage) = stage {
             report.stage(stage).await;
@@ -97,10 +107,12 @@ async fn execute(ctx: &Ctx<'_>, step: Step, made: &mut Made) -> Result<(), Stop>
         Step::Health => release::health(ctx, earlier(&made.started, "container")?).await,
         Step::Confirm => release::confirm(ctx, earlier(&made.started, "container")?).await,
         Step::Route => {
-            let url = release::route(ctx, earlier(&made.started, "container")?).await?;
+            let (url, switched) = release::route(ctx, earlier(&made.started, "container")?).await?;
             made.url = Some(url);
+            made.switched = switched;
             Ok(())
         }
+        Step::Drain => release::drain(ctx, made.switched.as_ref()).await,
         Step::Retire => {
             release::retire(ctx, earlier(&made.started, "container")?).await;
             Ok(())
