@@ -26,9 +26,11 @@ use tokio_util::{
 use tracing::{info, warn};
 
 use crate::{
+    assignment::Job,
     batch,
-    job::{self, Job, JobHandle, Runtime},
+    job::{self, JobHandle},
     report::Reporter,
+    runtime::Runtime,
     spool::{Spool, SEND_BATCH},
     tail, AgentOptions,
 };

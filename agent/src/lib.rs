@@ -4,6 +4,7 @@
 //!
 //! [`run`] takes a shutdown token, so tests and the demo run agents in-process.
 
+pub mod assignment;
 pub mod batch;
 pub mod build;
 pub mod build_user;
@@ -18,6 +19,7 @@ pub mod lease;
 pub mod leftovers;
 pub mod proxy;
 pub mod report;
+pub mod runtime;
 pub mod spool;
 mod stages;
 pub mod tail;
@@ -154,7 +156,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
             "removed containers and images of jobs an earlier run of this agent did not finish"
         );
     }
-    let runtime = Arc::new(job::Runtime {
+    let runtime = Arc::new(runtime::Runtime {
         docker,
         work_dir: options.work_dir.clone(),
         agent: options.name.clone(),

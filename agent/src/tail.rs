@@ -13,7 +13,7 @@ use gantry_shared::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{batch, docker, docker::label, job::Runtime};
+use crate::{batch, docker, docker::label, runtime::Runtime};
 
 /// Open tails of this agent, by request id, with what stops them.
 #[derive(Default)]

@@ -247,7 +247,7 @@ impl Proxy {
 /// stable port is served by its proxy, on its current published port: after
 /// a host reboot the proxies are gone and the containers came back on new
 /// ports. Called when the agent starts; failures are logged, not fatal.
-pub async fn reconcile(rt: &crate::job::Runtime) {
+pub async fn reconcile(rt: &crate::runtime::Runtime) {
     use crate::docker::{self, label};
     let scope = [(label::AGENT_ID, rt.agent_id.as_str())];
     let Ok(containers) = docker::containers(&rt.docker, &scope).await else {

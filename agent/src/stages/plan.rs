@@ -6,14 +6,19 @@
 //! A deploy of branches runs fetch, checkout, build, image; a rollback or a
 //! put-back checks that its retained image is still here instead. Both then
 //! start the new container beside the serving one, wait until it is
-//! healthy, confirm with the coordinator, route traffic to it and retire
-//! what it replaces. The serving release is only touched by the last two,
-//! so a job that stops earlier leaves it as it was.
+//! healthy, confirm with the coordinator, route traffic to it, drain the
+//! old one and retire what it replaces. The serving release is only
+//! touched by the last three, so a job that stops earlier leaves it as it
+//! was.
 //!
 //! A failure or a cancel at any step ends the job at once: no later step
 //! runs. What the job made is then removed by [`crate::job::run`] the same
 //! way whatever the step: by label, so a container a cancel caught
-//! half-created goes too, along with the workspace.
+//! half-created goes too, along with the workspace. A stop once traffic was
+//! routed to the new container first routes it back to the serving release
+//! ([`Next::RouteBack`]): the clean-up is about to remove the container the
+//! app's port points at, and the release that was serving must not be left
+//! without its traffic.
 
 use gantry_shared::Stage;
 
@@ -51,9 +56,12 @@ pub(super) enum Step {
     /// Takes the coordinator's word that it still holds the job, then lets
     /// the container restart on its own. The last step a cancel stops.
     Confirm,
-    /// Points the app's public port at the new container (when it has
-    /// one) and drains the old one.
+    /// Points the app's public port at the new container, when it has
+    /// one.
     Route,
+    /// Waits for the requests still running on the previous release to
+    /// finish, so retiring it drops none.
+    Drain,
     /// Removes earlier releases' containers and the images no longer kept
     /// for rollback. Reports its failures; never fails.
     Retire,
@@ -83,7 +91,9 @@ impl Step {
             Step::Build => Stage::Build,
             Step::Image => Stage::Image,
             Step::CheckRetained | Step::Start => Stage::Deploy,
-            Step::Health | Step::Confirm | Step::Route | Step::Retire => Stage::Health,
+            Step::Health | Step::Confirm | Step::Route | Step::Drain | Step::Retire => {
+                Stage::Health
+            }
         }
     }
 
@@ -98,9 +108,17 @@ impl Step {
             Step::Start => Some(Step::Health),
             Step::Health => Some(Step::Confirm),
             Step::Confirm => Some(Step::Route),
-            Step::Route => Some(Step::Retire),
+            Step::Route => Some(Step::Drain),
+            Step::Drain => Some(Step::Retire),
             Step::Retire => None,
         }
+    }
+
+    /// Whether the app's port may route to the new container while this
+    /// step runs: [`Step::Route`] is done, so a stop here must route it
+    /// back before the new container is removed.
+    fn after_route(self) -> bool {
+        matches!(self, Step::Drain | Step::Retire)
     }
 }
 
@@ -127,6 +145,9 @@ pub(super) enum Next {
         /// The stage to report before it, if it changes.
         report: Option<Stage>,
     },
+    /// Point the app's port back at the release it served before
+    /// [`Step::Route`], then end as given: a step after the route stopped.
+    RouteBack(End),
     /// The job is over.
     End(End),
 }
@@ -137,9 +158,9 @@ pub(super) enum End {
     /// Every step was done: the new release serves, and the driver hands
     /// back what it deployed.
     Succeeded,
-    /// A step failed for this reason; what the job made is removed. Unless
-    /// the failure was [`Step::Route`]'s, the serving release was never
-    /// touched and keeps serving.
+    /// A step failed for this reason; what the job made is removed. The
+    /// serving release keeps serving: it was never touched, or (after
+    /// [`Step::Route`]) traffic was routed back to it first.
     Failed(String),
     /// A step stopped on a cancel; what the job made is removed.
     Cancelled,
@@ -147,9 +168,16 @@ pub(super) enum End {
 
 /// What comes after `step` went `outcome`: the next step, or the job's end.
 pub(super) fn advance(step: Step, outcome: Outcome) -> Next {
+    let stop = |end| {
+        if step.after_route() {
+            Next::RouteBack(end)
+        } else {
+            Next::End(end)
+        }
+    };
     match outcome {
-        Outcome::Failed(reason) => Next::End(End::Failed(reason)),
-        Outcome::Cancelled => Next::End(End::Cancelled),
+        Outcome::Failed(reason) => stop(End::Failed(reason)),
+        Outcome::Cancelled => stop(End::Cancelled),
         Outcome::Done => match step.then() {
             None => Next::End(End::Succeeded),
             Some(next) => Next::Run {

@@ -18,6 +18,7 @@ const BUILD: Plan = &[
     (Step::Health, Some(Stage::Health)),
     (Step::Confirm, None),
     (Step::Route, None),
+    (Step::Drain, None),
     (Step::Retire, None),
 ];
 
@@ -29,6 +30,7 @@ const RETAINED: Plan = &[
     (Step::Health, Some(Stage::Health)),
     (Step::Confirm, None),
     (Step::Route, None),
+    (Step::Drain, None),
     (Step::Retire, None),
 ];
 
@@ -54,6 +56,7 @@ fn walk(kind: Kind) -> (Vec<Step>, Vec<Stage>, End) {
                 next = advance(step, Outcome::Done);
             }
             Next::End(end) => return (steps, stages, end),
+            Next::RouteBack(end) => panic!("{kind:?} went well, yet routes back: {end:?}"),
         }
     }
 }
@@ -78,6 +81,20 @@ fn a_done_step_leads_to_the_next_of_its_plan_and_the_last_to_success() {
     }
 }
 
+/// The steps after which the app's port may point at the new container
+/// (written out here, not derived from the module).
+const AFTER_ROUTE: &[Step] = &[Step::Drain, Step::Retire];
+
+/// How a job stopped at `step` ends: at once, or (once traffic was routed
+/// to the new container) after routing it back.
+fn stopped(step: Step, end: End) -> Next {
+    if AFTER_ROUTE.contains(&step) {
+        Next::RouteBack(end)
+    } else {
+        Next::End(end)
+    }
+}
+
 #[test]
 fn a_failed_step_ends_the_job_failed_with_its_reason() {
     for (kind, plan) in plans() {
@@ -85,7 +102,7 @@ fn a_failed_step_ends_the_job_failed_with_its_reason() {
             let reason = format!("{step:?} broke");
             assert_eq!(
                 advance(step, Outcome::Failed(reason.clone())),
-                Next::End(End::Failed(reason)),
+                stopped(step, End::Failed(reason)),
                 "{kind:?} {step:?}"
             );
         }
@@ -98,9 +115,45 @@ fn a_cancelled_step_ends_the_job_cancelled() {
         for &(step, _) in plan {
             assert_eq!(
                 advance(step, Outcome::Cancelled),
-                Next::End(End::Cancelled),
+                stopped(step, End::Cancelled),
                 "{kind:?} {step:?}"
             );
+        }
+    }
+}
+
+#[test]
+fn a_stop_after_the_route_routes_traffic_back_before_the_job_ends() {
+    // The job's clean-up removes the new container: the port must point
+    // at the release that was serving again first, or nothing answers.
+    for step in [Step::Drain, Step::Retire] {
+        assert_eq!(
+            advance(step, Outcome::Failed("the proxy went away".into())),
+            Next::RouteBack(End::Failed("the proxy went away".into())),
+            "{step:?}"
+        );
+        assert_eq!(
+            advance(step, Outcome::Cancelled),
+            Next::RouteBack(End::Cancelled),
+            "{step:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stop_up_to_the_route_never_routes_traffic() {
+    // Until the route is done the port still points at the serving release
+    // (a failed route changed nothing): there is nothing to put back.
+    for (kind, plan) in plans() {
+        let until_route = plan.iter().take_while(|&&(s, _)| s != Step::Drain);
+        for &(step, _) in until_route {
+            for outcome in [Outcome::Failed("broke".into()), Outcome::Cancelled] {
+                let next = advance(step, outcome.clone());
+                assert!(
+                    matches!(next, Next::End(_)),
+                    "{kind:?} {step:?} {outcome:?}: {next:?}"
+                );
+            }
         }
     }
 }
@@ -117,6 +170,7 @@ fn the_plans_hold_every_step() {
         Step::Health,
         Step::Confirm,
         Step::Route,
+        Step::Drain,
         Step::Retire,
     ];
     for step in all {
@@ -164,7 +218,8 @@ fn traffic_moves_only_after_the_new_container_is_healthy_and_confirmed() {
         assert!(at(Step::Start) < at(Step::Health), "{kind:?}");
         assert!(at(Step::Health) < at(Step::Confirm), "{kind:?}");
         assert!(at(Step::Confirm) < at(Step::Route), "{kind:?}");
-        assert!(at(Step::Route) < at(Step::Retire), "{kind:?}");
+        assert!(at(Step::Route) < at(Step::Drain), "{kind:?}");
+        assert!(at(Step::Drain) < at(Step::Retire), "{kind:?}");
     }
 }
 

@@ -1,18 +1,21 @@
 //! The steps that put a release in service: start its container beside the
 //! serving one, wait until it is healthy, confirm with the coordinator,
-//! route traffic to it, and retire what it replaces.
+//! route traffic to it, drain and retire what it replaces; and, if the job
+//! stops after the route, route traffic back to the release serving before.
 
 use std::time::Duration;
+
+use tracing::{info, warn};
 
 use crate::{
     docker,
     docker::{label, ContainerSpec},
     health::{self, Probe},
-    job::{cancellable, Stop},
-    proxy::client::Proxy,
+    proxy::client::{Proxy, ProxyError},
+    runtime::{cancellable, Stop},
 };
 
-use super::Ctx;
+use super::ctx::Ctx;
 
 /// The new container, as the later steps need it.
 pub(super) struct Started {
@@ -97,28 +100,50 @@ pub(super) async fn confirm(ctx: &Ctx<'_>, started: &Started) -> Result<(), Stop
     Ok(())
 }
 
+/// The app's port, pointed at the new container by [`route`].
+pub(super) struct Switched {
+    /// The proxy that owns the port.
+    proxy: Proxy,
+    /// The app's stable port.
+    port: u16,
+    /// The new container's address, routed to now.
+    upstream: String,
+    /// What the port routed to before: the serving release, unless this
+    /// is the app's first.
+    previous: Option<String>,
+}
+
+impl Switched {
+    /// The release this switch took the port from, if another.
+    fn replaced(&self) -> Option<&str> {
+        self.previous.as_deref().filter(|old| *old != self.upstream)
+    }
+}
+
 /// Sends the app's traffic to the new container; returns where the release
-/// answers. Without a public port there is nothing to switch: it answers on
-/// its published port.
-pub(super) async fn route(ctx: &Ctx<'_>, started: &Started) -> Result<String, Stop> {
+/// answers, and the switch when there was one. Without a public port there
+/// is nothing to switch: it answers on its published port.
+pub(super) async fn route(
+    ctx: &Ctx<'_>,
+    started: &Started,
+) -> Result<(String, Option<Switched>), Stop> {
     let rt = ctx.rt;
     let host_port = started.host_port;
     Ok(match ctx.job.spec.public_port {
         Some(port) => {
             let upstream = format!("{}:{host_port}", rt.health_host);
-            switch_traffic(ctx, port, &upstream).await?;
-            format!("http://{}:{port}", rt.public_host)
+            let switched = switch_traffic(ctx, port, upstream).await?;
+            (format!("http://{}:{port}", rt.public_host), Some(switched))
         }
-        None => format!("http://{}:{host_port}", rt.public_host),
+        None => (format!("http://{}:{host_port}", rt.public_host), None),
     })
 }
 
-/// Points the app's proxy on `port` at `upstream` (the new, healthy
-/// container) and waits for the requests still running on the old one to
-/// finish, so that stopping it drops none.
-async fn switch_traffic(ctx: &Ctx<'_>, port: u16, upstream: &str) -> Result<(), Stop> {
-    let (rt, job, report) = (ctx.rt, ctx.job, ctx.report);
-    let proxy = Proxy::ensure(
+/// The proxy of the job's (env, app) on `port`: the running one, or a new
+/// one if it is gone.
+async fn proxy(ctx: &Ctx<'_>, port: u16) -> Result<Proxy, ProxyError> {
+    let (rt, job) = (ctx.rt, ctx.job);
+    Proxy::ensure(
         &rt.proxy_program,
         &rt.work_dir,
         job.env.as_str(),
@@ -126,32 +151,117 @@ async fn switch_traffic(ctx: &Ctx<'_>, port: u16, upstream: &str) -> Result<(), 
         &rt.publish_ip,
         port,
     )
-    .await?;
+    .await
+}
+
+/// Points the app's proxy on `port` at `upstream` (the new, healthy
+/// container).
+async fn switch_traffic(ctx: &Ctx<'_>, port: u16, upstream: String) -> Result<Switched, Stop> {
+    let proxy = proxy(ctx, port).await?;
     let previous = proxy.route_now().await?;
-    proxy.route(upstream).await?;
-    report
+    proxy.route(&upstream).await?;
+    ctx.report
         .system(format!("port {port} now serves this release ({upstream})"))
         .await;
-    if let Some(old) = previous.filter(|old| old != upstream) {
-        let grace = job.spec.drain_timeout;
-        match proxy.drain(&old, grace).await? {
-            0 => {
-                report
-                    .system(format!("drained the previous release ({old})"))
-                    .await
-            }
-            left => {
-                report
-                    .system(format!(
-                        "warning: {left} request(s) of the previous release ({old}) were still \
-                         running after {}s; raise drain_timeout_secs if they need longer",
-                        grace.as_secs()
-                    ))
-                    .await
-            }
+    Ok(Switched {
+        proxy,
+        port,
+        upstream,
+        previous,
+    })
+}
+
+/// Waits for the requests still running on the previous release to
+/// finish, so that stopping it drops none.
+pub(super) async fn drain(ctx: &Ctx<'_>, switched: Option<&Switched>) -> Result<(), Stop> {
+    let Some((switched, old)) = switched.and_then(|s| Some((s, s.replaced()?))) else {
+        return Ok(());
+    };
+    let (job, report) = (ctx.job, ctx.report);
+    let grace = job.spec.drain_timeout;
+    match switched.proxy.drain(old, grace).await? {
+        0 => {
+            report
+                .system(format!("drained the previous release ({old})"))
+                .await
+        }
+        left => {
+            report
+                .system(format!(
+                    "warning: {left} request(s) of the previous release ({old}) were still \
+                     running after {}s; raise drain_timeout_secs if they need longer",
+                    grace.as_secs()
+                ))
+                .await
         }
     }
     Ok(())
+}
+
+/// Points the app's port back at the release it served before
+/// [`switch_traffic`], once a later step failed or the job was cancelled:
+/// the job's clean-up is about to remove the new container, and the
+/// serving release must not be left running without its traffic. The
+/// proxy may be what failed, so one that is gone is started again. Reports
+/// what it did; never fails.
+pub(super) async fn route_back(ctx: &Ctx<'_>, switched: &Switched) {
+    let (rt, job, report) = (ctx.rt, ctx.job, ctx.report);
+    let (port, new) = (switched.port, &switched.upstream);
+    let Some(old) = switched.replaced() else {
+        report
+            .system(format!(
+                "warning: no earlier release served port {port}; it serves none once this \
+                 job's container is removed"
+            ))
+            .await;
+        return;
+    };
+    let routed = async {
+        let proxy = proxy(ctx, port).await?;
+        proxy.route(old).await?;
+        Ok::<_, ProxyError>(proxy)
+    };
+    let proxy = match routed.await {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            warn!(
+                job = %job.id, app = %job.app, env = %job.env, agent = %rt.agent, %old, error = %e,
+                "cannot route traffic back to the previous release"
+            );
+            report
+                .system(format!(
+                    "warning: cannot point port {port} back at the previous release ({old}): \
+                     {e}; restarting the agent routes it to the release still running"
+                ))
+                .await;
+            return;
+        }
+    };
+    info!(
+        job = %job.id, app = %job.app, env = %job.env, agent = %rt.agent, %old,
+        "traffic routed back to the previous release"
+    );
+    report
+        .system(format!(
+            "port {port} serves the previous release again ({old})"
+        ))
+        .await;
+    // The requests the new container took finish before the clean-up
+    // removes it.
+    let grace = job.spec.drain_timeout;
+    match proxy.drain(new, grace).await {
+        Ok(0) => {}
+        Ok(left) => {
+            report
+                .system(format!(
+                    "warning: {left} request(s) of this job's container ({new}) were still \
+                     running after {}s",
+                    grace.as_secs()
+                ))
+                .await
+        }
+        Err(e) => report.system(format!("warning: {e}")).await,
+    }
 }
 
 /// Removes the containers of earlier releases of this (app, env), and the
