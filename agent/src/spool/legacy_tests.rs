@@ -136,10 +136,16 @@ async fn old_segments_are_migrated_once_and_numbering_goes_on() {
     drop(spool);
 
     // A crash after the new segment was written, before the old one was
-    // deleted: the old one is a leftover, not converted again.
+    // deleted: the old one is a leftover, not converted again; and a
+    // segment never made whole is not read.
     std::fs::write(&old_path, &segment).unwrap();
+    let partial = dir.path().join(format!(
+        "{JOB}-0000000009{}",
+        super::super::segment::PARTIAL
+    ));
+    std::fs::write(&partial, &segment).unwrap();
     let spool = Spool::open(dir.path()).unwrap();
-    assert!(!old_path.exists());
+    assert!(!old_path.exists() && !partial.exists());
     let seqs: Vec<u64> = unacked(&spool).iter().map(JobEvent::seq).collect();
     assert_eq!(seqs, [11, 12, 13]);
     spool.ack(job(), 12);

@@ -88,6 +88,12 @@ impl Spool {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
+            if name.ends_with(segment::PARTIAL) {
+                // A migration that died before its segment was whole: it
+                // is done again from the old files, which are still there.
+                std::fs::remove_file(&path)?;
+                continue;
+            }
             match segment::parse_name(name) {
                 Some((job, number)) => found.entry(job).or_default().push(number),
                 None => legacy.extend(legacy::parse_name(name).map(|job| (job, path.clone()))),
@@ -100,9 +106,7 @@ impl Spool {
         }
         for (job, path) in legacy {
             if inner.jobs.contains_key(&job) {
-                // Its segment is written whole before the file is deleted.
-                warn!(file = %path.display(), "removing an old spool file already migrated");
-                std::fs::remove_file(&path)?;
+                warn!(file = %path.display(), "ignoring an old spool file of a job with segments");
                 continue;
             }
             inner.jobs.insert(job, legacy::import(dir, job, &path)?);

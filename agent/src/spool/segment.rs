@@ -23,6 +23,10 @@ use super::frame::{self, lost_lines, Mark, Record};
 /// backlog (64 MiB) is a handful of files.
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
+/// How the name of a segment being written whole ends until it is
+/// ([`JobSpool::write_whole`]).
+pub const PARTIAL: &str = ".seg.partial";
+
 /// A segment file.
 struct Segment {
     number: u64,
@@ -113,7 +117,7 @@ impl JobSpool {
         events: &[JobEvent],
     ) -> io::Result<()> {
         let path = segment_path(dir, job, number);
-        let partial = path.with_extension("seg.partial");
+        let partial = path.with_extension(&PARTIAL[1..]);
         let mut file = BufWriter::new(File::create(&partial)?);
         // Where the segment begins, then where the job stands after it.
         let begins = Mark {
