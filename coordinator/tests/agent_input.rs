@@ -145,12 +145,15 @@ async fn every_text_of_a_finished_job_is_redacted() {
         text: format!("==> succeeded: serving with {SECRET}"),
         ..Default::default()
     };
-    for (line, finished) in [(stage, None), (summary, Some(done))] {
-        let event = proto::JobEvent {
+    let events: Vec<proto::JobEvent> = [(stage, None), (summary, Some(done))]
+        .into_iter()
+        .map(|(line, finished)| proto::JobEvent {
             job_id: job,
             lines: Some(vec![line].into()),
             finished,
-        };
+        })
+        .collect();
+    for event in events.clone() {
         tx.send(up(proto::agent_message::Body::JobEvent(event)))
             .await
             .unwrap();
@@ -163,6 +166,38 @@ async fn every_text_of_a_finished_job_is_redacted() {
         }
     };
     assert_eq!((acked.job_id, acked.seq), (job, 2));
+    // Sent again, as an agent does when an ack was lost: acknowledged
+    // again, stored once, and what it reports changes nothing more.
+    for event in events {
+        tx.send(up(proto::agent_message::Body::JobEvent(event)))
+            .await
+            .unwrap();
+    }
+    loop {
+        if let Some(proto::coordinator_message::Body::Ack(ack)) = next(&mut inbound).await {
+            if ack.seq == 2 {
+                break;
+            }
+        }
+    }
+    let request = proto::StreamJobLogsRequest {
+        job_id: job,
+        from_seq: 1,
+        follow: false,
+    };
+    let mut logs = client.stream_job_logs(request).await.unwrap().into_inner();
+    let mut stored = Vec::new();
+    while let Some(line) = logs.message().await.unwrap() {
+        stored.push((line.seq, line.text, line.opens_stage));
+    }
+    assert_eq!(
+        stored,
+        [
+            (1, "==> deploy".to_owned(), false),
+            (2, "==> succeeded: serving with ***".to_owned(), false)
+        ],
+        "each line once, redacted, stored without the flag"
+    );
 
     let shown = client
         .get_job(proto::GetJobRequest { id: job })
