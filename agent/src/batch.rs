@@ -1,5 +1,5 @@
 //! How the agent's output becomes messages: runs of one job's log lines
-//! travel as one event of [`Event::Lines`], a container's output as
+//! travel as one [`JobEvent`], a container's output as
 //! `ContainerOutput`s, and no message is larger than
 //! [`MAX_AGENT_MESSAGE_BYTES`], however long its lines (the coordinator ends
 //! a stream that sends more than its cap, and a batch that never fits would
@@ -12,7 +12,8 @@
 
 use gantry_shared::{
     limits::{MAX_AGENT_MESSAGE_BYTES, MAX_FIELD_BYTES, MAX_LOG_LINE_BYTES, MAX_SUMMARY_BYTES},
-    messages::{Event, FromAgent, JobEvent, LogLine},
+    messages::{FromAgent, JobEvent, LogLine},
+    proto,
 };
 
 /// Bytes a message adds around its lines at most: four field keys of one
@@ -23,53 +24,54 @@ const ENVELOPE_BYTES: usize = 4 + 2 * 10 + 2 * 10;
 /// cheap, few enough that a quiet app's lines are not held back.
 pub const OUTPUT_LINES_PER_MESSAGE: usize = 256;
 
-// The largest single event, a job's end with every field at its cap, fits.
+// The largest single event, a job's end with every field at its cap on its
+// longest line, fits.
 const _: () = assert!(
-    MAX_SUMMARY_BYTES + 3 * MAX_FIELD_BYTES + 4 * ENVELOPE_BYTES <= MAX_AGENT_MESSAGE_BYTES
+    MAX_LOG_LINE_BYTES + MAX_SUMMARY_BYTES + 3 * MAX_FIELD_BYTES + 4 * ENVELOPE_BYTES
+        <= MAX_AGENT_MESSAGE_BYTES
 );
 const _: () = assert!(MAX_LOG_LINE_BYTES + 4 * ENVELOPE_BYTES <= MAX_AGENT_MESSAGE_BYTES);
 
 /// Room for lines in one message.
 const LINES_BUDGET: usize = MAX_AGENT_MESSAGE_BYTES - ENVELOPE_BYTES;
 
-/// The messages carrying `events`: runs of consecutive log-line events of
-/// one job become one [`Event::Lines`] event, numbered with the run's last
-/// seq (the coordinator stores it in one write and acknowledges it as a
-/// whole, which acknowledges every event of the run), and a run is cut
-/// wherever the next line would make its message too big.
+/// The messages carrying `events`: runs of one job's consecutive lines
+/// become one event (the coordinator stores it in one write and
+/// acknowledges it by its last line's seq), cut after a line that ends the
+/// job's part and wherever the next line would make the message too big.
 pub fn job_events(events: Vec<JobEvent>) -> Vec<FromAgent> {
     let mut out: Vec<JobEvent> = Vec::with_capacity(events.len());
-    // Encoded size of the lines of the run at the end of `out`.
+    // Encoded size of the run at the end of `out`.
     let mut run_bytes = 0;
     for event in events {
-        let Event::Lines(lines) = event.body else {
-            out.push(event);
-            continue;
-        };
-        for line in lines {
-            let len = line.field_len();
-            match out.last_mut() {
-                Some(JobEvent {
-                    job,
-                    seq,
-                    body: Event::Lines(run),
-                }) if *job == event.job && run_bytes + len <= LINES_BUDGET => {
-                    run.push(line);
-                    *seq = event.seq;
-                    run_bytes += len;
-                }
-                _ => {
-                    out.push(JobEvent {
-                        job: event.job,
-                        seq: event.seq,
-                        body: Event::Lines(vec![line]),
-                    });
-                    run_bytes = len;
-                }
+        let len = run_len(&event);
+        match out.last_mut() {
+            Some(run)
+                if run.job == event.job
+                    && run.finished.is_none()
+                    && event.first_seq() == run.seq() + 1
+                    && run_bytes + len <= LINES_BUDGET =>
+            {
+                run.lines.extend(event.lines);
+                run.finished = event.finished;
+                run_bytes += len;
+            }
+            _ => {
+                out.push(event);
+                run_bytes = len;
             }
         }
     }
     out.into_iter().map(FromAgent::Job).collect()
+}
+
+/// What `event`'s lines and end add to a message, exactly.
+fn run_len(event: &JobEvent) -> usize {
+    let lines: usize = event.lines.iter().map(LogLine::field_len).sum();
+    let done = event.finished.clone().map_or(0, |done| {
+        prost::encoding::message::encoded_len(4, &proto::JobFinished::from(done))
+    });
+    lines + done
 }
 
 /// `lines` in order, in groups of at most [`OUTPUT_LINES_PER_MESSAGE`]
@@ -120,45 +122,60 @@ mod tests {
             stage: Some(Stage::Health),
             stream: Some(LogStream::Stderr),
             text,
+            opens_stage: seq.is_multiple_of(7),
         }
     }
 
     fn log(job: u64, seq: u64) -> JobEvent {
-        JobEvent {
-            job: id(job),
-            seq,
-            body: Event::Lines(vec![line(seq, String::new())]),
-        }
+        JobEvent::line(id(job), line(seq, String::new()), None)
     }
 
     fn encoded_len(message: FromAgent) -> usize {
         proto::AgentMessage::from(message).encoded_len()
     }
 
+    fn done(summary: String) -> Finished {
+        Finished {
+            state: JobState::Failed,
+            summary: cap_text(summary, MAX_SUMMARY_BYTES),
+            url: String::new(),
+            image: String::new(),
+            container: String::new(),
+        }
+    }
+
     #[test]
     fn runs_of_lines_travel_as_one_event_numbered_by_their_last() {
-        let stage = JobEvent {
-            job: id(1),
-            seq: 3,
-            body: Event::Stage(Stage::Build),
+        let end = JobEvent {
+            finished: Some(done("exit 1".into())),
+            ..log(1, 4)
         };
-        let events = vec![log(1, 1), log(1, 2), stage, log(1, 4), log(2, 1), log(1, 5)];
-        let shape: Vec<(u64, u64, usize)> = job_events(events)
+        let events = vec![
+            log(1, 1),
+            log(1, 2),
+            log(1, 3),
+            end,
+            log(2, 1),
+            log(1, 5),
+            log(1, 9),
+        ];
+        let shape: Vec<(u64, u64, usize, bool)> = job_events(events)
             .into_iter()
             .map(|m| {
                 let FromAgent::Job(e) = m else {
                     panic!("a job event");
                 };
-                let lines = match &e.body {
-                    Event::Lines(lines) => lines.len(),
-                    _ => 0,
-                };
-                (e.job.get(), e.seq, lines)
+                (e.job.get(), e.seq(), e.lines.len(), e.finished.is_some())
             })
             .collect();
         assert_eq!(
             shape,
-            [(1, 2, 2), (1, 3, 0), (1, 4, 1), (2, 1, 1), (1, 5, 1)]
+            [
+                (1, 4, 4, true),
+                (2, 1, 1, false),
+                (1, 5, 1, false),
+                (1, 9, 1, false)
+            ]
         );
     }
 
@@ -173,41 +190,33 @@ mod tests {
         .prop_map(cap_log_line)
     }
 
-    /// What a spool hands over: runs of one job's events (lines, stages, an
-    /// end), of a few jobs in turn.
+    /// What a spool hands over: runs of one job's lines, some ending with
+    /// the job's part, of a few jobs in turn.
     fn events() -> impl Strategy<Value = Vec<JobEvent>> {
-        let other = prop_oneof![
-            Just(Event::Stage(Stage::Build)),
-            ".{0,100}".prop_map(|s| Event::Finished(Finished {
-                state: JobState::Failed,
-                summary: cap_text(s.repeat(10_000), MAX_SUMMARY_BYTES),
-                url: cap_text(s.repeat(100), MAX_FIELD_BYTES),
-                image: cap_text(s.repeat(100), MAX_FIELD_BYTES),
-                container: cap_text(s.repeat(100), MAX_FIELD_BYTES),
-            })),
-        ];
-        let lines =
-            proptest::collection::vec(text().prop_map(|t| Event::Lines(vec![line(0, t)])), 1..400);
-        let run = (0..3u64, lines, proptest::option::of(other));
+        let end = proptest::option::of(".{0,100}".prop_map(|s| Finished {
+            url: cap_text(s.repeat(100), MAX_FIELD_BYTES),
+            image: cap_text(s.repeat(100), MAX_FIELD_BYTES),
+            container: cap_text(s.repeat(100), MAX_FIELD_BYTES),
+            ..done(s.repeat(10_000))
+        }));
+        let run = (0..3u64, proptest::collection::vec(text(), 1..400), end);
         proptest::collection::vec(run, 0..4).prop_map(|runs| {
             let mut next = [1u64; 3];
-            runs.into_iter()
-                .flat_map(|(job, lines, other)| {
-                    lines.into_iter().chain(other).map(move |body| (job, body))
-                })
-                .map(|(job, mut body)| {
-                    let seq = next[job as usize];
+            let mut out = Vec::new();
+            for (job, texts, end) in runs {
+                let count = texts.len();
+                for (i, text) in texts.into_iter().enumerate() {
+                    let seq = u64::MAX / 2 + next[job as usize];
                     next[job as usize] += 1;
-                    if let Event::Lines(lines) = &mut body {
-                        lines[0].seq = seq;
-                    }
-                    JobEvent {
-                        job: id(u64::MAX - job),
-                        seq: u64::MAX / 2 + seq,
-                        body,
-                    }
-                })
-                .collect()
+                    let finished = end.clone().filter(|_| i + 1 == count);
+                    out.push(JobEvent::line(
+                        id(u64::MAX - job),
+                        line(seq, text),
+                        finished,
+                    ));
+                }
+            }
+            out
         })
     }
 
@@ -216,17 +225,20 @@ mod tests {
 
         #[test]
         fn every_job_event_message_fits_and_every_line_is_sent_once(events in events()) {
-            let lines_in = events.iter().filter(|e| matches!(e.body, Event::Lines(_))).count();
-            let mut lines_out = 0;
+            let lines_in = events.len();
+            let ends_in = events.iter().filter(|e| e.finished.is_some()).count();
+            let (mut lines_out, mut ends_out) = (0, 0);
             for message in job_events(events) {
-                if let FromAgent::Job(JobEvent { body: Event::Lines(lines), .. }) = &message {
-                    lines_out += lines.len();
+                if let FromAgent::Job(event) = &message {
+                    lines_out += event.lines.len();
+                    ends_out += usize::from(event.finished.is_some());
                 }
                 let len = encoded_len(message);
                 prop_assert!(len <= MAX_AGENT_MESSAGE_BYTES, "{len} bytes");
                 prop_assert!(len <= MAX_GRPC_MESSAGE_BYTES);
             }
             prop_assert_eq!(lines_in, lines_out);
+            prop_assert_eq!(ends_in, ends_out);
         }
 
         #[test]
@@ -251,11 +263,7 @@ mod tests {
     fn max_length_lines_of_a_backlog_fit() {
         // The case: 512 cut 8 KiB lines were 4,204,432 bytes in one message.
         let events: Vec<_> = (1..=512)
-            .map(|seq| JobEvent {
-                job: id(1),
-                seq,
-                body: Event::Lines(vec![line(seq, cap_log_line("y".repeat(9 * 1024)))]),
-            })
+            .map(|seq| JobEvent::line(id(1), line(seq, cap_log_line("y".repeat(9 * 1024))), None))
             .collect();
         let messages = job_events(events);
         let count = messages.len();

@@ -1,5 +1,6 @@
-//! What a running job tells the coordinator: stage changes, log lines with a
-//! per-job sequence number, and its end. Events go into the agent's spool,
+//! What a running job tells the coordinator: its log, numbered in the job's
+//! one sequence. A stage change is the line that opens the stage, and the
+//! job's end rides its summary line. Lines go into the agent's spool,
 //! which the connection drains; when the coordinator is away the spool
 //! fills and the job waits (back-pressure) instead of dropping lines.
 
@@ -10,7 +11,7 @@ use std::{
 
 use gantry_shared::{
     limits::{cap_log_line, cap_text, MAX_FIELD_BYTES, MAX_SUMMARY_BYTES},
-    messages::{Event, Finished, LogLine},
+    messages::{Finished, LogLine},
     now_ms, JobId, JobState, Redactor, Stage,
 };
 
@@ -60,32 +61,38 @@ impl Reporter {
         Self { redactor, ..self }
     }
 
-    async fn send(&self, body: Event) {
-        if let Err(e) = self.spool.push(self.job, body).await {
-            tracing::error!(job = %self.job, error = %e, "cannot write to the spool; the event is lost");
+    /// Spools a line of the job's log (numbered by the spool, in the order
+    /// lines are spooled), ending the job's part here if `finished`.
+    async fn send(
+        &self,
+        stream: Stream,
+        text: String,
+        opens_stage: bool,
+        finished: Option<Finished>,
+    ) {
+        let line = LogLine {
+            seq: 0,
+            timestamp_ms: now_ms(),
+            stage: *self.stage.lock().expect("stage lock"),
+            stream: Some(stream),
+            text: cap_log_line(self.redactor.redact(text)),
+            opens_stage,
+        };
+        if let Err(e) = self.spool.push(self.job, line, finished).await {
+            tracing::error!(job = %self.job, error = %e, "cannot write to the spool; the line is lost");
         }
     }
 
-    /// Enters a new stage, and says so in the log.
+    /// Enters a new stage, with the line that says so.
     pub async fn stage(&self, stage: Stage) {
         *self.stage.lock().expect("stage lock") = Some(stage);
-        self.send(Event::Stage(stage)).await;
-        self.line(Stream::System, format!("==> {}", stage.as_str()))
-            .await;
+        let text = format!("==> {}", stage.as_str());
+        self.send(Stream::System, text, true, None).await;
     }
 
     /// Sends one line of output.
     pub async fn line(&self, stream: Stream, text: impl Into<String>) {
-        let stage = *self.stage.lock().expect("stage lock");
-        // Numbered by the spool, in the order the lines are spooled.
-        let line = LogLine {
-            seq: 0,
-            timestamp_ms: now_ms(),
-            stage,
-            stream: Some(stream),
-            text: cap_log_line(self.redactor.redact(text.into())),
-        };
-        self.send(Event::Lines(vec![line])).await;
+        self.send(stream, text.into(), false, None).await;
     }
 
     /// Sends a line written by Gantry itself.
@@ -97,8 +104,7 @@ impl Reporter {
     pub async fn finish(&self, state: JobState, summary: String, deployed: Option<Deployed>) {
         let deployed = deployed.unwrap_or_default();
         let summary = cap_text(self.redactor.redact(summary), MAX_SUMMARY_BYTES);
-        self.system(format!("==> {}: {summary}", state.as_str()))
-            .await;
+        let text = format!("==> {}: {summary}", state.as_str());
         // Capped so the event always fits a message (see `crate::batch`).
         let done = Finished {
             state,
@@ -107,7 +113,7 @@ impl Reporter {
             image: cap_text(deployed.image, MAX_FIELD_BYTES),
             container: cap_text(deployed.container, MAX_FIELD_BYTES),
         };
-        self.send(Event::Finished(done)).await;
+        self.send(Stream::System, text, false, Some(done)).await;
     }
 }
 

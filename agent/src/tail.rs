@@ -110,6 +110,7 @@ pub async fn run(
                 stage: None,
                 stream: Some(stream),
                 text: cap_log_line(line.to_owned()),
+                opens_stage: false,
             })
             .collect();
         for group in batch::output_groups(lines) {

@@ -1,4 +1,4 @@
-//! The spool across agent restarts, on a real directory: acknowledged events
+//! The spool across agent restarts, on a real directory: acknowledged lines
 //! stay forgotten and their space is given back, a corrupt record costs only
 //! itself, and a restarted agent numbers a job's lines on from where they
 //! stopped. Written against the spool's public API only, whatever its files
@@ -8,28 +8,25 @@ use std::path::Path;
 
 use gantry_agent::{report::Reporter, spool::Spool};
 use gantry_shared::{
-    messages::{Event, JobEvent, LogLine, LogStream},
-    JobId, JobState,
+    messages::{JobEvent, LogLine, LogStream},
+    JobId, JobState, Stage,
 };
 
-fn log(text: String) -> Event {
-    Event::Lines(vec![LogLine {
+fn log(text: String) -> LogLine {
+    LogLine {
         seq: 0,
         timestamp_ms: 0,
         stage: None,
         stream: Some(LogStream::Stdout),
         text,
-    }])
+        opens_stage: false,
+    }
 }
 
 fn lines(events: &[JobEvent]) -> Vec<(u64, &str)> {
     events
         .iter()
-        .filter_map(|e| match &e.body {
-            Event::Lines(l) => Some(l.iter().map(|l| (l.seq, l.text.as_str()))),
-            _ => None,
-        })
-        .flatten()
+        .flat_map(|e| e.lines.iter().map(|l| (l.seq, l.text.as_str())))
         .collect()
 }
 
@@ -48,7 +45,7 @@ fn all_unacked(spool: &Spool) -> Vec<JobEvent> {
 }
 
 #[tokio::test]
-async fn a_spool_of_100_000_acknowledged_events_reopens_with_nothing_pending_and_shrunk() {
+async fn a_spool_of_100_000_acknowledged_lines_reopens_with_nothing_pending_and_shrunk() {
     let dir = tempfile::tempdir().unwrap();
     let job = JobId::new(7).unwrap();
     let spool = Spool::open(dir.path()).unwrap();
@@ -58,14 +55,14 @@ async fn a_spool_of_100_000_acknowledged_events_reopens_with_nothing_pending_and
         // Half at a time: as many as the spool holds unacknowledged.
         for i in 0..50_000 {
             spool
-                .push(job, log(format!("{round}-{i} {text}")))
+                .push(job, log(format!("{round}-{i} {text}")), None)
                 .await
                 .unwrap();
         }
         let sent = spool.take_unsent(usize::MAX).unwrap();
         assert_eq!(sent.len(), 50_000);
         before = before.max(size_on_disk(dir.path()));
-        spool.ack(job, sent.last().unwrap().seq);
+        spool.ack(job, sent.last().unwrap().seq());
     }
     assert!(spool.is_empty());
     drop(spool);
@@ -80,9 +77,12 @@ async fn a_spool_of_100_000_acknowledged_events_reopens_with_nothing_pending_and
     );
     assert!(after * 4 < before, "{after} bytes left of {before}");
     assert_eq!(spool.unfinished(), [job], "the job has not ended");
-    spool.push(job, log("next".into())).await.unwrap();
+    spool.push(job, log("next".into()), None).await.unwrap();
     let next = spool.take_unsent(10).unwrap();
-    assert_eq!(next.iter().map(|e| e.seq).collect::<Vec<_>>(), [100_001]);
+    assert_eq!(
+        next.iter().map(JobEvent::seq).collect::<Vec<_>>(),
+        [100_001]
+    );
 }
 
 #[tokio::test]
@@ -91,7 +91,10 @@ async fn acknowledgements_survive_a_restart() {
     let job = JobId::new(2).unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     for i in 1..=10 {
-        spool.push(job, log(format!("line {i}"))).await.unwrap();
+        spool
+            .push(job, log(format!("line {i}")), None)
+            .await
+            .unwrap();
     }
     spool.take_unsent(100).unwrap();
     spool.ack(job, 6);
@@ -99,9 +102,9 @@ async fn acknowledgements_survive_a_restart() {
     let spool = Spool::open(dir.path()).unwrap();
     let resent = all_unacked(&spool);
     assert_eq!(
-        resent.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        resent.iter().map(JobEvent::seq).collect::<Vec<_>>(),
         [7, 8, 9, 10],
-        "acknowledged events are not sent again"
+        "acknowledged lines are not sent again"
     );
 }
 
@@ -111,7 +114,10 @@ async fn a_corrupt_record_in_the_middle_loses_only_itself() {
     let job = JobId::new(4).unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     for i in 1..=1000 {
-        spool.push(job, log(format!("line {i:04}"))).await.unwrap();
+        spool
+            .push(job, log(format!("line {i:04}")), None)
+            .await
+            .unwrap();
     }
     spool.take_unsent(usize::MAX).unwrap();
     drop(spool);
@@ -150,7 +156,8 @@ async fn a_restarted_agent_numbers_a_jobs_lines_on_from_where_they_stopped() {
     let job = JobId::new(11).unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let report = Reporter::new(job, spool.clone());
-    for i in 1..=3 {
+    report.stage(Stage::Fetch).await;
+    for i in 2..=3 {
         report.system(format!("line {i}")).await;
     }
     let sent = spool.take_unsent(100).unwrap();
@@ -158,8 +165,15 @@ async fn a_restarted_agent_numbers_a_jobs_lines_on_from_where_they_stopped() {
         lines(&sent).iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         [1, 2, 3]
     );
+    let opening = &sent[0].lines[0];
+    assert_eq!(
+        (opening.text.as_str(), opening.stage, opening.opens_stage),
+        ("==> fetch", Some(Stage::Fetch), true),
+        "a stage change is the line that opens the stage"
+    );
+    assert!(!sent[1].lines[0].opens_stage);
     // The coordinator stored them all; then the agent died.
-    spool.ack(job, sent.last().unwrap().seq);
+    spool.ack(job, sent.last().unwrap().seq());
     drop((report, spool));
 
     let spool = Spool::open(dir.path()).unwrap();
@@ -173,6 +187,8 @@ async fn a_restarted_agent_numbers_a_jobs_lines_on_from_where_they_stopped() {
         [(4, "==> failed: the agent restarted")],
         "the restarted agent's line follows the stored ones"
     );
+    let done = ended[0].finished.as_ref().expect("the end rides the line");
+    assert_eq!(done.state, JobState::Failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -31,12 +31,11 @@ impl proto::agent_service_server::AgentService for Counter {
             let mut count = 0;
             while let Some(Ok(msg)) = inbound.next().await {
                 if let Some(Up::JobEvent(proto::JobEvent {
-                    body: Some(proto::job_event::Body::Log(_)),
-                    ..
+                    lines: Some(batch), ..
                 })) = msg.body
                 {
-                    count += 1;
-                    if count == me.0.target {
+                    count += batch.lines.len() as u64;
+                    if count >= me.0.target {
                         if let Some(done) = me.0.done.lock().expect("lock").take() {
                             let _ = done.send(Instant::now());
                         }
@@ -86,8 +85,8 @@ pub async fn throughput(lines: u64) -> anyhow::Result<f64> {
         };
         let event = proto::JobEvent {
             job_id: 1,
-            seq: n,
-            body: Some(proto::job_event::Body::Log(line)),
+            lines: Some(vec![line].into()),
+            finished: None,
         };
         tx.send(proto::AgentMessage {
             body: Some(Up::JobEvent(event)),

@@ -192,6 +192,7 @@ async fn fill(data: &Path, jobs: u64, lines: u64) -> anyhow::Result<()> {
                     stage: None,
                     stream: None,
                     text: text.clone(),
+                    opens_stage: false,
                 })
                 .collect();
             seq += batch.len() as u64;

@@ -34,9 +34,10 @@ pub enum Work {
 pub struct Arrivals {
     /// Job id -> arrival time.
     pub at: Mutex<HashMap<u64, Instant>>,
-    /// Job id -> the seq of its last event, once the agent sent it.
+    /// Job id -> the seq of its last line (the one carrying its end), once
+    /// the agent sent it.
     last_event: Mutex<HashMap<u64, u64>>,
-    /// Job id -> when the coordinator acknowledged its last event.
+    /// Job id -> when the coordinator acknowledged its last line.
     stored: Mutex<HashMap<u64, Instant>>,
     /// Job id -> when the bench let a held job start its lines.
     released: Mutex<HashMap<u64, Instant>>,
@@ -80,7 +81,7 @@ impl Arrivals {
         }
     }
 
-    /// The coordinator acknowledged `job`'s events up to `seq`.
+    /// The coordinator acknowledged `job`'s lines up to `seq`.
     fn acked(&self, job: u64, seq: u64) {
         let last = self
             .last_event
@@ -103,11 +104,15 @@ fn up(body: Up) -> proto::AgentMessage {
     proto::AgentMessage { body: Some(body) }
 }
 
-fn event(job: u64, seq: u64, body: proto::job_event::Body) -> proto::AgentMessage {
+fn event(
+    job: u64,
+    lines: Vec<proto::LogLine>,
+    finished: Option<proto::JobFinished>,
+) -> proto::AgentMessage {
     up(Up::JobEvent(proto::JobEvent {
         job_id: job,
-        seq,
-        body: Some(body),
+        lines: Some(lines.into()),
+        finished,
     }))
 }
 
@@ -183,72 +188,67 @@ pub async fn agent(
     Ok(())
 }
 
+/// Sends `job`'s log: its first line opens the build stage and its last
+/// carries the job's end, as the agent's would (a job with no work sends
+/// one line that does both).
 async fn run_job(job: u64, work: Work, tx: mpsc::Sender<proto::AgentMessage>, arrivals: &Arrivals) {
-    let mut seq = 1;
-    let _ = tx
-        .send(event(
-            job,
-            seq,
-            proto::job_event::Body::Stage(proto::Stage::Build as i32),
-        ))
-        .await;
-    if let Work::Lines {
-        lines,
-        bytes,
-        per_sec,
-        held,
-    } = work
-    {
-        if held {
-            arrivals.wait_in(&arrivals.released, job).await;
+    let (lines, bytes, per_sec) = match work {
+        Work::Nothing => (1, 0, 0),
+        Work::Lines {
+            lines,
+            bytes,
+            per_sec,
+            held,
+        } => {
+            if held {
+                arrivals.wait_in(&arrivals.released, job).await;
+            }
+            (lines.max(1), bytes, per_sec)
         }
-        // As the agent does: the lines waiting to be sent go as one batch
-        // (up to its send batch). Paced, the lines due go out every
-        // millisecond (tokio's timer resolution), as a program's output
-        // waits in the agent for its next send.
-        let mut pace = (per_sec > 0).then(|| {
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick
-        });
-        let started = Instant::now();
-        let mut n = 0;
-        while n < lines {
-            let due = match pace.as_mut() {
-                Some(pace) => {
-                    pace.tick().await;
-                    let due = started.elapsed().as_micros() as u64 * per_sec / 1_000_000;
-                    due.clamp(n + 1, lines)
+    };
+    // As the agent does: the lines waiting to be sent go as one batch
+    // (up to its send batch). Paced, the lines due go out every
+    // millisecond (tokio's timer resolution), as a program's output
+    // waits in the agent for its next send.
+    let mut pace = (per_sec > 0).then(|| {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    });
+    let started = Instant::now();
+    let mut n = 0;
+    while n < lines {
+        let due = match pace.as_mut() {
+            Some(pace) => {
+                pace.tick().await;
+                let due = started.elapsed().as_micros() as u64 * per_sec / 1_000_000;
+                due.clamp(n + 1, lines)
+            }
+            None => lines,
+        };
+        while n < due {
+            let mut batch: Vec<_> = (n + 1..=due.min(n + BATCH as u64))
+                .map(|seq| line(seq, bytes))
+                .collect();
+            n += batch.len() as u64;
+            batch[0].opens_stage = batch[0].seq == 1;
+            let finished = (n == lines).then(|| {
+                arrivals
+                    .last_event
+                    .lock()
+                    .expect("arrivals lock")
+                    .insert(job, n);
+                proto::JobFinished {
+                    state: proto::JobState::Succeeded as i32,
+                    summary: "bench".into(),
+                    ..Default::default()
                 }
-                None => lines,
-            };
-            while n < due {
-                let batch: Vec<_> = (n + 1..=due.min(n + BATCH as u64))
-                    .map(|seq| line(seq, bytes))
-                    .collect();
-                n += batch.len() as u64;
-                seq += 1;
-                let body = proto::job_event::Body::Lines(proto::LogBatch::from(batch));
-                if tx.send(event(job, seq, body)).await.is_err() {
-                    return;
-                }
+            });
+            if tx.send(event(job, batch, finished)).await.is_err() {
+                return;
             }
         }
     }
-    seq += 1;
-    arrivals
-        .last_event
-        .lock()
-        .expect("arrivals lock")
-        .insert(job, seq);
-    let done = proto::JobFinished {
-        state: proto::JobState::Succeeded as i32,
-        summary: "bench".into(),
-        ..Default::default()
-    };
-    let _ = tx
-        .send(event(job, seq, proto::job_event::Body::Finished(done)))
-        .await;
 }
 
 /// Line `seq` of `bytes` bytes, carrying its send time (µs since the Unix

@@ -251,10 +251,11 @@ struct Origin<'a> {
     session: u64,
 }
 
-/// Applies what the agent sends, in batches: every event of a batch is
-/// applied, then once all of them are durable (the store commits them
-/// together) each job's highest seq is acknowledged, so an acknowledged
-/// event is always on disk.
+/// Applies what the agent sends, in batches: every run of lines of a batch
+/// is stored and what its lines report applied, then once all of them are
+/// durable (the store commits them together) each job's highest line seq
+/// is acknowledged, so an acknowledged line is always on disk, and so is
+/// the stage or end it reported.
 async fn read_events(
     core: &Core,
     from: &Origin<'_>,
@@ -290,7 +291,7 @@ async fn read_events(
                     }
                     Some(Applied::Heartbeat) => beat = true,
                     // Not stored, so not acknowledged: end the session, and
-                    // the agent resends from this event when it reconnects.
+                    // the agent resends from these lines when it reconnects.
                     Some(Applied::Unstored) => {
                         open = false;
                         break;
@@ -341,8 +342,8 @@ async fn read_events(
 
 /// What applying a message asks of the reader.
 enum Applied {
-    /// Acknowledge the job's events up to this seq, once what applying
-    /// it wrote (if anything) is durable.
+    /// Acknowledge the job's lines up to this seq, once what applying
+    /// them wrote (if anything) is durable.
     Event(JobId, u64, Option<Durable>),
     /// Answer the heartbeat (it asked).
     Heartbeat,
@@ -350,9 +351,9 @@ enum Applied {
     Unstored,
 }
 
-/// Applies one message. Refused events are acknowledged too: resending
-/// them cannot change the answer. An event for a job the session does
-/// not hold is audited (the first for each job, up to
+/// Applies one message. Refused lines are acknowledged too: resending
+/// them cannot change the answer. Lines of a job the session does not
+/// hold are audited (the first for each job, up to
 /// [`MAX_AUDITED_REFUSALS`] jobs in `refused`).
 async fn handle(
     core: &Core,
@@ -363,7 +364,7 @@ async fn handle(
     let (agent, session) = (&from.sender.agent, from.session);
     match FromAgent::try_from(msg) {
         Ok(FromAgent::Job(event)) => {
-            let (job, seq) = (event.job, event.seq);
+            let (job, seq) = (event.job, event.seq());
             let mut written = None;
             match core.apply_event(from.sender, event).await {
                 Err(Error::Store(e)) if e.is_failure() => {

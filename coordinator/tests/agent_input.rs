@@ -131,13 +131,29 @@ async fn every_text_of_a_finished_job_is_redacted() {
         image: format!("shop:{SECRET}"),
         container: format!("gantry-shop-{SECRET}"),
     };
-    let stage = proto::job_event::Body::Stage(proto::Stage::Deploy as i32);
-    for (seq, body) in [(1, stage), (2, proto::job_event::Body::Finished(done))] {
-        let event = proto::JobEvent {
+    // The stage opens with its line; the end rides the summary line.
+    let stage = proto::LogLine {
+        seq: 1,
+        stage: proto::Stage::Deploy as i32,
+        text: "==> deploy".into(),
+        opens_stage: true,
+        ..Default::default()
+    };
+    let summary = proto::LogLine {
+        seq: 2,
+        stage: proto::Stage::Deploy as i32,
+        text: format!("==> succeeded: serving with {SECRET}"),
+        ..Default::default()
+    };
+    let events: Vec<proto::JobEvent> = [(stage, None), (summary, Some(done))]
+        .into_iter()
+        .map(|(line, finished)| proto::JobEvent {
             job_id: job,
-            seq,
-            body: Some(body),
-        };
+            lines: Some(vec![line].into()),
+            finished,
+        })
+        .collect();
+    for event in events.clone() {
         tx.send(up(proto::agent_message::Body::JobEvent(event)))
             .await
             .unwrap();
@@ -150,6 +166,38 @@ async fn every_text_of_a_finished_job_is_redacted() {
         }
     };
     assert_eq!((acked.job_id, acked.seq), (job, 2));
+    // Sent again, as an agent does when an ack was lost: acknowledged
+    // again, stored once, and what it reports changes nothing more.
+    for event in events {
+        tx.send(up(proto::agent_message::Body::JobEvent(event)))
+            .await
+            .unwrap();
+    }
+    loop {
+        if let Some(proto::coordinator_message::Body::Ack(ack)) = next(&mut inbound).await {
+            if ack.seq == 2 {
+                break;
+            }
+        }
+    }
+    let request = proto::StreamJobLogsRequest {
+        job_id: job,
+        from_seq: 1,
+        follow: false,
+    };
+    let mut logs = client.stream_job_logs(request).await.unwrap().into_inner();
+    let mut stored = Vec::new();
+    while let Some(line) = logs.message().await.unwrap() {
+        stored.push((line.seq, line.text, line.opens_stage));
+    }
+    assert_eq!(
+        stored,
+        [
+            (1, "==> deploy".to_owned(), false),
+            (2, "==> succeeded: serving with ***".to_owned(), false)
+        ],
+        "each line once, redacted, stored without the flag"
+    );
 
     let shown = client
         .get_job(proto::GetJobRequest { id: job })
@@ -334,7 +382,6 @@ async fn next(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_events_are_refused_acknowledged_and_change_nothing() {
-    use proto::job_event::Body;
     let dir = tempfile::tempdir().unwrap();
     let (url, shutdown, server) = coordinator(dir.path(), "").await;
 
@@ -372,8 +419,8 @@ async fn malformed_events_are_refused_acknowledged_and_change_nothing() {
     let job = client.deploy(deploy).await.unwrap().into_inner().id;
     inbound.message().await.unwrap().expect("assignment");
 
-    let line = |stream: i32, text: &str| proto::LogLine {
-        seq: 1,
+    let line = |seq: u64, stream: i32, text: &str| proto::LogLine {
+        seq,
         stream,
         text: text.into(),
         ..Default::default()
@@ -382,25 +429,40 @@ async fn malformed_events_are_refused_acknowledged_and_change_nothing() {
         state: proto::JobState::Running as i32,
         ..Default::default()
     };
+    let stdout = proto::LogStream::Stdout as i32;
     let events = [
-        Body::Log(line(proto::LogStream::Stdout as i32, "a good line")),
-        Body::Stage(99),
-        Body::Log(line(77, "a line from no stream")),
-        Body::Finished(bad_end),
-        Body::Lines(proto::LogBatch::default()),
+        (vec![line(1, stdout, "a good line")], None),
+        (
+            vec![proto::LogLine {
+                stage: 99,
+                opens_stage: true,
+                ..line(2, stdout, "==> ?")
+            }],
+            None,
+        ),
+        (vec![line(3, 77, "a line from no stream")], None),
+        (vec![], None),
+        (vec![line(4, stdout, "==> ?")], Some(bad_end)),
+        (
+            vec![proto::LogLine {
+                opens_stage: true,
+                ..line(5, stdout, "opens no stage")
+            }],
+            None,
+        ),
     ];
-    for (seq, body) in (1..).zip(events) {
+    for (lines, finished) in events {
         let event = proto::JobEvent {
             job_id: job,
-            seq,
-            body: Some(body),
+            lines: Some(lines.into()),
+            finished,
         };
         tx.send(up(proto::agent_message::Body::JobEvent(event)))
             .await
             .unwrap();
     }
-    // The four refused are acknowledged too (sending them again cannot
-    // make them valid), the last of them in whatever batch it came.
+    // The refused are acknowledged too (sending them again cannot make
+    // them valid), the last of them in whatever batch it came.
     loop {
         if let Some(proto::coordinator_message::Body::Ack(ack)) = next(&mut inbound).await {
             assert_eq!(ack.job_id, job);

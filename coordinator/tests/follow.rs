@@ -66,36 +66,28 @@ async fn every_follower_sees_every_line_of_a_fast_job() {
             seqs
         }));
     }
-    let event = |seq, body| {
-        up(proto::agent_message::Body::JobEvent(proto::JobEvent {
-            job_id: job,
-            seq,
-            body: Some(body),
-        }))
-    };
-    tx.send(event(
-        1,
-        proto::job_event::Body::Stage(proto::Stage::Build as i32),
-    ))
-    .await
-    .unwrap();
+    // The first line opens the build stage; the last ends the job.
     for n in 1..=LINES {
         let line = proto::LogLine {
             seq: n,
+            stage: proto::Stage::Build as i32,
             text: format!("line {n}"),
+            opens_stage: n == 1,
             ..Default::default()
         };
-        tx.send(event(n + 1, proto::job_event::Body::Log(line)))
+        let finished = (n == LINES).then(|| proto::JobFinished {
+            state: proto::JobState::Succeeded as i32,
+            ..Default::default()
+        });
+        let event = proto::JobEvent {
+            job_id: job,
+            lines: Some(vec![line].into()),
+            finished,
+        };
+        tx.send(up(proto::agent_message::Body::JobEvent(event)))
             .await
             .unwrap();
     }
-    let done = proto::JobFinished {
-        state: proto::JobState::Succeeded as i32,
-        ..Default::default()
-    };
-    tx.send(event(LINES + 2, proto::job_event::Body::Finished(done)))
-        .await
-        .unwrap();
 
     let want: Vec<u64> = (1..=LINES).collect();
     for follower in followers {

@@ -145,17 +145,17 @@ impl RawAgent {
             .map_err(|_| anyhow::anyhow!("the stream is closed"))
     }
 
-    /// Sends `body` as event `seq` of `job`.
-    pub async fn event(
+    /// Sends a run of `job`'s log, ending the agent's part if `finished`.
+    pub async fn lines(
         &mut self,
         job: u64,
-        seq: u64,
-        body: proto::job_event::Body,
+        lines: Vec<proto::LogLine>,
+        finished: Option<proto::JobFinished>,
     ) -> anyhow::Result<()> {
         let event = proto::JobEvent {
             job_id: job,
-            seq,
-            body: Some(body),
+            lines: Some(lines.into()),
+            finished,
         };
         self.send(proto::agent_message::Body::JobEvent(event)).await
     }
@@ -170,7 +170,7 @@ impl RawAgent {
             .ok_or_else(|| anyhow::anyhow!("an empty message from the coordinator"))
     }
 
-    /// Reads until the coordinator acknowledges `job`'s events up to `seq`.
+    /// Reads until the coordinator acknowledges `job`'s lines up to `seq`.
     pub async fn acked(&mut self, job: u64, seq: u64) -> anyhow::Result<()> {
         loop {
             if let proto::coordinator_message::Body::Ack(ack) = self.next().await? {

@@ -139,15 +139,13 @@ async fn a_dev_session_cannot_report_on_a_prod_job_its_name_once_held() -> anyho
         before.reason
     );
     // It reports the prod job done.
-    use proto::job_event::Body;
-    dev.event(job.id, 1, Body::Stage(proto::Stage::Build as i32))
-        .await?;
-    let line = proto::LogLine {
-        seq: 1,
-        text: "forged by the dev twin".into(),
+    let line = |seq, text: &str| proto::LogLine {
+        seq,
+        stage: proto::Stage::Build as i32,
+        text: text.into(),
+        opens_stage: seq == 1,
         ..Default::default()
     };
-    dev.event(job.id, 2, Body::Log(line)).await?;
     let done = proto::JobFinished {
         state: proto::JobState::Succeeded as i32,
         summary: "forged".into(),
@@ -155,7 +153,11 @@ async fn a_dev_session_cannot_report_on_a_prod_job_its_name_once_held() -> anyho
         image: "forged:1".into(),
         container: "forged".into(),
     };
-    dev.event(job.id, 3, Body::Finished(done)).await?;
+    dev.lines(job.id, vec![line(1, "==> build")], None).await?;
+    dev.lines(job.id, vec![line(2, "forged by the dev twin")], None)
+        .await?;
+    dev.lines(job.id, vec![line(3, "==> succeeded: forged")], Some(done))
+        .await?;
     // Acknowledged (resending cannot change the answer), and applied: no.
     dev.acked(job.id, 3).await?;
 

@@ -11,15 +11,19 @@
 //! covers the length too, so a corrupt length cannot make the reader skip
 //! good frames after it.
 //!
-//! An event's body is its `gantry.v1.JobEvent` encoding, as agents before
-//! domain messages wrote it (a single line as `log`, not `lines`), so a
-//! spool written by either version reads back in the other.
+//! An event's body is its `gantry.v1.JobEvent` encoding: a run of the
+//! job's lines, numbered in the job's one sequence (one line per frame, as
+//! the reporter spools them). Kinds 1 and 2 are the frames of agents
+//! before one sequence per job (events numbered apart from lines); they
+//! are read only to be migrated ([`super::legacy`]).
 
 use gantry_shared::{
-    messages::{Event, JobEvent, LogLine, LogStream},
-    now_ms, proto,
+    messages::{JobEvent, LogLine, LogStream},
+    now_ms, proto, JobId,
 };
 use prost::Message;
+
+use super::legacy::OldRecord;
 
 /// Put in the place of a log line whose spool frame was corrupt, so the
 /// job's log shows the loss and keeps its numbering.
@@ -37,35 +41,53 @@ const HEADER_BYTES: usize = 12;
 /// is corruption, not a record.
 const MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
 
+/// Most lines put in the place of one unreadable frame: the reporter
+/// spools one line per frame, so a wider range is not one this agent
+/// wrote, and is not given memory.
+const MAX_LINES_PER_FRAME: u64 = 65_536;
+
+/// Payload kind of an event of agents before one sequence per job.
+pub const KIND_OLD_EVENT: u8 = 1;
+
+/// Payload kind of a mark of agents before one sequence per job.
+pub const KIND_OLD_MARK: u8 = 2;
+
 /// Payload kind of an encoded `gantry.v1.JobEvent`.
-const KIND_EVENT: u8 = 1;
+const KIND_EVENT: u8 = 3;
 
 /// Payload kind of a [`Mark`].
-const KIND_MARK: u8 = 2;
+const KIND_MARK: u8 = 4;
 
 /// Where a job's spool stands, written when an acknowledgement arrives and
-/// at the start of every segment: what the coordinator has, and the seqs
-/// the job numbers on from, even once the events that held them are gone.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// at the start of every segment: what the coordinator has, and the seq
+/// the job numbers on from, even once the lines that held them are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
-    /// Highest event seq the coordinator acknowledged.
+    /// Highest line seq the coordinator acknowledged.
     pub acked: u64,
-    /// Seq of the job's next event.
-    pub next_seq: u64,
-    /// Seq of the job's next log line.
-    pub next_line: u64,
+    /// Seq of the job's next line.
+    pub next: u64,
+}
+
+impl Default for Mark {
+    /// A job with nothing spooled: its log starts at line 1.
+    fn default() -> Self {
+        Self { acked: 0, next: 1 }
+    }
 }
 
 /// One record read back.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    /// A job event, as it was sent.
+    /// A run of the job's lines, as it was sent.
     Event(JobEvent),
     /// The job's state at that point.
     Mark(Mark),
+    /// A frame of an agent before one sequence per job.
+    Old(OldRecord),
 }
 
-fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+pub(super) fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     let len = (1 + body.len()) as u32;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&len.to_le_bytes());
@@ -82,58 +104,59 @@ fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
 
 /// `event` as a frame.
 pub fn event(event: &JobEvent) -> Vec<u8> {
-    frame(KIND_EVENT, &to_disk(event.clone()).encode_to_vec())
+    frame(
+        KIND_EVENT,
+        &proto::JobEvent::from(event.clone()).encode_to_vec(),
+    )
 }
 
-/// `event` as it is kept on disk: a single line as `log`, as always.
-fn to_disk(event: JobEvent) -> proto::JobEvent {
-    match event.body {
-        Event::Lines(mut lines) if lines.len() == 1 => proto::JobEvent {
-            job_id: event.job.get(),
-            seq: event.seq,
-            body: Some(proto::job_event::Body::Log(
-                lines.pop().expect("one line").into(),
-            )),
-        },
-        _ => event.into(),
-    }
-}
-
-/// An event read from disk (or from a pre-segment spool file). One that
-/// does not convert, which only a corrupt file holds, is `None`, except
-/// that a line keeps its place as [`LOST_LINE`] so the log keeps its
-/// numbering.
-pub fn from_disk(event: proto::JobEvent) -> Option<JobEvent> {
-    let (job, seq) = (event.job_id, event.seq);
-    let line = match &event.body {
-        Some(proto::job_event::Body::Log(line)) => Some(line.seq),
-        _ => None,
-    };
+/// An event read from disk. One that does not convert, which only a
+/// corrupt file holds, keeps its lines' places as [`LOST_LINE`]s so the
+/// log keeps its numbering (none if even its numbering is unreadable).
+fn from_disk(event: proto::JobEvent) -> Option<JobEvent> {
+    let seqs = event.lines.as_ref().map(|b| {
+        (
+            b.lines.first().map(|l| l.seq),
+            b.lines.last().map(|l| l.seq),
+        )
+    });
+    let job = JobId::new(event.job_id).ok()?;
     match JobEvent::try_from(event) {
         Ok(event) => Some(event),
-        Err(_) => Some(lost_line(gantry_shared::JobId::new(job).ok()?, seq, line?)),
+        Err(_) => match seqs {
+            Some((Some(first), Some(last)))
+                if 0 < first && first <= last && last - first < MAX_LINES_PER_FRAME =>
+            {
+                Some(lost_lines(job, first, last))
+            }
+            _ => None,
+        },
     }
 }
 
-/// The event put in the place of line `line`, event `seq`, of `job`.
-pub fn lost_line(job: gantry_shared::JobId, seq: u64, line: u64) -> JobEvent {
+/// The lines `first..=last` of `job`, in the place of lines lost.
+pub fn lost_lines(job: JobId, first: u64, last: u64) -> JobEvent {
+    let at = now_ms();
     JobEvent {
         job,
-        seq,
-        body: Event::Lines(vec![LogLine {
-            seq: line,
-            timestamp_ms: now_ms(),
-            stage: None,
-            stream: Some(LogStream::System),
-            text: LOST_LINE.into(),
-        }]),
+        lines: (first..=last)
+            .map(|seq| LogLine {
+                seq,
+                timestamp_ms: at,
+                stage: None,
+                stream: Some(LogStream::System),
+                text: LOST_LINE.into(),
+                opens_stage: false,
+            })
+            .collect(),
+        finished: None,
     }
 }
 
 /// `mark` as a frame.
 pub fn mark(mark: &Mark) -> Vec<u8> {
-    let mut body = Vec::with_capacity(24);
-    for n in [mark.acked, mark.next_seq, mark.next_line] {
+    let mut body = Vec::with_capacity(16);
+    for n in [mark.acked, mark.next] {
         body.extend_from_slice(&n.to_le_bytes());
     }
     frame(KIND_MARK, &body)
@@ -183,8 +206,8 @@ fn find_magic(bytes: &[u8]) -> Option<usize> {
     bytes.windows(MAGIC.len()).position(|w| w == MAGIC)
 }
 
-/// The record of the frame at `at` and the frame's length, if it checks out.
-fn record_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
+/// The payload of the frame at `at` and the frame's length, if it checks out.
+fn payload_at(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let header = bytes.get(at..at + HEADER_BYTES)?;
     if header[..4] != MAGIC {
         return None;
@@ -199,22 +222,27 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&len_bytes);
     hasher.update(payload);
-    if hasher.finalize() != crc {
-        return None;
-    }
+    (hasher.finalize() == crc).then_some((payload, HEADER_BYTES + len))
+}
+
+/// The record of the frame at `at` and the frame's length, if it checks out.
+fn record_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
+    let (payload, len) = payload_at(bytes, at)?;
     let record = match (payload[0], &payload[1..]) {
         (KIND_EVENT, body) => Record::Event(from_disk(proto::JobEvent::decode(body).ok()?)?),
-        (KIND_MARK, body) if body.len() == 24 => {
+        (KIND_MARK, body) if body.len() == 16 => {
             let n = |i: usize| u64::from_le_bytes(body[i * 8..i * 8 + 8].try_into().expect("8"));
             Record::Mark(Mark {
                 acked: n(0),
-                next_seq: n(1),
-                next_line: n(2),
+                next: n(1),
             })
+        }
+        (kind @ (KIND_OLD_EVENT | KIND_OLD_MARK), body) => {
+            Record::Old(OldRecord::decode(kind, body)?)
         }
         _ => return None,
     };
-    Some((record, HEADER_BYTES + len))
+    Some((record, len))
 }
 
 #[cfg(test)]
@@ -222,37 +250,31 @@ mod tests {
     use super::*;
 
     fn line(seq: u64) -> Record {
-        Record::Event(JobEvent {
-            job: gantry_shared::JobId::new(1).unwrap(),
-            seq,
-            body: Event::Lines(vec![LogLine {
+        Record::Event(JobEvent::line(
+            JobId::new(1).unwrap(),
+            LogLine {
                 seq,
                 timestamp_ms: 0,
-                stage: None,
+                stage: Some(gantry_shared::Stage::Build),
                 stream: Some(LogStream::Stdout),
                 text: format!("line {seq}"),
-            }]),
-        })
+                opens_stage: seq == 1,
+            },
+            None,
+        ))
     }
 
     fn encode(record: &Record) -> Vec<u8> {
         match record {
             Record::Event(e) => event(e),
             Record::Mark(m) => mark(m),
+            Record::Old(_) => unreachable!("never written"),
         }
     }
 
     #[test]
     fn frames_read_back_as_written() {
-        let records = vec![
-            line(1),
-            Record::Mark(Mark {
-                acked: 1,
-                next_seq: 2,
-                next_line: 2,
-            }),
-            line(2),
-        ];
+        let records = vec![line(1), Record::Mark(Mark { acked: 1, next: 2 }), line(2)];
         let bytes: Vec<u8> = records.iter().flat_map(encode).collect();
         let parsed = parse(&bytes);
         assert_eq!(parsed.records, records);
@@ -287,41 +309,26 @@ mod tests {
     }
 
     #[test]
-    fn a_single_line_is_kept_as_earlier_agents_kept_it() {
-        let Record::Event(event) = line(4) else {
-            unreachable!()
+    fn lines_that_do_not_convert_keep_their_places() {
+        let garbled = |seq| proto::LogLine {
+            seq,
+            stream: 77,
+            text: "garbled".into(),
+            ..Default::default()
         };
-        let bytes = super::event(&event);
-        let decoded = proto::JobEvent::decode(&bytes[HEADER_BYTES + 1..]).unwrap();
-        assert!(
-            matches!(&decoded.body, Some(proto::job_event::Body::Log(l)) if l.seq == 4),
-            "{decoded:?}"
-        );
-    }
-
-    #[test]
-    fn a_line_that_does_not_convert_keeps_its_place() {
         let bad = proto::JobEvent {
             job_id: 2,
-            seq: 9,
-            body: Some(proto::job_event::Body::Log(proto::LogLine {
-                seq: 5,
-                stream: 77,
-                text: "garbled".into(),
-                ..Default::default()
-            })),
+            lines: Some(vec![garbled(5), garbled(6)].into()),
+            finished: None,
         };
         let event = from_disk(bad).unwrap();
-        assert_eq!((event.job.get(), event.seq), (2, 9));
-        let Event::Lines(lines) = event.body else {
-            panic!("a line")
-        };
-        assert_eq!((lines[0].seq, lines[0].text.as_str()), (5, LOST_LINE));
-        let stage = proto::JobEvent {
+        assert_eq!((event.job.get(), event.first_seq(), event.seq()), (2, 5, 6));
+        assert!(event.lines.iter().all(|l| l.text == LOST_LINE));
+        let unnumbered = proto::JobEvent {
             job_id: 2,
-            seq: 10,
-            body: Some(proto::job_event::Body::Stage(99)),
+            lines: None,
+            finished: None,
         };
-        assert_eq!(from_disk(stage), None);
+        assert_eq!(from_disk(unnumbered), None);
     }
 }

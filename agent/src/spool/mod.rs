@@ -1,15 +1,19 @@
-//! The agent's spool: every job event is appended to a file on disk before
-//! it is sent, and forgotten only when the coordinator acknowledges it. After
-//! any reconnect, sending resumes from the first unacknowledged event; after
-//! an agent restart, spooled events are loaded and sent again. The
-//! coordinator applies each (job, seq) once, so resending is always safe.
+//! The agent's spool: every line of a job's log is appended to a file on
+//! disk before it is sent, and forgotten only when the coordinator
+//! acknowledges it. A job's log is its whole event stream: a stage change is
+//! a line that opens the stage, and the end of the job's part rides its
+//! last line, so one sequence numbers everything the agent says of a job,
+//! continued from the assignment's `first_seq`. After any reconnect,
+//! sending resumes from the first unacknowledged line; after an agent
+//! restart, spooled lines are loaded and sent again. The coordinator stores
+//! each (job, seq) once, so resending is always safe.
 //!
-//! The spool numbers each job's events and log lines, and keeps the numbers
-//! on disk with the acknowledged seq (see [`frame::Mark`]): a restarted agent
-//! neither resends what the coordinator has nor reuses a seq it has.
-//! Everything is synced to disk before it is sent, one sync per batch.
-//! Each job's files are a run of segments ([`segment`]); acknowledged ones
-//! are deleted, and a corrupt frame costs only itself.
+//! The spool keeps the next seq on disk with the acknowledged one (see
+//! [`frame::Mark`]): a restarted agent neither resends what the coordinator
+//! has nor reuses a seq it has. Everything is synced to disk before it is
+//! sent, one sync per batch. Each job's files are a run of segments
+//! ([`segment`]); acknowledged ones are deleted, and a corrupt frame costs
+//! only itself. Spools of earlier agents are migrated ([`legacy`]).
 
 mod frame;
 mod legacy;
@@ -23,7 +27,7 @@ use std::{
 };
 
 use gantry_shared::{
-    messages::{Event, JobEvent},
+    messages::{Finished, JobEvent, LogLine},
     JobId,
 };
 use tokio::sync::Notify;
@@ -33,7 +37,7 @@ pub use frame::LOST_LINE;
 use segment::JobSpool;
 pub use segment::SEGMENT_BYTES;
 
-/// Unacknowledged events held per job before its producer waits. While the
+/// Unacknowledged lines held per job before its producer waits. While the
 /// coordinator is away, a build printing faster than this fills it and then
 /// blocks on its pipe instead of growing the agent's memory without bound.
 pub const MAX_UNACKED: usize = 50_000;
@@ -42,7 +46,7 @@ pub const MAX_UNACKED: usize = 50_000;
 /// bound for long lines (50,000 cut lines would be 400 MiB).
 pub const MAX_UNACKED_BYTES: usize = 64 * 1024 * 1024;
 
-/// Events handed to the connection per batch (the connection splits them
+/// Lines handed to the connection per batch (the connection splits them
 /// into messages by size).
 pub const SEND_BATCH: usize = 512;
 
@@ -84,6 +88,12 @@ impl Spool {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
+            if name.ends_with(segment::PARTIAL) {
+                // A migration that died before its segment was whole: it
+                // is done again from the old files, which are still there.
+                std::fs::remove_file(&path)?;
+                continue;
+            }
             match segment::parse_name(name) {
                 Some((job, number)) => found.entry(job).or_default().push(number),
                 None => legacy.extend(legacy::parse_name(name).map(|job| (job, path.clone()))),
@@ -91,6 +101,7 @@ impl Spool {
         }
         let mut inner = Inner::default();
         for (job, numbers) in found {
+            let numbers = legacy::upgrade(dir, job, numbers)?;
             inner.jobs.insert(job, JobSpool::load(dir, job, numbers)?);
         }
         for (job, path) in legacy {
@@ -121,34 +132,31 @@ impl Spool {
         let mut inner = self.lock();
         let spool = inner.job(&self.dir, job)?;
         spool.finished = false;
-        if first_line > spool.mark.next_line {
-            spool.mark.next_line = first_line;
+        if first_line > spool.mark.next {
+            spool.mark.next = first_line;
             spool.write_mark()?;
         }
         Ok(())
     }
 
-    /// Appends an event of `job`, waiting while the job has too many
-    /// unacknowledged events. Log lines are numbered here, after the last
-    /// one the job spooled, whatever their `seq` says.
-    pub async fn push(&self, job: JobId, body: Event) -> std::io::Result<()> {
+    /// Appends a line of `job`'s log, ending the job's part if `finished`,
+    /// waiting while the job has too many unacknowledged lines. The line is
+    /// numbered here, after the last one the job spooled, whatever its
+    /// `seq` says.
+    pub async fn push(
+        &self,
+        job: JobId,
+        line: LogLine,
+        finished: Option<Finished>,
+    ) -> std::io::Result<()> {
+        let mut event = JobEvent::line(job, line, finished);
         loop {
             let freed = self.freed.notified();
             {
                 let mut inner = self.lock();
                 let spool = inner.job(&self.dir, job)?;
                 if spool.unacked.len() < MAX_UNACKED && spool.unacked_bytes < MAX_UNACKED_BYTES {
-                    let mut body = body;
-                    if let Event::Lines(lines) = &mut body {
-                        for (line, seq) in lines.iter_mut().zip(spool.mark.next_line..) {
-                            line.seq = seq;
-                        }
-                    }
-                    let event = JobEvent {
-                        job,
-                        seq: spool.mark.next_seq,
-                        body,
-                    };
+                    event.lines[0].seq = spool.mark.next;
                     spool.append(&self.dir, event)?;
                     drop(inner);
                     self.added.notify_one();
@@ -177,7 +185,7 @@ impl Spool {
         self.lock()
             .jobs
             .values()
-            .any(|s| s.unacked.back().is_some_and(|e| e.seq > s.sent))
+            .any(|s| s.unacked.back().is_some_and(|e| e.seq() > s.sent))
     }
 
     /// Up to `max` events not yet handed to this connection, synced to disk
@@ -194,14 +202,17 @@ impl Spool {
                     break;
                 }
                 let sent = spool.sent;
-                let start = spool.unacked.partition_point(|e| e.seq <= sent);
-                let end = spool.unacked.len().min(start + (max - out.len()));
+                let start = spool.unacked.partition_point(|e| e.seq() <= sent);
+                let end = spool
+                    .unacked
+                    .len()
+                    .min(start.saturating_add(max - out.len()));
                 if start >= end {
                     continue;
                 }
                 files.extend(spool.files_to_sync()?);
                 new_files |= std::mem::take(&mut spool.new_files);
-                spool.sent = spool.unacked[end - 1].seq;
+                spool.sent = spool.unacked[end - 1].seq();
                 out.extend(spool.unacked.range(start..end).cloned());
             }
         }
@@ -215,8 +226,8 @@ impl Spool {
         Ok(out)
     }
 
-    /// The coordinator stored `job`'s events up to `seq`: forget them, and
-    /// the whole job once its last event is acknowledged.
+    /// The coordinator stored `job`'s lines up to `seq`: forget them, and
+    /// the whole job once its last line is acknowledged.
     pub fn ack(&self, job: JobId, seq: u64) {
         let mut inner = self.lock();
         let Some(spool) = inner.jobs.get_mut(&job) else {
@@ -261,29 +272,48 @@ impl Spool {
 mod tests {
     use super::*;
 
-    use gantry_shared::messages::{Finished, LogLine, LogStream};
+    use gantry_shared::messages::LogStream;
 
-    fn log(text: &str) -> Event {
-        Event::Lines(vec![LogLine {
+    fn line(text: &str) -> LogLine {
+        LogLine {
             seq: 0,
             timestamp_ms: 0,
             stage: None,
             stream: Some(LogStream::Stdout),
             text: text.into(),
-        }])
+            opens_stage: false,
+        }
+    }
+
+    async fn log(spool: &Spool, job: JobId, text: &str) {
+        spool.push(job, line(text), None).await.unwrap();
+    }
+
+    async fn finish(spool: &Spool, job: JobId) {
+        let done = Finished {
+            state: gantry_shared::JobState::Succeeded,
+            summary: String::new(),
+            url: String::new(),
+            image: String::new(),
+            container: String::new(),
+        };
+        spool
+            .push(job, line("==> succeeded"), Some(done))
+            .await
+            .unwrap();
     }
 
     fn seqs(events: &[JobEvent]) -> Vec<u64> {
-        events.iter().map(|e| e.seq).collect()
+        events.iter().map(JobEvent::seq).collect()
     }
 
     #[tokio::test]
-    async fn events_survive_a_restart_until_acknowledged() {
+    async fn lines_survive_a_restart_until_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let job = JobId::new(3).unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         for i in 0..5 {
-            spool.push(job, log(&format!("line {i}"))).await.unwrap();
+            log(&spool, job, &format!("line {i}")).await;
         }
         let sent = spool.take_unsent(100).unwrap();
         assert_eq!(seqs(&sent), [1, 2, 3, 4, 5]);
@@ -296,7 +326,7 @@ mod tests {
         // A new connection resends what is unacknowledged.
         spool.rewind();
         assert_eq!(
-            spool.take_unsent(100).unwrap().first().map(|e| e.seq),
+            spool.take_unsent(100).unwrap().first().map(JobEvent::seq),
             Some(3)
         );
 
@@ -304,8 +334,10 @@ mod tests {
         drop(spool);
         let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(spool.unfinished(), [job]);
-        spool.push(job, finished()).await.unwrap();
-        assert_eq!(seqs(&spool.take_unsent(100).unwrap()), [3, 4, 5, 6]);
+        finish(&spool, job).await;
+        let sent = spool.take_unsent(100).unwrap();
+        assert_eq!(seqs(&sent), [3, 4, 5, 6]);
+        assert!(sent[3].finished.is_some(), "the end rides the last line");
         spool.ack(job, 6);
         assert!(spool.is_empty());
         assert_eq!(
@@ -315,50 +347,29 @@ mod tests {
         );
     }
 
-    fn finished() -> Event {
-        Event::Finished(Finished {
-            state: gantry_shared::JobState::Succeeded,
-            summary: String::new(),
-            url: String::new(),
-            image: String::new(),
-            container: String::new(),
-        })
-    }
-
-    fn line_seqs(events: &[JobEvent]) -> Vec<u64> {
-        events
-            .iter()
-            .filter_map(|e| match &e.body {
-                Event::Lines(lines) => lines.first().map(|l| l.seq),
-                _ => None,
-            })
-            .collect()
-    }
-
     #[tokio::test]
     async fn a_second_assignment_of_a_job_numbers_on_after_the_first_s_end() {
         let dir = tempfile::tempdir().unwrap();
         let job = JobId::new(4).unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        spool.push(job, log("deployed")).await.unwrap();
-        spool.push(job, finished()).await.unwrap();
+        log(&spool, job, "deployed").await;
+        finish(&spool, job).await;
         spool.take_unsent(10).unwrap();
-        // A put-back on this server, before the first end is acknowledged.
-        spool.begin(job, 2).unwrap();
-        spool.push(job, log("putting back")).await.unwrap();
-        let sent = spool.take_unsent(10).unwrap();
-        assert_eq!((seqs(&sent), line_seqs(&sent)), (vec![3], vec![2]));
-        spool.ack(job, 3);
-        spool.push(job, log("still putting back")).await.unwrap();
-        let sent = spool.take_unsent(10).unwrap();
+        // A put-back on this server, before the first end is acknowledged;
+        // the coordinator's log had two more lines from another server.
+        spool.begin(job, 5).unwrap();
+        log(&spool, job, "putting back").await;
+        assert_eq!(seqs(&spool.take_unsent(10).unwrap()), [5]);
+        spool.ack(job, 5);
+        log(&spool, job, "still putting back").await;
         assert_eq!(
-            (seqs(&sent), line_seqs(&sent)),
-            (vec![4], vec![3]),
+            seqs(&spool.take_unsent(10).unwrap()),
+            [6],
             "the job's spool is kept while the put-back runs"
         );
-        spool.push(job, finished()).await.unwrap();
+        finish(&spool, job).await;
         spool.take_unsent(10).unwrap();
-        spool.ack(job, 5);
+        spool.ack(job, 7);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
@@ -367,7 +378,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let job = JobId::new(1).unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        spool.push(job, log("whole")).await.unwrap();
+        log(&spool, job, "whole").await;
         spool.take_unsent(10).unwrap();
         drop(spool);
         let path = std::fs::read_dir(dir.path())
@@ -378,29 +389,30 @@ mod tests {
             .path();
         let whole = std::fs::metadata(&path).unwrap().len();
         let mut torn = std::fs::read(&path).unwrap();
-        let event = JobEvent {
+        let event = JobEvent::line(
             job,
-            seq: 2,
-            body: log("torn"),
-        };
+            LogLine {
+                seq: 2,
+                ..line("torn")
+            },
+            None,
+        );
         torn.extend_from_slice(&frame::event(&event)[..9]);
         std::fs::write(&path, torn).unwrap();
 
         let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
-        spool.push(job, log("next")).await.unwrap();
+        log(&spool, job, "next").await;
         drop(spool);
         let spool = Spool::open(dir.path()).unwrap();
-        let texts: Vec<String> = spool
+        let texts: Vec<(u64, String)> = spool
             .take_unsent(10)
             .unwrap()
             .into_iter()
-            .filter_map(|e| match e.body {
-                Event::Lines(mut l) => l.pop().map(|l| l.text),
-                _ => None,
-            })
+            .flat_map(|e| e.lines)
+            .map(|l| (l.seq, l.text))
             .collect();
-        assert_eq!(texts, ["whole", "next"]);
+        assert_eq!(texts, [(1, "whole".into()), (2, "next".into())]);
     }
 
     #[tokio::test]
@@ -411,7 +423,7 @@ mod tests {
         let text = "x".repeat(64 * 1024);
         let count = 3 * SEGMENT_BYTES / text.len() as u64;
         for _ in 0..count {
-            spool.push(job, log(&text)).await.unwrap();
+            log(&spool, job, &text).await;
         }
         let files = || std::fs::read_dir(dir.path()).unwrap().count();
         assert!(files() >= 3, "{} segments", files());

@@ -13,24 +13,25 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use gantry_shared::{
-    messages::{Event, JobEvent},
-    JobId,
-};
+use gantry_shared::{messages::JobEvent, JobId};
 use tracing::warn;
 
-use super::frame::{self, lost_line, Mark, Record};
+use super::frame::{self, lost_lines, Mark, Record};
 
 /// Size at which a job's newest segment is closed and a new one begun:
 /// acknowledged events cost at most about two segments of disk, and a large
 /// backlog (64 MiB) is a handful of files.
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
+/// How the name of a segment being written whole ends until it is
+/// ([`JobSpool::write_whole`]).
+pub const PARTIAL: &str = ".seg.partial";
+
 /// A segment file.
 struct Segment {
     number: u64,
     path: PathBuf,
-    /// Highest event seq written to it (its mark's, if it has no events).
+    /// Highest line seq written to it (its mark's, if it has no lines).
     last_seq: u64,
 }
 
@@ -45,19 +46,19 @@ pub struct JobSpool {
     unsynced: Vec<File>,
     /// A segment file was created since the directory was last synced.
     pub new_files: bool,
-    /// Events not yet acknowledged, in seq order.
+    /// Lines not yet acknowledged, in seq order.
     pub unacked: VecDeque<JobEvent>,
     /// Their encoded size.
     pub unacked_bytes: usize,
-    /// The acknowledged seq and the seqs to number on from.
+    /// The acknowledged seq and the seq to number on from.
     pub mark: Mark,
-    /// Highest seq handed to the current connection.
+    /// Highest line seq handed to the current connection.
     pub sent: u64,
-    /// The job's last event (JobFinished) is spooled.
+    /// The line that ends the job's part (with its `Finished`) is spooled.
     pub finished: bool,
 }
 
-fn segment_path(dir: &Path, job: JobId, number: u64) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, job: JobId, number: u64) -> PathBuf {
     dir.join(format!("{job}-{number:010}.seg"))
 }
 
@@ -83,8 +84,7 @@ impl JobSpool {
     pub fn create(dir: &Path, job: JobId, next_line: u64) -> io::Result<Self> {
         let mark = Mark {
             acked: 0,
-            next_seq: 1,
-            next_line,
+            next: next_line,
         };
         let (file, written) = create(dir, job, 0, &mark)?;
         Ok(Self {
@@ -105,16 +105,41 @@ impl JobSpool {
         })
     }
 
+    /// Writes segment `number` of `job` whole: `events`, with `mark` (where
+    /// the job stands after them) and synced,
+    /// appearing under its name only once complete (a crash leaves either
+    /// nothing or all of it). How older spool files are migrated.
+    pub fn write_whole(
+        dir: &Path,
+        job: JobId,
+        number: u64,
+        mark: &Mark,
+        events: &[JobEvent],
+    ) -> io::Result<()> {
+        let path = segment_path(dir, job, number);
+        let partial = path.with_extension(&PARTIAL[1..]);
+        let mut file = BufWriter::new(File::create(&partial)?);
+        // Where the segment begins, then where the job stands after it.
+        let begins = Mark {
+            next: events.first().map_or(mark.next, JobEvent::first_seq),
+            ..*mark
+        };
+        file.write_all(&frame::mark(&begins))?;
+        for event in events {
+            file.write_all(&frame::event(event))?;
+        }
+        file.write_all(&frame::mark(mark))?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+        std::fs::rename(&partial, &path)?;
+        File::open(dir)?.sync_all()
+    }
+
     /// Reads a job's segments (`numbers`, any order) back: what is not
-    /// acknowledged, and the seqs to number on from. Bad frames are
+    /// acknowledged, and the seq to number on from. Bad frames are
     /// skipped; a lost log line is replaced by [`frame::LOST_LINE`].
     pub fn load(dir: &Path, job: JobId, mut numbers: Vec<u64>) -> io::Result<Self> {
         numbers.sort_unstable();
-        let mut mark = Mark {
-            acked: 0,
-            next_seq: 1,
-            next_line: 1,
-        };
+        let mut mark = Mark::default();
         let (mut unacked, mut segments) = (VecDeque::new(), VecDeque::new());
         let (mut finished, mut good_end) = (false, 0);
         for &number in &numbers {
@@ -129,30 +154,33 @@ impl JobSpool {
                 match record {
                     Record::Mark(m) => {
                         mark.acked = mark.acked.max(m.acked);
-                        mark.next_seq = mark.next_seq.max(m.next_seq);
-                        mark.next_line = mark.next_line.max(m.next_line);
+                        mark.next = mark.next.max(m.next);
                     }
-                    Record::Event(event) if event.seq >= mark.next_seq => {
-                        if let Event::Lines(lines) = &event.body {
-                            let (first, last) = line_range(lines);
-                            let lost = (mark.next_seq..event.seq).zip(mark.next_line..first);
-                            unacked.extend(lost.map(|(seq, line)| lost_line(job, seq, line)));
-                            mark.next_line = mark.next_line.max(last + 1);
+                    Record::Event(event) if event.first_seq() >= mark.next => {
+                        if event.first_seq() > mark.next {
+                            unacked.push_back(lost_lines(job, mark.next, event.first_seq() - 1));
                         }
-                        finished |= matches!(event.body, Event::Finished(_));
-                        mark.next_seq = event.seq + 1;
+                        finished = event.finished.is_some();
+                        mark.next = event.seq() + 1;
                         unacked.push_back(event);
                     }
                     Record::Event(_) => {}
+                    Record::Old(_) => {
+                        warn!(job = %job, file = %path.display(),
+                            "skipped a record of an older agent in a migrated spool");
+                    }
                 }
-                while unacked.front().is_some_and(|e| e.seq <= mark.acked) {
+                while unacked
+                    .front()
+                    .is_some_and(|e: &JobEvent| e.seq() <= mark.acked)
+                {
                     unacked.pop_front();
                 }
             }
             segments.push_back(Segment {
                 number,
                 path,
-                last_seq: mark.next_seq - 1,
+                last_seq: mark.next - 1,
             });
             good_end = parsed.good_end as u64;
         }
@@ -190,15 +218,9 @@ impl JobSpool {
             self.roll(dir, event.job)?;
         }
         self.write(&frame::event(&event))?;
-        self.mark.next_seq = event.seq + 1;
-        if let Some(last) = match &event.body {
-            Event::Lines(lines) => lines.last(),
-            _ => None,
-        } {
-            self.mark.next_line = last.seq + 1;
-        }
-        self.finished |= matches!(event.body, Event::Finished(_));
-        self.segments.back_mut().expect("never empty").last_seq = event.seq;
+        self.mark.next = event.seq() + 1;
+        self.finished |= event.finished.is_some();
+        self.segments.back_mut().expect("never empty").last_seq = event.seq();
         self.unacked_bytes += event.size();
         self.unacked.push_back(event);
         Ok(())
@@ -217,7 +239,7 @@ impl JobSpool {
         self.segments.push_back(Segment {
             number,
             path: segment_path(dir, job, number),
-            last_seq: self.mark.next_seq - 1,
+            last_seq: self.mark.next - 1,
         });
         Ok(())
     }
@@ -237,11 +259,11 @@ impl JobSpool {
         Ok(files)
     }
 
-    /// Forgets events up to `seq`: records that on disk (in the kernel's
-    /// cache; a lost mark means events sent again, which the coordinator
-    /// applies once) and deletes segments that hold nothing else.
+    /// Forgets lines up to `seq`: records that on disk (in the kernel's
+    /// cache; a lost mark means lines sent again, which the coordinator
+    /// stores once) and deletes segments that hold nothing else.
     pub fn ack(&mut self, seq: u64) -> io::Result<()> {
-        while self.unacked.front().is_some_and(|e| e.seq <= seq) {
+        while self.unacked.front().is_some_and(|e| e.seq() <= seq) {
             let event = self.unacked.pop_front().expect("checked");
             self.unacked_bytes -= event.size();
         }
@@ -266,11 +288,4 @@ impl JobSpool {
         }
         Ok(())
     }
-}
-
-/// Seqs of the first and the last of `lines` (0, 0 for none, which no
-/// event holds).
-fn line_range(lines: &[gantry_shared::messages::LogLine]) -> (u64, u64) {
-    let seq = |l: Option<&gantry_shared::messages::LogLine>| l.map_or(0, |l| l.seq);
-    (seq(lines.first()), seq(lines.last()))
 }

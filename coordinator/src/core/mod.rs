@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use gantry_shared::{
     config::CoordinatorConfig,
-    messages::{Event, Finished, JobEvent, LogLine},
+    messages::{Finished, JobEvent, LogLine},
     AgentName, JobId, Redactor,
 };
 
@@ -110,32 +110,54 @@ impl Core {
         self.job(id).await
     }
 
-    /// Applies one event an agent's session sent about a job it holds;
-    /// resolves once it is durable. Events about a job that `sender` never
-    /// held (another agent's, or one of the same name in another
-    /// environment or with another certificate) are refused with
-    /// [`Error::NotHolder`] and change nothing.
+    /// Applies a run of a job's log an agent's session sent: stores its
+    /// lines (each once), then applies the stage each flagged line opens
+    /// and the end the last may carry, in order, every time they are sent
+    /// (applying one again changes nothing, and a resend after a crash
+    /// between storing and applying must still apply it). Resolves once
+    /// what it stored is durable; the scheduler answers only once what a
+    /// report changed is. Lines about a job that `sender` never ran
+    /// (another agent's, or one of the same name in another environment or
+    /// with another certificate) are refused with [`Error::NotHolder`] and
+    /// change nothing.
     pub async fn apply_event(&self, sender: &Sender, event: JobEvent) -> Result<Durable, Error> {
         let id = event.job;
-        let report = match event.body {
-            Event::Lines(lines) => return self.append_lines(sender, id, lines).await,
-            Event::Stage(stage) => Report::Stage(stage),
-            Event::Finished(done) => {
-                Report::Finished(redact_finished(&self.redactor_of(&sender.env), done))
+        let stages = event.lines.iter().filter(|l| l.opens_stage);
+        let mut reports: Vec<(u64, Report)> = stages
+            .filter_map(|l| Some((l.seq, Report::Stage(l.stage?))))
+            .collect();
+        if let Some(done) = event.finished {
+            let done = redact_finished(&self.redactor_of(&sender.env), done);
+            reports.push((
+                event.lines.last().map_or(0, |l| l.seq),
+                Report::Finished(done),
+            ));
+        }
+        let durable = self.append_lines(sender, id, event.lines).await?;
+        for (seq, report) in reports {
+            let asked = self
+                .scheduler
+                .ask(|reply| Command::Report(sender.clone(), id, report, reply))
+                .await;
+            match asked {
+                Ok(()) => {}
+                Err(e @ Error::Unavailable(_)) => return Err(e),
+                Err(Error::Store(e)) if e.is_failure() => return Err(e.into()),
+                // Its lines are the job's log still (a job that ended while
+                // its agent was away); what they report no longer applies.
+                Err(e) => tracing::warn!(job = %id, seq, agent = %sender.agent, error = %e,
+                    "a job's line reported what cannot be applied"),
             }
-        };
-        // The scheduler answers once what the report changed is durable.
-        self.scheduler
-            .ask(|reply| Command::Report(sender.clone(), id, report, reply))
-            .await?;
-        Ok(Durable::done())
+        }
+        Ok(durable)
     }
 
     /// Stores lines of `id`'s log (each once, capped at the line limit,
     /// its environment's secrets replaced by `***` even if an agent missed
-    /// one) and hands the new ones to its followers. Lines count only from
-    /// a session that ran the job (holds it, or held it when it ended
-    /// while the agent was away: they are still its log).
+    /// one, without the stage flag, which the job's record keeps) and hands
+    /// the new ones to its followers. Lines count only from a session that
+    /// ran the job (holds it, or held it when it ended while the agent was
+    /// away: they are still its log).
     async fn append_lines(
         &self,
         sender: &Sender,
@@ -159,6 +181,7 @@ impl Core {
             .into_iter()
             .map(|line| LogLine {
                 text: gantry_shared::limits::cap_log_line(redactor.redact(line.text)),
+                opens_stage: false,
                 ..line
             })
             .collect();

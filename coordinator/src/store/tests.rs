@@ -17,6 +17,7 @@ fn line(seq: u64, text: &str) -> LogLine {
         stage: None,
         stream: Some(gantry_shared::messages::LogStream::Stdout),
         text: text.into(),
+        opens_stage: false,
     }
 }
 

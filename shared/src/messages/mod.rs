@@ -33,11 +33,12 @@ pub enum ToAgent {
     Assign(Box<Assignment>),
     /// Stop a job and clean up what it created.
     Cancel(JobId),
-    /// The coordinator has durably applied `job`'s events up to `seq`.
+    /// The coordinator has durably stored and applied `job`'s lines up
+    /// to `seq`.
     Ack {
         /// The job.
         job: JobId,
-        /// The highest event seq applied.
+        /// The highest line seq stored and applied.
         seq: u64,
     },
     /// Send a running container's output.
@@ -59,7 +60,7 @@ pub enum FromAgent {
         /// Whether an answer is wanted.
         answer: bool,
     },
-    /// Something that happened in a job the agent holds.
+    /// Lines of a job the agent holds, with its stages and end.
     Job(JobEvent),
     /// The agent is shutting down: place nothing new on it.
     Drain,
@@ -84,41 +85,47 @@ pub struct Registration {
     pub running: BTreeSet<JobId>,
 }
 
-/// One event of a job, numbered in the job's event stream on its agent.
+/// A run of a job's log: the job's one event stream on its servers. A
+/// stage change is a line that [opens](LogLine::opens_stage) the stage,
+/// and the end of a server's part rides the last line of its run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobEvent {
     /// The job.
     pub job: JobId,
-    /// Position among the job's events on this agent, from 1 with no gaps;
-    /// for a run of lines, the seq of its last line's event.
-    pub seq: u64,
-    /// What happened.
-    pub body: Event,
-}
-
-/// What happened in a job.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// The agent moved on to a stage.
-    Stage(Stage),
-    /// Consecutive lines of output, in order; never empty.
-    Lines(Vec<LogLine>),
-    /// The job ended; nothing follows.
-    Finished(Finished),
+    /// Consecutive lines of the job's log, in seq order; never empty.
+    pub lines: Vec<LogLine>,
+    /// The server's part of the job ended with the last of `lines`.
+    pub finished: Option<Finished>,
 }
 
 impl JobEvent {
+    /// One line of `job`'s log, ending the server's part if `finished`.
+    pub fn line(job: JobId, line: LogLine, finished: Option<Finished>) -> Self {
+        Self {
+            job,
+            lines: vec![line],
+            finished,
+        }
+    }
+
+    /// The seq of its last line: what acknowledging it names.
+    pub fn seq(&self) -> u64 {
+        self.lines.last().map_or(0, |l| l.seq)
+    }
+
+    /// The seq of its first line.
+    pub fn first_seq(&self) -> u64 {
+        self.lines.first().map_or(0, |l| l.seq)
+    }
+
     /// About how many bytes the event takes encoded: what the spool counts
     /// against its bound.
     pub fn size(&self) -> usize {
-        let body = match &self.body {
-            Event::Stage(_) => 2,
-            Event::Lines(lines) => lines.iter().map(LogLine::encoded_len).sum(),
-            Event::Finished(done) => {
-                done.summary.len() + done.url.len() + done.image.len() + done.container.len() + 10
-            }
-        };
-        body + 2 * 11
+        let lines: usize = self.lines.iter().map(LogLine::field_len).sum();
+        let done = self.finished.as_ref().map_or(0, |done| {
+            done.summary.len() + done.url.len() + done.image.len() + done.container.len() + 10
+        });
+        lines + done + 2 * 11
     }
 }
 
@@ -150,6 +157,10 @@ pub struct LogLine {
     pub stream: Option<LogStream>,
     /// The text, without its newline.
     pub text: String,
+    /// The job entered [`LogLine::stage`] at this line: how an agent
+    /// reports a stage change (never set on a stored line, nor in a
+    /// container's output).
+    pub opens_stage: bool,
 }
 
 impl LogLine {
@@ -173,6 +184,9 @@ impl LogLine {
         }
         if !self.text.is_empty() {
             len += encoding::string::encoded_len(5, &self.text);
+        }
+        if self.opens_stage {
+            len += encoding::bool::encoded_len(6, &true);
         }
         len
     }
@@ -255,11 +269,11 @@ pub enum MessageError {
     },
     /// A job event that cannot be applied, named so it can still be
     /// acknowledged: resending it cannot make it valid.
-    #[error("event {seq} of job {job} is refused: {why}")]
+    #[error("the lines to {seq} of job {job} are refused: {why}")]
     Event {
         /// The job, as sent.
         job: u64,
-        /// The event's seq, as sent.
+        /// The seq of the event's last line, as sent (0 if it has none).
         seq: u64,
         /// Why.
         why: Box<MessageError>,

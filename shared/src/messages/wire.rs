@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    ContainerOutput, Event, Finished, FromAgent, JobEvent, LogLine, LogStream, MessageError,
-    Registration, TailRequest, ToAgent,
+    ContainerOutput, Finished, FromAgent, JobEvent, LogLine, LogStream, MessageError, Registration,
+    TailRequest, ToAgent,
 };
 use crate::{proto, AgentName, AppName, EnvName, JobId, JobState, Stage};
 
@@ -54,6 +54,7 @@ impl TryFrom<proto::LogLine> for LogLine {
             stage: optional_stage(line.stage)?,
             stream: stream_from(line.stream)?,
             text: line.text,
+            opens_stage: line.opens_stage,
         })
     }
 }
@@ -71,6 +72,7 @@ impl From<LogLine> for proto::LogLine {
                 .map_or(proto::LogStream::Unspecified, proto::LogStream::from)
                 as i32,
             text: line.text,
+            opens_stage: line.opens_stage,
         }
     }
 }
@@ -113,38 +115,42 @@ impl From<Finished> for proto::JobFinished {
     }
 }
 
-fn event_body(body: Option<proto::job_event::Body>) -> Result<Event, MessageError> {
-    use proto::job_event::Body;
-    Ok(
-        match body.ok_or(MessageError::Missing("the event's body"))? {
-            Body::Stage(stage) => Event::Stage(
-                optional_stage(stage)?.ok_or(MessageError::Missing("the stage entered"))?,
-            ),
-            Body::Log(line) => Event::Lines(vec![line.try_into()?]),
-            Body::Lines(batch) if batch.lines.is_empty() => {
-                return Err(MessageError::Missing("the batch's lines"))
-            }
-            Body::Lines(batch) => Event::Lines(lines_from(batch.lines)?),
-            Body::Finished(done) => Event::Finished(done.try_into()?),
-        },
-    )
+/// Checks a job's run of lines: numbered from 1, consecutive, and a line
+/// that opens a stage names it.
+fn job_lines(lines: Vec<proto::LogLine>) -> Result<Vec<LogLine>, MessageError> {
+    if lines.is_empty() {
+        return Err(MessageError::Missing("the event's lines"));
+    }
+    let lines = lines_from(lines)?;
+    if lines[0].seq == 0 {
+        return Err(MessageError::invalid("seq", "lines are numbered from 1"));
+    }
+    if let Some(pair) = lines.windows(2).find(|p| p[1].seq != p[0].seq + 1) {
+        return Err(MessageError::invalid(
+            "seq",
+            format!("line {} follows line {}", pair[1].seq, pair[0].seq),
+        ));
+    }
+    if lines.iter().any(|l| l.opens_stage && l.stage.is_none()) {
+        return Err(MessageError::Missing("the stage a line opens"));
+    }
+    Ok(lines)
 }
 
 impl TryFrom<proto::JobEvent> for JobEvent {
     type Error = MessageError;
 
     /// Checks an event; a refused one is [`MessageError::Event`], naming
-    /// the job and seq it was sent as.
+    /// the job and the seq of its last line as sent.
     fn try_from(event: proto::JobEvent) -> Result<Self, MessageError> {
-        let (job, seq) = (event.job_id, event.seq);
+        let job = event.job_id;
+        let lines = event.lines.map(|batch| batch.lines).unwrap_or_default();
+        let seq = lines.last().map_or(0, |l| l.seq);
         let checked = || -> Result<Self, MessageError> {
-            if seq == 0 {
-                return Err(MessageError::invalid("seq", "events are numbered from 1"));
-            }
             Ok(Self {
                 job: JobId::new(job)?,
-                seq,
-                body: event_body(event.body)?,
+                lines: job_lines(lines)?,
+                finished: event.finished.map(Finished::try_from).transpose()?,
             })
         };
         checked().map_err(|why| MessageError::Event {
@@ -156,23 +162,12 @@ impl TryFrom<proto::JobEvent> for JobEvent {
 }
 
 impl From<JobEvent> for proto::JobEvent {
-    /// Lines travel as a batch, however many.
     fn from(event: JobEvent) -> Self {
-        use proto::job_event::Body;
-        let body = match event.body {
-            Event::Stage(stage) => Body::Stage(stage.to_proto() as i32),
-            Event::Lines(lines) => Body::Lines(proto::LogBatch::from(
-                lines
-                    .into_iter()
-                    .map(proto::LogLine::from)
-                    .collect::<Vec<_>>(),
-            )),
-            Event::Finished(done) => Body::Finished(done.into()),
-        };
+        let lines: Vec<proto::LogLine> = event.lines.into_iter().map(Into::into).collect();
         Self {
             job_id: event.job.get(),
-            seq: event.seq,
-            body: Some(body),
+            lines: Some(lines.into()),
+            finished: event.finished.map(Into::into),
         }
     }
 }
@@ -351,6 +346,7 @@ mod tests {
             stage: Some(Stage::Build),
             stream: Some(LogStream::Stderr),
             text: text.into(),
+            opens_stage: false,
         }
     }
 
@@ -363,9 +359,11 @@ mod tests {
             stage: None,
             stream: None,
             text: String::new(),
+            opens_stage: false,
         });
         lines.push(LogLine {
             timestamp_ms: -1,
+            opens_stage: true,
             ..line(7, "neg")
         });
         for l in lines {
@@ -378,22 +376,25 @@ mod tests {
 
     #[test]
     fn a_job_event_goes_and_comes_back_unchanged() {
-        let events = [
-            Event::Stage(Stage::Health),
-            Event::Lines(vec![line(4, "a"), line(5, "b")]),
-            Event::Finished(Finished {
-                state: JobState::Failed,
-                summary: "exit 1".into(),
-                url: String::new(),
-                image: "shop:dev-1".into(),
-                container: String::new(),
-            }),
-        ];
-        for body in events {
+        let done = Finished {
+            state: JobState::Failed,
+            summary: "exit 1".into(),
+            url: String::new(),
+            image: "shop:dev-1".into(),
+            container: String::new(),
+        };
+        let opening = LogLine {
+            opens_stage: true,
+            ..line(4, "==> health")
+        };
+        for (lines, finished) in [
+            (vec![opening, line(5, "b")], None),
+            (vec![line(12, "==> failed: exit 1")], Some(done)),
+        ] {
             let event = JobEvent {
                 job: JobId::new(9).unwrap(),
-                seq: 12,
-                body,
+                lines,
+                finished,
             };
             let message = FromAgent::Job(event.clone());
             let back = FromAgent::try_from(proto::AgentMessage::from(message.clone())).unwrap();
@@ -402,36 +403,44 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_event_is_refused_naming_its_job_and_seq() {
-        use proto::job_event::Body;
+    fn a_bad_event_is_refused_naming_its_job_and_last_seq() {
+        let ok = |seq| proto::LogLine::from(line(seq, "x"));
+        let batch = |lines: Vec<proto::LogLine>| Some(proto::LogBatch::from(lines));
         let bad = [
-            (Some(Body::Stage(0)), "the stage entered is missing"),
-            (Some(Body::Stage(99)), "stage is invalid"),
-            (None, "the event's body is missing"),
             (
-                Some(Body::Lines(proto::LogBatch::default())),
-                "the batch's lines is missing",
-            ),
-            (
-                Some(Body::Log(proto::LogLine {
-                    stream: 9,
+                batch(vec![ok(7), ok(8)]),
+                Some(proto::JobFinished {
+                    state: proto::JobState::Running as i32,
                     ..Default::default()
-                })),
+                }),
+                "cannot end on an agent in state 3",
+            ),
+            (batch(vec![ok(6), ok(8)]), None, "line 8 follows line 6"),
+            (
+                batch(vec![proto::LogLine { stream: 9, ..ok(8) }]),
+                None,
                 "the line's stream is invalid",
             ),
             (
-                Some(Body::Finished(proto::JobFinished {
-                    state: proto::JobState::Running as i32,
-                    ..Default::default()
-                })),
-                "cannot end on an agent in state 3",
+                batch(vec![proto::LogLine { stage: 99, ..ok(8) }]),
+                None,
+                "stage is invalid",
+            ),
+            (
+                batch(vec![proto::LogLine {
+                    stage: 0,
+                    opens_stage: true,
+                    ..ok(8)
+                }]),
+                None,
+                "the stage a line opens is missing",
             ),
         ];
-        for (body, says) in bad {
+        for (lines, finished, says) in bad {
             let event = proto::JobEvent {
                 job_id: 3,
-                seq: 8,
-                body,
+                lines,
+                finished,
             };
             let err = JobEvent::try_from(event).unwrap_err();
             assert!(
@@ -440,12 +449,14 @@ mod tests {
             );
             assert!(err.to_string().contains(says), "{err} should say {says:?}");
         }
-        let zero = proto::JobEvent {
-            job_id: 0,
-            seq: 1,
-            body: Some(Body::Stage(1)),
-        };
-        assert!(JobEvent::try_from(zero).is_err());
+        for (job_id, lines) in [(3, None), (3, batch(vec![ok(0)])), (0, batch(vec![ok(1)]))] {
+            let event = proto::JobEvent {
+                job_id,
+                lines,
+                finished: None,
+            };
+            assert!(JobEvent::try_from(event).is_err());
+        }
     }
 
     #[test]
