@@ -14,6 +14,7 @@ use gantry_shared::{
     limits::MAX_GRPC_MESSAGE_BYTES,
     messages::{
         Assignment, ContainerOutput, FromAgent, JobEvent, MessageError, Registration, ToAgent,
+        PROTOCOL,
     },
     proto, JobId, JobState, Redactor,
 };
@@ -136,6 +137,7 @@ async fn attached(
         capacity: link.options.capacity,
         version: gantry_shared::VERSION.to_owned(),
         running,
+        protocol: PROTOCOL,
     };
     tx.send(FromAgent::Register(register)).await?;
     // Everything sent becomes proto here, and only here.
@@ -145,9 +147,19 @@ async fn attached(
     let mut heartbeat = DEFAULT_HEARTBEAT;
     let lease = &link.runtime.lease;
     match inbound.message().await?.map(ToAgent::try_from) {
+        Some(Ok(ToAgent::Registered { protocol, .. })) if protocol != PROTOCOL => {
+            // Its acknowledgements would be misread: nothing is sent, and
+            // the spool keeps everything until the coordinator is upgraded.
+            anyhow::bail!(
+                "the coordinator speaks protocol {protocol} of the agent stream and this agent \
+                 (gantry-agent {}) speaks {PROTOCOL}: upgrade the coordinator to this version",
+                gantry_shared::VERSION
+            );
+        }
         Some(Ok(ToAgent::Registered {
             heartbeat: interval,
             lease: length,
+            ..
         })) => {
             heartbeat = interval.max(Duration::from_millis(100));
             lease.set_length(length);

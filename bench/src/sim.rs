@@ -139,6 +139,7 @@ pub async fn agent(
         env: env.into(),
         capacity: 1,
         version: "bench".into(),
+        protocol: gantry_shared::messages::PROTOCOL,
         ..Default::default()
     };
     tx.send(up(Up::Register(register))).await?;

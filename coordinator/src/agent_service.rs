@@ -11,7 +11,7 @@ use std::{
 
 use futures::FutureExt;
 use gantry_shared::{
-    messages::{FromAgent, MessageError, Registration, ToAgent},
+    messages::{FromAgent, MessageError, Registration, ToAgent, PROTOCOL},
     now_ms, proto, JobId,
 };
 use tokio_stream::StreamExt;
@@ -101,6 +101,24 @@ impl proto::agent_service_server::AgentService for AgentService {
             }
             Err(e) => return Err(Error::InvalidArgument(format!("Register refused: {e}")).into()),
         };
+        if reg.protocol != PROTOCOL {
+            // Its events would be misread, and acknowledged wrongly: it
+            // keeps them spooled until it is upgraded.
+            warn!(agent = %reg.name, env = %reg.env, version = %reg.version, protocol = reg.protocol, "agent of another protocol refused");
+            return Err(Error::FailedPrecondition(format!(
+                "agent {} (gantry-agent {}) speaks protocol {} of the agent stream; this coordinator \
+                 (version {}) speaks protocol {PROTOCOL}: install the coordinator's version of \
+                 gantry-agent on that server",
+                reg.name,
+                match reg.version.as_str() {
+                    "" => "of unknown version",
+                    v => v,
+                },
+                reg.protocol,
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .into());
+        }
         let (record, running) = registration(reg);
         if let Some(identity) = &identity {
             let checked = self.core.check_agent(identity, &record).await;
@@ -132,6 +150,7 @@ impl proto::agent_service_server::AgentService for AgentService {
         outbox.hello(ToAgent::Registered {
             heartbeat: Duration::from_secs(self.core.config.heartbeat_secs),
             lease: Duration::from_secs(self.core.config.agent_lease_secs),
+            protocol: PROTOCOL,
         });
         let closed = CancellationToken::new();
         let session = self

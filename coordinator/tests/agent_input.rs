@@ -93,6 +93,7 @@ async fn dev_agent(
         name: "dev-1".into(),
         env: "dev".into(),
         capacity,
+        protocol: gantry_shared::messages::PROTOCOL,
         ..Default::default()
     };
     tx.send(up(proto::agent_message::Body::Register(register)))
@@ -393,6 +394,7 @@ async fn malformed_events_are_refused_acknowledged_and_change_nothing() {
         name: "Dev 1".into(),
         env: "dev".into(),
         capacity: 1,
+        protocol: gantry_shared::messages::PROTOCOL,
         ..Default::default()
     };
     let first = up(proto::agent_message::Body::Register(register));
@@ -502,5 +504,44 @@ async fn malformed_events_are_refused_acknowledged_and_change_nothing() {
 
     shutdown.cancel();
     drop(tx);
+    server.await.unwrap().unwrap();
+}
+
+/// An agent of another protocol (one from before every event was a line,
+/// which sends none) is refused at `Register`, naming what to upgrade,
+/// before any of its events could be misread; the coordinator serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_another_protocol_is_refused_naming_what_to_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, shutdown, server) = coordinator(dir.path(), "").await;
+    let mut agent = proto::agent_service_client::AgentServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let old = proto::Register {
+        name: "dev-1".into(),
+        env: "dev".into(),
+        capacity: 1,
+        version: "0.0.9".into(),
+        ..Default::default()
+    };
+    tx.send(up(proto::agent_message::Body::Register(old)))
+        .await
+        .unwrap();
+    let refused = agent.attach(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        refused.message(),
+        format!(
+            "agent dev-1 (gantry-agent 0.0.9) speaks protocol 0 of the agent stream; this \
+             coordinator (version {}) speaks protocol {}: install the coordinator's version of \
+             gantry-agent on that server",
+            env!("CARGO_PKG_VERSION"),
+            gantry_shared::messages::PROTOCOL
+        )
+    );
+    // One of this protocol registers at once.
+    let (_tx, _inbound) = dev_agent(&url, 1).await;
+    shutdown.cancel();
     server.await.unwrap().unwrap();
 }

@@ -79,6 +79,7 @@ async fn follows_past_the_user_and_server_caps_are_refused() {
         name: "ce-prod-1".into(),
         env: "prod".into(),
         capacity: 1,
+        protocol: gantry_shared::messages::PROTOCOL,
         ..Default::default()
     };
     tx.send(proto::AgentMessage {

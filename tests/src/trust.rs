@@ -24,6 +24,7 @@ pub async fn register(
             name: name.into(),
             env: env.into(),
             capacity: 1,
+            protocol: gantry_shared::messages::PROTOCOL,
             ..Default::default()
         })),
     };
@@ -117,6 +118,7 @@ impl RawAgent {
             name: name.into(),
             env: env.into(),
             capacity: 1,
+            protocol: gantry_shared::messages::PROTOCOL,
             ..Default::default()
         };
         let body = proto::agent_message::Body::Register(register);

@@ -86,6 +86,7 @@ pub async fn attach_raw_agent(
         name: "dev-1".into(),
         env: "dev".into(),
         capacity: 1,
+        protocol: gantry_shared::messages::PROTOCOL,
         ..Default::default()
     };
     tx.send(up(proto::agent_message::Body::Register(register)))

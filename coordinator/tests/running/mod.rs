@@ -243,6 +243,7 @@ impl Secure {
             name: AGENT.into(),
             env: "dev".into(),
             capacity: 1,
+            protocol: gantry_shared::messages::PROTOCOL,
             ..Default::default()
         };
         tx.send(proto::AgentMessage {

@@ -19,6 +19,13 @@ pub use assignment::{AppSpec, Assignment, BranchCommit, BranchSet, ImageSource};
 
 use crate::{AgentName, EnvName, JobId, JobState, NameError, Stage};
 
+/// The version of the agent stream's protocol that this build speaks: 2
+/// since every event is a line of the job's log (one seq per job). Agents
+/// and coordinators of different versions refuse each other, each naming
+/// what to upgrade, rather than misread the other's events: an agent
+/// keeps its spool until it reaches a coordinator of its own protocol.
+pub const PROTOCOL: u32 = 2;
+
 /// A message from the coordinator to an agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToAgent {
@@ -28,6 +35,8 @@ pub enum ToAgent {
         heartbeat: Duration,
         /// The agent's lease ([`Duration::ZERO`]: the coordinator holds none).
         lease: Duration,
+        /// The coordinator's [`PROTOCOL`] (0: one from before it was sent).
+        protocol: u32,
     },
     /// Work to do now (boxed: an assignment is much larger than the rest).
     Assign(Box<Assignment>),
@@ -83,6 +92,8 @@ pub struct Registration {
     pub version: String,
     /// Jobs it still works on (after a reconnect).
     pub running: BTreeSet<JobId>,
+    /// The agent's [`PROTOCOL`] (0: one from before it was sent).
+    pub protocol: u32,
 }
 
 /// A run of a job's log: the job's one event stream on its servers. A

@@ -187,6 +187,7 @@ impl TryFrom<proto::Register> for Registration {
                 .into_iter()
                 .map(JobId::new)
                 .collect::<Result<_, _>>()?,
+            protocol: reg.protocol,
         })
     }
 }
@@ -200,6 +201,7 @@ impl From<Registration> for proto::Register {
             capacity: reg.capacity,
             version: reg.version,
             running_jobs: reg.running.into_iter().map(JobId::get).collect(),
+            protocol: reg.protocol,
         }
     }
 }
@@ -278,6 +280,7 @@ impl TryFrom<proto::CoordinatorMessage> for ToAgent {
                 CoordinatorBody::Registered(r) => ToAgent::Registered {
                     heartbeat: Duration::from_millis(r.heartbeat_interval_ms),
                     lease: Duration::from_millis(r.lease_ms),
+                    protocol: r.protocol,
                 },
                 CoordinatorBody::Assign(spec) => ToAgent::Assign(Box::new(spec.try_into()?)),
                 CoordinatorBody::Cancel(c) => ToAgent::Cancel(JobId::new(c.job_id)?),
@@ -304,12 +307,15 @@ impl TryFrom<proto::CoordinatorMessage> for ToAgent {
 impl From<ToAgent> for proto::CoordinatorMessage {
     fn from(msg: ToAgent) -> Self {
         let body = match msg {
-            ToAgent::Registered { heartbeat, lease } => {
-                CoordinatorBody::Registered(proto::Registered {
-                    heartbeat_interval_ms: millis(heartbeat),
-                    lease_ms: millis(lease),
-                })
-            }
+            ToAgent::Registered {
+                heartbeat,
+                lease,
+                protocol,
+            } => CoordinatorBody::Registered(proto::Registered {
+                heartbeat_interval_ms: millis(heartbeat),
+                lease_ms: millis(lease),
+                protocol,
+            }),
             ToAgent::Assign(a) => CoordinatorBody::Assign((*a).into()),
             ToAgent::Cancel(job) => CoordinatorBody::Cancel(proto::CancelJob { job_id: job.get() }),
             ToAgent::Ack { job, seq } => CoordinatorBody::Ack(proto::Ack {
@@ -465,6 +471,7 @@ mod tests {
             ToAgent::Registered {
                 heartbeat: Duration::from_secs(5),
                 lease: Duration::ZERO,
+                protocol: crate::messages::PROTOCOL,
             },
             ToAgent::Cancel(JobId::new(4).unwrap()),
             ToAgent::Ack {
