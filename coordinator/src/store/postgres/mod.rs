@@ -77,9 +77,14 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects to the database `url` names (`postgres://user@host/db`,
-    /// or `host=... dbname=...`) and brings its schema up to date.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Self::connect(url.parse()?).await
+    /// or `host=... dbname=...`), as the user with `password` if given,
+    /// and brings its schema up to date.
+    pub async fn open(url: &str, password: Option<&str>) -> Result<Self, StoreError> {
+        let mut config: Config = url.parse()?;
+        if let Some(password) = password {
+            config.password(password);
+        }
+        Self::connect(config).await
     }
 
     /// As [`PgStore::open`], with the connection already configured.

@@ -36,8 +36,10 @@ pub(crate) struct Cluster {
 pub(crate) struct TestDb {
     /// Its connection string.
     pub(crate) url: String,
+    /// Its name.
+    name: String,
     /// Keeps the server running while the test does.
-    _cluster: Arc<Cluster>,
+    cluster: Arc<Cluster>,
 }
 
 /// Runs `program` of the Postgres tools as the `postgres` user when this
@@ -174,7 +176,21 @@ impl TestDb {
         let _ = driver.await;
         TestDb {
             url: cluster.url(&name),
-            _cluster: cluster,
+            name,
+            cluster,
         }
+    }
+}
+
+impl TestDb {
+    /// Its connection string as a `postgres://` URL (the socket directory
+    /// percent-encoded as the host), the form a coordinator's config takes.
+    pub(crate) fn postgres_url(&self) -> String {
+        let dir = self.cluster.dir.path().display().to_string();
+        format!(
+            "postgres://postgres@{}:{PORT}/{}",
+            dir.replace('/', "%2F"),
+            self.name
+        )
     }
 }

@@ -56,7 +56,7 @@ impl Engine {
     async fn open(&self) -> SharedStore {
         match self {
             Engine::Sled(dir) => open_sled(dir.path()),
-            Engine::Postgres(db) => Arc::new(PgStore::open(&db.url).await.unwrap()),
+            Engine::Postgres(db) => Arc::new(PgStore::open(&db.url, None).await.unwrap()),
         }
     }
 }
