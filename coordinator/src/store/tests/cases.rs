@@ -13,6 +13,7 @@ on_each_engine!(
     what_a_write_said_was_durable_is_there_after_a_reopen,
     jobs_are_listed_newest_first_as_asked,
     the_audit_trail_reads_in_pages_newest_first_to_its_end,
+    releases_and_agents_are_read_back_as_written,
 );
 
 async fn log_lines_are_stored_once_and_read_back_in_order(engine: Engine) {
@@ -162,4 +163,51 @@ async fn the_audit_trail_reads_in_pages_newest_first_to_its_end(engine: Engine) 
     // A page that ends exactly at the first entry says there is no more.
     let (last, more) = store.audit(Some(501), 500).await.unwrap();
     assert_eq!((last.len(), more), (500, false));
+}
+
+async fn releases_and_agents_are_read_back_as_written(engine: Engine) {
+    let store = engine.open().await;
+    let (shop, prod) = (AppName::new("shop").unwrap(), EnvName::new("prod").unwrap());
+    let deploy = job(1, "shop", "prod");
+    let mut writes = Vec::new();
+    let mut written = Vec::new();
+    for number in 1..=3 {
+        let release = crate::release::ReleaseRecord::from_job(&deploy, number, Vec::new());
+        writes.push(store.put_release(&release).await.unwrap());
+        written.push(release);
+    }
+    let other = job(2, "shop", "test");
+    let elsewhere = crate::release::ReleaseRecord::from_job(&other, 9, Vec::new());
+    writes.push(store.put_release(&elsewhere).await.unwrap());
+    let agent = AgentRecord {
+        name: gantry_shared::AgentName::new("prod-1").unwrap(),
+        env: prod.clone(),
+        labels: [("zone".to_owned(), "a".to_owned())].into(),
+        capacity: 2,
+        version: "0.1.0".into(),
+        last_seen_ms: 5,
+    };
+    writes.push(store.put_agent(&agent).await.unwrap());
+    writes.push(
+        store
+            .put_config_snapshot("apps", "[]".into())
+            .await
+            .unwrap(),
+    );
+    Durable::all(writes).await.unwrap();
+    let numbers = |releases: Vec<crate::release::ReleaseRecord>| {
+        releases.iter().map(|r| r.number).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        numbers(store.releases(&shop, &prod, None).await.unwrap()),
+        [3, 2, 1]
+    );
+    assert_eq!(
+        numbers(store.releases(&shop, &prod, Some(2)).await.unwrap()),
+        [3, 2]
+    );
+    let current = store.current_release(&shop, &prod).await.unwrap().unwrap();
+    assert_eq!(Some(current), written.pop());
+    assert_eq!(store.agent(&agent.name).await.unwrap(), Some(agent.clone()));
+    assert_eq!(store.agents().await.unwrap(), [agent]);
 }
