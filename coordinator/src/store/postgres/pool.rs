@@ -35,6 +35,10 @@ impl Slot {
                 warn!(error = %e, "the connection to the database failed");
             }
         });
+        // A write is reported durable once its commit returns: that holds
+        // only if the commit waits for the WAL flush, whatever the server's
+        // default.
+        client.batch_execute("SET synchronous_commit = on").await?;
         Ok(Self {
             client,
             task,
