@@ -30,7 +30,11 @@ pub mod trust;
 
 use std::{sync::Arc, time::Duration};
 
-use gantry_shared::{config::CoordinatorConfig, limits::MAX_GRPC_MESSAGE_BYTES, proto};
+use gantry_shared::{
+    config::{CoordinatorConfig, StoreChoice},
+    limits::MAX_GRPC_MESSAGE_BYTES,
+    proto,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -73,9 +77,32 @@ const DRAIN_GRACE: Duration = Duration::from_secs(30);
 /// process or another that is still exiting, to let go of the database.
 const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// Opens the store, waiting (up to [`STORE_LOCK_WAIT`]) while another
-/// coordinator still holds its lock.
-async fn open_store(dir: &std::path::Path) -> Result<store::SharedStore, store::StoreError> {
+/// Opens the store `config` names: sled in its data directory, or
+/// Postgres.
+async fn open_store(config: &CoordinatorConfig) -> Result<store::SharedStore, store::StoreError> {
+    match config.store_choice() {
+        StoreChoice::Sled => open_sled(&config.data_dir).await,
+        StoreChoice::Postgres { url, password } => {
+            let password = password.map(|p| p.expose());
+            Ok(Arc::new(
+                store::postgres::PgStore::open(url, password).await?,
+            ))
+        }
+    }
+}
+
+/// What `config`'s store is, for messages (never with a password: the
+/// URL holds none).
+fn describe_store(config: &CoordinatorConfig) -> String {
+    match config.store_choice() {
+        StoreChoice::Sled => format!("the database in {}", config.data_dir.display()),
+        StoreChoice::Postgres { url, .. } => format!("the Postgres database {url}"),
+    }
+}
+
+/// Opens the sled store in `dir`, waiting (up to [`STORE_LOCK_WAIT`])
+/// while another coordinator still holds its lock.
+async fn open_sled(dir: &std::path::Path) -> Result<store::SharedStore, store::StoreError> {
     let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
     loop {
         match store::sled::SledStore::open(dir) {
@@ -98,9 +125,9 @@ pub async fn serve(
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let store = open_store(&config.data_dir)
+    let store = open_store(&config)
         .await
-        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
+        .with_context(|| format!("cannot open {}", describe_store(&config)))?;
     gantry_shared::tls::install_crypto_provider();
     let authority = match config.plaintext {
         true => None,
@@ -245,7 +272,7 @@ mod tests {
         let held = store::sled::SledStore::open(dir.path()).unwrap();
         let opening = tokio::spawn({
             let dir = dir.path().to_owned();
-            async move { open_store(&dir).await }
+            async move { open_sled(&dir).await }
         });
         // The opener is refused while the store is held, and keeps trying.
         tokio::task::yield_now().await;
@@ -253,5 +280,21 @@ mod tests {
         drop(held);
         let reopened = opening.await.unwrap().unwrap();
         assert_eq!(reopened.next_job_id().await.unwrap().get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_postgres_url_in_the_config_opens_that_database() {
+        let db = store::postgres::testdb::TestDb::create().await;
+        let text = format!(
+            "store = \"{}\"\nstore_password = \"unused\"\n[[environments]]\nname = \"dev\"\n",
+            db.postgres_url()
+        );
+        let config = CoordinatorConfig::parse(std::path::Path::new("c.toml"), &text).unwrap();
+        assert!(describe_store(&config).starts_with("the Postgres database postgres://"));
+        let store = open_store(&config).await.unwrap();
+        assert_eq!(store.next_job_id().await.unwrap().get(), 1);
+        // It is that database: a second store on it goes on counting.
+        let again = store::postgres::PgStore::open(&db.url, None).await.unwrap();
+        assert_eq!(store::Store::next_job_id(&again).await.unwrap().get(), 2);
     }
 }

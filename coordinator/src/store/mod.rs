@@ -3,7 +3,8 @@
 //! audit trail, enrolment nonces, certificates and their revocations.
 //!
 //! [`Store`] says what is kept and what each write promises; the engines
-//! implement it ([`sled::SledStore`], embedded, the default). Nothing
+//! implement it ([`sled::SledStore`], embedded, the default;
+//! [`postgres::PgStore`], for a database the team operates). Nothing
 //! outside this module knows an engine.
 //!
 //! A write returns once it is applied: every read after it sees it. It
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use gantry_shared::{messages::LogLine, AgentName, AppName, EnvName, JobId};
 
+pub mod postgres;
 mod records;
 mod run;
 pub mod sled;

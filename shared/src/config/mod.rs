@@ -18,9 +18,11 @@ use crate::domain::{AppName, BranchName, EnvName};
 
 pub mod agent;
 pub mod fetch;
+pub mod store;
 pub mod trust;
 
 pub use fetch::{fetch_token, FetchCredential, FetchCredentials};
+pub use store::StoreChoice;
 pub use trust::UserConfig;
 
 /// A configuration file that could not be used; the message names the file,
@@ -129,6 +131,14 @@ pub struct CoordinatorConfig {
     /// config file's directory. Default `gantry-data`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Where the records are kept: `"sled"`, in `data_dir`, or a Postgres
+    /// database, `postgres://USER@HOST:PORT/DATABASE` (its password in
+    /// `store_password`). Default `"sled"`.
+    #[serde(default = "store::default_store")]
+    pub store: String,
+    /// The Postgres user's password, a secret. Default none.
+    #[serde(default)]
+    pub store_password: Option<crate::Secret>,
     /// How often agents send heartbeats, in seconds. Default 5.
     #[serde(default = "default_heartbeat_secs")]
     pub heartbeat_secs: u64,
@@ -367,6 +377,7 @@ impl CoordinatorConfig {
             }
         }
         self.validate_trust(&invalid)?;
+        self.validate_store(&invalid, &key)?;
         self.validate_fetch(&invalid)?;
         let mut seen = HashSet::new();
         for app in &self.apps {

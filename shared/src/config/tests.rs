@@ -214,3 +214,30 @@ fn fetch_credentials_name_a_secret_of_every_environment_they_apply_to() {
     let msg = parse(&with(unknown, "")).unwrap_err().to_string();
     assert!(msg.contains("unknown field `token`"), "{msg}");
 }
+
+#[test]
+fn the_store_is_sled_unless_a_postgres_url_is_given() {
+    assert_eq!(parse(GOOD).unwrap().store_choice(), StoreChoice::Sled);
+    let text = format!(
+        "store = \"postgres://gantry@db:5432/gantry\"\nstore_password = \"hunter2\"\n{GOOD}"
+    );
+    let config = parse(&text).unwrap();
+    let StoreChoice::Postgres { url, password } = config.store_choice() else {
+        panic!("a Postgres store");
+    };
+    assert_eq!(url, "postgres://gantry@db:5432/gantry");
+    assert_eq!(password.map(|p| p.expose()), Some("hunter2"));
+    assert_eq!(format!("{:?}", config.store_password), "Some(\"***\")");
+    let refused = |text: String| parse(&text).unwrap_err().to_string();
+    assert_eq!(
+        refused(format!("store = \"postgres://gantry:hunter2@db/gantry\"\n{GOOD}")),
+        "invalid config file coordinator.toml, line 1: store: keep the password out of the URL (it is logged); \
+         put it in store_password, a secret"
+    );
+    assert!(refused(format!("store = \"mysql://db\"\n{GOOD}"))
+        .starts_with("invalid config file coordinator.toml, line 1: store must be \"sled\" or a Postgres URL"));
+    assert_eq!(
+        refused(format!("store_password = \"x\"\n{GOOD}")),
+        "invalid config file coordinator.toml, line 1: store_password is for a Postgres store; store is sled"
+    );
+}

@@ -1,74 +1,23 @@
-//! What every store promises, checked on sled: logs stored once and read
-//! back in order, ids across reopen, the audit trail's pages, jobs asked
-//! for, and durability (a write survives its store, and a closed store
-//! refuses writes).
-
-use std::time::{Duration, Instant};
+//! The promises every engine keeps: logs stored once and read back in
+//! order, ids across reopen, the audit trail's pages, jobs asked for, and
+//! durability (a write survives its store, and a closed store refuses
+//! writes).
 
 use gantry_shared::{AppName, EnvName, JobId};
 
-use super::{sled::SledStore, *};
-use crate::job::JobKind;
+use super::*;
 
-fn line(seq: u64, text: &str) -> LogLine {
-    LogLine {
-        seq,
-        timestamp_ms: 1_700_000_000_000,
-        stage: None,
-        stream: Some(gantry_shared::messages::LogStream::Stdout),
-        text: text.into(),
-        opens_stage: false,
-    }
-}
+on_each_engine!(
+    log_lines_are_stored_once_and_read_back_in_order,
+    job_ids_keep_increasing_across_reopen,
+    what_a_write_said_was_durable_is_there_after_a_reopen,
+    jobs_are_listed_newest_first_as_asked,
+    the_audit_trail_reads_in_pages_newest_first_to_its_end,
+    releases_and_agents_are_read_back_as_written,
+);
 
-fn batch(seqs: std::ops::RangeInclusive<u64>) -> Vec<LogLine> {
-    seqs.map(|s| line(s, &format!("line {s}"))).collect()
-}
-
-fn seqs(run: &Run) -> Vec<u64> {
-    run.lines().unwrap().iter().map(|l| l.seq).collect()
-}
-
-/// Opens the sled store in `dir`, waiting while the one before it lets go
-/// of its lock (sled's own thread stops a moment after a drop), as
-/// `serve` does.
-fn open(dir: &std::path::Path) -> SharedStore {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match SledStore::open(dir) {
-            Err(StoreError::Locked(_)) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            opened => return Arc::new(opened.unwrap()),
-        }
-    }
-}
-
-fn job(id: u64, app: &str, env: &str) -> JobRecord {
-    JobRecord::queued(
-        JobId::new(id).unwrap(),
-        AppName::new(app).unwrap(),
-        EnvName::new(env).unwrap(),
-        JobKind::Deploy,
-        Vec::new(),
-        None,
-        "abc".into(),
-        "ann".into(),
-        0,
-    )
-}
-
-/// Appends and waits until it is durable; the new run, if any.
-async fn append(store: &SharedStore, job: JobId, lines: Vec<LogLine>) -> Option<Run> {
-    let (run, durable) = store.append_logs(job, lines).await.unwrap();
-    durable.await.unwrap();
-    run
-}
-
-#[tokio::test]
-async fn log_lines_are_stored_once_and_read_back_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn log_lines_are_stored_once_and_read_back_in_order(engine: Engine) {
+    let store = engine.open().await;
     let job = JobId::new(7).unwrap();
     let other = JobId::new(8).unwrap();
     let first = append(&store, job, batch(1..=3)).await.unwrap();
@@ -121,7 +70,7 @@ async fn log_lines_are_stored_once_and_read_back_in_order() {
     // A reopened store knows where each log ends.
     store.close().await.unwrap();
     drop(store);
-    let store = open(dir.path());
+    let store = engine.open().await;
     assert_eq!(
         append(&store, job, batch(5..=6))
             .await
@@ -132,26 +81,22 @@ async fn log_lines_are_stored_once_and_read_back_in_order() {
     assert_eq!(store.last_seq(job).await.unwrap(), 6);
 }
 
-#[tokio::test]
-async fn job_ids_keep_increasing_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn job_ids_keep_increasing_across_reopen(engine: Engine) {
+    let store = engine.open().await;
     let first = store.next_job_id().await.unwrap();
     store.close().await.unwrap();
     drop(store);
-    let second = open(dir.path()).next_job_id().await.unwrap();
+    let second = engine.open().await.next_job_id().await.unwrap();
     assert_eq!((first.get(), second.get()), (1, 2));
 }
 
-#[tokio::test]
-async fn what_a_write_said_was_durable_is_there_after_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn what_a_write_said_was_durable_is_there_after_a_reopen(engine: Engine) {
+    let store = engine.open().await;
     let durable = store.put_job(&job(1, "shop", "prod")).await.unwrap();
     durable.await.unwrap();
     // Dropped without closing: what was said to be durable is read back.
     drop(store);
-    let store = open(dir.path());
+    let store = engine.open().await;
     let back = store.job(JobId::new(1).unwrap()).await.unwrap().unwrap();
     assert_eq!(back.app.as_str(), "shop");
     // A closed store takes no more writes, and says so.
@@ -164,10 +109,8 @@ async fn what_a_write_said_was_durable_is_there_after_a_reopen() {
     );
 }
 
-#[tokio::test]
-async fn jobs_are_listed_newest_first_as_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn jobs_are_listed_newest_first_as_asked(engine: Engine) {
+    let store = engine.open().await;
     let mut ended = job(3, "shop", "prod");
     ended.state = gantry_shared::JobState::Succeeded;
     let writes = vec![
@@ -196,10 +139,8 @@ async fn jobs_are_listed_newest_first_as_asked() {
     assert_eq!(ids(store.jobs(&query).await.unwrap()), [4, 3]);
 }
 
-#[tokio::test]
-async fn the_audit_trail_reads_in_pages_newest_first_to_its_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn the_audit_trail_reads_in_pages_newest_first_to_its_end(engine: Engine) {
+    let store = engine.open().await;
     for n in 0..1_201 {
         let entry = AuditEntry::new("who", "peer", "deploy", "target", true, n.to_string());
         let (_, durable) = store.append_audit(entry).await.unwrap();
@@ -222,4 +163,51 @@ async fn the_audit_trail_reads_in_pages_newest_first_to_its_end() {
     // A page that ends exactly at the first entry says there is no more.
     let (last, more) = store.audit(Some(501), 500).await.unwrap();
     assert_eq!((last.len(), more), (500, false));
+}
+
+async fn releases_and_agents_are_read_back_as_written(engine: Engine) {
+    let store = engine.open().await;
+    let (shop, prod) = (AppName::new("shop").unwrap(), EnvName::new("prod").unwrap());
+    let deploy = job(1, "shop", "prod");
+    let mut writes = Vec::new();
+    let mut written = Vec::new();
+    for number in 1..=3 {
+        let release = crate::release::ReleaseRecord::from_job(&deploy, number, Vec::new());
+        writes.push(store.put_release(&release).await.unwrap());
+        written.push(release);
+    }
+    let other = job(2, "shop", "test");
+    let elsewhere = crate::release::ReleaseRecord::from_job(&other, 9, Vec::new());
+    writes.push(store.put_release(&elsewhere).await.unwrap());
+    let agent = AgentRecord {
+        name: gantry_shared::AgentName::new("prod-1").unwrap(),
+        env: prod.clone(),
+        labels: [("zone".to_owned(), "a".to_owned())].into(),
+        capacity: 2,
+        version: "0.1.0".into(),
+        last_seen_ms: 5,
+    };
+    writes.push(store.put_agent(&agent).await.unwrap());
+    writes.push(
+        store
+            .put_config_snapshot("apps", "[]".into())
+            .await
+            .unwrap(),
+    );
+    Durable::all(writes).await.unwrap();
+    let numbers = |releases: Vec<crate::release::ReleaseRecord>| {
+        releases.iter().map(|r| r.number).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        numbers(store.releases(&shop, &prod, None).await.unwrap()),
+        [3, 2, 1]
+    );
+    assert_eq!(
+        numbers(store.releases(&shop, &prod, Some(2)).await.unwrap()),
+        [3, 2]
+    );
+    let current = store.current_release(&shop, &prod).await.unwrap().unwrap();
+    assert_eq!(Some(current), written.pop());
+    assert_eq!(store.agent(&agent.name).await.unwrap(), Some(agent.clone()));
+    assert_eq!(store.agents().await.unwrap(), [agent]);
 }
