@@ -35,8 +35,13 @@ const IDLE_PARALLEL: usize = 200;
 /// What a legitimate call may take under the flood.
 const LEGITIMATE: Duration = Duration::from_secs(2);
 
-/// Slack on top of a timeout for the close to reach the client.
-const SLACK: Duration = Duration::from_secs(3);
+/// Slack on top of a timeout for the close to reach the client. On this
+/// 2-core machine, with the flood's own 7,000 connections and the
+/// coordinator sharing the cores, 3 s was seen to leave 120 of 2,000
+/// silent connections unclosed at the deadline (once in about five runs);
+/// a connection closed in time ends its wait at once, so the slack costs
+/// only a failing run.
+const SLACK: Duration = Duration::from_secs(10);
 
 /// Silent connections made before the legitimate calls go: more than the
 /// coordinator's 1,024 handshake slots in all.
