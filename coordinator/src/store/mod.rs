@@ -26,6 +26,7 @@ mod run;
 pub mod sled;
 
 pub use records::{IssuedCert, JobQuery, Refusal};
+pub(crate) use run::append;
 pub use run::Run;
 
 use crate::{

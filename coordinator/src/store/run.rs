@@ -49,3 +49,55 @@ impl Run {
         Ok(Self::of(&lines))
     }
 }
+
+/// The rules of appending to a job's log, the same for every engine:
+/// lines up to `last` (the stored end) are resends, and must match what is
+/// stored; the rest must follow `last` without a gap.
+pub(crate) mod append {
+    use gantry_shared::{proto, JobId};
+
+    use crate::store::StoreError;
+
+    /// `lines` split into (fresh, resent) around the stored end `last`.
+    pub fn split(
+        last: u64,
+        lines: Vec<proto::LogLine>,
+    ) -> (Vec<proto::LogLine>, Vec<proto::LogLine>) {
+        lines.into_iter().partition(|l| l.seq > last)
+    }
+
+    /// Refuses `resent` lines whose stored line (in `stored`) differs.
+    pub fn check_resent(
+        job: JobId,
+        resent: &[proto::LogLine],
+        stored: &[proto::LogLine],
+    ) -> Result<(), StoreError> {
+        let differs = resent
+            .iter()
+            .find(|line| stored.iter().any(|s| s.seq == line.seq && s != *line));
+        match differs {
+            Some(line) => Err(StoreError::Conflict { job, seq: line.seq }),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses `fresh` lines (at least one) that do not follow `last`.
+    pub fn check_follows(
+        job: JobId,
+        last: u64,
+        fresh: &[proto::LogLine],
+    ) -> Result<(), StoreError> {
+        let contiguous = fresh
+            .iter()
+            .enumerate()
+            .all(|(i, l)| l.seq == last + 1 + i as u64);
+        match contiguous {
+            true => Ok(()),
+            false => Err(StoreError::Gap {
+                job,
+                after: last,
+                got: fresh[0].seq,
+            }),
+        }
+    }
+}

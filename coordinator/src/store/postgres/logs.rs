@@ -8,7 +8,7 @@ use gantry_shared::{messages::LogLine, proto, JobId};
 use tokio_postgres::{GenericClient, Statement};
 
 use super::{col, int, pool::Slot, uint};
-use crate::store::{Run, StoreError};
+use crate::store::{append, Run, StoreError};
 
 /// Locks `job`'s tail row (creating it at 0) and returns its last seq.
 const LOCK_TAIL: &str = "INSERT INTO log_tails (job, last_seq) VALUES ($1, 0)
@@ -47,35 +47,19 @@ pub(super) async fn append(
     let runs_of = slot.statement(RUNS).await?;
     let tx = slot.client.transaction().await?;
     let last = uint(col(&tx.query_one(&lock, &[&id]).await?, 0)?)?;
-    let (fresh, resent): (Vec<proto::LogLine>, Vec<proto::LogLine>) =
-        lines.into_iter().partition(|l| l.seq > last);
+    let (fresh, resent) = append::split(last, lines);
     if let Some(first) = resent.first() {
         let mut stored = Vec::new();
         for run in read(&tx, &runs_of, job, first.seq, resent.len() as u64).await? {
             stored.extend(run.lines().map_err(|e| decode_error(job, e))?);
         }
-        let differs = resent
-            .iter()
-            .find(|line| stored.iter().any(|s| s.seq == line.seq && s != *line));
-        if let Some(line) = differs {
-            return Err(StoreError::Conflict { job, seq: line.seq });
-        }
+        append::check_resent(job, &resent, &stored)?;
     }
     if fresh.is_empty() {
         tx.rollback().await?;
         return Ok(None);
     }
-    let contiguous = fresh
-        .iter()
-        .enumerate()
-        .all(|(i, l)| l.seq == last + 1 + i as u64);
-    if !contiguous {
-        return Err(StoreError::Gap {
-            job,
-            after: last,
-            got: fresh[0].seq,
-        });
-    }
+    append::check_follows(job, last, &fresh)?;
     let run = Run::of(&fresh);
     let batch: &[u8] = run.encoded.as_ref();
     tx.execute(&insert, &[&id, &int(run.last)?, &int(run.first)?, &batch])

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use gantry_shared::{messages::LogLine, proto, JobId};
 use prost::Message;
 
-use crate::store::{Run, StoreError};
+use crate::store::{append, Run, StoreError};
 
 /// The log tree and what is known of its ends.
 pub(super) struct Logs {
@@ -58,31 +58,15 @@ impl Logs {
             Some(last) => *last,
             None => self.stored_last_seq(job)?,
         };
-        let (fresh, resent): (Vec<proto::LogLine>, Vec<proto::LogLine>) =
-            lines.into_iter().partition(|l| l.seq > last);
+        let (fresh, resent) = append::split(last, lines);
         if let Some(first) = resent.first() {
             let stored = self.lines(job, first.seq, resent.len())?;
-            let differs = resent
-                .iter()
-                .find(|line| stored.iter().any(|s| s.seq == line.seq && s != *line));
-            if let Some(line) = differs {
-                return Err(StoreError::Conflict { job, seq: line.seq });
-            }
+            append::check_resent(job, &resent, &stored)?;
         }
         if fresh.is_empty() {
             return Ok(None);
         }
-        let contiguous = fresh
-            .iter()
-            .enumerate()
-            .all(|(i, l)| l.seq == last + 1 + i as u64);
-        if !contiguous {
-            return Err(StoreError::Gap {
-                job,
-                after: last,
-                got: fresh[0].seq,
-            });
-        }
+        append::check_follows(job, last, &fresh)?;
         let run = Run::of(&fresh);
         self.tree
             .insert(log_key(job, run.last), run.encoded.as_ref())?;
