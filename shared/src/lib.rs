@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod git;
 pub mod job;
+pub mod leader;
 pub mod limits;
 pub mod log_batch;
 pub mod messages;
