@@ -132,7 +132,10 @@ impl Error {
             | Error::UnknownJob(_)
             | Error::UnknownAgent(_)
             | Error::UnknownRelease { .. } => Code::NotFound,
-            Error::RemoteUnavailable { .. } | Error::Unavailable(_) => Code::Unavailable,
+            Error::RemoteUnavailable { .. }
+            | Error::Unavailable(_)
+            // Another coordinator leads: the request may be sent there.
+            | Error::Store(StoreError::NotLeader | StoreError::Fenced { .. }) => Code::Unavailable,
             Error::FailedPrecondition(_)
             | Error::RemoteRefused(_)
             | Error::MergeConflict { .. } => Code::FailedPrecondition,

@@ -292,9 +292,18 @@ mod tests {
         let config = CoordinatorConfig::parse(std::path::Path::new("c.toml"), &text).unwrap();
         assert!(describe_store(&config).starts_with("the Postgres database postgres://"));
         let store = open_store(&config).await.unwrap();
+        let me = store::Candidate {
+            holder: "test".into(),
+            url: "http://127.0.0.1:7700".into(),
+        };
+        let election = store.election().expect("postgres elects a leader");
+        let ttl = Duration::from_secs(60);
+        let epoch = election.try_lead(&me, ttl).await.unwrap().unwrap();
         assert_eq!(store.next_job_id().await.unwrap().get(), 1);
+        election.resign(epoch).await.unwrap();
         // It is that database: a second store on it goes on counting.
         let again = store::postgres::PgStore::open(&db.url, None).await.unwrap();
+        store::Election::try_lead(&again, &me, ttl).await.unwrap().unwrap();
         assert_eq!(store::Store::next_job_id(&again).await.unwrap().get(), 2);
     }
 }

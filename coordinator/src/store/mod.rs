@@ -14,7 +14,7 @@
 //! between two deploys, and a batch of an agent's log lines shares one
 //! commit with everything written beside it).
 
-use std::{future::Future, pin::Pin, sync::Arc, task::Poll};
+use std::{future::Future, pin::Pin, sync::Arc, task::Poll, time::Duration};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -76,6 +76,19 @@ pub enum StoreError {
         /// The first seq whose line differs.
         seq: u64,
     },
+    /// A write by a coordinator that does not lead: it is a standby, or
+    /// stopped leading.
+    #[error("this coordinator does not lead, so it writes nothing")]
+    NotLeader,
+    /// A write by a leader that another has replaced (its lease ran out
+    /// while it was paused or cut off): nothing was written.
+    #[error("epoch {epoch} no longer leads (another coordinator took over, epoch {newest}); nothing was written")]
+    Fenced {
+        /// The epoch this coordinator led in.
+        epoch: u64,
+        /// The newest epoch.
+        newest: u64,
+    },
     /// A stored record could not be decoded (written by another version?).
     #[error("stored record {key} cannot be decoded: {message}")]
     Decode {
@@ -93,7 +106,11 @@ impl StoreError {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            StoreError::Engine(_) | StoreError::Commit(_) | StoreError::Locked(_)
+            StoreError::Engine(_)
+                | StoreError::Commit(_)
+                | StoreError::Locked(_)
+                | StoreError::NotLeader
+                | StoreError::Fenced { .. }
         )
     }
 }
@@ -245,6 +262,62 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every write durable and stops taking commits: the last call
     /// on a store, when the coordinator stops.
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// The election of a leader among the coordinators sharing this
+    /// store, if several can (Postgres). `None`: the store is one
+    /// process's own (sled's lock), so its coordinator always leads.
+    fn election(&self) -> Option<&dyn Election> {
+        None
+    }
+}
+
+/// One leader at a time among coordinators sharing a store, by a lease
+/// with an epoch. Taking the lead fences the store: from then on its
+/// writes are applied only while its epoch is the newest, so a leader
+/// that was paused past its lease, and replaced, writes nothing more
+/// (each write fails with [`StoreError::Fenced`]). Before it leads, and
+/// after it resigns or is replaced, the store refuses every write with
+/// [`StoreError::NotLeader`].
+#[async_trait]
+pub trait Election: Send + Sync {
+    /// Takes the lead for `ttl` if no one holds an unexpired lease;
+    /// returns the new epoch.
+    async fn try_lead(&self, me: &Candidate, ttl: Duration) -> Result<Option<u64>, StoreError>;
+
+    /// Extends the lease of `epoch` by `ttl` from now; false when another
+    /// coordinator leads (the store is then no longer fenced for writes).
+    async fn renew(&self, epoch: u64, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Who leads, or led last.
+    async fn leader(&self) -> Result<Option<Leader>, StoreError>;
+
+    /// Ends the lease of `epoch` at once (a coordinator that stops), so a
+    /// standby takes over without waiting for it to run out; the store
+    /// takes no more writes.
+    async fn resign(&self, epoch: u64) -> Result<(), StoreError>;
+}
+
+/// A coordinator that may lead.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Unique to this process (a host name and a random part), so a
+    /// coordinator started again is a new holder.
+    pub holder: String,
+    /// Where clients reach it (`advertise_url`).
+    pub url: String,
+}
+
+/// The leader, as the store has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its [`Candidate::holder`].
+    pub holder: String,
+    /// Its [`Candidate::url`].
+    pub url: String,
+    /// Whether its lease is still running.
+    pub live: bool,
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ fn decode_error(job: JobId, e: prost::DecodeError) -> StoreError {
 /// lock of the job's tail row.
 pub(super) async fn append(
     slot: &mut Slot,
+    epoch: i64,
     job: JobId,
     lines: Vec<LogLine>,
 ) -> Result<Option<Run>, StoreError> {
@@ -45,7 +46,7 @@ pub(super) async fn append(
     let lock = slot.statement(LOCK_TAIL).await?;
     let insert = slot.statement(INSERT_RUN).await?;
     let runs_of = slot.statement(RUNS).await?;
-    let tx = slot.client.transaction().await?;
+    let tx = super::lease::begin(slot, epoch).await?;
     let last = uint(col(&tx.query_one(&lock, &[&id]).await?, 0)?)?;
     let (fresh, resent) = append::split(last, lines);
     if let Some(first) = resent.first() {

@@ -8,7 +8,10 @@ use tracing::info;
 use crate::store::StoreError;
 
 /// Every version, in order: (number, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../migrations/0001_init.sql")),
+    (2, include_str!("../../../migrations/0002_leadership.sql")),
+];
 
 /// The advisory lock that coordinators starting at once on one database
 /// take, so one applies the migrations and the others then see them.

@@ -11,6 +11,7 @@ use gantry_shared::{messages::LogLine, AgentName, AppName, EnvName, JobId};
 use tokio_postgres::{types::ToSql, Config, Row};
 use tracing::info;
 
+mod lease;
 mod logs;
 mod migrate;
 mod pool;
@@ -18,7 +19,7 @@ mod pool;
 pub(crate) mod testdb;
 mod trust;
 
-use super::{Durable, IssuedCert, JobQuery, Refusal, Run, Store, StoreError};
+use super::{Durable, Election, IssuedCert, JobQuery, Refusal, Run, Store, StoreError};
 use crate::{
     audit::AuditEntry,
     job::{AgentRecord, JobRecord},
@@ -73,6 +74,8 @@ pub struct PgStore {
     pool: pool::Pool,
     /// Set by [`Store::close`]: writes after it are refused.
     closed: AtomicBool,
+    /// The epoch writes are fenced by (see [`lease`]).
+    fence: lease::Fence,
 }
 
 impl PgStore {
@@ -95,6 +98,7 @@ impl PgStore {
         Ok(Self {
             pool,
             closed: AtomicBool::new(false),
+            fence: lease::Fence::default(),
         })
     }
 
@@ -106,16 +110,26 @@ impl PgStore {
         Ok(())
     }
 
-    /// Runs one write statement; it is committed when this returns.
+    /// A connection to write on and the epoch to fence the writes by:
+    /// refused once the store is closed, or while it does not lead.
+    async fn writer(&self) -> Result<(tokio::sync::MutexGuard<'_, pool::Slot>, i64), StoreError> {
+        self.check()?;
+        let epoch = self.fence.epoch()?;
+        Ok((self.pool.get().await?, epoch))
+    }
+
+    /// Runs one write statement, fenced; it is committed when this
+    /// returns.
     async fn write(
         &self,
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Durable, StoreError> {
-        self.check()?;
-        let mut slot = self.pool.get().await?;
+        let (mut slot, epoch) = self.writer().await?;
         let statement = slot.statement(sql).await?;
-        slot.client.execute(&statement, params).await?;
+        let tx = lease::begin(&mut slot, epoch).await?;
+        tx.execute(&statement, params).await?;
+        tx.commit().await?;
         Ok(Durable::done())
     }
 
@@ -136,6 +150,7 @@ impl Store for PgStore {
     async fn next_job_id(&self) -> Result<JobId, StoreError> {
         // A sequence never hands a number out twice, even across a crash.
         self.check()?;
+        self.fence.epoch()?;
         let rows = self.query("SELECT nextval('job_ids')", &[]).await?;
         let id: i64 = col(&rows[0], 0)?;
         JobId::new(uint(id)?).map_err(|e| StoreError::Engine(Box::new(e)))
@@ -192,8 +207,8 @@ impl Store for PgStore {
         job: JobId,
         lines: Vec<LogLine>,
     ) -> Result<(Option<Run>, Durable), StoreError> {
-        self.check()?;
-        let run = logs::append(&mut *self.pool.get().await?, job, lines).await?;
+        let (mut slot, epoch) = self.writer().await?;
+        let run = logs::append(&mut slot, epoch, job, lines).await?;
         Ok((run, Durable::done()))
     }
 
@@ -286,8 +301,8 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(u64, Durable), StoreError> {
-        self.check()?;
-        trust::append_audit(&mut *self.pool.get().await?, entry).await
+        let (mut slot, epoch) = self.writer().await?;
+        trust::append_audit(&mut slot, epoch, entry).await
     }
 
     async fn audit(
@@ -303,8 +318,8 @@ impl Store for PgStore {
         cert: &IssuedCert,
         nonce: &str,
     ) -> Result<(Result<Vec<IssuedCert>, Refusal>, Durable), StoreError> {
-        self.check()?;
-        let outcome = trust::enrol(&mut *self.pool.get().await?, cert, nonce).await?;
+        let (mut slot, epoch) = self.writer().await?;
+        let outcome = trust::enrol(&mut slot, epoch, cert, nonce).await?;
         Ok((outcome, Durable::done()))
     }
 
@@ -321,8 +336,8 @@ impl Store for PgStore {
         name: &AgentName,
         now_ms: i64,
     ) -> Result<(Vec<IssuedCert>, Durable), StoreError> {
-        self.check()?;
-        let revoked = trust::revoke(&mut *self.pool.get().await?, name, now_ms).await?;
+        let (mut slot, epoch) = self.writer().await?;
+        let revoked = trust::revoke(&mut slot, epoch, name, now_ms).await?;
         Ok((revoked, Durable::done()))
     }
 
@@ -330,5 +345,9 @@ impl Store for PgStore {
         // Every write was committed when it returned; only refuse more.
         self.closed.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn election(&self) -> Option<&dyn Election> {
+        Some(self)
     }
 }

@@ -28,13 +28,16 @@ fn decode_cert(row: &Row) -> Result<IssuedCert, StoreError> {
 /// Appends `entry` to the audit trail; its seq is the row's identity.
 pub(super) async fn append_audit(
     slot: &mut Slot,
+    epoch: i64,
     entry: AuditEntry,
 ) -> Result<(u64, crate::store::Durable), StoreError> {
     let record = serde_json::to_string(&entry).expect("audit entries serialize");
     let insert = slot
         .statement("INSERT INTO audit (record) VALUES ($1) RETURNING seq")
         .await?;
-    let row = slot.client.query_one(&insert, &[&record]).await?;
+    let tx = super::lease::begin(slot, epoch).await?;
+    let row = tx.query_one(&insert, &[&record]).await?;
+    tx.commit().await?;
     Ok((uint(col(&row, 0)?)?, crate::store::Durable::done()))
 }
 
@@ -73,6 +76,7 @@ pub(super) async fn audit(
 /// certificate.
 pub(super) async fn enrol(
     slot: &mut Slot,
+    epoch: i64,
     cert: &IssuedCert,
     nonce: &str,
 ) -> Result<Result<Vec<IssuedCert>, Refusal>, StoreError> {
@@ -102,7 +106,7 @@ pub(super) async fn enrol(
         )
         .await?;
     let name = cert.name.as_str();
-    let tx = slot.client.transaction().await?;
+    let tx = super::lease::begin(slot, epoch).await?;
     tx.execute(&lock, &[&name]).await?;
     if let Some(row) = tx
         .query_opt(&elsewhere, &[&name, &cert.env.as_str()])
@@ -181,17 +185,19 @@ pub(super) async fn certs_of(
 /// Revokes every unrevoked certificate of `name`; returns them by serial.
 pub(super) async fn revoke(
     slot: &mut Slot,
+    epoch: i64,
     name: &AgentName,
     now_ms: i64,
 ) -> Result<Vec<IssuedCert>, StoreError> {
     let revoke = slot.statement(REVOKE).await?;
-    let mut revoked = slot
-        .client
+    let tx = super::lease::begin(slot, epoch).await?;
+    let mut revoked = tx
         .query(&revoke, &[&name.as_str(), &now_ms])
         .await?
         .iter()
         .map(decode_cert)
         .collect::<Result<Vec<_>, _>>()?;
+    tx.commit().await?;
     revoked.sort_by(|a, b| a.serial.cmp(&b.serial));
     Ok(revoked)
 }

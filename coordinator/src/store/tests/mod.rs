@@ -56,7 +56,11 @@ impl Engine {
     async fn open(&self) -> SharedStore {
         match self {
             Engine::Sled(dir) => open_sled(dir.path()),
-            Engine::Postgres(db) => Arc::new(PgStore::open(&db.url, None).await.unwrap()),
+            Engine::Postgres(db) => {
+                let store = PgStore::open(&db.url, None).await.unwrap();
+                store.lead_for_test().await;
+                Arc::new(store)
+            }
         }
     }
 }
@@ -76,7 +80,7 @@ fn open_sled(dir: &std::path::Path) -> SharedStore {
     }
 }
 
-fn line(seq: u64, text: &str) -> LogLine {
+pub(crate) fn line(seq: u64, text: &str) -> LogLine {
     LogLine {
         seq,
         timestamp_ms: 1_700_000_000_000,
