@@ -18,11 +18,13 @@ pub mod follow;
 pub mod guard;
 pub mod hub;
 pub mod job;
+pub mod lead;
 pub mod operator_service;
 pub mod rate;
 pub mod release;
 pub mod request;
 pub mod scheduler;
+pub mod standby;
 pub mod store;
 pub mod supervise;
 pub mod tail;
@@ -71,7 +73,7 @@ pub use crate::core::Core;
 /// (followers and agents are told to go at once; a request in flight, a
 /// git fetch at worst, may finish) before it stops them and flushes the
 /// store anyway: a supervisor that restarts it should not wait for ever.
-const DRAIN_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a starting coordinator waits for the one before it, in this
 /// process or another that is still exiting, to let go of the database.
@@ -116,6 +118,10 @@ async fn open_sled(dir: &std::path::Path) -> Result<store::SharedStore, store::S
 }
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
+///
+/// With a store several coordinators share (Postgres) it leads only while
+/// it holds the lease (see [`lead`]): until then, and again after losing
+/// it, it stands by ([`standby`]). With sled it always leads.
 pub async fn serve(
     config: CoordinatorConfig,
     listener: TcpListener,
@@ -129,15 +135,6 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot open {}", describe_store(&config)))?;
     gantry_shared::tls::install_crypto_provider();
-    let authority = match config.plaintext {
-        true => None,
-        false => Some(trust::Authority::load(&config.tls_dir())?),
-    };
-    let tls = authority
-        .as_ref()
-        .map(|a| a.server_config())
-        .transpose()?
-        .map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
     if config.plaintext
         && (!config.users.is_empty() || config.environments.iter().any(|e| !e.approve.is_empty()))
     {
@@ -146,7 +143,89 @@ pub async fn serve(
     if !config.plaintext && config.users.is_empty() {
         warn!("no [[users]] are configured, so every operator request is refused; add one with `gantry-coordinator token new`");
     }
-    let core = Core::new(Arc::new(config), store, authority).await?;
+    let tls = match config.plaintext {
+        true => None,
+        false => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            trust::Authority::load(&config.tls_dir())?.server_config()?,
+        ))),
+    };
+    let config = Arc::new(config);
+    let per_address = trust::conn::PerAddress::new(config.max_connections_per_address);
+    let me = lead::candidate(config.advertised_url());
+    let served = loop {
+        let term = match store.election() {
+            None => None,
+            Some(_) => {
+                let listener = copy_listener(&listener)?;
+                let waited = standby::stand_by(
+                    &store,
+                    &me,
+                    listener,
+                    tls.clone(),
+                    per_address.clone(),
+                    &shutdown,
+                );
+                match waited.await? {
+                    Some(term) => Some(term),
+                    None => break Ok(()),
+                }
+            }
+        };
+        let term_ended = lead(
+            config.clone(),
+            store.clone(),
+            copy_listener(&listener)?,
+            tls.clone(),
+            per_address.clone(),
+            term.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        if let Some(term) = &term {
+            lead::resign(&store, term).await;
+        }
+        match (term_ended, term) {
+            (Err(e), Some(term)) if !shutdown.is_cancelled() => {
+                warn!(epoch = term.epoch(), error = %format!("{e:#}"), "stopped leading; standing by");
+            }
+            (ended, _) => break ended,
+        }
+    };
+    let closed = store.close().await;
+    served?;
+    closed.context("cannot flush the database")?;
+    info!("coordinator stopped");
+    Ok(())
+}
+
+/// Another handle on `listener`'s socket: each term, and each spell of
+/// standing by, serves on one of its own and closes it when it ends,
+/// while the socket stays bound.
+pub(crate) fn copy_listener(listener: &TcpListener) -> std::io::Result<TcpListener> {
+    use std::os::fd::AsFd;
+    let copy = listener.as_fd().try_clone_to_owned()?;
+    TcpListener::from_std(std::net::TcpListener::from(copy))
+}
+
+/// One term as leader (for ever, with sled): the services, the scheduler
+/// and the lease's renewal, until `shutdown` or until a vital task ends
+/// (the lease lost among them).
+async fn lead(
+    config: Arc<CoordinatorConfig>,
+    store: store::SharedStore,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    per_address: Arc<trust::conn::PerAddress>,
+    term: Option<Arc<lead::Term>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    let authority = match config.plaintext {
+        true => None,
+        false => Some(trust::Authority::load(&config.tls_dir())?),
+    };
+    let core = Core::new(config, store, authority).await?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -181,8 +260,7 @@ pub async fn serve(
     )
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
-    info!(addr = %listener.local_addr()?, tls = tls.is_some(), open = core.auth.is_open(), "coordinator serving");
-    let per_address = trust::conn::PerAddress::new(core.config.max_connections_per_address);
+    info!(addr = %listener.local_addr()?, tls = tls.is_some(), open = core.auth.is_open(), epoch = term.as_ref().map(|t| t.epoch()), "coordinator serving");
     let edge = edge::EdgeLayer::new(core.clone(), tls.is_some().then(|| per_address.clone()));
     // Agents' liveness comes from their heartbeats and the lease; this ping
     // only finds dead connections of idle operator streams, so it is rare:
@@ -213,7 +291,7 @@ pub async fn serve(
                 trust::accept::accept_loop(
                     listener,
                     acceptor,
-                    core.clone(),
+                    Some(core.clone()),
                     per_address,
                     accepted,
                     stop.clone(),
@@ -240,26 +318,29 @@ pub async fn serve(
         }
     }
     // The owner of scheduling: it stops at a store error (and then so does
-    // the coordinator), or when told to.
-    let scheduler = core
+    // the coordinator), or when told to; in a term, also when the lease
+    // may have run out.
+    let mut scheduler = core
         .take_scheduler()
         .context("the scheduler was started twice")?;
+    if let Some(term) = &term {
+        scheduler = scheduler.in_term(term.clone());
+        tasks.spawn(
+            "the leader's lease",
+            lead::keep(core.store.clone(), term.clone(), stop.clone()),
+        );
+    }
     tasks.spawn("the scheduler", {
         let stop = stop.clone();
         async move { Ok(scheduler.run(stop).await?) }
     });
 
     // In order: stop accepting and end every stream (the tasks stop on
-    // `stop`), then close the store (every write durable), whichever way
-    // the coordinator stops.
+    // `stop`), then make every write durable, whichever way the term ends.
     let watched = tasks.watch(&stop).await;
     let drained = tasks.drain(DRAIN_GRACE).await;
-    let closed = core.store.close().await;
     watched?;
-    drained?;
-    closed.context("cannot flush the database")?;
-    info!("coordinator stopped");
-    Ok(())
+    drained
 }
 
 #[cfg(test)]
@@ -303,7 +384,10 @@ mod tests {
         election.resign(epoch).await.unwrap();
         // It is that database: a second store on it goes on counting.
         let again = store::postgres::PgStore::open(&db.url, None).await.unwrap();
-        store::Election::try_lead(&again, &me, ttl).await.unwrap().unwrap();
+        store::Election::try_lead(&again, &me, ttl)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(store::Store::next_job_id(&again).await.unwrap().get(), 2);
     }
 }

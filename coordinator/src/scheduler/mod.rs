@@ -23,7 +23,7 @@ use futures::{future::BoxFuture, stream::FuturesUnordered, StreamExt};
 use gantry_shared::{config::CoordinatorConfig, AgentName, EnvName, JobId, JobState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 mod agents;
 mod jobs;
@@ -132,9 +132,20 @@ fn stopped() -> Error {
 pub struct Runner {
     scheduler: Scheduler,
     inbox: mpsc::Receiver<Command>,
+    /// The leader's term it schedules in, when coordinators share the
+    /// store: it acts only while the term surely holds.
+    term: Option<Arc<crate::lead::Term>>,
 }
 
 impl Runner {
+    /// Schedules only while `term` holds: a coordinator paused past its
+    /// lease stops before it sends an agent anything, even before it
+    /// learns that another took over.
+    pub fn in_term(mut self, term: Arc<crate::lead::Term>) -> Self {
+        self.term = Some(term);
+        self
+    }
+
     /// Handles commands, and sweeps for lost agents once a second, until
     /// `stop` is cancelled (`Ok`) or a store error stops it (the error).
     /// Commands sent after it stopped are answered `Unavailable`.
@@ -151,6 +162,18 @@ impl Runner {
                 command = self.inbox.recv() => command.map(Turn::Command),
                 _ = tick.tick() => Some(Turn::Sweep),
             };
+            if let (Some(term), Some(_)) = (&self.term, &turn) {
+                if !term.held() {
+                    warn!(
+                        epoch = term.epoch(),
+                        "the lease may have run out; scheduling stops"
+                    );
+                    return Err(Stopped(format!(
+                        "the lease of epoch {} may have run out",
+                        term.epoch()
+                    )));
+                }
+            }
             let outcome = match turn {
                 Some(Turn::Command(command)) => scheduler.handle(command).await,
                 Some(Turn::Sweep) => scheduler.sweep().await,
@@ -259,6 +282,7 @@ impl Scheduler {
             Runner {
                 scheduler: self,
                 inbox,
+                term: None,
             },
         )
     }

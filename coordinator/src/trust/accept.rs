@@ -44,12 +44,14 @@ pub const ACCEPTED_BUFFER: usize = 64;
 
 /// Accepts connections on `listener` until `stop` (or until the server
 /// that takes them is gone) and hands each one past its TLS handshake to
-/// `server`. `per_address` counts what each address holds. The
+/// `server`. `per_address` counts what each address holds; a refused
+/// client certificate is audited through `core` (a standby has none and
+/// writes nothing). The
 /// handshakes in progress are this loop's: they are aborted when it ends.
 pub async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    core: Arc<Core>,
+    core: Option<Arc<Core>>,
     per_address: Arc<PerAddress>,
     server: mpsc::Sender<std::io::Result<Guarded>>,
     stop: CancellationToken,
@@ -114,8 +116,8 @@ pub async fn accept_loop(
                         .get_ref()
                         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                         .filter(|err| matches!(err, rustls::Error::InvalidCertificate(_)));
-                    match refused_cert {
-                        Some(err) if core.auth.failure_worth_auditing(Some(peer)) => {
+                    match (refused_cert, &core) {
+                        (Some(err), Some(core)) if core.auth.failure_worth_auditing(Some(peer)) => {
                             core.audit(AuditEntry::new(
                                 "unknown",
                                 peer.to_string(),

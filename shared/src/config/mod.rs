@@ -18,7 +18,8 @@ use crate::domain::{AppName, BranchName, EnvName};
 
 pub mod agent;
 pub mod fetch;
-pub mod store;
+mod leader;
+mod store;
 pub mod trust;
 
 pub use fetch::{fetch_token, FetchCredential, FetchCredentials};
@@ -175,6 +176,13 @@ pub struct CoordinatorConfig {
     /// reach the coordinator through one NAT. Default 256.
     #[serde(default = "trust::default_max_connections_per_address")]
     pub max_connections_per_address: usize,
+    /// The URL agents and operators reach this coordinator at: the one
+    /// standbys sharing its Postgres store send them to while it leads.
+    /// Default `https://HOST:PORT` (`http://` with `plaintext`) of
+    /// `listen`, with this machine's host name when `listen` is 0.0.0.0
+    /// or `::`.
+    #[serde(default)]
+    pub advertise_url: Option<String>,
 }
 
 /// One environment: its own servers, domain and middleware.
@@ -378,6 +386,7 @@ impl CoordinatorConfig {
         }
         self.validate_trust(&invalid)?;
         self.validate_store(&invalid, &key)?;
+        self.validate_advertise_url(&invalid, &key)?;
         self.validate_fetch(&invalid)?;
         let mut seen = HashSet::new();
         for app in &self.apps {

@@ -241,3 +241,31 @@ fn the_store_is_sled_unless_a_postgres_url_is_given() {
         "invalid config file coordinator.toml, line 1: store_password is for a Postgres store; store is sled"
     );
 }
+
+#[test]
+fn the_advertised_url_defaults_to_the_listen_address_and_is_checked() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.advertised_url(), "https://127.0.0.1:7701");
+    let text = GOOD.replace("listen = \"127.0.0.1:7701\"", "listen = \"0.0.0.0:7701\"");
+    let url = parse(&text).unwrap().advertised_url();
+    assert!(
+        url.starts_with("https://") && url.ends_with(":7701"),
+        "{url}"
+    );
+    assert!(!url.contains("0.0.0.0"), "{url}");
+
+    let given = format!("advertise_url = \"https://coord-a.example:7700/\"\n{GOOD}");
+    assert_eq!(
+        parse(&given).unwrap().advertised_url(),
+        "https://coord-a.example:7700"
+    );
+    let wrong_scheme = format!("advertise_url = \"http://coord-a:7700\"\n{GOOD}");
+    let msg = parse(&wrong_scheme).unwrap_err().to_string();
+    assert!(
+        msg.contains("line 1") && msg.contains("give https://HOST:PORT"),
+        "{msg}"
+    );
+    let junk = format!("advertise_url = \"coord-a\"\n{GOOD}");
+    let msg = parse(&junk).unwrap_err().to_string();
+    assert!(msg.contains("advertise_url"), "{msg}");
+}

@@ -173,7 +173,10 @@ mod tests {
             if let Some(epoch) = store.try_lead(me, ttl).await.unwrap() {
                 return epoch;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the lease never ran out");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lease never ran out"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -220,13 +223,19 @@ mod tests {
         );
         a.put_job(&a_job(1, "by a")).await.unwrap().await.unwrap();
         // b reads what a wrote, and writes nothing itself.
-        assert_eq!(b.job(a_job(1, "").id).await.unwrap().unwrap().reason, "by a");
+        assert_eq!(
+            b.job(a_job(1, "").id).await.unwrap().unwrap().reason,
+            "by a"
+        );
         assert!(matches!(
             b.put_job(&a_job(1, "by b")).await,
             Err(StoreError::NotLeader)
         ));
         assert!(matches!(b.next_job_id().await, Err(StoreError::NotLeader)));
-        assert_eq!(b.job(a_job(1, "").id).await.unwrap().unwrap().reason, "by a");
+        assert_eq!(
+            b.job(a_job(1, "").id).await.unwrap().unwrap().reason,
+            "by a"
+        );
     }
 
     #[tokio::test]
@@ -235,8 +244,15 @@ mod tests {
         let old = PgStore::open(&db.url, None).await.unwrap();
         let new = PgStore::open(&db.url, None).await.unwrap();
         let short = Duration::from_millis(300);
-        assert_eq!(old.try_lead(&candidate("old"), short).await.unwrap(), Some(1));
-        old.put_job(&a_job(1, "by old")).await.unwrap().await.unwrap();
+        assert_eq!(
+            old.try_lead(&candidate("old"), short).await.unwrap(),
+            Some(1)
+        );
+        old.put_job(&a_job(1, "by old"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
 
         // The old leader stops renewing (paused); once its lease runs out
         // the other takes over, one epoch on.
@@ -245,7 +261,13 @@ mod tests {
 
         // Every kind of write by the old one is refused and changes nothing.
         let fenced = |r: Result<_, StoreError>| {
-            matches!(r, Err(StoreError::Fenced { epoch: 1, newest: 2 }))
+            matches!(
+                r,
+                Err(StoreError::Fenced {
+                    epoch: 1,
+                    newest: 2
+                })
+            )
         };
         assert!(fenced(old.put_job(&a_job(1, "late")).await.map(drop)));
         let id = a_job(1, "").id;
@@ -262,7 +284,11 @@ mod tests {
             old.put_job(&a_job(1, "later")).await,
             Err(StoreError::NotLeader)
         ));
-        new.put_job(&a_job(1, "by new")).await.unwrap().await.unwrap();
+        new.put_job(&a_job(1, "by new"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
         assert!(new.renew(2, short).await.unwrap());
     }
 
@@ -287,7 +313,10 @@ mod tests {
         .await;
         for round in 0..10u64 {
             let tries = stores.iter().enumerate().map(|(i, s)| async move {
-                let won = s.try_lead(&candidate(&format!("c{i}")), hour).await.unwrap();
+                let won = s
+                    .try_lead(&candidate(&format!("c{i}")), hour)
+                    .await
+                    .unwrap();
                 won.map(|epoch| (i, epoch))
             });
             let won: Vec<(usize, u64)> = futures::future::join_all(tries)
