@@ -172,7 +172,9 @@ mod tests {
             )
         );
         assert_eq!(
-            split("postgresql://g@db/gantry?connect_timeout=5&sslmode=verify-ca&application_name=c"),
+            split(
+                "postgresql://g@db/gantry?connect_timeout=5&sslmode=verify-ca&application_name=c"
+            ),
             (
                 "postgresql://g@db/gantry?connect_timeout=5&application_name=c".to_owned(),
                 Some(SslMode::VerifyCa)
@@ -197,7 +199,10 @@ mod tests {
         );
         assert_eq!(
             split(r"host=db password='it\'s' sslmode=disable"),
-            (r"host=db password='it\'s'".to_owned(), Some(SslMode::Disable))
+            (
+                r"host=db password='it\'s'".to_owned(),
+                Some(SslMode::Disable)
+            )
         );
         // Unreadable: left whole for the driver's own message.
         assert_eq!(split("host"), ("host".to_owned(), None));

@@ -91,8 +91,8 @@ impl CoordinatorConfig {
             }
             return Ok(());
         }
-        let (_, mode) =
-            pgurl::split_sslmode(&self.store).map_err(|m| invalid(key("store"), format!("store: {m}")))?;
+        let (_, mode) = pgurl::split_sslmode(&self.store)
+            .map_err(|m| invalid(key("store"), format!("store: {m}")))?;
         match (mode, &self.store_ca) {
             (Some(mode), None) if mode.verifies() => {
                 let msg = format!(
@@ -117,13 +117,15 @@ impl CoordinatorConfig {
         let Some(ca) = &self.store_ca else {
             return Ok(());
         };
-        read_ca(ca).map(|_| ()).map_err(|message| super::ConfigError::Invalid {
-            path: path.to_owned(),
-            line: text
-                .find("store_ca")
-                .map_or(1, |at| text[..at].matches('\n').count() + 1),
-            message: format!("store_ca: {message}"),
-        })
+        read_ca(ca)
+            .map(|_| ())
+            .map_err(|message| super::ConfigError::Invalid {
+                path: path.to_owned(),
+                line: text
+                    .find("store_ca")
+                    .map_or(1, |at| text[..at].matches('\n').count() + 1),
+                message: format!("store_ca: {message}"),
+            })
     }
 }
 

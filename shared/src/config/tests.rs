@@ -282,7 +282,10 @@ fn the_store_ca_is_read_from_beside_the_config_at_load() {
         CoordinatorConfig::load(&config)
     };
     let ca = dir.path().join("ca.pem");
-    let pem = rcgen::generate_simple_self_signed(vec!["db".into()]).unwrap().cert.pem();
+    let pem = rcgen::generate_simple_self_signed(vec!["db".into()])
+        .unwrap()
+        .cert
+        .pem();
     let loaded = load(pem.as_bytes()).unwrap();
     let StoreChoice::Postgres { ca: Some(got), .. } = loaded.store_choice() else {
         panic!("a Postgres store with a CA");

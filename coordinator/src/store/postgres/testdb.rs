@@ -120,15 +120,20 @@ fn server_certificate() -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("a CA key");
     let mut ca = CertificateParams::default();
-    ca.distinguished_name.push(DnType::CommonName, "test database CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "test database CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca.self_signed(&ca_key).expect("the CA certificate");
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate().expect("a server key");
     let mut server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
         .expect("server names");
-    server.distinguished_name.push(DnType::CommonName, "test database");
-    let cert = server.signed_by(&key, &issuer).expect("the server certificate");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "test database");
+    let cert = server
+        .signed_by(&key, &issuer)
+        .expect("the server certificate");
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 

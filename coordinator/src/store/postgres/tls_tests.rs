@@ -88,7 +88,8 @@ async fn a_certificate_from_another_ca_is_refused() {
             msg.contains(&format!(
                 "the database's certificate at 127.0.0.1 is not signed by the CA in {} (store_ca)",
                 wrong.display()
-            )) && msg.contains("set store_ca to the CA that signed the database server's certificate"),
+            )) && msg
+                .contains("set store_ca to the CA that signed the database server's certificate"),
             "{mode}: {msg}"
         );
     }
