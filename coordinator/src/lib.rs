@@ -84,10 +84,10 @@ const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
 async fn open_store(config: &CoordinatorConfig) -> Result<store::SharedStore, store::StoreError> {
     match config.store_choice() {
         StoreChoice::Sled => open_sled(&config.data_dir).await,
-        StoreChoice::Postgres { url, password } => {
+        StoreChoice::Postgres { url, password, ca } => {
             let password = password.map(|p| p.expose());
             Ok(Arc::new(
-                store::postgres::PgStore::open(url, password).await?,
+                store::postgres::PgStore::open_with_ca(url, password, ca).await?,
             ))
         }
     }

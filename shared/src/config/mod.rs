@@ -18,8 +18,13 @@ use crate::domain::{AppName, BranchName, EnvName};
 
 pub mod agent;
 pub mod fetch;
+<<<<<<< HEAD
 mod leader;
 mod store;
+=======
+pub mod pgurl;
+pub mod store;
+>>>>>>> h-pgtls
 pub mod trust;
 
 pub use fetch::{fetch_token, FetchCredential, FetchCredentials};
@@ -140,6 +145,12 @@ pub struct CoordinatorConfig {
     /// The Postgres user's password, a secret. Default none.
     #[serde(default)]
     pub store_password: Option<crate::Secret>,
+    /// PEM file of the CA that signs the Postgres server's certificate;
+    /// with it the certificate is checked (`sslmode=verify-full` unless the
+    /// URL says otherwise). Relative paths are taken from the config
+    /// file's directory. Default none.
+    #[serde(default)]
+    pub store_ca: Option<PathBuf>,
     /// How often agents send heartbeats, in seconds. Default 5.
     #[serde(default = "default_heartbeat_secs")]
     pub heartbeat_secs: u64,
@@ -321,6 +332,10 @@ impl CoordinatorConfig {
         if let Some(dir) = config.tls_dir.as_mut().filter(|d| d.is_relative()) {
             *dir = path.parent().unwrap_or(Path::new(".")).join(&*dir);
         }
+        if let Some(ca) = config.store_ca.as_mut().filter(|c| c.is_relative()) {
+            *ca = path.parent().unwrap_or(Path::new(".")).join(&*ca);
+        }
+        config.check_store_ca(path, &text)?;
         Ok(config)
     }
 

@@ -2,7 +2,11 @@
 //! default, no server needed) or a Postgres database the team operates,
 //! named by a URL whose password is kept apart, as a secret.
 
-use super::CoordinatorConfig;
+use std::path::Path;
+
+use rustls::pki_types::{pem::PemObject, CertificateDer};
+
+use super::{pgurl, CoordinatorConfig};
 use crate::Secret;
 
 /// The `store` that keeps records in sled, in `data_dir`.
@@ -19,10 +23,13 @@ pub fn default_store() -> String {
 pub enum StoreChoice<'a> {
     /// sled, in `data_dir`.
     Sled,
-    /// Postgres at `url` (no password in it), with `password` if set.
+    /// Postgres at `url` (no password in it), with `password` if set,
+    /// and `ca`, the PEM file of the CA that signs the database's
+    /// certificate, if set.
     Postgres {
         url: &'a str,
         password: Option<&'a Secret>,
+        ca: Option<&'a Path>,
     },
 }
 
@@ -49,6 +56,7 @@ impl CoordinatorConfig {
             StoreChoice::Postgres {
                 url: &self.store,
                 password: self.store_password.as_ref(),
+                ca: self.store_ca.as_deref(),
             }
         }
     }
@@ -76,8 +84,74 @@ impl CoordinatorConfig {
             let msg = "store_password is for a Postgres store; store is sled".to_owned();
             return Err(invalid(key("store_password"), msg));
         }
-        Ok(())
+        if self.store == SLED {
+            if self.store_ca.is_some() {
+                let msg = "store_ca is for a Postgres store; store is sled".to_owned();
+                return Err(invalid(key("store_ca"), msg));
+            }
+            return Ok(());
+        }
+        let (_, mode) = pgurl::split_sslmode(&self.store)
+            .map_err(|m| invalid(key("store"), format!("store: {m}")))?;
+        match (mode, &self.store_ca) {
+            (Some(mode), None) if mode.verifies() => {
+                let msg = format!(
+                    "store: sslmode={mode} checks the database's certificate against a CA: \
+                     set store_ca to the PEM file of the CA that signed it"
+                );
+                Err(invalid(key("store"), msg))
+            }
+            (Some(pgurl::SslMode::Disable), Some(_)) => {
+                let msg = "store_ca is set but the store's sslmode=disable turns TLS off: \
+                           remove one of them"
+                    .to_owned();
+                Err(invalid(key("store_ca"), msg))
+            }
+            _ => Ok(()),
+        }
     }
+
+    /// `store_ca`, if set, is a readable PEM file of CA certificates.
+    /// Checked by [`CoordinatorConfig::load`], once the path is resolved.
+    pub(super) fn check_store_ca(&self, path: &Path, text: &str) -> Result<(), super::ConfigError> {
+        let Some(ca) = &self.store_ca else {
+            return Ok(());
+        };
+        read_ca(ca)
+            .map(|_| ())
+            .map_err(|message| super::ConfigError::Invalid {
+                path: path.to_owned(),
+                line: text
+                    .find("store_ca")
+                    .map_or(1, |at| text[..at].matches('\n').count() + 1),
+                message: format!("store_ca: {message}"),
+            })
+    }
+}
+
+/// The CA certificates in the PEM file `path`, as the roots that a
+/// server's certificate must chain to; the error says what is wrong with
+/// the file.
+pub fn read_ca(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{} is not a valid PEM file: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "{} holds a certificate that cannot be used as a CA: {e}",
+                path.display()
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{} holds no certificate: give the CA's certificate in PEM \
+             (-----BEGIN CERTIFICATE----- ...)",
+            path.display()
+        ));
+    }
+    Ok(roots)
 }
 
 #[cfg(test)]

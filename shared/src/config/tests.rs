@@ -222,10 +222,11 @@ fn the_store_is_sled_unless_a_postgres_url_is_given() {
         "store = \"postgres://gantry@db:5432/gantry\"\nstore_password = \"hunter2\"\n{GOOD}"
     );
     let config = parse(&text).unwrap();
-    let StoreChoice::Postgres { url, password } = config.store_choice() else {
+    let StoreChoice::Postgres { url, password, ca } = config.store_choice() else {
         panic!("a Postgres store");
     };
     assert_eq!(url, "postgres://gantry@db:5432/gantry");
+    assert_eq!(ca, None);
     assert_eq!(password.map(|p| p.expose()), Some("hunter2"));
     assert_eq!(format!("{:?}", config.store_password), "Some(\"***\")");
     let refused = |text: String| parse(&text).unwrap_err().to_string();
@@ -268,4 +269,75 @@ fn the_advertised_url_defaults_to_the_listen_address_and_is_checked() {
     let junk = format!("advertise_url = \"coord-a\"\n{GOOD}");
     let msg = parse(&junk).unwrap_err().to_string();
     assert!(msg.contains("advertise_url"), "{msg}");
+
+fn the_store_sslmode_and_ca_must_agree() {
+    let refused = |head: &str| parse(&format!("{head}{GOOD}")).unwrap_err().to_string();
+    assert_eq!(
+        refused("store = \"postgres://g@db/g?sslmode=verify-full\"\n"),
+        "invalid config file coordinator.toml, line 1: store: sslmode=verify-full checks the \
+         database's certificate against a CA: set store_ca to the PEM file of the CA that signed it"
+    );
+    assert_eq!(
+        refused("store = \"postgres://g@db/g?sslmode=allow\"\n"),
+        "invalid config file coordinator.toml, line 1: store: sslmode must be disable, prefer, \
+         require, verify-ca or verify-full, not \"allow\""
+    );
+    assert_eq!(
+        refused("\nstore_ca = \"ca.pem\"\n"),
+        "invalid config file coordinator.toml, line 2: store_ca is for a Postgres store; store is sled"
+    );
+    assert_eq!(
+        refused("store = \"postgres://g@db/g?sslmode=disable\"\nstore_ca = \"ca.pem\"\n"),
+        "invalid config file coordinator.toml, line 2: store_ca is set but the store's \
+         sslmode=disable turns TLS off: remove one of them"
+    );
+    for ok in ["require", "verify-ca", "verify-full", "prefer"] {
+        let head = format!("store = \"postgres://g@db/g?sslmode={ok}\"\nstore_ca = \"ca.pem\"\n");
+        parse(&format!("{head}{GOOD}")).unwrap();
+    }
+}
+
+#[test]
+fn the_store_ca_is_read_from_beside_the_config_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coordinator.toml");
+    let load = |ca: &[u8]| {
+        std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+        let text = format!("store = \"postgres://g@db/g\"\nstore_ca = \"ca.pem\"\n{GOOD}");
+        std::fs::write(&config, text).unwrap();
+        CoordinatorConfig::load(&config)
+    };
+    let ca = dir.path().join("ca.pem");
+    let pem = rcgen::generate_simple_self_signed(vec!["db".into()])
+        .unwrap()
+        .cert
+        .pem();
+    let loaded = load(pem.as_bytes()).unwrap();
+    let StoreChoice::Postgres { ca: Some(got), .. } = loaded.store_choice() else {
+        panic!("a Postgres store with a CA");
+    };
+    assert_eq!(got, ca);
+
+    let msg = load(b"not a certificate\n").unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "invalid config file {}, line 2: store_ca: {} holds no certificate: give the CA's \
+             certificate in PEM (-----BEGIN CERTIFICATE----- ...)",
+            config.display(),
+            ca.display()
+        )
+    );
+    std::fs::remove_file(&ca).unwrap();
+    let text = format!("store = \"postgres://g@db/g\"\nstore_ca = \"ca.pem\"\n{GOOD}");
+    std::fs::write(&config, text).unwrap();
+    let msg = CoordinatorConfig::load(&config).unwrap_err().to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "invalid config file {}, line 2: store_ca: cannot read {}: ",
+            config.display(),
+            ca.display()
+        )),
+        "{msg}"
+    );
 }

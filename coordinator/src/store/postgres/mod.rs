@@ -4,7 +4,10 @@
 //! flushed its WAL at commit), so its [`Durable`] is already resolved.
 //! The schema is versioned in `coordinator/migrations/` ([`migrate`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::{
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use async_trait::async_trait;
 use gantry_shared::{messages::LogLine, AgentName, AppName, EnvName, JobId};
@@ -17,6 +20,9 @@ mod migrate;
 mod pool;
 #[cfg(test)]
 pub(crate) mod testdb;
+mod tls;
+#[cfg(test)]
+mod tls_tests;
 mod trust;
 
 use super::{Durable, Election, IssuedCert, JobQuery, Refusal, Run, Store, StoreError};
@@ -81,18 +87,32 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to the database `url` names (`postgres://user@host/db`,
     /// or `host=... dbname=...`), as the user with `password` if given,
-    /// and brings its schema up to date.
+    /// and brings its schema up to date. TLS as the URL's `sslmode` says,
+    /// with no CA to check the server's certificate against.
     pub async fn open(url: &str, password: Option<&str>) -> Result<Self, StoreError> {
-        let mut config: Config = url.parse()?;
-        if let Some(password) = password {
-            config.password(password);
-        }
-        Self::connect(config).await
+        Self::open_with_ca(url, password, None).await
+    }
+
+    /// As [`PgStore::open`], checking the server's certificate against
+    /// the CA in the PEM file `ca` if given (`sslmode=verify-full` unless
+    /// the URL names another mode).
+    pub async fn open_with_ca(
+        url: &str,
+        password: Option<&str>,
+        ca: Option<&Path>,
+    ) -> Result<Self, StoreError> {
+        let (config, tls) = tls::configure(url, password, ca)?;
+        Self::start(config, tls).await
     }
 
     /// As [`PgStore::open`], with the connection already configured.
-    pub async fn connect(config: Config) -> Result<Self, StoreError> {
-        let pool = pool::Pool::open(config, POOL_SIZE).await?;
+    pub async fn connect(mut config: Config) -> Result<Self, StoreError> {
+        let tls = tls::Tls::of(&mut config)?;
+        Self::start(config, tls).await
+    }
+
+    async fn start(config: Config, tls: tls::Tls) -> Result<Self, StoreError> {
+        let pool = pool::Pool::open(config, tls, POOL_SIZE).await?;
         migrate::run(&mut pool.get().await?.client).await?;
         info!(connections = POOL_SIZE, "opened the postgres store");
         Ok(Self {

@@ -11,9 +11,10 @@ use tokio::{
     sync::{Mutex, MutexGuard},
     task::JoinHandle,
 };
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Statement};
 use tracing::warn;
 
+use super::tls::Tls;
 use crate::store::StoreError;
 
 /// One connection, its driving task and its prepared statements.
@@ -28,8 +29,11 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    async fn connect(config: &Config) -> Result<Self, StoreError> {
-        let (client, connection) = config.connect(NoTls).await?;
+    async fn connect(config: &Config, tls: &Tls) -> Result<Self, StoreError> {
+        let (client, connection) = config
+            .connect(tls.clone())
+            .await
+            .map_err(|e| tls.explain(e, config))?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 warn!(error = %e, "the connection to the database failed");
@@ -67,20 +71,24 @@ impl Drop for Slot {
 pub(super) struct Pool {
     /// Where to connect when a connection was lost.
     config: Config,
+    /// How each connection's TLS session is made and checked.
+    tls: Tls,
     slots: Vec<Mutex<Slot>>,
     /// Which slot a caller who finds none free queues on next.
     next: AtomicUsize,
 }
 
 impl Pool {
-    /// Opens `size` connections (at least one).
-    pub(super) async fn open(config: Config, size: usize) -> Result<Self, StoreError> {
+    /// Opens `size` connections (at least one), each with TLS as `tls`
+    /// says.
+    pub(super) async fn open(config: Config, tls: Tls, size: usize) -> Result<Self, StoreError> {
         let mut slots = Vec::with_capacity(size.max(1));
         for _ in 0..size.max(1) {
-            slots.push(Mutex::new(Slot::connect(&config).await?));
+            slots.push(Mutex::new(Slot::connect(&config, &tls).await?));
         }
         Ok(Self {
             config,
+            tls,
             slots,
             next: AtomicUsize::new(0),
         })
@@ -98,7 +106,7 @@ impl Pool {
         };
         if slot.client.is_closed() {
             warn!("the connection to the database was lost; connecting again");
-            *slot = Slot::connect(&self.config).await?;
+            *slot = Slot::connect(&self.config, &self.tls).await?;
         }
         Ok(slot)
     }
