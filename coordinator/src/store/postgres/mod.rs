@@ -332,3 +332,6 @@ impl Store for PgStore {
         Ok(())
     }
 }
+
+/// Copying a whole store in and out ([`PgStore::import`], `migrate`).
+mod copy;
