@@ -262,7 +262,7 @@ async fn migrate(config_path: &std::path::Path, from_sled: Option<PathBuf>) -> a
     println!(
         "\nnext: start the coordinator with store = \"{url}\" (as in {}):\n  \
          gantry-coordinator --config {}\n\
-         The sled files in {} are left as they were; keep them until you have checked the \
+         The sled database in {} is left in place; keep it until you have checked the \
          copy (data_dir also holds the CA in tls/ and the git mirrors, which the coordinator \
          still uses).",
         config_path.display(),

@@ -15,7 +15,7 @@ use crate::{
     audit::AuditEntry,
     job::{AgentRecord, JobKind},
     release::ReleaseRecord,
-    store::{postgres::testdb::TestDb, JobQuery, Refusal},
+    store::{postgres::testdb::TestDb, Durable, JobQuery, Refusal},
 };
 
 /// Opens `dir` with `open`, waiting while a store dropped a moment ago
@@ -344,7 +344,7 @@ async fn a_copy_that_fails_half_way_leaves_the_database_as_it_was() {
     // A certificate record no version of the coordinator wrote: the copy
     // fails at the certificates, after jobs, logs and the audit trail.
     {
-        let db = opened(|| sled::open(dir.path()));
+        let db = opened(|| ::sled::open(dir.path()));
         db.open_tree("certs").unwrap().insert("zz", "not json").unwrap();
         db.flush().unwrap();
     }

@@ -168,10 +168,10 @@ async fn copy_logs(
                 }
                 last = run.last;
                 moved.log_lines += run.lines_count();
-                rows.push((int(run.last)?, int(run.first)?, run.encoded.as_ref()));
+                rows.push((int(run.last)?, int(run.first)?, &run.encoded[..]));
             }
-            try_join_all(rows.iter().map(|(last, first, batch)| {
-                tx.execute_raw(&insert_run, [&id as Param, last, first, batch])
+            try_join_all(rows.iter().map(|(end, start, batch)| {
+                tx.execute_raw(&insert_run, [&id as Param, end, start, batch])
             }))
             .await?;
         }

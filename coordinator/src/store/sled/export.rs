@@ -82,7 +82,7 @@ impl Export for SledStore {
         let mut out = Vec::new();
         for entry in self.config.iter() {
             let (key, value) = entry?;
-            if key.as_ref() == JOB_COUNTER.as_bytes() {
+            if &*key == JOB_COUNTER.as_bytes() {
                 continue;
             }
             let key = String::from_utf8_lossy(&key).into_owned();
