@@ -65,9 +65,16 @@ fn a_directory_holding_no_sled_database_is_refused() {
     );
     assert!(!data.exists(), "nothing was created");
     let elsewhere = dir.path().join("elsewhere");
-    let (ok, _, err) = migrate(dir.path(), NOWHERE, &["--from-sled", elsewhere.to_str().unwrap()]);
+    let (ok, _, err) = migrate(
+        dir.path(),
+        NOWHERE,
+        &["--from-sled", elsewhere.to_str().unwrap()],
+    );
     assert!(!ok);
-    assert!(err.contains(&format!("{} holds no sled database", elsewhere.display())), "{err}");
+    assert!(
+        err.contains(&format!("{} holds no sled database", elsewhere.display())),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -96,7 +103,10 @@ async fn a_sled_database_a_coordinator_holds_is_refused_until_it_stops() {
             break;
         }
         assert!(err.contains("held by a running coordinator"), "{err}");
-        assert!(std::time::Instant::now() < deadline, "the lock was never let go: {err}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never let go: {err}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -20,9 +20,7 @@ use crate::{
 
 /// Opens `dir` with `open`, waiting while a store dropped a moment ago
 /// still holds its lock (sled's own thread lets go shortly after a drop).
-fn opened<T, E: std::fmt::Display + std::fmt::Debug>(
-    mut open: impl FnMut() -> Result<T, E>,
-) -> T {
+fn opened<T, E: std::fmt::Display + std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match open() {
@@ -133,7 +131,13 @@ async fn fill(store: &SledStore) {
     let mut seq = 1;
     while seq <= LONG_LOG {
         let last = (seq + 999).min(LONG_LOG);
-        writes.push(store.append_logs(id(3), lines(seq..=last, 3)).await.unwrap().1);
+        writes.push(
+            store
+                .append_logs(id(3), lines(seq..=last, 3))
+                .await
+                .unwrap()
+                .1,
+        );
         seq = last + 1;
     }
     for r in [
@@ -155,10 +159,27 @@ async fn fill(store: &SledStore) {
         };
         writes.push(store.put_agent(&record).await.unwrap());
     }
-    writes.push(store.put_config_snapshot("apps", "[shop, api]".into()).await.unwrap());
-    writes.push(store.put_config_snapshot("environments", "[prod, dev]".into()).await.unwrap());
+    writes.push(
+        store
+            .put_config_snapshot("apps", "[shop, api]".into())
+            .await
+            .unwrap(),
+    );
+    writes.push(
+        store
+            .put_config_snapshot("environments", "[prod, dev]".into())
+            .await
+            .unwrap(),
+    );
     for n in 1..=5 {
-        let entry = AuditEntry::new("ann", "127.0.0.1", "deploy", format!("job {n}"), n != 3, "ok");
+        let entry = AuditEntry::new(
+            "ann",
+            "127.0.0.1",
+            "deploy",
+            format!("job {n}"),
+            n != 3,
+            "ok",
+        );
         writes.push(store.append_audit(entry).await.unwrap().1);
     }
     // prod-1 enrolled, then reinstalled (its first certificate replaced);
@@ -176,14 +197,16 @@ async fn fill(store: &SledStore) {
     Durable::all(writes).await.unwrap();
 }
 
+/// A logged job: its id, its last seq, its runs' bounds and its lines.
+type Log = (JobId, u64, Vec<(u64, u64)>, Vec<proto::LogLine>);
+
 /// Everything `store` holds, as its export and the trait read it.
 #[derive(Debug, PartialEq)]
 struct Everything {
     counter: u64,
     jobs: Vec<JobRecord>,
     unended: Vec<JobRecord>,
-    /// Per logged job: its last seq, its runs' bounds and its lines.
-    logs: Vec<(JobId, u64, Vec<(u64, u64)>, Vec<proto::LogLine>)>,
+    logs: Vec<Log>,
     releases: Vec<((AppName, EnvName), Vec<ReleaseRecord>)>,
     agents: Vec<AgentRecord>,
     snapshots: Vec<(String, String)>,
@@ -270,17 +293,30 @@ async fn every_record_of_a_sled_store_reads_back_equal_from_postgres() {
     let (run, _) = pg.append_logs(job1, lines(10..=11, 1)).await.unwrap();
     assert_eq!(run.map(|r| (r.first, r.last)), Some((11, 11)));
     let gap = pg.append_logs(job1, lines(13..=13, 1)).await.err().unwrap();
-    assert_eq!(gap.to_string(), "lines of job 1 must follow seq 11, but start at 13");
+    assert_eq!(
+        gap.to_string(),
+        "lines of job 1 must follow seq 11, but start at 13"
+    );
     let entry = AuditEntry::new("bob", "127.0.0.1", "approve", "job 6", true, "ok");
     assert_eq!(pg.append_audit(entry).await.unwrap().0, 6);
-    let (again, _) = pg.enrol(&cert("0d", "new-1", "prod", 500), "nonce-1").await.unwrap();
+    let (again, _) = pg
+        .enrol(&cert("0d", "new-1", "prod", 500), "nonce-1")
+        .await
+        .unwrap();
     assert_eq!(again, Err(Refusal::TokenUsed));
-    let (elsewhere, _) = pg.enrol(&cert("0e", "prod-1", "dev", 600), "nonce-4").await.unwrap();
+    let (elsewhere, _) = pg
+        .enrol(&cert("0e", "prod-1", "dev", 600), "nonce-4")
+        .await
+        .unwrap();
     assert_eq!(elsewhere, Err(Refusal::EnrolledElsewhere(env("prod"))));
     assert_eq!(pg.cert("0a").await.unwrap().unwrap().revoked_ms, Some(200));
     assert_eq!(pg.cert("0c").await.unwrap().unwrap().revoked_ms, Some(400));
     assert_eq!(
-        pg.current_release(&app("shop"), &env("prod")).await.unwrap().unwrap().number,
+        pg.current_release(&app("shop"), &env("prod"))
+            .await
+            .unwrap()
+            .unwrap()
+            .number,
         2
     );
     sled.close().await.unwrap();
@@ -314,18 +350,30 @@ async fn a_copy_into_a_database_holding_records_is_refused_and_changes_nothing()
     // started on (its config snapshots) is not refused.
     let other = TestDb::create().await;
     let started = PgStore::open(&other.url, None).await.unwrap();
-    let _ = started.put_config_snapshot("apps", "[]".into()).await.unwrap();
+    started
+        .put_config_snapshot("apps", "[]".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let entry = AuditEntry::new("ann", "127.0.0.1", "login", "api", true, "ok");
-    let _ = started.append_audit(entry).await.unwrap();
+    started.append_audit(entry).await.unwrap().1.await.unwrap();
     let refused = copy_into_postgres(&sled, &started).await.err().unwrap();
     assert!(
-        refused.to_string().starts_with("the destination already holds 1 audit entry: "),
+        refused
+            .to_string()
+            .starts_with("the destination already holds 1 audit entry: "),
         "{refused}"
     );
     assert_eq!(started.jobs(&JobQuery::default()).await.unwrap(), []);
     let fresh = TestDb::create().await;
     let started = PgStore::open(&fresh.url, None).await.unwrap();
-    let _ = started.put_config_snapshot("apps", "[]".into()).await.unwrap();
+    started
+        .put_config_snapshot("apps", "[]".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     copy_into_postgres(&sled, &started).await.unwrap();
     assert_eq!(
         started.config_snapshots().await.unwrap(),
@@ -345,7 +393,10 @@ async fn a_copy_that_fails_half_way_leaves_the_database_as_it_was() {
     // fails at the certificates, after jobs, logs and the audit trail.
     {
         let db = opened(|| ::sled::open(dir.path()));
-        db.open_tree("certs").unwrap().insert("zz", "not json").unwrap();
+        db.open_tree("certs")
+            .unwrap()
+            .insert("zz", "not json")
+            .unwrap();
         db.flush().unwrap();
     }
     let sled = opened(|| open_sled_source(dir.path()));
@@ -354,7 +405,9 @@ async fn a_copy_that_fails_half_way_leaves_the_database_as_it_was() {
 
     let failed = copy_into_postgres(&sled, &pg).await.err().unwrap();
     assert!(
-        failed.to_string().starts_with("stored record cert zz cannot be decoded"),
+        failed
+            .to_string()
+            .starts_with("stored record cert zz cannot be decoded"),
         "{failed}"
     );
     assert_eq!(pg.jobs(&JobQuery::default()).await.unwrap(), []);
@@ -382,7 +435,11 @@ async fn a_source_that_is_no_sled_database_or_is_held_is_refused() {
             empty.display()
         )
     );
-    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "nothing created");
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "nothing created"
+    );
 
     let held = SledStore::open(&empty).unwrap();
     let refused = open_sled_source(&empty).err().unwrap();

@@ -111,7 +111,13 @@ async fn copy_jobs(
             .iter()
             .map(|job| {
                 let record = serde_json::to_string(job).expect("job records serialize");
-                Ok((int(job.id.get())?, job.app.as_str(), job.env.as_str(), job.state.is_terminal(), record))
+                Ok((
+                    int(job.id.get())?,
+                    job.app.as_str(),
+                    job.env.as_str(),
+                    job.state.is_terminal(),
+                    record,
+                ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         try_join_all(rows.iter().map(|(id, app, env, ended, record)| {
@@ -133,8 +139,11 @@ async fn continue_job_ids(
     let here = uint(col(&tx.query_one(JOB_COUNTER, &[]).await?, 0)?)?;
     let highest = from.job_counter().await?.max(highest_job).max(here);
     let next = highest + 1;
-    tx.batch_execute(&format!("ALTER SEQUENCE job_ids RESTART WITH {}", int(next)?))
-        .await?;
+    tx.batch_execute(&format!(
+        "ALTER SEQUENCE job_ids RESTART WITH {}",
+        int(next)?
+    ))
+    .await?;
     Ok(next)
 }
 
@@ -303,7 +312,15 @@ async fn copy_trust(
     let certs = from.all_certs().await?;
     let rows: Vec<_> = certs
         .iter()
-        .map(|c| (&c.serial, c.name.as_str(), c.env.as_str(), c.issued_ms, c.revoked_ms))
+        .map(|c| {
+            (
+                &c.serial,
+                c.name.as_str(),
+                c.env.as_str(),
+                c.issued_ms,
+                c.revoked_ms,
+            )
+        })
         .collect();
     try_join_all(rows.iter().map(|(serial, name, env, issued, revoked)| {
         tx.execute_raw(&insert, [serial as Param, name, env, issued, revoked])
@@ -312,8 +329,7 @@ async fn copy_trust(
     let mut names: Vec<&str> = certs.iter().map(|c| c.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
-    try_join_all(names.iter().map(|n| tx.execute_raw(&name, [n as Param])))
-        .await?;
+    try_join_all(names.iter().map(|n| tx.execute_raw(&name, [n as Param]))).await?;
     moved.certs = certs.len() as u64;
     moved.revoked_certs = certs.iter().filter(|c| c.revoked_ms.is_some()).count() as u64;
     let insert = tx
@@ -362,7 +378,8 @@ impl Export for PgStore {
     async fn release_streams(&self) -> Result<Vec<(AppName, EnvName)>, StoreError> {
         let rows = self
             .query(
-                "SELECT DISTINCT app, env FROM releases ORDER BY app COLLATE \"C\", env COLLATE \"C\"",
+                "SELECT app, env FROM releases GROUP BY app, env
+                 ORDER BY app COLLATE \"C\", env COLLATE \"C\"",
                 &[],
             )
             .await?;
@@ -387,7 +404,9 @@ impl Export for PgStore {
                 &[],
             )
             .await?;
-        rows.iter().map(|row| Ok((col(row, 0)?, col(row, 1)?))).collect()
+        rows.iter()
+            .map(|row| Ok((col(row, 0)?, col(row, 1)?)))
+            .collect()
     }
 
     async fn all_certs(&self) -> Result<Vec<IssuedCert>, StoreError> {
@@ -408,6 +427,8 @@ impl Export for PgStore {
                 &[],
             )
             .await?;
-        rows.iter().map(|row| Ok((col(row, 0)?, col(row, 1)?))).collect()
+        rows.iter()
+            .map(|row| Ok((col(row, 0)?, col(row, 1)?)))
+            .collect()
     }
 }

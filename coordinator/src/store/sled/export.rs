@@ -37,12 +37,12 @@ fn release_stream(key: &[u8]) -> Result<(AppName, EnvName), StoreError> {
 impl Export for SledStore {
     async fn job_counter(&self) -> Result<u64, StoreError> {
         Ok(match self.config.get(JOB_COUNTER)? {
-            Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| {
-                StoreError::Decode {
+            Some(bytes) => {
+                u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| StoreError::Decode {
                     key: JOB_COUNTER.into(),
                     message: format!("{} bytes, not 8", bytes.len()),
-                }
-            })?),
+                })?)
+            }
             None => 0,
         })
     }
