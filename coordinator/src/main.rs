@@ -1,12 +1,20 @@
 //! `gantry-coordinator --config coordinator.toml` serves; `ca init`,
-//! `agent enroll` and `token new` set up trust beforehand.
+//! `agent enroll` and `token new` set up trust beforehand; `migrate`
+//! moves a sled data directory into the configured Postgres store.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gantry_coordinator::trust;
-use gantry_shared::{config::CoordinatorConfig, tls::fingerprint, AgentName, EnvName};
+use gantry_coordinator::{
+    store::{copy, postgres::PgStore, Store},
+    trust,
+};
+use gantry_shared::{
+    config::{CoordinatorConfig, StoreChoice},
+    tls::fingerprint,
+    AgentName, EnvName,
+};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +52,14 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Copy every record of a sled data directory into the Postgres
+    /// database the config's `store` names (which must hold none), in one
+    /// transaction. Stop the coordinator first.
+    Migrate {
+        /// The sled data directory to copy (default: the config's data_dir).
+        #[arg(long, value_name = "DIR")]
+        from_sled: Option<PathBuf>,
     },
 }
 
@@ -109,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
     gantry_shared::tls::install_crypto_provider();
     match args.command {
         None | Some(Command::Serve) => {}
+        Some(Command::Migrate { from_sled }) => return migrate(&args.config, from_sled).await,
         Some(command) => return admin(&args.config, command),
     }
     let config = CoordinatorConfig::load(&args.config)?;
@@ -136,7 +153,7 @@ fn admin(config_path: &std::path::Path, command: Command) -> anyhow::Result<()> 
     let config = CoordinatorConfig::load(config_path)?;
     let dir = config.tls_dir();
     match command {
-        Command::Serve => unreachable!("handled by main"),
+        Command::Serve | Command::Migrate { .. } => unreachable!("handled by main"),
         Command::Ca {
             command: CaCommand::Init { hosts },
         } => {
@@ -203,6 +220,55 @@ fn admin(config_path: &std::path::Path, command: Command) -> anyhow::Result<()> 
             eprintln!("\ngive the token to {name} for `gantry login`; it is not stored anywhere, so it cannot be shown again");
         }
     }
+    Ok(())
+}
+
+/// `migrate`: copies the sled database in `from_sled` (default: the
+/// config's data_dir) into the config's Postgres store, and says what to
+/// do next. The copy is one transaction: refused or failed, it changed
+/// nothing, and can be run again.
+async fn migrate(config_path: &std::path::Path, from_sled: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = CoordinatorConfig::load(config_path)?;
+    let StoreChoice::Postgres { url, password } = config.store_choice() else {
+        anyhow::bail!(
+            "the store in {} is sled, so there is nowhere to migrate to: set store = \
+             \"postgres://USER@HOST:PORT/DATABASE\" (and store_password) to the database to \
+             copy into, then run migrate again",
+            config_path.display()
+        );
+    };
+    let dir = from_sled.unwrap_or_else(|| config.data_dir.clone());
+    let source = copy::open_sled_source(&dir)?;
+    let copied = async {
+        let destination = PgStore::open(url, password.map(|p| p.expose()))
+            .await
+            .with_context(|| format!("cannot open the Postgres database {url}"))?;
+        let moved = copy::copy_into_postgres(&source, &destination).await?;
+        destination.close().await?;
+        anyhow::Ok(moved)
+    }
+    .await;
+    // The source was only read; closing it lets go of its lock.
+    source
+        .close()
+        .await
+        .with_context(|| format!("cannot close the sled database in {}", dir.display()))?;
+    let moved = copied?;
+    println!(
+        "copied the sled database in {} into the Postgres database {url}:",
+        dir.display()
+    );
+    println!("{moved}");
+    println!(
+        "\nnext: start the coordinator with store = \"{url}\" (as in {}):\n  \
+         gantry-coordinator --config {}\n\
+         The sled database in {} is left in place; keep it until you have checked the \
+         copy (data_dir also holds the CA in tls/ and the git mirrors, which the coordinator \
+         still uses).",
+        config_path.display(),
+        config_path.display(),
+        dir.display()
+    );
     Ok(())
 }
 

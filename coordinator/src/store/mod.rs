@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use gantry_shared::{messages::LogLine, AgentName, AppName, EnvName, JobId};
 
+pub mod copy;
 pub mod postgres;
 mod records;
 mod run;

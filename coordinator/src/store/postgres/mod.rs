@@ -371,3 +371,6 @@ impl Store for PgStore {
         Some(self)
     }
 }
+
+/// Copying a whole store in and out ([`PgStore::import`], `migrate`).
+mod copy;

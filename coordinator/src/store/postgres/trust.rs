@@ -10,7 +10,8 @@ use crate::{
     store::{IssuedCert, Refusal, StoreError},
 };
 
-fn decode_cert(row: &Row) -> Result<IssuedCert, StoreError> {
+/// A row of (serial, name, env, issued_ms, revoked_ms) of `certs`.
+pub(super) fn decode_cert(row: &Row) -> Result<IssuedCert, StoreError> {
     let serial: String = col(row, 0)?;
     let bad = |e: gantry_shared::NameError| StoreError::Decode {
         key: format!("cert {serial}"),

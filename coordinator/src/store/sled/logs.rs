@@ -24,8 +24,12 @@ pub(super) struct Logs {
 }
 
 fn log_key(job: JobId, seq: u64) -> [u8; 16] {
+    log_key_of(job.get(), seq)
+}
+
+fn log_key_of(job: u64, seq: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&job.get().to_be_bytes());
+    key[..8].copy_from_slice(&job.to_be_bytes());
     key[8..].copy_from_slice(&seq.to_be_bytes());
     key
 }
@@ -133,6 +137,27 @@ impl Logs {
             return Ok(*last);
         }
         self.stored_last_seq(job)
+    }
+
+    /// Every job with a log, by id: the first key of each job's runs, found
+    /// by skipping past the job's keys rather than reading its runs.
+    pub(super) fn jobs(&self) -> Result<Vec<JobId>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = [0u8; 16];
+        while let Some(entry) = self.tree.range(from..).next() {
+            let (key, _) = entry?;
+            let id = u64::from_be_bytes(key[..8].try_into().expect("log keys are 16 bytes"));
+            let job = JobId::new(id).map_err(|e| StoreError::Decode {
+                key: format!("log key {key:?}"),
+                message: e.to_string(),
+            })?;
+            out.push(job);
+            match id.checked_add(1) {
+                Some(next) => from = log_key_of(next, 0),
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     fn stored_last_seq(&self, job: JobId) -> Result<u64, StoreError> {

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use gantry_shared::{messages::LogLine, AgentName, AppName, EnvName, JobId};
 
 mod commit;
+mod export;
 mod logs;
 mod trust;
 
@@ -43,6 +44,9 @@ pub struct SledStore {
     /// Flushes what is written.
     commit: commit::Committer,
 }
+
+/// The key of the job id counter in the config tree.
+const JOB_COUNTER: &str = "next_job_id";
 
 fn release_prefix(app: &AppName, env: &EnvName) -> Vec<u8> {
     // Names never contain NUL, so the prefix of one (app, env) is never the
@@ -115,7 +119,7 @@ impl Store for SledStore {
         // job's record, and the commit that makes the record durable
         // holds the counter too.
         self.commit.check()?;
-        let next = self.config.update_and_fetch("next_job_id", |old| {
+        let next = self.config.update_and_fetch(JOB_COUNTER, |old| {
             let n = old.map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
             Some((n + 1).to_be_bytes().to_vec())
         })?;

@@ -132,6 +132,37 @@ impl Trust {
         Ok(certs)
     }
 
+    /// Every certificate issued, by serial.
+    pub(super) fn all_certs(&self) -> Result<Vec<IssuedCert>, StoreError> {
+        self.certs
+            .iter()
+            .map(|kv| {
+                let (key, value) = kv?;
+                decode_json(&format!("cert {}", String::from_utf8_lossy(&key)), &value)
+            })
+            .collect()
+    }
+
+    /// The nonce of every join token redeemed and when (ms), by nonce.
+    pub(super) fn used_tokens(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.used_tokens
+            .iter()
+            .map(|kv| {
+                let (key, value) = kv?;
+                let bad = |message: String| StoreError::Decode {
+                    key: format!("used token {}", String::from_utf8_lossy(&key)),
+                    message,
+                };
+                let nonce = String::from_utf8(key.to_vec()).map_err(|e| bad(e.to_string()))?;
+                let used: [u8; 8] = value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| bad(format!("{} bytes, not 8", value.len())))?;
+                Ok((nonce, i64::from_be_bytes(used)))
+            })
+            .collect()
+    }
+
     /// Revokes every unrevoked certificate of `name`; returns them.
     pub(super) fn revoke_certs(
         &self,
