@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gantry_coordinator::{
-    store::{copy, postgres::PgStore, Store},
+    lead,
+    store::{copy, postgres::PgStore, Election, Store},
     trust,
 };
 use gantry_shared::{
@@ -229,7 +230,7 @@ fn admin(config_path: &std::path::Path, command: Command) -> anyhow::Result<()> 
 /// nothing, and can be run again.
 async fn migrate(config_path: &std::path::Path, from_sled: Option<PathBuf>) -> anyhow::Result<()> {
     let config = CoordinatorConfig::load(config_path)?;
-    let StoreChoice::Postgres { url, password } = config.store_choice() else {
+    let StoreChoice::Postgres { url, password, ca } = config.store_choice() else {
         anyhow::bail!(
             "the store in {} is sled, so there is nowhere to migrate to: set store = \
              \"postgres://USER@HOST:PORT/DATABASE\" (and store_password) to the database to \
@@ -240,12 +241,23 @@ async fn migrate(config_path: &std::path::Path, from_sled: Option<PathBuf>) -> a
     let dir = from_sled.unwrap_or_else(|| config.data_dir.clone());
     let source = copy::open_sled_source(&dir)?;
     let copied = async {
-        let destination = PgStore::open(url, password.map(|p| p.expose()))
+        let destination = PgStore::open_with_ca(url, password.map(|p| p.expose()), ca)
             .await
             .with_context(|| format!("cannot open the Postgres database {url}"))?;
-        let moved = copy::copy_into_postgres(&source, &destination).await?;
+        // Holding the lead for the copy keeps coordinators from starting
+        // to lead on a half-filled database, and refuses a running one.
+        let me = lead::candidate(format!("{} (migrate)", config.advertised_url()));
+        let Some(epoch) = destination.try_lead(&me, Duration::from_secs(3600)).await? else {
+            let leader = destination.leader().await?.map_or("?".into(), |l| l.url);
+            anyhow::bail!(
+                "a coordinator leads on the Postgres database {url} ({leader}): stop every \
+                 coordinator on it, then run migrate again"
+            );
+        };
+        let moved = copy::copy_into_postgres(&source, &destination).await;
+        destination.resign(epoch).await?;
         destination.close().await?;
-        anyhow::Ok(moved)
+        anyhow::Ok(moved?)
     }
     .await;
     // The source was only read; closing it lets go of its lock.

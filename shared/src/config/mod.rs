@@ -18,13 +18,9 @@ use crate::domain::{AppName, BranchName, EnvName};
 
 pub mod agent;
 pub mod fetch;
-<<<<<<< HEAD
 mod leader;
-mod store;
-=======
 pub mod pgurl;
 pub mod store;
->>>>>>> h-pgtls
 pub mod trust;
 
 pub use fetch::{fetch_token, FetchCredential, FetchCredentials};

@@ -259,6 +259,7 @@ async fn every_record_of_a_sled_store_reads_back_equal_from_postgres() {
     fill(&sled).await;
     let db = TestDb::create().await;
     let pg = PgStore::open(&db.url, None).await.unwrap();
+    pg.lead_for_test().await;
 
     let moved = copy_into_postgres(&sled, &pg).await.unwrap();
     assert_eq!(
@@ -329,6 +330,7 @@ async fn a_copy_into_a_database_holding_records_is_refused_and_changes_nothing()
     fill(&sled).await;
     let db = TestDb::create().await;
     let pg = PgStore::open(&db.url, None).await.unwrap();
+    pg.lead_for_test().await;
     copy_into_postgres(&sled, &pg).await.unwrap();
     let before = everything(&pg).await;
 
@@ -350,6 +352,7 @@ async fn a_copy_into_a_database_holding_records_is_refused_and_changes_nothing()
     // started on (its config snapshots) is not refused.
     let other = TestDb::create().await;
     let started = PgStore::open(&other.url, None).await.unwrap();
+    started.lead_for_test().await;
     started
         .put_config_snapshot("apps", "[]".into())
         .await
@@ -368,6 +371,7 @@ async fn a_copy_into_a_database_holding_records_is_refused_and_changes_nothing()
     assert_eq!(started.jobs(&JobQuery::default()).await.unwrap(), []);
     let fresh = TestDb::create().await;
     let started = PgStore::open(&fresh.url, None).await.unwrap();
+    started.lead_for_test().await;
     started
         .put_config_snapshot("apps", "[]".into())
         .await
@@ -402,6 +406,7 @@ async fn a_copy_that_fails_half_way_leaves_the_database_as_it_was() {
     let sled = opened(|| open_sled_source(dir.path()));
     let db = TestDb::create().await;
     let pg = PgStore::open(&db.url, None).await.unwrap();
+    pg.lead_for_test().await;
 
     let failed = copy_into_postgres(&sled, &pg).await.err().unwrap();
     assert!(
