@@ -128,7 +128,8 @@ pub async fn keep(
 pub async fn resign(store: &SharedStore, term: &Term) {
     if let Some(election) = store.election() {
         match election.resign(term.epoch).await {
-            Ok(()) => info!(epoch = term.epoch, "handed the lead over"),
+            Ok(true) => info!(epoch = term.epoch, "handed the lead over"),
+            Ok(false) => {}
             Err(e) => {
                 warn!(epoch = term.epoch, error = %e, "cannot hand the lead over; it passes when the lease runs out")
             }

@@ -381,7 +381,7 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let epoch = election.try_lead(&me, ttl).await.unwrap().unwrap();
         assert_eq!(store.next_job_id().await.unwrap().get(), 1);
-        election.resign(epoch).await.unwrap();
+        assert!(election.resign(epoch).await.unwrap());
         // It is that database: a second store on it goes on counting.
         let again = store::postgres::PgStore::open(&db.url, None).await.unwrap();
         store::Election::try_lead(&again, &me, ttl)

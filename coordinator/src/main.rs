@@ -255,7 +255,7 @@ async fn migrate(config_path: &std::path::Path, from_sled: Option<PathBuf>) -> a
             );
         };
         let moved = copy::copy_into_postgres(&source, &destination).await;
-        destination.resign(epoch).await?;
+        let _ = destination.resign(epoch).await?;
         destination.close().await?;
         anyhow::Ok(moved?)
     }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 mod app;
 mod cleanup;
 mod client;
+mod coordinators;
 pub mod node_image;
 mod prereq;
 mod relay;
@@ -26,6 +27,7 @@ pub use app::TestApp;
 use cleanup::stop_proxies;
 pub use cleanup::{remove_app_objects, KillOnDrop};
 pub use client::*;
+pub use coordinators::{leader_of, CoordinatorProcess};
 pub use prereq::grpc_python;
 pub use relay::Relay;
 pub use secure::Secure;
@@ -77,6 +79,19 @@ impl Harness {
         envs: &[(&str, &[(&str, &str)])],
         secrets: &[(&str, &str, &str)],
     ) -> anyhow::Result<Self> {
+        let mut harness = Self::prepare(apps, envs, secrets).await?;
+        harness.start_coordinator().await?;
+        Ok(harness)
+    }
+
+    /// The repositories and config of [`Harness::start_with_secrets`],
+    /// with no coordinator started: a test that runs coordinators as
+    /// processes of their own starts them.
+    pub async fn prepare(
+        apps: &[TestApp],
+        envs: &[(&str, &[(&str, &str)])],
+        secrets: &[(&str, &str, &str)],
+    ) -> anyhow::Result<Self> {
         init_tracing();
         let engine = docker::connect().await?;
         jre_image::ensure(&engine).await?;
@@ -108,7 +123,7 @@ impl Harness {
                 )
             })
             .collect();
-        let mut harness = Self {
+        let harness = Self {
             dir,
             url: String::new(),
             apps: apps.to_vec(),
@@ -122,8 +137,13 @@ impl Harness {
             secure: None,
             settings: String::new(),
         };
-        harness.start_coordinator().await?;
         Ok(harness)
+    }
+
+    /// Adds top-level `settings` to the config of coordinators started
+    /// from now on.
+    pub fn set_settings(&mut self, settings: &str) {
+        self.settings = settings.to_owned();
     }
 
     /// The config file text.

@@ -269,7 +269,9 @@ fn the_advertised_url_defaults_to_the_listen_address_and_is_checked() {
     let junk = format!("advertise_url = \"coord-a\"\n{GOOD}");
     let msg = parse(&junk).unwrap_err().to_string();
     assert!(msg.contains("advertise_url"), "{msg}");
+}
 
+#[test]
 fn the_store_sslmode_and_ca_must_agree() {
     let refused = |head: &str| parse(&format!("{head}{GOOD}")).unwrap_err().to_string();
     assert_eq!(

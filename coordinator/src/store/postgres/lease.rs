@@ -62,7 +62,8 @@ const RENEW: &str = "UPDATE leadership SET expires_at = now() + make_interval(se
      WHERE id = 1 AND epoch = $1 RETURNING epoch";
 
 /// Ends the lease of an epoch now.
-const RESIGN: &str = "UPDATE leadership SET expires_at = now() WHERE id = 1 AND epoch = $1";
+const RESIGN: &str =
+    "UPDATE leadership SET expires_at = now() WHERE id = 1 AND epoch = $1 RETURNING epoch";
 
 /// Who leads.
 const LEADER: &str = "SELECT epoch, holder, url, expires_at > now() FROM leadership WHERE id = 1";
@@ -126,11 +127,9 @@ impl Election for PgStore {
             .transpose()
     }
 
-    async fn resign(&self, epoch: u64) -> Result<(), StoreError> {
+    async fn resign(&self, epoch: u64) -> Result<bool, StoreError> {
         self.fence.clear(epoch);
-        self.query(RESIGN, &[&int(epoch)?]).await?;
-        info!(epoch, "gave up the lead");
-        Ok(())
+        Ok(!self.query(RESIGN, &[&int(epoch)?]).await?.is_empty())
     }
 }
 
@@ -298,7 +297,8 @@ mod tests {
         let a = PgStore::open(&db.url, None).await.unwrap();
         let hour = Duration::from_secs(3600);
         let epoch = a.try_lead(&candidate("a"), hour).await.unwrap().unwrap();
-        a.resign(epoch).await.unwrap();
+        assert!(a.resign(epoch).await.unwrap());
+        assert!(!a.resign(epoch).await.unwrap(), "resigned once");
         assert!(matches!(
             a.put_job(&a_job(1, "after")).await,
             Err(StoreError::NotLeader)

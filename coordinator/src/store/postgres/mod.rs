@@ -18,8 +18,8 @@ mod lease;
 mod logs;
 mod migrate;
 mod pool;
-#[cfg(test)]
-pub(crate) mod testdb;
+#[cfg(any(test, feature = "testdb"))]
+pub mod testdb;
 mod tls;
 #[cfg(test)]
 mod tls_tests;

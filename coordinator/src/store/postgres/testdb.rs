@@ -25,13 +25,13 @@ const PORT: u16 = 5432;
 
 /// A user of the TLS cluster who logs in with a password (SCRAM), over
 /// TLS only, so channel binding can be tested; a superuser, to migrate.
-pub(crate) const TLS_USER: &str = "gantry";
+pub const TLS_USER: &str = "gantry";
 /// Its password.
-pub(crate) const TLS_PASSWORD: &str = "tls-test-password";
+pub const TLS_PASSWORD: &str = "tls-test-password";
 
 /// How a cluster listens besides its Unix socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Listen {
+pub enum Listen {
     /// No TCP port.
     Socket,
     /// 127.0.0.1 on a free port, without TLS.
@@ -49,16 +49,16 @@ static SHARED: [Mutex<Weak<Cluster>>; 3] = [const { Mutex::new(Weak::new()) }; 3
 static DATABASES: AtomicUsize = AtomicUsize::new(0);
 
 /// A running server and its data directory.
-pub(crate) struct Cluster {
+pub struct Cluster {
     dir: TempDir,
     /// Its port (a TCP one unless it listens on its socket only).
     port: u16,
 }
 
 /// One test's database in the shared cluster.
-pub(crate) struct TestDb {
+pub struct TestDb {
     /// Its connection string.
-    pub(crate) url: String,
+    pub url: String,
     /// Its name.
     name: String,
     /// Keeps the server running while the test does.
@@ -278,13 +278,13 @@ impl Drop for Cluster {
 
 impl TestDb {
     /// A new, empty database in the shared cluster.
-    pub(crate) async fn create() -> TestDb {
+    pub async fn create() -> TestDb {
         Self::create_in(Listen::Socket).await
     }
 
     /// A new, empty database in the shared cluster that listens as
     /// `listen` says.
-    pub(crate) async fn create_in(listen: Listen) -> TestDb {
+    pub async fn create_in(listen: Listen) -> TestDb {
         let cluster = tokio::task::spawn_blocking(move || Cluster::shared(listen))
             .await
             .expect("the cluster starts");
@@ -311,7 +311,7 @@ impl TestDb {
 impl TestDb {
     /// Its connection string as a `postgres://` URL (the socket directory
     /// percent-encoded as the host), the form a coordinator's config takes.
-    pub(crate) fn postgres_url(&self) -> String {
+    pub fn postgres_url(&self) -> String {
         let dir = self.cluster.dir.path().display().to_string();
         format!(
             "postgres://postgres@{}:{}/{}",
@@ -324,7 +324,7 @@ impl TestDb {
     /// A `postgres://` URL of this database over TCP, to `host` (which
     /// must reach 127.0.0.1) as `user`, with `query` (e.g.
     /// `?sslmode=require`) appended.
-    pub(crate) fn tcp_url(&self, user: &str, host: &str, query: &str) -> String {
+    pub fn tcp_url(&self, user: &str, host: &str, query: &str) -> String {
         format!(
             "postgres://{user}@{host}:{}/{}{query}",
             self.cluster.port, self.name
@@ -333,7 +333,7 @@ impl TestDb {
 
     /// The PEM file of the CA that signed a [`Listen::TcpTls`] cluster's
     /// certificate.
-    pub(crate) fn ca(&self) -> PathBuf {
+    pub fn ca(&self) -> PathBuf {
         self.cluster.dir.path().join("ca.pem")
     }
 }

@@ -1,0 +1,169 @@
+//! Coordinators sharing one Postgres database, as processes of their own:
+//! one leads, the others stand by and name it; a leader SIGKILLed in the
+//! middle of a build is replaced within seconds and the job finishes once,
+//! its log gapless; a leader paused past its lease and let run again
+//! writes nothing and stands by.
+
+use std::time::{Duration, Instant};
+
+use gantry_coordinator::store::postgres::testdb::TestDb;
+use gantry_shared::{leader, proto, JobState};
+use gantry_tests::*;
+
+/// How long a standby may take to lead once the leader is gone: the
+/// issue's target.
+const TAKEOVER: Duration = Duration::from_secs(10);
+
+/// A build that waits for `gate` to exist, then builds the sample app.
+fn gated_build(gate: &std::path::Path) -> String {
+    format!(
+        "echo waiting; while [ ! -f {} ]; do sleep 0.1; done; {}",
+        gate.display(),
+        gantry_cli::sample::BUILD_COMMAND
+    )
+}
+
+async fn prepared(apps: &[TestApp], db: &TestDb) -> anyhow::Result<Harness> {
+    let mut h = Harness::prepare(apps, &[("dev", &[])], &[]).await?;
+    h.set_settings(&format!("store = \"{}\"\n", db.postgres_url()));
+    Ok(h)
+}
+
+async fn job(client: &mut Client, id: u64) -> anyhow::Result<proto::Job> {
+    Ok(client
+        .get_job(proto::GetJobRequest { id })
+        .await?
+        .into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_build_is_replaced_and_the_job_finishes_once() -> anyhow::Result<()> {
+    let app = "e2e-failover";
+    let db = TestDb::create().await;
+    let gates = tempfile::tempdir()?;
+    let gate = gates.path().join("open");
+    let mut test_app = TestApp::new(app);
+    test_app.build_command = gated_build(&gate);
+    let mut h = prepared(&[test_app], &db).await?;
+    let mut a = h.spawn_coordinator_process("a")?;
+    assert_eq!(leader_of(&[&a], TAKEOVER).await?, 0);
+    let b = h.spawn_coordinator_process("b")?;
+
+    // The standby refuses, naming the leader to people and to clients.
+    let refusal = eventually("b to stand by naming a", TAKEOVER, || async {
+        let status = b.refusal().await?;
+        Ok(leader::leader_of(&status).is_some().then_some(status))
+    })
+    .await?;
+    assert_eq!(leader::leader_of(&refusal).as_deref(), Some(a.url.as_str()));
+    assert!(
+        refusal
+            .message()
+            .contains(&format!("the leader is {}", a.url)),
+        "{}",
+        refusal.message()
+    );
+
+    // An agent that knows both follows the leader.
+    h.url = format!("{},{}", a.url, b.url);
+    h.start_agent("dev", "dev-1")?;
+    let mut client = a.client().await?;
+    wait_connected(&client, "dev-1", TAKEOVER).await?;
+    let request = proto::DeployRequest {
+        app: app.into(),
+        env: "dev".into(),
+        branch: "main".into(),
+        ..Default::default()
+    };
+    let id = client.deploy(request).await?.into_inner().id;
+    eventually("the build to start", DEPLOY_DEADLINE, || {
+        let mut client = client.clone();
+        async move {
+            Ok((job(&mut client, id).await?.stage == proto::Stage::Build as i32).then_some(()))
+        }
+    })
+    .await?;
+
+    // The leader dies; the standby leads within the target.
+    a.kill();
+    let killed = Instant::now();
+    assert_eq!(leader_of(&[&b], TAKEOVER).await?, 0);
+    let took_over = killed.elapsed();
+    assert!(took_over < TAKEOVER, "took over after {took_over:?}");
+
+    // The job goes on under the new leader and finishes once.
+    let mut client = b.client().await?;
+    std::fs::write(&gate, "")?;
+    let (lines, done) = follow_to_end(&mut client, id).await?;
+    assert_eq!(state(&done), JobState::Succeeded, "{}", done.reason);
+    assert_contiguous(&lines);
+    let waiting = texts(&lines).iter().filter(|t| **t == "waiting").count();
+    assert_eq!(waiting, 1, "the build ran once: {:?}", texts(&lines));
+    assert!(get(&done.url, "/").await?.1.starts_with("Hello v1"));
+    let jobs = client
+        .list_jobs(proto::ListJobsRequest::default())
+        .await?
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), 1, "one job, dispatched once");
+    eprintln!("takeover after {took_over:?}");
+    h.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_writes_nothing_and_stands_by() -> anyhow::Result<()> {
+    let db = TestDb::create().await;
+    let h = prepared(&[TestApp::new("e2e-paused")], &db).await?;
+    let mut a = h.spawn_coordinator_process("a")?;
+    assert_eq!(leader_of(&[&a], TAKEOVER).await?, 0);
+    let b = h.spawn_coordinator_process("b")?;
+    eventually("b to stand by", TAKEOVER, || async {
+        Ok(b.refusal().await.is_ok().then_some(()))
+    })
+    .await?;
+
+    // A job no agent can take waits on the leader.
+    let mut client = a.client().await?;
+    let request = proto::DeployRequest {
+        app: "e2e-paused".into(),
+        env: "dev".into(),
+        branch: "main".into(),
+        ..Default::default()
+    };
+    let id = client.deploy(request).await?.into_inner().id;
+
+    // Paused past its lease, the leader is replaced...
+    a.signal(libc::SIGSTOP)?;
+    assert_eq!(leader_of(&[&b], TAKEOVER).await?, 0);
+    let mut client = b.client().await?;
+    let cancelled = client
+        .cancel_job(proto::CancelJobRequest { id })
+        .await?
+        .into_inner();
+    assert_eq!(state(&cancelled), JobState::Cancelled);
+
+    // ... and once it runs again it writes nothing (its copy of the job
+    // still waits), stops leading and stands by naming the new leader.
+    a.signal(libc::SIGCONT)?;
+    let refusal = eventually("a to stand by naming b", TAKEOVER, || async {
+        match a.refusal().await {
+            Ok(status) => Ok(
+                (leader::leader_of(&status).as_deref() == Some(b.url.as_str())).then_some(status),
+            ),
+            Err(_) => Ok(None),
+        }
+    })
+    .await?;
+    assert!(leader::is_standby_refusal(&refusal));
+    let after = job(&mut client, id).await?;
+    assert_eq!(state(&after), JobState::Cancelled);
+    assert_eq!(after.reason, cancelled.reason);
+    assert!(
+        a.logged().contains("stopped leading; standing by"),
+        "{}",
+        a.logged()
+    );
+    eprintln!("{}", a.logged());
+    a.kill();
+    Ok(())
+}
