@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use anyhow::Context;
 use gantry_agent::{docker, AgentOptions};
 use gantry_cli::{jre_image, sample};
+use gantry_coordinator::store::postgres::testdb::TestDb;
 use gantry_shared::{config::CoordinatorConfig, AgentName, EnvName};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -54,7 +55,14 @@ pub struct Harness {
     secure: Option<Secure>,
     /// Top-level settings added to the config, e.g. `agent_lease_secs = 4`.
     settings: String,
+    /// The Postgres database the coordinators keep their records in;
+    /// `None`: sled in their data dir.
+    postgres: Option<TestDb>,
 }
+
+/// The variable that runs every harness's coordinator on Postgres
+/// (`GANTRY_TEST_STORE=postgres`) instead of sled.
+pub const STORE_VARIABLE: &str = "GANTRY_TEST_STORE";
 
 /// Logs for tests, once per process (RUST_LOG to see them).
 fn init_tracing() {
@@ -123,7 +131,7 @@ impl Harness {
                 )
             })
             .collect();
-        let harness = Self {
+        let mut harness = Self {
             dir,
             url: String::new(),
             apps: apps.to_vec(),
@@ -136,19 +144,25 @@ impl Harness {
             agents: Vec::new(),
             secure: None,
             settings: String::new(),
+            postgres: None,
         };
+        if std::env::var(STORE_VARIABLE).is_ok_and(|v| v == "postgres") {
+            harness.postgres = Some(TestDb::create().await);
+        }
         Ok(harness)
     }
 
-    /// Adds top-level `settings` to the config of coordinators started
-    /// from now on.
-    pub fn set_settings(&mut self, settings: &str) {
-        self.settings = settings.to_owned();
+    /// Keeps the records of coordinators started from now on in `db`.
+    pub fn use_postgres(&mut self, db: TestDb) {
+        self.postgres = Some(db);
     }
 
     /// The config file text.
     pub fn config_text(&self, listen: std::net::SocketAddr) -> String {
         let mut text = format!("listen = \"{listen}\"\ndata_dir = \"data\"\n");
+        if let Some(db) = &self.postgres {
+            text += &format!("store = \"{}\"\n", db.postgres_url());
+        }
         text += &self.settings;
         match &self.secure {
             None => text += "plaintext = true\n",

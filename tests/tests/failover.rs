@@ -23,9 +23,9 @@ fn gated_build(gate: &std::path::Path) -> String {
     )
 }
 
-async fn prepared(apps: &[TestApp], db: &TestDb) -> anyhow::Result<Harness> {
+async fn prepared(apps: &[TestApp], db: TestDb) -> anyhow::Result<Harness> {
     let mut h = Harness::prepare(apps, &[("dev", &[])], &[]).await?;
-    h.set_settings(&format!("store = \"{}\"\n", db.postgres_url()));
+    h.use_postgres(db);
     Ok(h)
 }
 
@@ -44,7 +44,7 @@ async fn a_leader_killed_mid_build_is_replaced_and_the_job_finishes_once() -> an
     let gate = gates.path().join("open");
     let mut test_app = TestApp::new(app);
     test_app.build_command = gated_build(&gate);
-    let mut h = prepared(&[test_app], &db).await?;
+    let mut h = prepared(&[test_app], db).await?;
     let mut a = h.spawn_coordinator_process("a")?;
     assert_eq!(leader_of(&[&a], TAKEOVER).await?, 0);
     let b = h.spawn_coordinator_process("b")?;
@@ -113,7 +113,7 @@ async fn a_leader_killed_mid_build_is_replaced_and_the_job_finishes_once() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_writes_nothing_and_stands_by() -> anyhow::Result<()> {
     let db = TestDb::create().await;
-    let h = prepared(&[TestApp::new("e2e-paused")], &db).await?;
+    let h = prepared(&[TestApp::new("e2e-paused")], db).await?;
     let mut a = h.spawn_coordinator_process("a")?;
     assert_eq!(leader_of(&[&a], TAKEOVER).await?, 0);
     let b = h.spawn_coordinator_process("b")?;
