@@ -19,6 +19,8 @@ pub struct CoordinatorProcess {
     pub config: PathBuf,
     /// Its log (stderr and stdout).
     pub log: PathBuf,
+    /// The CA its clients trust, with TLS.
+    ca_pem: Option<String>,
     process: Option<KillOnDrop>,
 }
 
@@ -28,15 +30,24 @@ impl Harness {
     /// and a data dir of its own.
     pub fn spawn_coordinator_process(&self, name: &str) -> anyhow::Result<CoordinatorProcess> {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let text = self.config_text(addr).replace(
-            "data_dir = \"data\"",
-            &format!("data_dir = \"data-{name}\""),
-        );
+        // A data dir of its own (its git mirrors), and, with TLS, the one
+        // CA of all the harness's coordinators.
+        let mut own = format!("data_dir = \"data-{name}\"");
+        let ca_pem = match self.is_secure() {
+            true => {
+                own += &format!("\ntls_dir = \"{}\"", self.tls_dir().display());
+                Some(self.ca_pem()?)
+            }
+            false => None,
+        };
+        let text = self.config_text(addr).replace("data_dir = \"data\"", &own);
+        let scheme = if ca_pem.is_some() { "https" } else { "http" };
         let config = self.dir.path().join(format!("coordinator-{name}.toml"));
         std::fs::write(&config, text)?;
         let mut coordinator = CoordinatorProcess {
             name: name.to_owned(),
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
+            ca_pem,
             log: self.dir.path().join(format!("coordinator-{name}.log")),
             config,
             process: None,
@@ -100,18 +111,26 @@ impl CoordinatorProcess {
 
     /// A client of its operator API.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        gantry_cli::commands::connect(&self.url).await
+        gantry_cli::commands::connect_with(&self.url, None, self.ca_pem.clone()).await
     }
 
-    /// Whether it leads now: it answers an operator request.
+    /// A client of its operator API with an API token.
+    pub async fn client_as(&self, token: &str) -> anyhow::Result<Client> {
+        gantry_cli::commands::connect_with(&self.url, Some(token.to_owned()), self.ca_pem.clone())
+            .await
+    }
+
+    /// Whether it leads now: it answers an operator request (a refusal of
+    /// the request's token is an answer; a standby's is `UNAVAILABLE`, as
+    /// is no answer at all).
     pub async fn leads(&self) -> bool {
         let Ok(mut client) = self.client().await else {
             return false;
         };
-        client
-            .list_jobs(proto::ListJobsRequest::default())
-            .await
-            .is_ok()
+        match client.list_jobs(proto::ListJobsRequest::default()).await {
+            Ok(_) => true,
+            Err(status) => status.code() != tonic::Code::Unavailable,
+        }
     }
 
     /// Its answer to an operator request while it stands by: the refusal.

@@ -57,7 +57,7 @@ pub struct Harness {
     settings: String,
     /// The Postgres database the coordinators keep their records in;
     /// `None`: sled in their data dir.
-    postgres: Option<TestDb>,
+    postgres: Option<std::sync::Arc<TestDb>>,
 }
 
 /// The variable that runs every harness's coordinator on Postgres
@@ -147,13 +147,13 @@ impl Harness {
             postgres: None,
         };
         if std::env::var(STORE_VARIABLE).is_ok_and(|v| v == "postgres") {
-            harness.postgres = Some(TestDb::create().await);
+            harness.postgres = Some(std::sync::Arc::new(TestDb::create().await));
         }
         Ok(harness)
     }
 
     /// Keeps the records of coordinators started from now on in `db`.
-    pub fn use_postgres(&mut self, db: TestDb) {
+    pub fn use_postgres(&mut self, db: std::sync::Arc<TestDb>) {
         self.postgres = Some(db);
     }
 

@@ -46,6 +46,24 @@ impl Harness {
         Ok(harness)
     }
 
+    /// As [`Harness::prepare`], with the TLS (a CA made by `ca init`), the
+    /// users and the policies of `secure`, for coordinators the test starts.
+    pub async fn prepare_secure(
+        apps: &[TestApp],
+        envs: &[(&str, &[(&str, &str)])],
+        secure: Secure,
+    ) -> anyhow::Result<Self> {
+        let mut harness = Self::prepare(apps, envs, &[]).await?;
+        gantry_coordinator::trust::ca::init(&harness.tls_dir(), &[])?;
+        harness.secure = Some(secure);
+        Ok(harness)
+    }
+
+    /// Whether its coordinators serve TLS.
+    pub fn is_secure(&self) -> bool {
+        self.secure.is_some()
+    }
+
     /// The coordinator's TLS directory.
     pub fn tls_dir(&self) -> PathBuf {
         self.dir.path().join("data").join("tls")

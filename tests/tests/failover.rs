@@ -25,7 +25,7 @@ fn gated_build(gate: &std::path::Path) -> String {
 
 async fn prepared(apps: &[TestApp], db: TestDb) -> anyhow::Result<Harness> {
     let mut h = Harness::prepare(apps, &[("dev", &[])], &[]).await?;
-    h.use_postgres(db);
+    h.use_postgres(std::sync::Arc::new(db));
     Ok(h)
 }
 
@@ -165,5 +165,69 @@ async fn a_leader_paused_past_its_lease_writes_nothing_and_stands_by() -> anyhow
     );
     eprintln!("{}", a.logged());
     a.kill();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_waiting_when_the_leader_dies_is_given_to_the_new_leader() -> anyhow::Result<()>
+{
+    let app = "e2e-failover-approve";
+    let mut secure = Secure::default();
+    let olga = secure.user("olga", &["ops"]);
+    let oscar = secure.user("oscar", &["ops"]);
+    secure.policies.insert(
+        "prod".into(),
+        "deploy = [\"ops\"]\napprove = [\"ops\"]".into(),
+    );
+    let mut h = Harness::prepare_secure(&[TestApp::new(app)], &[("prod", &[])], secure).await?;
+    h.use_postgres(std::sync::Arc::new(TestDb::create().await));
+    let mut a = h.spawn_coordinator_process("a")?;
+    assert_eq!(leader_of(&[&a], TAKEOVER).await?, 0);
+    let b = h.spawn_coordinator_process("b")?;
+    eventually("b to stand by", TAKEOVER, || async {
+        Ok(b.refusal()
+            .await
+            .is_ok_and(|s| leader::is_standby_refusal(&s))
+            .then_some(()))
+    })
+    .await?;
+
+    let request = proto::DeployRequest {
+        app: app.into(),
+        env: "prod".into(),
+        branch: "main".into(),
+        ..Default::default()
+    };
+    let waiting = a
+        .client_as(&olga)
+        .await?
+        .deploy(request)
+        .await?
+        .into_inner();
+    assert_eq!(waiting.approval, "waiting for ops");
+
+    a.kill();
+    assert_eq!(leader_of(&[&b], TAKEOVER).await?, 0);
+    let mut as_oscar = b.client_as(&oscar).await?;
+    let still = job(&mut as_oscar, waiting.id).await?;
+    assert_eq!(still.approval, "waiting for ops");
+    let approved = as_oscar
+        .approve(proto::ApproveRequest {
+            job_id: waiting.id,
+            comment: "after the failover".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(approved.approval, "approved by oscar (after the failover)");
+    let audit = gantry_tests::trust::audit(&mut as_oscar).await?;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.who == "olga" && e.action == "deploy" && e.allowed),
+        "the leader's audit trail carried over: {audit:?}"
+    );
+    assert!(audit
+        .iter()
+        .any(|e| e.who == "oscar" && e.action == "approve" && e.allowed));
     Ok(())
 }

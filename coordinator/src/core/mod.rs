@@ -164,13 +164,23 @@ impl Core {
         id: JobId,
         lines: Vec<LogLine>,
     ) -> Result<Durable, Error> {
-        let job = self.store.job(id).await?;
-        let ran_it = job.as_ref().is_some_and(|j| {
-            j.agent
-                .as_ref()
-                .is_some_and(|a| sender.is(a, &j.env, j.certificate.as_deref()))
-        });
-        if !ran_it {
+        let ran = |job: &Option<JobRecord>| {
+            job.as_ref().is_some_and(|j| {
+                j.agent
+                    .as_ref()
+                    .is_some_and(|a| sender.is(a, &j.env, j.certificate.as_deref()))
+            })
+        };
+        let mut job = self.store.job(id).await?;
+        if !ran(&job) {
+            // The scheduler sends a server its part before it records
+            // the job, and a fast agent's first line can come before the
+            // record (a database's round trip): once the scheduler has
+            // handled what it had, the record is written.
+            self.scheduler.get(Command::Settled).await?;
+            job = self.store.job(id).await?;
+        }
+        if !ran(&job) {
             return Err(Error::NotHolder(format!(
                 "agent {} of env {} sent an event for job {id}, which it does not hold",
                 sender.agent, sender.env

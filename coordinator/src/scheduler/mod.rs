@@ -92,6 +92,9 @@ pub enum Command {
     Connected(oneshot::Sender<Vec<(AgentName, Vec<JobId>)>>),
     /// The connected agents of an environment and their outboxes.
     Servers(EnvName, oneshot::Sender<Vec<(AgentName, Outbox)>>),
+    /// Answered once every command sent before it is handled: what they
+    /// wrote is in the store by then.
+    Settled(oneshot::Sender<()>),
 }
 
 /// The services' side of the scheduler.
@@ -336,6 +339,10 @@ impl Scheduler {
                 self.answer(reply, revoked)
             }
             Command::CutOff(name) => self.cut_off(&name).await,
+            Command::Settled(reply) => {
+                let _ = reply.send(());
+                Ok(())
+            }
             Command::Connected(reply) => {
                 let connected = self
                     .fleet

@@ -337,3 +337,20 @@ impl TestDb {
         self.cluster.dir.path().join("ca.pem")
     }
 }
+
+impl TestDb {
+    /// Restarts the server under this database (and every other of its
+    /// cluster), dropping every connection as a database host's restart
+    /// would; returns once it accepts connections again.
+    pub fn restart_server(&self) {
+        let cluster = &self.cluster;
+        let mut restart = pg_command("pg_ctl");
+        restart
+            .arg("-D")
+            .arg(cluster.data())
+            .args(["-m", "fast", "-w", "-l"])
+            .arg(cluster.dir.path().join("server.log"))
+            .arg("restart");
+        run(restart);
+    }
+}
