@@ -17,7 +17,9 @@ pub fn leader_of(status: &tonic::Status) -> Option<String> {
         return None;
     }
     let url = status.metadata().get(LEADER_METADATA)?.to_str().ok()?;
-    crate::url::CoordinatorUrl::parse(url).is_ok().then(|| url.to_owned())
+    crate::url::CoordinatorUrl::parse(url)
+        .is_ok()
+        .then(|| url.to_owned())
 }
 
 /// Whether `status` is a standby's refusal (with or without a leader
@@ -57,8 +59,13 @@ mod tests {
     fn a_refusal_names_the_leader_to_people_and_to_clients() {
         let refusal = standby_refusal(Some("https://b.example:7000"));
         assert!(is_standby_refusal(&refusal));
-        assert_eq!(leader_of(&refusal).as_deref(), Some("https://b.example:7000"));
-        assert!(refusal.message().contains("the leader is https://b.example:7000"));
+        assert_eq!(
+            leader_of(&refusal).as_deref(),
+            Some("https://b.example:7000")
+        );
+        assert!(refusal
+            .message()
+            .contains("the leader is https://b.example:7000"));
 
         let leaderless = standby_refusal(None);
         assert!(is_standby_refusal(&leaderless));

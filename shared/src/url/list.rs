@@ -8,7 +8,9 @@ use super::{CoordinatorUrl, UrlError};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ListError {
     /// Nothing at all, or only commas and spaces.
-    #[error("no coordinator URL given; give one as http(s)://HOST:PORT, or several separated by commas")]
+    #[error(
+        "no coordinator URL given; give one as http(s)://HOST:PORT, or several separated by commas"
+    )]
     Empty,
     /// Two commas with nothing between them, or one at an end.
     #[error("{0:?} has an empty entry (two commas in a row, or one at an end); separate URLs with one comma")]
@@ -97,7 +99,9 @@ impl CoordinatorList {
     /// host, port), so `https://c:7700/` finds `https://c:7700`.
     pub fn position(&self, url: &str) -> Option<usize> {
         let wanted = CoordinatorUrl::parse(url).ok()?;
-        self.entries.iter().position(|(_, parsed)| *parsed == wanted)
+        self.entries
+            .iter()
+            .position(|(_, parsed)| *parsed == wanted)
     }
 
     /// Whether every URL of `other` is in this list: what a token saved
