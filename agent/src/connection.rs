@@ -1,8 +1,9 @@
 //! The agent's link to the coordinator: it dials out (so it works behind
 //! NAT), registers, holds one bidirectional stream, sends heartbeats and the
 //! spooled events of its jobs, and takes the jobs pushed to it. When the
-//! stream breaks it dials again with exponential backoff; jobs keep running
-//! and their events wait in the spool.
+//! stream breaks it dials again, going through the list of coordinators to
+//! the one that leads, with exponential backoff once none takes it; jobs
+//! keep running and their events wait in the spool.
 
 use std::{
     collections::HashMap,
@@ -11,12 +12,15 @@ use std::{
 };
 
 use gantry_shared::{
+    leader::leader_of,
     limits::MAX_GRPC_MESSAGE_BYTES,
     messages::{
         Assignment, ContainerOutput, FromAgent, JobEvent, MessageError, Registration, ToAgent,
         PROTOCOL,
     },
-    proto, JobId, JobState, Redactor,
+    proto,
+    url::{CoordinatorList, Round},
+    JobId, JobState, Redactor,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
@@ -63,6 +67,9 @@ pub type Running = Arc<Mutex<HashMap<JobId, JobHandle>>>;
 pub struct Link {
     /// How to reach and introduce ourselves.
     pub options: AgentOptions,
+    /// The coordinators to look for the leader among, parsed from
+    /// `options.coordinator`.
+    pub coordinators: CoordinatorList,
     /// What jobs need from the host.
     pub runtime: Arc<Runtime>,
     /// Events of all jobs, waiting to be sent and acknowledged.
@@ -77,14 +84,73 @@ pub struct Link {
     pub tails: Arc<tail::Tails>,
 }
 
-/// Keeps a session with the coordinator open until `stop`.
+/// Keeps a session with the leading coordinator open until `stop`.
+///
+/// Each (re)connect is a [`Round`] over the list: the coordinator that
+/// served last first, then the others in order. A standby's refusal that
+/// names the leader sends the agent there at once; a refusal without one,
+/// or a coordinator that does not answer, moves it to the next. Only a
+/// round in which every coordinator failed is followed by a backoff.
 pub async fn maintain(link: Arc<Link>, stop: CancellationToken) {
+    let mut coordinators = link.coordinators.clone();
+    let mut last_good = 0;
     let mut backoff = MIN_BACKOFF;
     while !stop.is_cancelled() {
-        match session(&link, &stop, &mut backoff).await {
-            Ok(()) => info!("stream to the coordinator closed"),
-            Err(e) => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable")
+        let mut round = Round::new(coordinators.len(), last_good);
+        let mut leader = None;
+        let mut failures: Vec<(String, anyhow::Error)> = Vec::new();
+        let mut served = false;
+        while let Some(index) = round.next(leader.take()) {
+            if stop.is_cancelled() {
+                return;
+            }
+            let url = coordinators.url(index).to_owned();
+            let mut registered = false;
+            let result = session(&link, &stop, &url, &mut registered).await;
+            if registered {
+                last_good = index;
+                backoff = MIN_BACKOFF;
+                served = true;
+                match result {
+                    Ok(()) => info!(coordinator = %url, "stream to the coordinator closed"),
+                    Err(e) => warn!(
+                        coordinator = %url,
+                        error = %e,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "coordinator unreachable"
+                    ),
+                }
+                break;
+            }
+            let Err(e) = result else {
+                // Closed before it answered the registration: try the next.
+                failures.push((url, anyhow::anyhow!("closed the stream before registering")));
+                continue;
+            };
+            let status = e.downcast_ref::<tonic::Status>();
+            if let Some(named) = status.and_then(leader_of) {
+                // A standby names the leader; one outside the list is
+                // tried too (it is verified like any other coordinator).
+                leader = coordinators.learn(&named).filter(|&at| at != index);
+                if leader.is_some() {
+                    info!(standby = %url, leader = %named, "a standby named the leader; going there");
+                }
+            }
+            if coordinators.len() > 1 {
+                info!(coordinator = %url, error = %e, "coordinator refused or unreachable; trying the next");
+            }
+            failures.push((url, e));
+        }
+        let retry_in_ms = backoff.as_millis() as u64;
+        match failures.as_slice() {
+            _ if served => {}
+            [(_, e)] if coordinators.len() == 1 => {
+                warn!(error = %e, retry_in_ms, "coordinator unreachable")
+            }
+            all => {
+                let errors: Vec<String> =
+                    all.iter().map(|(url, e)| format!("{url}: {e}")).collect();
+                warn!(errors = %errors.join("; "), retry_in_ms, "no coordinator of the list took the agent")
             }
         }
         tokio::select! {
@@ -95,12 +161,15 @@ pub async fn maintain(link: Arc<Link>, stop: CancellationToken) {
     }
 }
 
+/// One session with the coordinator at `url`; `registered` says whether
+/// it took the registration (so another coordinator need not be tried).
 async fn session(
     link: &Arc<Link>,
     stop: &CancellationToken,
-    backoff: &mut Duration,
+    url: &str,
+    registered: &mut bool,
 ) -> anyhow::Result<()> {
-    let result = attached(link, stop, backoff).await;
+    let result = attached(link, stop, url, registered).await;
     // Tails answer on this stream only; the coordinator asks again.
     link.tails.stop_all();
     result
@@ -109,16 +178,16 @@ async fn session(
 async fn attached(
     link: &Arc<Link>,
     stop: &CancellationToken,
-    backoff: &mut Duration,
+    url: &str,
+    registered: &mut bool,
 ) -> anyhow::Result<()> {
-    let channel =
-        crate::join::agent_endpoint(&link.options.coordinator, link.options.tls_dir.as_deref())?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await?;
+    let channel = crate::join::agent_endpoint(url, link.options.tls_dir.as_deref())?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
     let mut client = proto::agent_service_client::AgentServiceClient::new(channel)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
@@ -169,8 +238,8 @@ async fn attached(
         None => return Ok(()),
     }
     lease.heard();
-    info!(agent = %link.options.name, env = %link.options.env, "registered with the coordinator");
-    *backoff = MIN_BACKOFF;
+    info!(agent = %link.options.name, env = %link.options.env, coordinator = %url, "registered with the coordinator");
+    *registered = true;
     link.spool.rewind();
 
     // The coordinator's messages are handled as they come, whatever the

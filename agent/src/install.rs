@@ -206,6 +206,28 @@ mod tests {
         );
     }
 
+    /// Several coordinators given to `install` are all in the config the
+    /// service runs with, in their order.
+    #[test]
+    fn install_keeps_every_coordinator_of_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AgentConfig::parse(
+            Path::new("flags"),
+            "coordinator = \"https://a:7700,https://b:7700\"\nenv = \"prod\"\nname = \"prod-1\"\n",
+        )
+        .unwrap();
+        let target = Target {
+            config_path: dir.path().join("agent.toml"),
+            unit_dir: dir.path().join("units"),
+            systemctl: false,
+        };
+        install(&config, Path::new("/usr/local/bin/gantry-agent"), &target).unwrap();
+        let written = AgentConfig::load(&target.config_path).unwrap();
+        assert_eq!(written.coordinator, "https://a:7700,https://b:7700");
+        let list = gantry_shared::url::CoordinatorList::parse(&written.coordinator).unwrap();
+        assert_eq!(list.len(), 2);
+    }
+
     /// systemd's own parser reads the unit without a complaint (it warns
     /// on stderr, still exiting 0, for an unknown key or a bad value).
     #[test]

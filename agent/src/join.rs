@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use gantry_shared::{
+    leader::{is_standby_refusal, leader_of},
     proto,
     tls::{self, files, JoinToken},
+    url::{CoordinatorList, ListError, Round},
     AgentName, EnvName,
 };
 use tonic::transport::Endpoint;
@@ -26,40 +28,58 @@ pub struct Joined {
     pub dir: PathBuf,
 }
 
-/// Redeems `token` at `coordinator` (an https:// URL) and writes the key,
-/// the certificate and the CA into `dir` (key readable by its owner only).
+/// Redeems `token` at `coordinator` (an https:// URL, or several separated
+/// by commas: each is tried until one enrols the agent, a standby's refusal
+/// leading to the leader it names) and writes the key, the certificate and
+/// the CA into `dir` (key readable by its owner only).
 pub async fn join(coordinator: &str, token: &str, dir: &Path) -> anyhow::Result<Joined> {
     tls::install_crypto_provider();
     let parsed = JoinToken::parse(token)?;
-    let (host, port) = tls::host_port(coordinator)
-        .with_context(|| format!("--coordinator must be an https:// URL, not {coordinator:?}"))?;
-    // The token pins the CA: learn it from the server, keep it only if
-    // its fingerprint matches, then speak verified TLS with it.
-    let ca = tls::fetch_ca(&host, port, &parsed.ca_fingerprint).await?;
-    let ca_pem = pem("CERTIFICATE", &ca);
-
+    let mut coordinators = CoordinatorList::parse(coordinator).map_err(|e| match e {
+        ListError::Url(_) => {
+            anyhow::anyhow!("--coordinator must be an https:// URL, not {coordinator:?}")
+        }
+        list => anyhow::Error::new(list).context("--coordinator"),
+    })?;
+    for url in coordinators.urls() {
+        tls::host_port(url)
+            .with_context(|| format!("--coordinator must be an https:// URL, not {url:?}"))?;
+    }
     let key = rcgen::KeyPair::generate().context("cannot make a key pair")?;
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())
         .and_then(|p| p.serialize_request(&key))
         .and_then(|r| r.pem())
         .context("cannot make a certificate request")?;
-    let channel = endpoint(coordinator, &ca_pem, None)?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {coordinator}"))?;
-    let answer = proto::agent_service_client::AgentServiceClient::new(channel)
-        .join(proto::JoinRequest {
-            token: token.trim().to_owned(),
-            csr_pem: csr,
-        })
-        .await
-        .map_err(|s| {
-            anyhow::anyhow!(
+    let request = proto::JoinRequest {
+        token: token.trim().to_owned(),
+        csr_pem: csr,
+    };
+    let mut round = Round::new(coordinators.len(), 0);
+    let mut leader = None;
+    let mut failures = Vec::new();
+    let answer = loop {
+        let Some(index) = round.next(leader.take()) else {
+            anyhow::bail!(
+                "no coordinator of {coordinators} enrolled this agent: {}",
+                failures.join("; ")
+            );
+        };
+        let url = coordinators.url(index).to_owned();
+        match join_at(&url, &parsed, request.clone()).await {
+            Ok(answer) => break answer,
+            Err(Attempt::Refused(status)) if is_standby_refusal(&status) => {
+                leader = leader_of(&status).and_then(|named| coordinators.learn(&named));
+                failures.push(format!("{url}: {}", status.message()));
+            }
+            Err(Attempt::Refused(status)) => anyhow::bail!(
                 "the coordinator refused to enrol this agent: {}",
-                s.message()
-            )
-        })?
-        .into_inner();
+                status.message()
+            ),
+            // One URL: its own error, as it always read.
+            Err(Attempt::Unreachable(e)) if coordinators.len() == 1 => return Err(e),
+            Err(Attempt::Unreachable(e)) => failures.push(format!("{url}: {e:#}")),
+        }
+    };
 
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(dir)
@@ -80,6 +100,40 @@ pub async fn join(coordinator: &str, token: &str, dir: &Path) -> anyhow::Result<
         env: EnvName::new(answer.env)?,
         dir: dir.to_owned(),
     })
+}
+
+/// Why enrolling at one coordinator failed.
+enum Attempt {
+    /// It answered no (a standby's refusal, or a bad token).
+    Refused(tonic::Status),
+    /// It could not be asked: not reachable, or its CA is not the token's.
+    Unreachable(anyhow::Error),
+}
+
+/// Asks the coordinator at `url` to sign the request.
+async fn join_at(
+    url: &str,
+    token: &JoinToken,
+    request: proto::JoinRequest,
+) -> Result<proto::JoinResponse, Attempt> {
+    let (host, port) = tls::host_port(url).expect("checked by join");
+    // The token pins the CA: learn it from the server, keep it only if
+    // its fingerprint matches, then speak verified TLS with it.
+    let ca = tls::fetch_ca(&host, port, &token.ca_fingerprint)
+        .await
+        .map_err(|e| Attempt::Unreachable(e.into()))?;
+    let ca_pem = pem("CERTIFICATE", &ca);
+    let channel = endpoint(url, &ca_pem, None)
+        .map_err(Attempt::Unreachable)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}"))
+        .map_err(Attempt::Unreachable)?;
+    let answer = proto::agent_service_client::AgentServiceClient::new(channel)
+        .join(request)
+        .await
+        .map_err(Attempt::Refused)?;
+    Ok(answer.into_inner())
 }
 
 /// An endpoint for `url`: over TLS trusting `ca_pem`, presenting

@@ -42,7 +42,9 @@ pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(60);
 /// How an agent is started.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// The coordinator's URL, e.g. `http://10.0.0.1:7700`.
+    /// The coordinator's URL, e.g. `http://10.0.0.1:7700`, or the URLs of
+    /// several sharing one store, separated by commas: the agent finds the
+    /// one that leads (see [`connection::maintain`]).
     pub coordinator: String,
     /// This agent's name.
     pub name: AgentName,
@@ -96,8 +98,12 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("cannot create work dir {}", options.work_dir.display()))?;
     gantry_shared::tls::install_crypto_provider();
+    let coordinators = gantry_shared::url::CoordinatorList::parse(&options.coordinator)
+        .context("the coordinator URL (--coordinator, GANTRY_COORDINATOR)")?;
     // A missing certificate is a set-up error: say so now, not on every retry.
-    join::agent_endpoint(&options.coordinator, options.tls_dir.as_deref())?;
+    for url in coordinators.urls() {
+        join::agent_endpoint(url, options.tls_dir.as_deref())?;
+    }
     let docker = docker::connect()
         .await
         .context("the agent needs the local Docker engine")?;
@@ -190,6 +196,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::
     }
     let link = Arc::new(connection::Link {
         options,
+        coordinators,
         runtime,
         spool,
         running: Default::default(),

@@ -13,6 +13,7 @@ use gantry_agent::{
 };
 use gantry_shared::{
     config::agent::{self as agent_config, AgentConfig},
+    url::CoordinatorList,
     AgentName, EnvName,
 };
 use tokio_util::sync::CancellationToken;
@@ -58,7 +59,8 @@ enum Command {
     /// Enrol this host: redeem a one-time token from `gantry-coordinator
     /// agent enroll` for a client certificate (the key is made here).
     Join {
-        /// The coordinator's URL, https://HOST:PORT.
+        /// The coordinator's URL, https://HOST:PORT; or several separated
+        /// by commas, tried in turn until one enrols the agent.
         #[arg(long, env = "GANTRY_COORDINATOR")]
         coordinator: String,
         /// The join token.
@@ -101,7 +103,8 @@ struct TargetArgs {
 /// `GANTRY_ENV` only matters where it is used.
 #[derive(Args)]
 struct Flags {
-    /// The coordinator's URL.
+    /// The coordinator's URL; or, for coordinators sharing one store, all
+    /// their URLs separated by commas (the agent finds the leader).
     #[arg(
         long,
         env = "GANTRY_COORDINATOR",
@@ -152,6 +155,7 @@ impl Flags {
                  or `run --config FILE`; see --help"
             );
         };
+        CoordinatorList::parse(&self.coordinator).context("--coordinator (GANTRY_COORDINATOR)")?;
         let env = EnvName::new(env).context("--env (GANTRY_ENV)")?;
         let name = AgentName::new(name).context("--name (GANTRY_AGENT_NAME)")?;
         let mut labels = BTreeMap::new();
@@ -258,7 +262,8 @@ async fn main() -> anyhow::Result<()> {
                 joined.dir.display()
             );
             println!(
-                "next: gantry-agent install --coordinator {coordinator} --env {} --name {} --tls-dir {}",
+                "next: gantry-agent install --coordinator {} --env {} --name {} --tls-dir {}",
+                CoordinatorList::parse(&coordinator).map_or(coordinator, |list| list.to_text()),
                 joined.env,
                 joined.name,
                 joined.dir.display()

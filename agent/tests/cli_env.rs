@@ -272,3 +272,59 @@ fn the_foreground_agent_takes_its_settings_from_variables_or_flags() {
         text(&mixed)
     );
 }
+
+/// `--coordinator` takes several URLs separated by commas: a bad one is
+/// named with its place before anything is done, and `install` writes the
+/// whole list into the config the service runs with.
+#[test]
+fn a_list_of_coordinators_is_checked_and_installed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let bad = run(
+        &[],
+        &[
+            "--coordinator",
+            "http://127.0.0.1:9,127.0.0.1:10",
+            "--env",
+            "dev",
+            "--name",
+            "ae-cli-3",
+            "--work-dir",
+            path(&work),
+        ],
+    );
+    let said = text(&bad);
+    assert!(!bad.status.success(), "{said}");
+    assert!(
+        said.contains("--coordinator (GANTRY_COORDINATOR)")
+            && said.contains("coordinator 2 of the list")
+            && said.contains("\"127.0.0.1:10\" must start with https://"),
+        "{said}"
+    );
+    assert!(!work.exists(), "nothing was done: {said}");
+
+    let config = dir.path().join("agent.toml");
+    let installed = run(
+        &[],
+        &[
+            "install",
+            "--coordinator",
+            "http://127.0.0.1:9, http://127.0.0.1:10",
+            "--env",
+            "dev",
+            "--name",
+            "ae-cli-3",
+            "--config",
+            path(&config),
+            "--unit-dir",
+            path(&dir.path().join("units")),
+            "--no-systemctl",
+        ],
+    );
+    assert!(installed.status.success(), "{}", text(&installed));
+    let written = gantry_shared::config::agent::AgentConfig::load(&config).unwrap();
+    assert_eq!(
+        written.coordinator,
+        "http://127.0.0.1:9, http://127.0.0.1:10"
+    );
+}

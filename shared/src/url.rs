@@ -4,6 +4,10 @@
 
 use tonic::codegen::http::Uri;
 
+pub mod list;
+
+pub use list::{CoordinatorList, ListError, Round};
+
 /// The port a coordinator URL names when it names none.
 pub const DEFAULT_PORT: u16 = 7700;
 

@@ -42,7 +42,9 @@ pub fn default_drain_grace_secs() -> u64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The coordinator's URL, e.g. `http://coordinator.internal:7700`.
+    /// The coordinator's URL, e.g. `http://coordinator.internal:7700`; or
+    /// the URLs of coordinators sharing one store, separated by commas
+    /// (`https://a:7700,https://b:7700`): the agent finds the leader.
     pub coordinator: String,
     /// The environment this server belongs to.
     pub env: EnvName,
@@ -95,6 +97,17 @@ impl AgentConfig {
             path: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', "\n  "),
         })?;
+        if let Err(e) = crate::url::CoordinatorList::parse(&config.coordinator) {
+            let line = text
+                .lines()
+                .position(|line| line.trim_start().starts_with("coordinator"))
+                .map_or(1, |at| at + 1);
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                message: format!("coordinator: {e}"),
+            });
+        }
         if config.capacity == 0 {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -121,7 +134,7 @@ mod tests {
     #[test]
     fn a_written_config_reads_back_and_typos_are_refused() {
         let config = AgentConfig {
-            coordinator: "http://c:7700".into(),
+            coordinator: "http://c:7700,http://d:7700".into(),
             env: EnvName::new("prod").unwrap(),
             name: AgentName::new("prod-1").unwrap(),
             work_dir: default_work_dir(),
@@ -138,6 +151,14 @@ mod tests {
         assert_eq!(
             AgentConfig::parse(Path::new("agent.toml"), &text).unwrap(),
             config
+        );
+        let bad_url = text.replace("http://d:7700", "d:7700");
+        let msg = AgentConfig::parse(Path::new("agent.toml"), &bad_url)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("agent.toml, line 2") && msg.contains("coordinator 2 of the list"),
+            "{msg}"
         );
         let bad = text.replace("capacity", "capacty");
         let msg = AgentConfig::parse(Path::new("agent.toml"), &bad)
