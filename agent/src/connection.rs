@@ -84,6 +84,15 @@ pub struct Link {
     pub tails: Arc<tail::Tails>,
 }
 
+/// A session ended because the coordinator stopped answering heartbeats
+/// for a lease (see [`crate::lease::Lease::silent`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no word from the coordinator for a lease ({}s) though asked every heartbeat; dialling again",
+    .0.as_secs()
+)]
+struct Silent(Duration);
+
 /// Keeps a session with the leading coordinator open until `stop`.
 ///
 /// Each (re)connect is a [`Round`] over the list: the coordinator that
@@ -109,6 +118,11 @@ pub async fn maintain(link: Arc<Link>, stop: CancellationToken) {
             let result = session(&link, &stop, &url, &mut registered).await;
             if registered {
                 last_good = index;
+                if result.as_ref().is_err_and(|e| e.is::<Silent>()) {
+                    // It went silent with its connection open (paused, or
+                    // cut off): another one may lead now, so it comes last.
+                    last_good = (index + 1) % coordinators.len();
+                }
                 backoff = MIN_BACKOFF;
                 served = true;
                 match result {
@@ -278,12 +292,16 @@ async fn attached(
                 let _ = tx.send(FromAgent::Drain).await;
             }
             _ = beat.tick() => {
-                // An agent with jobs asks for an answer: it keeps the lease
-                // under them known to be held (see `crate::lease`).
-                let holds_jobs = !link.running.lock().expect("running lock").is_empty();
-                if tx.send(heartbeat_message(holds_jobs)).await.is_err() {
+                // Every heartbeat asks for an answer: it keeps the lease
+                // under the agent's jobs known to be held (see
+                // `crate::lease`), and a coordinator that stops answering
+                // is found within a lease.
+                if tx.send(heartbeat_message(true)).await.is_err() {
                     return Ok(());
                 }
+            }
+            _ = lease.silent() => {
+                return Err(Silent(lease.patience().unwrap_or_default() / 2).into())
             }
             _ = std::future::ready(()), if more => {}
             _ = link.spool.added() => {}

@@ -95,9 +95,27 @@ impl Lease {
     /// Resolves once the coordinator has not been heard for twice its
     /// lease. Waits again while it keeps being heard.
     pub async fn expired(&self) {
+        self.quiet_for(2).await
+    }
+
+    /// Resolves once the coordinator has not been heard for one lease,
+    /// though asked every heartbeat: its session is taken for dead (a
+    /// coordinator paused, or cut off without its connection closing), so
+    /// the agent dials again, another coordinator if it was given several.
+    /// Waits again while it keeps being heard.
+    pub async fn silent(&self) {
+        self.quiet_for(1).await
+    }
+
+    /// Resolves once the coordinator has not been heard for `leases`
+    /// times its lease; never while it holds none or was never heard.
+    async fn quiet_for(&self, leases: u32) {
         let mut heard = self.heard.subscribe();
         loop {
-            let expiry = self.expiry();
+            let length = *self.length.lock().expect("lease lock");
+            let expiry = (*heard.borrow_and_update())
+                .zip(length)
+                .map(|(at, l)| at + l * leases);
             match expiry {
                 Some(at) if Instant::now() >= at => return,
                 Some(at) => {

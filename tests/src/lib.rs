@@ -152,6 +152,12 @@ impl Harness {
         Ok(harness)
     }
 
+    /// Adds top-level `settings` (e.g. `agent_lease_secs = 8`) to the
+    /// config of coordinators started from now on.
+    pub fn set_settings(&mut self, settings: &str) {
+        self.settings = settings.to_owned();
+    }
+
     /// Keeps the records of coordinators started from now on in `db`.
     pub fn use_postgres(&mut self, db: std::sync::Arc<TestDb>) {
         self.postgres = Some(db);

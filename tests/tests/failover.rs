@@ -231,3 +231,61 @@ async fn an_approval_waiting_when_the_leader_dies_is_given_to_the_new_leader() -
         .any(|e| e.who == "oscar" && e.action == "approve" && e.allowed));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_mid_build_loses_its_agent_to_the_new_leader() -> anyhow::Result<()> {
+    let app = "e2e-failover-paused";
+    let gates = tempfile::tempdir()?;
+    let gate = gates.path().join("open");
+    let mut test_app = TestApp::new(app);
+    test_app.build_command = gated_build(&gate);
+    let mut h = prepared(&[test_app], TestDb::create().await).await?;
+    // A short agent lease, so the agent finds the silence sooner.
+    h.set_settings("heartbeat_secs = 2\nagent_lease_secs = 8\n");
+    let mut a = h.spawn_coordinator_process("a")?;
+    assert_eq!(leader_of(&[&a], TAKEOVER).await?, 0);
+    let b = h.spawn_coordinator_process("b")?;
+    h.url = format!("{},{}", a.url, b.url);
+    h.start_agent("dev", "dev-1")?;
+    let mut client = a.client().await?;
+    wait_connected(&client, "dev-1", TAKEOVER).await?;
+    let request = proto::DeployRequest {
+        app: app.into(),
+        env: "dev".into(),
+        branch: "main".into(),
+        ..Default::default()
+    };
+    let id = client.deploy(request).await?.into_inner().id;
+    eventually("the build to start", DEPLOY_DEADLINE, || {
+        let mut client = client.clone();
+        async move {
+            Ok((job(&mut client, id).await?.stage == proto::Stage::Build as i32).then_some(()))
+        }
+    })
+    .await?;
+
+    // Frozen with its connections open, the leader is replaced, and the
+    // agent, hearing nothing for a lease, moves to the new one.
+    a.signal(libc::SIGSTOP)?;
+    assert_eq!(leader_of(&[&b], TAKEOVER).await?, 0);
+    let mut client = b.client().await?;
+    wait_connected(&client, "dev-1", Duration::from_secs(30)).await?;
+    std::fs::write(&gate, "")?;
+    let (lines, done) = follow_to_end(&mut client, id).await?;
+    assert_eq!(state(&done), JobState::Succeeded, "{}", done.reason);
+    assert_contiguous(&lines);
+    let waiting = texts(&lines).iter().filter(|t| **t == "waiting").count();
+    assert_eq!(waiting, 1, "the build ran once: {:?}", texts(&lines));
+    assert!(get(&done.url, "/").await?.1.starts_with("Hello v1"));
+
+    // Let run again, the old leader acts on nothing and stands by.
+    a.signal(libc::SIGCONT)?;
+    eventually("a to stand by naming b", TAKEOVER, || async {
+        let named = a.refusal().await.ok().and_then(|s| leader::leader_of(&s));
+        Ok((named.as_deref() == Some(b.url.as_str())).then_some(()))
+    })
+    .await?;
+    assert_eq!(state(&job(&mut client, id).await?), JobState::Succeeded);
+    a.kill();
+    h.shutdown().await
+}

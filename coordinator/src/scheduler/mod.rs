@@ -227,7 +227,10 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Reads back the jobs that had not ended. Active ones wait for their
-    /// agent to reconnect, within its lease.
+    /// agent to reconnect for twice its lease: the agent's own patience
+    /// before it stops the job itself. An agent of a coordinator that was
+    /// paused, and replaced by a standby, first notices the silence after
+    /// a lease, then dials the next coordinator.
     pub async fn new(
         config: Arc<CoordinatorConfig>,
         store: SharedStore,
@@ -249,10 +252,12 @@ impl Scheduler {
                 let agent = job.agent.clone().expect("active jobs have an agent");
                 job.reason = format!(
                     "the coordinator restarted; waiting up to {}s for agent {agent} to reconnect",
-                    config.agent_lease_secs
+                    2 * config.agent_lease_secs
                 );
                 store.write_job(&job).await?;
-                fleet.lost_since.insert(agent.clone(), now);
+                // The sweep fails it once a lease has passed since then.
+                let lease = Duration::from_secs(config.agent_lease_secs);
+                fleet.lost_since.insert(agent.clone(), now + lease);
                 let placement = Placement::of(&job, agent, job.certificate.clone());
                 fleet.active.insert(job.id, placement);
             }
