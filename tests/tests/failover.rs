@@ -289,3 +289,59 @@ async fn a_leader_paused_mid_build_loses_its_agent_to_the_new_leader() -> anyhow
     a.kill();
     h.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_roll_is_replaced_and_the_roll_finishes_once() -> anyhow::Result<()> {
+    let app = "e2e-failover-roll";
+    let mut h = Harness::prepare(&[TestApp::new(app)], &[("prod", &[])], &[]).await?;
+    h.use_postgres(std::sync::Arc::new(TestDb::create().await));
+    let mut a = h.spawn_coordinator_process("a")?;
+    assert_eq!(leader_of(&[&a], TAKEOVER).await?, 0);
+    let b = h.spawn_coordinator_process("b")?;
+    h.url = format!("{},{}", a.url, b.url);
+    h.start_agent("prod", "prod-1")?;
+    h.start_agent("prod", "prod-2")?;
+    let mut client = a.client().await?;
+    wait_connected(&client, "prod-1", TAKEOVER).await?;
+    wait_connected(&client, "prod-2", TAKEOVER).await?;
+    let request = proto::DeployRequest {
+        app: app.into(),
+        env: "prod".into(),
+        branch: "main".into(),
+        ..Default::default()
+    };
+    let id = client.deploy(request).await?.into_inner().id;
+    // Killed once the first server has switched and the second works.
+    eventually("the roll to reach the second server", DEPLOY_DEADLINE, || {
+        let mut client = client.clone();
+        async move {
+            let roll = job(&mut client, id).await?.roll;
+            Ok((roll.first().map(String::as_str) == Some("prod-1 switched")).then_some(()))
+        }
+    })
+    .await?;
+    a.kill();
+    assert_eq!(leader_of(&[&b], TAKEOVER).await?, 0);
+
+    let mut client = b.client().await?;
+    let (lines, done) = follow_to_end(&mut client, id).await?;
+    assert_eq!(state(&done), JobState::Succeeded, "{}", done.reason);
+    assert_eq!(done.roll, ["prod-1 switched", "prod-2 switched"]);
+    assert_contiguous(&lines);
+    let fetches = texts(&lines).iter().filter(|l| **l == "==> fetch").count();
+    assert_eq!(fetches, 2, "each server built once: {:?}", texts(&lines));
+    let release = client
+        .get_environment_state(proto::GetEnvironmentStateRequest {
+            app: app.into(),
+            env: "prod".into(),
+        })
+        .await?
+        .into_inner()
+        .current
+        .expect("released");
+    assert_eq!(release.number, 1, "released once");
+    for server in &release.servers {
+        assert!(get(&server.url, "/").await?.1.starts_with("Hello v1"));
+    }
+    h.shutdown().await
+}

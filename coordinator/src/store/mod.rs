@@ -294,7 +294,8 @@ pub trait Election: Send + Sync {
 
     /// Ends the lease of `epoch` at once (a coordinator that stops), so a
     /// standby takes over without waiting for it to run out; the store
-    /// takes no more writes. False when `epoch` no longer led.
+    /// takes no more writes. False when `epoch`'s lease had already run
+    /// out or passed to another.
     async fn resign(&self, epoch: u64) -> Result<bool, StoreError>;
 }
 

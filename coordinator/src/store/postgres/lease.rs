@@ -61,9 +61,9 @@ const TAKE: &str = "INSERT INTO leadership (id, epoch, holder, url, expires_at)
 const RENEW: &str = "UPDATE leadership SET expires_at = now() + make_interval(secs => $2)
      WHERE id = 1 AND epoch = $1 RETURNING epoch";
 
-/// Ends the lease of an epoch now.
-const RESIGN: &str =
-    "UPDATE leadership SET expires_at = now() WHERE id = 1 AND epoch = $1 RETURNING epoch";
+/// Ends the lease of an epoch now, if it is still running.
+const RESIGN: &str = "UPDATE leadership SET expires_at = now()
+     WHERE id = 1 AND epoch = $1 AND expires_at > now() RETURNING epoch";
 
 /// Who leads.
 const LEADER: &str = "SELECT epoch, holder, url, expires_at > now() FROM leadership WHERE id = 1";
