@@ -165,7 +165,14 @@ impl Inner {
                     failures.push(format!("{url}: {}", chain(&e)));
                 }
                 // It may have reached a leader: never sent twice.
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    return Err(Status::unavailable(format!(
+                        "lost {url} while it handled the request ({}); it is not sent again, \
+                         as it may have been done: look before you retry (gantry jobs)",
+                        chain(&e)
+                    ))
+                    .into())
+                }
             }
         }
         Err(Status::unavailable(format!(
