@@ -2,15 +2,22 @@
 
 use crate::{say, tell};
 use anyhow::Context;
-use gantry_shared::{proto, url::CoordinatorUrl, JobState};
+use gantry_shared::{
+    proto,
+    url::{CoordinatorList, CoordinatorUrl},
+    JobState,
+};
 use serde_json::json;
-use tonic::{codegen::InterceptedService, transport::Channel};
+use tonic::codegen::InterceptedService;
+
+use crate::failover::Failover;
 
 use crate::output::{self, Format};
 
-/// A connected operator client.
+/// A connected operator client: to one coordinator, or to whichever of a
+/// list leads.
 pub type Client =
-    proto::operator_service_client::OperatorServiceClient<InterceptedService<Channel, WhoAsks>>;
+    proto::operator_service_client::OperatorServiceClient<InterceptedService<Failover, WhoAsks>>;
 
 /// Puts the caller's identity on every request: `authorization: Bearer
 /// TOKEN` when there is a token, and the `gantry-user` header (the login
@@ -46,32 +53,35 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
 }
 
 /// Connects to the coordinator at `url` with an API token, trusting
-/// `ca_pem` for https://.
+/// `ca_pem` for https://. `url` may list several coordinators sharing one
+/// store, separated by commas: each request then goes to the one that
+/// leads (see [`crate::failover`]), the token and CA serving them all.
 pub async fn connect_with(
     url: &str,
     token: Option<String>,
     ca_pem: Option<String>,
 ) -> anyhow::Result<Client> {
     gantry_shared::tls::install_crypto_provider();
-    let parsed = CoordinatorUrl::parse(url)?;
-    if token.is_some() && !parsed.tls && !parsed.is_loopback() {
-        anyhow::bail!(
-            "refusing to send an API token in the clear to {url}; use the coordinator's https:// address"
-        );
+    let list = CoordinatorList::parse(url)?;
+    let mut channels = Vec::with_capacity(list.len());
+    for (index, url) in list.urls().enumerate() {
+        let endpoint = endpoint(url, list.parsed(index), token.is_some(), ca_pem.as_deref())?;
+        let channel = match list.len() {
+            // One coordinator: reached now, as before lists, so a wrong
+            // address is said before anything is sent.
+            1 => endpoint
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach the coordinator at {url}; is it running? (set --coordinator or GANTRY_COORDINATOR)"))?,
+            // Several: each when a request first needs it. Pings notice a
+            // leader whose host died under a followed log.
+            _ => endpoint
+                .http2_keep_alive_interval(LIST_KEEPALIVE)
+                .keep_alive_timeout(LIST_KEEPALIVE)
+                .connect_lazy(),
+        };
+        channels.push(channel);
     }
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid coordinator address {url:?}"))?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    if parsed.tls {
-        let ca = ca_pem.with_context(|| {
-            format!("{url} uses TLS: run `gantry login --coordinator {url} --ca ca.pem --token TOKEN` first")
-        })?;
-        endpoint = gantry_shared::tls::with_tls(endpoint, &ca, None)?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {url}; is it running? (set --coordinator or GANTRY_COORDINATOR)"))?;
     let user = std::env::var("GANTRY_USER")
         .or_else(|_| std::env::var("USER"))
         .ok()
@@ -86,10 +96,40 @@ pub async fn connect_with(
     };
     Ok(
         proto::operator_service_client::OperatorServiceClient::with_interceptor(
-            channel,
+            Failover::new(list, channels),
             WhoAsks { user, bearer },
         ),
     )
+}
+
+/// How often a client of several coordinators pings the one it talks to,
+/// and how long it waits for the answer: a followed log whose leader's
+/// host died breaks within twice this, and goes on at the new leader.
+const LIST_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The endpoint for one coordinator, refusing a token in the clear off
+/// this machine and https:// without the CA.
+fn endpoint(
+    url: &str,
+    parsed: &CoordinatorUrl,
+    with_token: bool,
+    ca_pem: Option<&str>,
+) -> anyhow::Result<tonic::transport::Endpoint> {
+    if with_token && !parsed.tls && !parsed.is_loopback() {
+        anyhow::bail!(
+            "refusing to send an API token in the clear to {url}; use the coordinator's https:// address"
+        );
+    }
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid coordinator address {url:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if parsed.tls {
+        let ca = ca_pem.with_context(|| {
+            format!("{url} uses TLS: run `gantry login --coordinator {url} --ca ca.pem --token TOKEN` first")
+        })?;
+        endpoint = gantry_shared::tls::with_tls(endpoint, ca, None)?;
+    }
+    Ok(endpoint)
 }
 
 /// `gantry apps`

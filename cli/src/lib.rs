@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod demo;
+pub mod failover;
 pub mod follow;
 pub mod jre_image;
 pub mod login;

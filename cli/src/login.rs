@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::os::unix::fs::DirBuilderExt;
 
 use anyhow::Context;
-use gantry_shared::{proto, tls::write_private};
+use gantry_shared::{proto, tls::write_private, url::CoordinatorList};
 use serde::{Deserialize, Serialize};
 
 use crate::commands::{connect_with, Client};
@@ -19,7 +19,8 @@ pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7700";
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
-    /// The coordinator's URL.
+    /// The coordinator's URL, or the URLs of several sharing one store
+    /// separated by commas; the token and CA serve each of them.
     pub coordinator: String,
     /// The API token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,9 +69,10 @@ pub async fn connect(coordinator: Option<&str>) -> anyhow::Result<Client> {
         .map(str::to_owned)
         .or_else(|| (!saved.coordinator.is_empty()).then(|| saved.coordinator.clone()))
         .unwrap_or_else(|| DEFAULT_COORDINATOR.to_owned());
-    // The saved token and CA belong to the saved coordinator only: a token
-    // is never sent to a host it was not issued for.
-    let (token, ca_pem) = match url == saved.coordinator {
+    // The saved token and CA belong to the saved coordinators only: a
+    // token is never sent to a host it was not issued for. A list given now
+    // gets them when every coordinator in it is one of the saved list.
+    let (token, ca_pem) = match saved_for(&saved.coordinator, &url) {
         true => (saved.token, saved.ca_pem),
         false => (None, None),
     };
@@ -78,7 +80,17 @@ pub async fn connect(coordinator: Option<&str>) -> anyhow::Result<Client> {
     connect_with(&url, token, ca_pem).await
 }
 
-/// Checks the token against the coordinator and saves the login.
+/// Whether what was saved for the coordinators `saved` may be used with
+/// `given`: each coordinator `given` names is one of `saved`.
+fn saved_for(saved: &str, given: &str) -> bool {
+    match (CoordinatorList::parse(saved), CoordinatorList::parse(given)) {
+        (Ok(saved), Ok(given)) => saved.covers(&given),
+        _ => false,
+    }
+}
+
+/// Checks the token against the coordinator (any of a list: the one that
+/// leads answers) and saves the login, for the whole list.
 pub async fn login(
     coordinator: &str,
     token: String,
@@ -89,15 +101,20 @@ pub async fn login(
             std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the CA certificate {}", path.display()))?,
         ),
-        None if coordinator.starts_with("https://") => anyhow::bail!(
-            "give --ca with the coordinator's CA certificate (ca.pem from its TLS directory)"
-        ),
+        None if CoordinatorList::parse(coordinator)?
+            .urls()
+            .any(|url| url.starts_with("https://")) =>
+        {
+            anyhow::bail!(
+                "give --ca with the coordinator's CA certificate (ca.pem from its TLS directory)"
+            )
+        }
         None => None,
     };
     let mut client = connect_with(coordinator, Some(token.clone()), ca_pem.clone()).await?;
     let me = client.who_am_i(proto::WhoAmIRequest {}).await?.into_inner();
     let saved = Credentials {
-        coordinator: coordinator.to_owned(),
+        coordinator: CoordinatorList::parse(coordinator)?.to_text(),
         token: Some(token),
         ca_pem,
     };
@@ -111,4 +128,21 @@ pub async fn login(
     write_private(&credentials_path(), text.as_bytes())
         .with_context(|| format!("cannot write {}", credentials_path().display()))?;
     Ok(me)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::saved_for;
+
+    #[test]
+    fn a_saved_login_serves_its_coordinators_and_no_other() {
+        let saved = "https://a:7700,https://b:7700";
+        assert!(saved_for(saved, saved));
+        assert!(saved_for(saved, "https://b:7700"));
+        assert!(saved_for(saved, "https://b:7700/, https://a"));
+        assert!(!saved_for(saved, "https://a:7700,https://c:7700"));
+        assert!(!saved_for(saved, "http://a:7700"));
+        assert!(saved_for("http://127.0.0.1:7700", "http://127.0.0.1:7700"));
+        assert!(!saved_for("", "http://127.0.0.1:7700"));
+    }
 }

@@ -18,7 +18,8 @@ use gantry_shared::JobId;
 #[command(version, about)]
 struct Cli {
     /// The coordinator's URL (default: the one `gantry login` saved, else
-    /// http://127.0.0.1:7700).
+    /// http://127.0.0.1:7700); for coordinators sharing one store, all
+    /// their URLs separated by commas: each command goes to the leader.
     #[arg(long, global = true, env = "GANTRY_COORDINATOR")]
     coordinator: Option<String>,
     /// Output format.

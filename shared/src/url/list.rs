@@ -114,12 +114,17 @@ impl CoordinatorList {
     }
 
     /// Adds `url` at the end unless it is there; returns its index, or
-    /// `None` if it is not a coordinator URL.
+    /// `None` if it is not a coordinator URL, or is plain http:// while the
+    /// list uses https:// (a leader named by a standby never lowers what
+    /// the connection checks).
     pub fn learn(&mut self, url: &str) -> Option<usize> {
         if let Some(index) = self.position(url) {
             return Some(index);
         }
         let parsed = CoordinatorUrl::parse(url).ok()?;
+        if !parsed.tls && self.entries.iter().any(|(_, known)| known.tls) {
+            return None;
+        }
         self.entries.push((url.to_owned(), parsed));
         Some(self.entries.len() - 1)
     }
@@ -249,6 +254,11 @@ mod tests {
         assert_eq!(learning.learn("https://a:7000/"), Some(0));
         assert_eq!(learning.learn("https://c:7000"), Some(2));
         assert_eq!(learning.learn("file:///x"), None);
+        assert_eq!(
+            learning.learn("http://d:7000"),
+            None,
+            "no step down from https"
+        );
         assert_eq!(learning.len(), 3);
     }
 
