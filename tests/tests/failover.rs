@@ -312,13 +312,17 @@ async fn a_leader_killed_mid_roll_is_replaced_and_the_roll_finishes_once() -> an
     };
     let id = client.deploy(request).await?.into_inner().id;
     // Killed once the first server has switched and the second works.
-    eventually("the roll to reach the second server", DEPLOY_DEADLINE, || {
-        let mut client = client.clone();
-        async move {
-            let roll = job(&mut client, id).await?.roll;
-            Ok((roll.first().map(String::as_str) == Some("prod-1 switched")).then_some(()))
-        }
-    })
+    eventually(
+        "the roll to reach the second server",
+        DEPLOY_DEADLINE,
+        || {
+            let mut client = client.clone();
+            async move {
+                let roll = job(&mut client, id).await?.roll;
+                Ok((roll.first().map(String::as_str) == Some("prod-1 switched")).then_some(()))
+            }
+        },
+    )
     .await?;
     a.kill();
     assert_eq!(leader_of(&[&b], TAKEOVER).await?, 0);
