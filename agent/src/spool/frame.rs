@@ -23,8 +23,6 @@ use gantry_shared::{
 };
 use prost::Message;
 
-use super::legacy::OldRecord;
-
 /// Put in the place of a log line whose spool frame was corrupt, so the
 /// job's log shows the loss and keeps its numbering.
 pub const LOST_LINE: &str =
@@ -83,8 +81,14 @@ pub enum Record {
     Event(JobEvent),
     /// The job's state at that point.
     Mark(Mark),
-    /// A frame of an agent before one sequence per job.
-    Old(OldRecord),
+    /// A frame of an agent before one sequence per job, as its kind and
+    /// payload: [`super::legacy`] reads it, to migrate it.
+    Old {
+        /// [`KIND_OLD_EVENT`] or [`KIND_OLD_MARK`].
+        kind: u8,
+        /// The payload after the kind byte.
+        body: Vec<u8>,
+    },
 }
 
 pub(super) fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -237,9 +241,10 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
                 next: n(1),
             })
         }
-        (kind @ (KIND_OLD_EVENT | KIND_OLD_MARK), body) => {
-            Record::Old(OldRecord::decode(kind, body)?)
-        }
+        (kind @ (KIND_OLD_EVENT | KIND_OLD_MARK), body) => Record::Old {
+            kind,
+            body: body.to_vec(),
+        },
         _ => return None,
     };
     Some((record, len))
@@ -268,7 +273,7 @@ mod tests {
         match record {
             Record::Event(e) => event(e),
             Record::Mark(m) => mark(m),
-            Record::Old(_) => unreachable!("never written"),
+            Record::Old { .. } => unreachable!("never written"),
         }
     }
 

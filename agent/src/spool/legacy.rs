@@ -279,7 +279,7 @@ pub fn upgrade(dir: &Path, job: JobId, mut numbers: Vec<u64>) -> std::io::Result
             .records
             .into_iter()
             .filter_map(|record| match record {
-                frame::Record::Old(old) => Some(old),
+                frame::Record::Old { kind, body } => OldRecord::decode(kind, &body),
                 _ => None,
             })
             .collect();

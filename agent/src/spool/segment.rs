@@ -165,7 +165,7 @@ impl JobSpool {
                         unacked.push_back(event);
                     }
                     Record::Event(_) => {}
-                    Record::Old(_) => {
+                    Record::Old { .. } => {
                         warn!(job = %job, file = %path.display(),
                             "skipped a record of an older agent in a migrated spool");
                     }
