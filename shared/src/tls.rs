@@ -138,13 +138,16 @@ impl fmt::Display for JoinToken {
     }
 }
 
-/// Accepts any server certificate: used only to read the chain the server
-/// presents, which the caller then checks against a pinned fingerprint
-/// before it trusts anything.
+/// Accepts any server certificate, checking only that the server holds
+/// its key: the session is encrypted, but who the server is stays
+/// unproven. Used to read the chain a coordinator presents (which the
+/// caller then checks against a pinned fingerprint before it trusts
+/// anything), and for a database reached with `sslmode=prefer` or
+/// `require` without a CA, as libpq does.
 #[derive(Debug)]
-struct ReadChainOnly(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyCertificate(pub Arc<rustls::crypto::CryptoProvider>);
 
-impl rustls::client::danger::ServerCertVerifier for ReadChainOnly {
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
         &self,
         _: &CertificateDer<'_>,
@@ -223,7 +226,7 @@ pub async fn fetch_ca(
         .with_safe_default_protocol_versions()
         .map_err(|e| connect_err(std::io::Error::other(e)))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ReadChainOnly(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name =
